@@ -1,0 +1,1 @@
+"""The `xgate` command line."""

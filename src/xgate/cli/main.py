@@ -1,0 +1,247 @@
+"""`xgate` commands: validate, translate, up, controlplane, envoy, status, bootstrap, demo-upstream."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import sys
+import tempfile
+import urllib.error
+import urllib.request
+from importlib import resources as package_files
+from pathlib import Path
+from typing import Annotated
+
+import typer
+import yaml
+
+from xgate.config.load import load_file
+from xgate.errors import ConfigError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, help="xgate: an API gateway on Envoy.")
+
+ConfigOption = Annotated[Path, typer.Option("--file", "-f", help="Config file (YAML or JSON).")]
+
+
+def default_config() -> Path:
+    """The bundled example config that `xgate up` serves when no file is given."""
+    return Path(str(package_files.files("xgate") / "examples" / "gateway.yaml"))
+
+
+def _host_port(value: str, flag: str) -> tuple[str, int]:
+    host, _, port = value.rpartition(":")
+    if not host or not port.isdigit():
+        raise typer.BadParameter(f"{value!r} is not HOST:PORT", param_hint=flag)
+    return host, int(port)
+
+
+def _print_issues(error: ConfigError) -> None:
+    typer.echo(f"invalid: {len(error.issues)} issue{'s' if len(error.issues) != 1 else ''}", err=True)
+    for issue in error.issues:
+        typer.echo(f"  {issue}", err=True)
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+
+
+@app.command()
+def validate(file: ConfigOption) -> None:
+    """Check a config without running anything: exit 0 when valid, 1 with every issue listed."""
+    from xgate.pipeline import compile_config
+
+    try:
+        compiled = compile_config(load_file(file))
+    except ConfigError as exc:
+        _print_issues(exc)
+        raise typer.Exit(1) from None
+    routes = sum(len(listener.routes) for listener in compiled.ir.listeners)
+    typer.echo(f"valid: {len(compiled.ir.listeners)} listeners, {routes} routes, "
+               f"{len(compiled.ir.upstreams)} upstreams")
+
+
+@app.command()
+def translate(
+    file: ConfigOption,
+    to: Annotated[str, typer.Option("--to", help="ir or xds")] = "xds",
+) -> None:
+    """Print what the control plane makes of a config: the IR, or the Envoy resources (YAML)."""
+    from xgate.cli.render import dump_yaml, ir_to_data, resources_to_data
+    from xgate.pipeline import compile_config
+
+    if to not in ("ir", "xds"):
+        raise typer.BadParameter("use ir or xds", param_hint="--to")
+    try:
+        compiled = compile_config(load_file(file))
+    except ConfigError as exc:
+        _print_issues(exc)
+        raise typer.Exit(1) from None
+    data = ir_to_data(compiled.ir) if to == "ir" else resources_to_data(compiled.resources)
+    typer.echo(dump_yaml(data), nl=False)
+
+
+@app.command()
+def controlplane(
+    file: ConfigOption = Path(),
+    xds: Annotated[str, typer.Option(help="xDS (ADS) address")] = "127.0.0.1:18000",
+    status: Annotated[str, typer.Option(help="status API address")] = "127.0.0.1:18080",
+    log_level: Annotated[str, typer.Option()] = "info",
+) -> None:
+    """Run the control plane alone: watch the config file, serve ADS and the status API."""
+    from xgate.runtime import Bound, run_controlplane
+
+    _setup_logging(log_level)
+    path = file if str(file) not in ("", ".") else default_config()
+
+    def ready(bound: Bound) -> None:
+        print(f"xgate control plane ready: xds {bound.xds[0]}:{bound.xds[1]} "
+              f"status http://{bound.status[0]}:{bound.status[1]}/status config {path}", flush=True)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (2, 15):
+            loop.add_signal_handler(signum, stop.set)
+        await run_controlplane(path, xds=_host_port(xds, "--xds"), status=_host_port(status, "--status"),
+                               on_ready=ready, stop=stop)
+
+    asyncio.run(main())
+
+
+@app.command()
+def bootstrap(
+    xds: Annotated[list[str], typer.Option(help="control plane HOST:PORT (repeat for a fleet)")] = ["127.0.0.1:18000"],  # noqa: B006
+    node_id: Annotated[str, typer.Option()] = "xgate-envoy",
+    node_cluster: Annotated[str, typer.Option()] = "xgate",
+    admin_port: Annotated[int, typer.Option()] = 9901,
+) -> None:
+    """Print the Envoy bootstrap that connects an Envoy to xgate control planes."""
+    from xgate.proxy.bootstrap import build_bootstrap
+
+    servers = [_host_port(item, "--xds") for item in xds]
+    data = build_bootstrap(node_id=node_id, node_cluster=node_cluster, xds_servers=servers, admin_port=admin_port)
+    typer.echo(yaml.safe_dump(data, sort_keys=False), nl=False)
+
+
+@app.command()
+def envoy(
+    xds: Annotated[list[str], typer.Option(help="control plane HOST:PORT (repeat for a fleet)")] = ["127.0.0.1:18000"],  # noqa: B006
+    node_id: Annotated[str, typer.Option()] = "xgate-envoy",
+    node_cluster: Annotated[str, typer.Option()] = "xgate",
+    admin_port: Annotated[int, typer.Option()] = 9901,
+    concurrency: Annotated[int | None, typer.Option()] = None,
+    log_level: Annotated[str, typer.Option()] = "warn",
+) -> None:
+    """Run a real Envoy bootstrapped to xgate control planes, until SIGINT/SIGTERM."""
+    from xgate.proxy.bootstrap import build_bootstrap, find_envoy
+
+    servers = [_host_port(item, "--xds") for item in xds]
+    data = build_bootstrap(node_id=node_id, node_cluster=node_cluster, xds_servers=servers, admin_port=admin_port)
+    work = Path(tempfile.mkdtemp(prefix="xgate-envoy-"))
+    config = work / "bootstrap.json"
+    config.write_text(json.dumps(data))
+    argv = [find_envoy(), "-c", str(config), "--disable-hot-restart", "--log-level", log_level,
+            "--drain-time-s", "1", "--parent-shutdown-time-s", "2"]
+    if concurrency:
+        argv += ["--concurrency", str(concurrency)]
+    print(f"xgate envoy starting: node {node_id}, xds {', '.join(xds)}, admin 127.0.0.1:{admin_port}", flush=True)
+    # exec: the supervisor signals Envoy itself, with no Python process in between.
+    os.execv(argv[0], argv)
+
+
+@app.command("demo-upstream")
+def demo_upstream(
+    name: Annotated[str, typer.Option()] = "demo",
+    host: Annotated[str, typer.Option()] = "127.0.0.1",
+    port: Annotated[int, typer.Option()] = 18081,
+) -> None:
+    """Run a tiny echo upstream (answers JSON describing the request)."""
+    from xgate.demo.upstream import run_upstream
+
+    run_upstream(name, host, port)
+
+
+@app.command()
+def up(
+    file: Annotated[Path | None, typer.Option("--file", "-f", help="Config file; default: bundled example")] = None,
+    demo: Annotated[bool | None, typer.Option(help="start the demo upstreams (default: with the example)")] = None,
+    xds: Annotated[str, typer.Option()] = "127.0.0.1:18000",
+    status: Annotated[str, typer.Option()] = "127.0.0.1:18080",
+    admin_port: Annotated[int, typer.Option()] = 9901,
+) -> None:
+    """Run the whole gateway on this machine: control plane, Envoy (and demo upstreams), supervised."""
+    from xgate.supervisor import ChildSpec, Supervisor
+
+    path = (file or default_config()).absolute()
+    if not path.exists():
+        typer.echo(f"config file {path} not found", err=True)
+        raise typer.Exit(2)
+    me = [sys.executable, "-m", "xgate"]
+    children: list[ChildSpec] = []
+    if demo if demo is not None else file is None:
+        children += [
+            ChildSpec("demo-v1", [*me, "demo-upstream", "--name", "demo-v1", "--port", "18081"],
+                      ready_line="listening"),
+            ChildSpec("demo-v2", [*me, "demo-upstream", "--name", "demo-v2", "--port", "18082"],
+                      ready_line="listening"),
+        ]
+    children += [
+        ChildSpec("controlplane", [*me, "controlplane", "-f", str(path), "--xds", xds, "--status", status],
+                  ready_line="control plane ready"),
+        ChildSpec("envoy", [*me, "envoy", "--xds", xds, "--admin-port", str(admin_port)]),
+    ]
+    code = asyncio.run(Supervisor().run(children))
+    raise typer.Exit(code)
+
+
+@app.command()
+def status(
+    url: Annotated[str, typer.Option(help="control plane status API")] = "http://127.0.0.1:18080",
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Has the current config reached every Envoy? Exit 0 when every proxy ACKed it, 1 otherwise."""
+    try:
+        with urllib.request.urlopen(url.rstrip("/") + "/status", timeout=5) as response:  # noqa: S310
+            report = json.load(response)
+    except (urllib.error.URLError, OSError) as exc:
+        typer.echo(f"cannot reach the control plane at {url}: {exc}", err=True)
+        raise typer.Exit(2) from None
+    if as_json:
+        typer.echo(json.dumps(report, indent=2))
+    else:
+        _print_status(report)
+    config_ok = report["config"]["rejected_revision"] is None
+    raise typer.Exit(0 if report["all_in_sync"] and config_ok else 1)
+
+
+def _print_status(report: dict[str, object]) -> None:
+    config = report["config"]
+    assert isinstance(config, dict)
+    typer.echo(f"config revision {config['applied_revision']} (serving)")
+    if config["rejected_revision"] is not None or config["issues"]:
+        typer.echo(f"last change REJECTED (revision {config['rejected_revision']}):")
+        for issue in config["issues"]:
+            typer.echo(f"  {issue}")
+    proxies = report["proxies"]
+    assert isinstance(proxies, list)
+    if not proxies:
+        typer.echo("no Envoy connected")
+    for proxy in proxies:
+        state = "in sync" if proxy["in_sync"] else "NOT in sync"
+        typer.echo(f"{proxy['node']} ({proxy['peer']}): {state}, revision {proxy['synced_revision']}")
+        for kind, detail in proxy["types"].items():
+            rejection = detail["rejection"]
+            if rejection:
+                typer.echo(f"  {kind} rejected revision {rejection['revision']}: {rejection['message']}")
+                typer.echo(f"    from: {', '.join(rejection['objects'])}")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

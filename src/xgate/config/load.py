@@ -1,0 +1,202 @@
+"""Read config documents (YAML or JSON) into validated objects, every issue located by source, object and line."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from xgate.config.schema import KINDS, Listener, Route, Upstream
+from xgate.errors import ConfigError, ConfigIssue
+
+FieldPath = tuple[str | int, ...]
+SECTIONS = {"listeners": "listener", "upstreams": "upstream", "routes": "route"}
+TOP_LEVEL = {"xgate", "plugins", *SECTIONS}
+_BaseLoader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class _Loader(_BaseLoader):  # type: ignore[misc]
+    """libyaml-backed safe loader that refuses duplicate keys, which plain YAML loading silently drops."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark
+                )
+            seen.add(key)
+        result: dict[Any, Any] = super().construct_mapping(node, deep=deep)
+        return result
+
+
+@dataclass(frozen=True)
+class ObjectSource:
+    """Where one object came from: a file path or an etcd key, and the line its object starts on."""
+
+    source: str
+    path: FieldPath = ()
+
+
+@dataclass(frozen=True)
+class ConfigSet:
+    """Every object of one config revision, each validated on its own; references are checked by the IR."""
+
+    listeners: tuple[Listener, ...] = ()
+    upstreams: tuple[Upstream, ...] = ()
+    routes: tuple[Route, ...] = ()
+    plugins: Mapping[str, Any] = field(default_factory=dict)
+    sources: Mapping[tuple[str, str], ObjectSource] = field(default_factory=dict)
+    plugins_source: ObjectSource = ObjectSource("")
+    text: str = field(default="", repr=False, compare=False)
+
+    def source_of(self, kind: str, name: str) -> ObjectSource:
+        return self.sources.get((kind, name), self.plugins_source)
+
+    @cached_property
+    def _lines(self) -> dict[FieldPath, int]:
+        return line_map(self.text) if self.text else {}
+
+    def issue(self, kind: str, name: str, field_path: str, message: str) -> ConfigIssue:
+        """A located issue about object (kind, name); used by later stages such as reference checks."""
+        where = self.source_of(kind, name)
+        path: FieldPath = (*where.path, *(p for p in field_path.split(".") if p))
+        line = _line_of(self._lines, path)
+        label = "document" if kind == "document" else f"{kind} {name}"
+        return ConfigIssue(where.source, label, field_path, message, line)
+
+
+@dataclass(frozen=True)
+class _Problem:
+    """An issue before its line is known: lines are only worked out when a document has issues."""
+
+    label: str
+    path: FieldPath
+    message: str
+
+
+def load_yaml(text: str, source: str) -> Any:
+    """Parse YAML (JSON is YAML too); a syntax error or duplicate key becomes a located ConfigError."""
+    try:
+        return yaml.load(text, Loader=_Loader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        problem = getattr(exc, "problem", None) or str(exc)
+        line = mark.line + 1 if mark is not None else None
+        raise ConfigError([ConfigIssue(source, "document", "", f"not valid YAML: {problem}", line)]) from None
+
+
+def validate_object(kind: str, data: Any, label: str, prefix: FieldPath = ()) -> tuple[BaseModel | None, list[_Problem]]:
+    """Validate one object of `kind`; on failure return every problem with its field path."""
+    try:
+        return KINDS[kind].model_validate(data), []
+    except ValidationError as exc:
+        return None, [_problem_from_pydantic(err, label, prefix) for err in exc.errors()]
+
+
+def _problem_from_pydantic(err: Any, label: str, prefix: FieldPath) -> _Problem:
+    message = str(err["msg"]).removeprefix("Value error, ").removeprefix("Assertion failed, ")
+    if err["type"] == "missing":
+        message = "is required"
+    elif err["type"] == "extra_forbidden":
+        message = "unknown field"
+    return _Problem(label, prefix + tuple(err["loc"]), message)
+
+
+def parse_document(text: str, source: str) -> ConfigSet:
+    """Parse one YAML/JSON document holding listeners, upstreams, routes and global plugin defaults."""
+    data = load_yaml(text, source)
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError([ConfigIssue(source, "document", "", "the top level must be a mapping", 1)])
+    problems = [_Problem("document", (key,), "unknown section") for key in data if key not in TOP_LEVEL]
+    if (version := data.get("xgate", "v1")) != "v1":
+        problems.append(_Problem("document", ("xgate",), f"unsupported version {version!r}; use v1"))
+    plugins = data.get("plugins") or {}
+    if not isinstance(plugins, dict):
+        problems.append(_Problem("document", ("plugins",), "must be a mapping of plugin name to settings"))
+        plugins = {}
+    found: dict[str, list[Any]] = {kind: [] for kind in KINDS}
+    where: dict[tuple[str, str], FieldPath] = {}
+    for section, kind in SECTIONS.items():
+        items = data.get(section) or []
+        if not isinstance(items, list):
+            problems.append(_Problem("document", (section,), "must be a list"))
+            continue
+        for index, item in enumerate(items):
+            name = item.get("name") if isinstance(item, dict) else None
+            label = f"{kind} {name if isinstance(name, str) else f'#{index + 1}'}"
+            obj, issues = validate_object(kind, item, label, (section, index))
+            problems.extend(issues)
+            if obj is None:
+                continue
+            key = (kind, str(getattr(obj, "name", "")))
+            if key in where:
+                problems.append(_Problem(label, (section, index, "name"), "duplicate name"))
+                continue
+            where[key] = (section, index)
+            found[kind].append(obj)
+    if problems:
+        raise ConfigError(_locate(problems, text, source))
+    return ConfigSet(
+        listeners=tuple(found["listener"]),
+        upstreams=tuple(found["upstream"]),
+        routes=tuple(found["route"]),
+        plugins=plugins,
+        sources={key: ObjectSource(source, path) for key, path in where.items()},
+        plugins_source=ObjectSource(source, ("plugins",)),
+        text=text,
+    )
+
+
+def load_file(path: str | Path) -> ConfigSet:
+    """Read and validate one config file; raise ConfigError listing every issue."""
+    file = Path(path)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError([ConfigIssue(str(file), "document", "", f"cannot read: {exc}")]) from None
+    return parse_document(text, str(file))
+
+
+def _locate(problems: list[_Problem], text: str, source: str) -> list[ConfigIssue]:
+    """Turn problems into issues with lines; the field path drops the section/index the label already names."""
+    lines = line_map(text)
+    issues = []
+    for problem in problems:
+        path = problem.path
+        line = _line_of(lines, path)
+        shown = path[2:] if problem.label != "document" else path
+        issues.append(ConfigIssue(source, problem.label, ".".join(str(p) for p in shown), problem.message, line))
+    return issues
+
+
+def _line_of(lines: Mapping[FieldPath, int], path: FieldPath) -> int | None:
+    return next((lines[path[:cut]] for cut in range(len(path), -1, -1) if path[:cut] in lines), None)
+
+
+def line_map(text: str) -> dict[FieldPath, int]:
+    """The 1-based line of every mapping key and list item in a YAML document."""
+    lines: dict[FieldPath, int] = {}
+    try:
+        root = yaml.compose(text, Loader=_BaseLoader)
+    except yaml.YAMLError:
+        return lines
+    stack: list[tuple[yaml.Node, FieldPath]] = [(root, ())] if root is not None else []
+    while stack:
+        node, path = stack.pop()
+        lines.setdefault(path, node.start_mark.line + 1)
+        if isinstance(node, yaml.MappingNode):
+            for key_node, value_node in node.value:
+                lines[(*path, str(key_node.value))] = key_node.start_mark.line + 1
+                stack.append((value_node, (*path, str(key_node.value))))
+        elif isinstance(node, yaml.SequenceNode):
+            stack.extend((item, (*path, index)) for index, item in enumerate(node.value))
+    return lines

@@ -1,0 +1,232 @@
+"""Schema v1 of the user's config objects: listeners, upstreams, routes (pydantic v2, strict, frozen)."""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from xgate.config.types import Duration, Name, Regex
+
+
+class Model(BaseModel):
+    """Base of every config model: immutable, unknown fields are errors."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", str_strip_whitespace=False)
+
+
+def _exactly_one(model: BaseModel, fields: tuple[str, ...], what: str) -> None:
+    chosen = [name for name in fields if getattr(model, name) is not None]
+    if len(chosen) != 1:
+        options = ", ".join(fields)
+        if chosen:
+            raise ValueError(f"{what}: set exactly one of {options} (got {', '.join(chosen)})")
+        raise ValueError(f"{what}: set one of {options}")
+
+
+# -- upstreams ---------------------------------------------------------------------------------------------
+
+
+class Endpoint(Model):
+    """One address of an upstream; `"10.0.0.1:8080"` is short for `{host: 10.0.0.1, port: 8080}`."""
+
+    host: str = Field(min_length=1, max_length=253)
+    port: int = Field(ge=1, le=65535)
+    weight: int = Field(default=1, ge=1, le=128)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_string(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            host, sep, port = value.rpartition(":")
+            if not sep or not host or not port.isdigit():
+                raise ValueError(f"endpoint {value!r} is not host:port")
+            return {"host": host.strip("[]"), "port": int(port)}
+        return value
+
+    @property
+    def is_ip(self) -> bool:
+        try:
+            ipaddress.ip_address(self.host)
+        except ValueError:
+            return False
+        return True
+
+
+class Upstream(Model):
+    """A set of endpoints Envoy balances over (an Envoy cluster)."""
+
+    name: Name
+    endpoints: tuple[Endpoint, ...] = Field(min_length=1)
+    protocol: Literal["http1", "http2"] = "http1"
+    lb: Literal["round_robin", "least_request", "random"] = "round_robin"
+    connect_timeout: Duration = 1.0
+
+
+# -- routes --------------------------------------------------------------------------------------------------
+
+
+class PathMatch(Model):
+    prefix: str | None = None
+    exact: str | None = None
+    regex: Regex | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> PathMatch:
+        _exactly_one(self, ("prefix", "exact", "regex"), "path")
+        for value in (self.prefix, self.exact):
+            if value is not None and not value.startswith("/"):
+                raise ValueError(f"path {value!r} must start with '/'")
+        return self
+
+
+class HeaderMatch(Model):
+    name: str = Field(min_length=1, pattern=r"^:?[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
+    exact: str | None = None
+    prefix: str | None = None
+    regex: Regex | None = None
+    present: bool | None = None
+    invert: bool = False
+
+    @model_validator(mode="after")
+    def _one(self) -> HeaderMatch:
+        _exactly_one(self, ("exact", "prefix", "regex", "present"), f"header {self.name}")
+        return self
+
+
+class QueryMatch(Model):
+    name: str = Field(min_length=1)
+    exact: str | None = None
+    regex: Regex | None = None
+    present: bool | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> QueryMatch:
+        _exactly_one(self, ("exact", "regex", "present"), f"query parameter {self.name}")
+        return self
+
+
+Method = Literal["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE"]
+
+
+class Match(Model):
+    hosts: tuple[str, ...] = ("*",)
+    path: PathMatch = PathMatch(prefix="/")
+    methods: tuple[Method, ...] = ()
+    headers: tuple[HeaderMatch, ...] = ()
+    query: tuple[QueryMatch, ...] = ()
+
+    @field_validator("hosts")
+    @classmethod
+    def _hosts(cls, hosts: tuple[str, ...]) -> tuple[str, ...]:
+        if not hosts:
+            raise ValueError("hosts must not be empty (leave it out to match any host)")
+        for host in hosts:
+            if host != "*" and ("*" in host[1:-1] or not host.strip("*.").strip()):
+                raise ValueError(f"host {host!r}: a wildcard may only lead ('*.example.com') or trail")
+        return tuple(host.lower() for host in hosts)
+
+    @field_validator("methods", mode="before")
+    @classmethod
+    def _upper(cls, methods: Any) -> Any:
+        if isinstance(methods, list | tuple):
+            return tuple(m.upper() if isinstance(m, str) else m for m in methods)
+        return methods
+
+
+class WeightedTarget(Model):
+    upstream: Name
+    weight: int = Field(ge=0, le=10000)
+
+
+class Redirect(Model):
+    scheme: Literal["http", "https"] | None = None
+    host: str | None = None
+    port: int | None = Field(default=None, ge=1, le=65535)
+    path: str | None = None
+    code: Literal[301, 302, 303, 307, 308] = 302
+    strip_query: bool = False
+
+
+class DirectResponse(Model):
+    status: int = Field(ge=200, le=599)
+    body: str = Field(default="", max_length=4096)
+
+
+class Retries(Model):
+    attempts: int = Field(default=1, ge=0, le=10)
+    retry_on: tuple[Literal["5xx", "gateway-error", "reset", "connect-failure", "retriable-4xx",
+                      "refused-stream", "retriable-status-codes"], ...] = ("5xx", "reset", "connect-failure")
+    per_try_timeout: Duration | None = None
+
+
+class HeaderOps(Model):
+    set: dict[str, str] = {}
+    add: dict[str, str] = {}
+    remove: tuple[str, ...] = ()
+
+
+class HeaderRules(Model):
+    request: HeaderOps = HeaderOps()
+    response: HeaderOps = HeaderOps()
+
+
+ACTIONS = ("upstream", "split", "redirect", "direct_response")
+
+
+class Route(Model):
+    """A match and what to do with the requests it matches."""
+
+    name: Name
+    listeners: tuple[Name, ...] = ()
+    match: Match = Match()
+    upstream: Name | None = None
+    split: tuple[WeightedTarget, ...] | None = None
+    redirect: Redirect | None = None
+    direct_response: DirectResponse | None = None
+    timeout: Duration | None = None
+    retries: Retries | None = None
+    headers: HeaderRules = HeaderRules()
+    websocket: bool = False
+    plugins: dict[str, Any] = {}
+
+    @model_validator(mode="after")
+    def _action(self) -> Route:
+        _exactly_one(self, ACTIONS, "action")
+        if self.split is not None:
+            if not self.split:
+                raise ValueError("split: list at least one upstream")
+            if sum(target.weight for target in self.split) == 0:
+                raise ValueError("split: the weights add up to 0")
+        return self
+
+    @property
+    def upstream_refs(self) -> tuple[str, ...]:
+        if self.upstream is not None:
+            return (self.upstream,)
+        return tuple(target.upstream for target in self.split or ())
+
+
+# -- listeners ---------------------------------------------------------------------------------------------
+
+
+class Listener(Model):
+    """A port Envoy serves HTTP on; routes attach to it."""
+
+    name: Name
+    address: str = "0.0.0.0"
+    port: int = Field(ge=0, le=65535)
+    plugins: dict[str, Any] = {}
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, address: str) -> str:
+        try:
+            ipaddress.ip_address(address)
+        except ValueError:
+            raise ValueError(f"address {address!r} is not an IP address") from None
+        return address
+
+
+KINDS: dict[str, type[Model]] = {"listener": Listener, "upstream": Upstream, "route": Route}

@@ -1,0 +1,72 @@
+"""Immutable, versioned snapshots of every Envoy resource; each resource serialized once for all proxies."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from google.protobuf import any_pb2
+from google.protobuf.message import Message
+
+from xgate.discovery import typeurls
+from xgate.translate import Resources
+
+
+@dataclass(frozen=True)
+class Resource:
+    """One Envoy resource, packed once; `version` is a digest of its bytes, so equal content = equal version."""
+
+    name: str
+    version: str
+    packed: any_pb2.Any
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Every resource of one config revision, by type URL."""
+
+    serial: int
+    revision: str
+    resources: Mapping[str, Mapping[str, Resource]]
+    created: float = field(default_factory=time.time)
+
+    def select(self, type_url: str, names: frozenset[str] | None) -> list[Resource]:
+        """The resources of `type_url` a proxy asked for (None: all of them), sorted by name."""
+        available = self.resources.get(type_url, {})
+        if names is None:
+            return [available[name] for name in sorted(available)]
+        return [available[name] for name in sorted(names) if name in available]
+
+    @staticmethod
+    def version_of(resources: Iterable[Resource]) -> str:
+        """The version of a response: a digest of the names and versions in it, stable across restarts."""
+        digest = hashlib.blake2b(digest_size=8)
+        for resource in resources:
+            digest.update(resource.name.encode())
+            digest.update(b"=")
+            digest.update(resource.version.encode())
+            digest.update(b";")
+        return digest.hexdigest()
+
+
+def build_snapshot(resources: Resources, revision: str, serial: int, previous: Snapshot | None = None) -> Snapshot:
+    """Pack every resource once; an unchanged resource keeps the very object of the previous snapshot."""
+    by_type: dict[str, dict[str, Resource]] = {}
+    for kind, protos in resources.by_kind().items():
+        type_url = typeurls.BY_KIND[kind]
+        before = previous.resources.get(type_url, {}) if previous else {}
+        packed: dict[str, Resource] = {}
+        for name, message in protos.items():
+            packed[name] = _pack(name, message, type_url, before.get(name))
+        by_type[type_url] = packed
+    return Snapshot(serial=serial, revision=revision, resources=by_type)
+
+
+def _pack(name: str, message: Message, type_url: str, before: Resource | None) -> Resource:
+    data = message.SerializeToString(deterministic=True)
+    version = hashlib.blake2b(data, digest_size=8).hexdigest()
+    if before is not None and before.version == version:
+        return before
+    return Resource(name=name, version=version, packed=any_pb2.Any(type_url=type_url, value=data))

@@ -1,0 +1,128 @@
+"""What each connected Envoy was sent, ACKed and NACKed: the answer to "has my change reached every Envoy?"."""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from xgate.discovery import typeurls
+from xgate.discovery.snapshot import Snapshot
+from xgate.translate import names
+
+
+@dataclass
+class Rejection:
+    """A response Envoy refused, with its reason and the config objects it was built from."""
+
+    version: str
+    revision: str
+    message: str
+    resources: tuple[str, ...]
+    at: float
+
+    @property
+    def objects(self) -> tuple[str, ...]:
+        return tuple(names.origin(resource) for resource in self.resources)
+
+
+@dataclass
+class TypeStatus:
+    names: frozenset[str] | None = None
+    sent_version: str | None = None
+    sent_revision: str | None = None
+    sent_at: float | None = None
+    acked_version: str | None = None
+    acked_revision: str | None = None
+    acked_at: float | None = None
+    rejection: Rejection | None = None
+
+
+@dataclass
+class ProxyStatus:
+    """One ADS stream: one Envoy, from connect to disconnect."""
+
+    stream_id: int
+    peer: str
+    connected_at: float
+    node_id: str = ""
+    cluster: str = ""
+    types: dict[str, TypeStatus] = field(default_factory=dict)
+    disconnected_at: float | None = None
+    synced_revision: str | None = None
+    synced_at: float | None = None
+
+    def in_sync(self, snapshot: Snapshot | None) -> bool:
+        """True when every type this proxy subscribes to is ACKed at the snapshot's content."""
+        if snapshot is None or not self.types:
+            return False
+        for type_url, state in self.types.items():
+            current = Snapshot.version_of(snapshot.select(type_url, state.names))
+            if state.acked_version != current:
+                return False
+        return True
+
+    def note_ack(self, snapshot: Snapshot | None) -> None:
+        if snapshot is not None and self.synced_revision != snapshot.revision and self.in_sync(snapshot):
+            self.synced_revision = snapshot.revision
+            self.synced_at = time.time()
+
+    def to_dict(self, snapshot: Snapshot | None) -> dict[str, Any]:
+        return {
+            "node": self.node_id,
+            "cluster": self.cluster,
+            "peer": self.peer,
+            "connected_at": self.connected_at,
+            "disconnected_at": self.disconnected_at,
+            "in_sync": self.in_sync(snapshot) and self.disconnected_at is None,
+            "synced_revision": self.synced_revision,
+            "synced_at": self.synced_at,
+            "types": {
+                typeurls.SHORT.get(type_url, type_url): {
+                    "sent": state.sent_version,
+                    "acked": state.acked_version,
+                    "acked_revision": state.acked_revision,
+                    "rejection": None
+                    if state.rejection is None
+                    else {
+                        "version": state.rejection.version,
+                        "revision": state.rejection.revision,
+                        "message": state.rejection.message,
+                        "objects": list(state.rejection.objects),
+                        "at": state.rejection.at,
+                    },
+                }
+                for type_url, state in sorted(self.types.items())
+            },
+        }
+
+
+class StatusRegistry:
+    """Live proxies plus the most recent disconnected ones (kept so a crash-looping Envoy stays visible)."""
+
+    def __init__(self, keep_disconnected: int = 50) -> None:
+        self._ids = itertools.count(1)
+        self.connected: dict[int, ProxyStatus] = {}
+        self.disconnected: deque[ProxyStatus] = deque(maxlen=keep_disconnected)
+
+    def connect(self, peer: str) -> ProxyStatus:
+        proxy = ProxyStatus(stream_id=next(self._ids), peer=peer, connected_at=time.time())
+        self.connected[proxy.stream_id] = proxy
+        return proxy
+
+    def disconnect(self, proxy: ProxyStatus) -> None:
+        proxy.disconnected_at = time.time()
+        self.connected.pop(proxy.stream_id, None)
+        self.disconnected.append(proxy)
+
+    def report(self, snapshot: Snapshot | None) -> dict[str, Any]:
+        proxies = [proxy.to_dict(snapshot) for proxy in self.connected.values()]
+        return {
+            "revision": snapshot.revision if snapshot else None,
+            "snapshot_serial": snapshot.serial if snapshot else None,
+            "proxies": proxies,
+            "all_in_sync": bool(proxies) and all(proxy["in_sync"] for proxy in proxies),
+            "recently_disconnected": [proxy.to_dict(snapshot) for proxy in self.disconnected],
+        }

@@ -1,0 +1,114 @@
+"""Config objects -> IR: reference checks, port clashes, plugin inheritance; every issue collected."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Mapping
+from typing import Any
+
+from pydantic import ValidationError
+
+from xgate.config.load import ConfigSet
+from xgate.config.schema import Listener, Model, Route
+from xgate.errors import ConfigError, ConfigIssue
+from xgate.ir.model import GatewayIR, ListenerIR, RouteIR
+from xgate.translate.plugins import FILTER_ORDER, PLUGINS
+
+
+def build_ir(config: ConfigSet, revision: str = "") -> GatewayIR:
+    """Check what single objects cannot check alone and resolve defaults; raise ConfigError with every issue."""
+    issues: list[ConfigIssue] = []
+    upstream_names = {upstream.name for upstream in config.upstreams}
+    listener_names = {listener.name for listener in config.listeners}
+    issues += _port_clashes(config)
+
+    defaults = _validated_plugins(config, "document", "plugins", config.plugins, "plugins", issues)
+    listener_plugins = {
+        listener.name: {**defaults, **_validated_plugins(config, "listener", listener.name, listener.plugins,
+                                                         "plugins", issues)}
+        for listener in config.listeners
+    }
+    attached: dict[str, list[RouteIR]] = {name: [] for name in listener_names}
+    for route in config.routes:
+        for field_name, ref in _upstream_refs(route):
+            if ref not in upstream_names:
+                issues.append(config.issue("route", route.name, field_name, f"upstream {ref!r} does not exist"))
+        for index, ref in enumerate(route.listeners):
+            if ref not in listener_names:
+                issues.append(config.issue("route", route.name, f"listeners.{index}",
+                                           f"listener {ref!r} does not exist"))
+        own = _validated_plugins(config, "route", route.name, route.plugins, "plugins", issues)
+        for listener_name in route.listeners or sorted(listener_names):
+            if listener_name in attached:
+                attached[listener_name].append(_route_ir(route, listener_plugins[listener_name], own))
+    if issues:
+        raise ConfigError(issues)
+    listeners = tuple(
+        _listener_ir(listener, tuple(attached[listener.name]))
+        for listener in sorted(config.listeners, key=lambda item: item.name)
+    )
+    upstreams = tuple(sorted(config.upstreams, key=lambda item: item.name))
+    return GatewayIR(listeners=listeners, upstreams=upstreams, revision=revision)
+
+
+def _upstream_refs(route: Route) -> list[tuple[str, str]]:
+    if route.upstream is not None:
+        return [("upstream", route.upstream)]
+    return [(f"split.{index}.upstream", target.upstream) for index, target in enumerate(route.split or ())]
+
+
+def _route_ir(route: Route, inherited: Mapping[str, Model | None], own: Mapping[str, Model | None]) -> RouteIR:
+    merged = {**inherited, **own}
+    enabled = {name: settings for name, settings in merged.items() if settings is not None}
+    disabled = frozenset(name for name, settings in merged.items() if settings is None)
+    return RouteIR(route=route, plugins=enabled, disabled=disabled)
+
+
+def _listener_ir(listener: Listener, routes: tuple[RouteIR, ...]) -> ListenerIR:
+    used = {name for route in routes for name in route.plugins}
+    return ListenerIR(listener=listener, routes=routes, filters=tuple(n for n in FILTER_ORDER if n in used))
+
+
+def _validated_plugins(
+    config: ConfigSet, kind: str, name: str, raw: Mapping[str, Any], field_name: str, issues: list[ConfigIssue]
+) -> dict[str, Model | None]:
+    """Validate each plugin's settings; `false`/`null` means "off here" and is kept as None."""
+    result: dict[str, Model | None] = {}
+    for plugin_name, settings in raw.items():
+        plugin = PLUGINS.get(plugin_name)
+        where = f"{field_name}.{plugin_name}"
+        if plugin is None:
+            known = ", ".join(sorted(PLUGINS))
+            issues.append(config.issue(kind, name, where, f"unknown plugin (known: {known})"))
+            continue
+        if settings is None or settings is False:
+            result[plugin_name] = None
+            continue
+        try:
+            result[plugin_name] = plugin.settings.model_validate({} if settings is True else settings)
+        except ValidationError as exc:
+            for err in exc.errors():
+                loc = ".".join(str(part) for part in err["loc"])
+                message = str(err["msg"]).removeprefix("Value error, ")
+                message = "unknown field" if err["type"] == "extra_forbidden" else message
+                issues.append(config.issue(kind, name, f"{where}.{loc}" if loc else where, message))
+    return result
+
+
+def _port_clashes(config: ConfigSet) -> list[ConfigIssue]:
+    issues = []
+    taken: dict[int, list[Listener]] = {}
+    for listener in config.listeners:
+        if listener.port == 0:
+            continue
+        for other in taken.get(listener.port, []):
+            if _overlap(listener.address, other.address):
+                issues.append(config.issue("listener", listener.name, "port",
+                                           f"port {listener.port} is already used by listener {other.name}"))
+        taken.setdefault(listener.port, []).append(listener)
+    return issues
+
+
+def _overlap(first: str, second: str) -> bool:
+    a, b = ipaddress.ip_address(first), ipaddress.ip_address(second)
+    return a == b or a.is_unspecified or b.is_unspecified

@@ -1,0 +1,43 @@
+"""IR types: what translation needs, nothing it must look up or default."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from xgate.config.schema import Listener, Model, Route, Upstream
+
+
+@dataclass(frozen=True)
+class RouteIR:
+    """A route as served on one listener; `plugins` holds the settings of each plugin it has on."""
+
+    route: Route
+    plugins: Mapping[str, Model]
+    disabled: frozenset[str] = frozenset()
+
+    @property
+    def name(self) -> str:
+        return self.route.name
+
+
+@dataclass(frozen=True)
+class ListenerIR:
+    """A listener with its routes in match order and the plugins whose filters it needs, in filter order."""
+
+    listener: Listener
+    routes: tuple[RouteIR, ...]
+    filters: tuple[str, ...]
+
+    @property
+    def name(self) -> str:
+        return self.listener.name
+
+
+@dataclass(frozen=True)
+class GatewayIR:
+    """One consistent revision of the whole gateway."""
+
+    listeners: tuple[ListenerIR, ...]
+    upstreams: tuple[Upstream, ...]
+    revision: str = ""

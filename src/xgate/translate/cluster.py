@@ -1,0 +1,64 @@
+"""Upstream -> Envoy Cluster and its ClusterLoadAssignment."""
+
+from __future__ import annotations
+
+from envoy.config.cluster.v3 import cluster_pb2 as cluster_v3
+from envoy.config.core.v3 import protocol_pb2 as protocol_v3
+from envoy.config.endpoint.v3 import endpoint_components_pb2 as endpoint_components_v3
+from envoy.config.endpoint.v3 import endpoint_pb2 as endpoint_v3
+from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2 as http_options_v3
+from google.protobuf import wrappers_pb2
+
+from xgate.config.schema import Upstream
+from xgate.translate import names
+from xgate.translate.plugins.base import pack
+from xgate.translate.protos import ads_source, duration, socket_address
+
+_LB = {
+    "round_robin": cluster_v3.Cluster.ROUND_ROBIN,
+    "least_request": cluster_v3.Cluster.LEAST_REQUEST,
+    "random": cluster_v3.Cluster.RANDOM,
+}
+HTTP_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+
+
+def uses_eds(upstream: Upstream) -> bool:
+    """IP endpoints travel over EDS (an endpoint change never rebuilds the cluster); names need DNS."""
+    return all(endpoint.is_ip for endpoint in upstream.endpoints)
+
+
+def translate_cluster(upstream: Upstream) -> cluster_v3.Cluster:
+    cluster = cluster_v3.Cluster(
+        name=names.cluster(upstream.name),
+        connect_timeout=duration(upstream.connect_timeout),
+        lb_policy=_LB[upstream.lb],
+    )
+    if uses_eds(upstream):
+        cluster.type = cluster_v3.Cluster.EDS
+        cluster.eds_cluster_config.eds_config.CopyFrom(ads_source())
+    else:
+        cluster.type = cluster_v3.Cluster.STRICT_DNS
+        cluster.dns_lookup_family = cluster_v3.Cluster.V4_PREFERRED
+        cluster.load_assignment.CopyFrom(translate_endpoints(upstream))
+    if upstream.protocol == "http2":
+        options = http_options_v3.HttpProtocolOptions(
+            explicit_http_config=http_options_v3.HttpProtocolOptions.ExplicitHttpConfig(
+                http2_protocol_options=protocol_v3.Http2ProtocolOptions()
+            )
+        )
+        cluster.typed_extension_protocol_options[HTTP_OPTIONS].CopyFrom(pack(options))
+    return cluster
+
+
+def translate_endpoints(upstream: Upstream) -> endpoint_v3.ClusterLoadAssignment:
+    lb_endpoints = [
+        endpoint_components_v3.LbEndpoint(
+            endpoint=endpoint_components_v3.Endpoint(address=socket_address(endpoint.host, endpoint.port)),
+            load_balancing_weight=wrappers_pb2.UInt32Value(value=endpoint.weight),
+        )
+        for endpoint in upstream.endpoints
+    ]
+    return endpoint_v3.ClusterLoadAssignment(
+        cluster_name=names.cluster(upstream.name),
+        endpoints=[endpoint_components_v3.LocalityLbEndpoints(lb_endpoints=lb_endpoints)],
+    )

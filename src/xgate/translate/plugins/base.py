@@ -1,0 +1,53 @@
+"""What a plugin is: settings, an HTTP filter per listener, config per route, extra resources."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import ClassVar
+
+from envoy.config.cluster.v3 import cluster_pb2 as cluster_v3
+from envoy.config.route.v3 import route_components_pb2 as route_components_v3
+from envoy.extensions.filters.network.http_connection_manager.v3 import (
+    http_connection_manager_pb2 as hcm_v3,
+)
+from google.protobuf import any_pb2
+from google.protobuf.message import Message
+
+from xgate.config.schema import Model
+
+
+def pack(message: Message) -> any_pb2.Any:
+    packed = any_pb2.Any()
+    packed.Pack(message)
+    return packed
+
+
+class Plugin(ABC):
+    """One plugin. Subclasses set `name`, `filter_name` and `settings` and build protos from validated settings.
+
+    Translation calls `http_filter` once per listener that has at least one route using the plugin, in the
+    order of `FILTER_ORDER` (see plugins/__init__.py); `route_config` once per route that enables it;
+    `disabled_route_config` for a route on such a listener that switched the plugin off; `clusters` for
+    resources the plugin needs beyond the routes (e.g. the cluster of an external service).
+    """
+
+    name: ClassVar[str]
+    filter_name: ClassVar[str]
+    settings: ClassVar[type[Model]]
+
+    @abstractmethod
+    def http_filter(self) -> hcm_v3.HttpFilter:
+        """The listener-level filter; per-route config does the route-specific work."""
+
+    @abstractmethod
+    def route_config(self, settings: Model) -> Message:
+        """The typed_per_filter_config of a route that has the plugin on."""
+
+    def disabled_route_config(self) -> Message:
+        """The typed_per_filter_config of a route that switched the plugin off."""
+        return route_components_v3.FilterConfig(disabled=True)
+
+    def clusters(self, settings: Model) -> list[cluster_v3.Cluster]:
+        """Extra clusters the plugin's settings need; none by default."""
+        del settings
+        return []

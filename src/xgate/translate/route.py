@@ -1,0 +1,169 @@
+"""ListenerIR -> Envoy RouteConfiguration: virtual hosts by host name, routes in config order."""
+
+from __future__ import annotations
+
+from envoy.config.core.v3 import base_pb2 as base_v3
+from envoy.config.route.v3 import route_components_pb2 as route_components_v3
+from envoy.config.route.v3 import route_pb2 as route_v3
+from envoy.type.matcher.v3 import regex_pb2 as regex_v3
+from envoy.type.matcher.v3 import string_pb2 as string_v3
+from google.protobuf import wrappers_pb2
+
+from xgate.config.schema import HeaderMatch, HeaderOps, Match, QueryMatch, Route
+from xgate.ir.model import ListenerIR, RouteIR
+from xgate.translate import names
+from xgate.translate.plugins import PLUGINS, pack
+from xgate.translate.protos import duration
+
+rc = route_components_v3
+_REDIRECT_CODES = {
+    301: rc.RedirectAction.MOVED_PERMANENTLY,
+    302: rc.RedirectAction.FOUND,
+    303: rc.RedirectAction.SEE_OTHER,
+    307: rc.RedirectAction.TEMPORARY_REDIRECT,
+    308: rc.RedirectAction.PERMANENT_REDIRECT,
+}
+_SET = base_v3.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
+_ADD = base_v3.HeaderValueOption.APPEND_IF_EXISTS_OR_ADD
+
+
+def translate_routes(ir: ListenerIR) -> route_v3.RouteConfiguration:
+    """One virtual host per host name; routes without a host apply under every host, in config order."""
+    built = [(route.route.match.hosts, translate_route(route, ir.filters)) for route in ir.routes]
+    hosts = sorted({host for route_hosts, _ in built for host in route_hosts if host != "*"})
+    virtual_hosts = [
+        rc.VirtualHost(
+            name=names.virtual_host(ir.name, (host,)),
+            domains=[host],
+            routes=[proto for route_hosts, proto in built if host in route_hosts or "*" in route_hosts],
+        )
+        for host in hosts
+    ]
+    virtual_hosts.append(
+        rc.VirtualHost(
+            name=names.virtual_host(ir.name, ("*",)),
+            domains=["*"],
+            routes=[proto for route_hosts, proto in built if "*" in route_hosts],
+        )
+    )
+    # Hosts in routes never carry a port; the Host header is matched without its port but kept intact,
+    # so redirects and upstreams still see it.
+    return route_v3.RouteConfiguration(
+        name=names.route_config(ir.name), virtual_hosts=virtual_hosts, ignore_port_in_host_matching=True
+    )
+
+
+def translate_route(ir: RouteIR, listener_filters: tuple[str, ...]) -> rc.Route:
+    route = ir.route
+    proto = rc.Route(name=route.name, match=_match(route.match))
+    if route.redirect is not None:
+        proto.redirect.CopyFrom(_redirect(route))
+    elif route.direct_response is not None:
+        proto.direct_response.status = route.direct_response.status
+        if route.direct_response.body:
+            proto.direct_response.body.inline_string = route.direct_response.body
+    else:
+        proto.route.CopyFrom(_action(route))
+    _headers(route.headers.request, proto.request_headers_to_add, proto.request_headers_to_remove)
+    _headers(route.headers.response, proto.response_headers_to_add, proto.response_headers_to_remove)
+    for name in listener_filters:
+        plugin = PLUGINS[name]
+        settings = ir.plugins.get(name)
+        config = plugin.route_config(settings) if settings is not None else plugin.disabled_route_config()
+        proto.typed_per_filter_config[plugin.filter_name].CopyFrom(pack(config))
+    return proto
+
+
+def _string(exact: str | None = None, prefix: str | None = None, regex: str | None = None) -> string_v3.StringMatcher:
+    if regex is not None:
+        return string_v3.StringMatcher(safe_regex=regex_v3.RegexMatcher(regex=regex))
+    if prefix is not None:
+        return string_v3.StringMatcher(prefix=prefix)
+    return string_v3.StringMatcher(exact=exact or "")
+
+
+def _match(match: Match) -> rc.RouteMatch:
+    proto = rc.RouteMatch()
+    if match.path.exact is not None:
+        proto.path = match.path.exact
+    elif match.path.regex is not None:
+        proto.safe_regex.regex = match.path.regex
+    else:
+        proto.prefix = match.path.prefix or "/"
+    if match.methods:
+        methods = sorted(set(match.methods))
+        matcher = (
+            _string(exact=methods[0]) if len(methods) == 1 else _string(regex=f"^({'|'.join(methods)})$")
+        )
+        proto.headers.append(rc.HeaderMatcher(name=":method", string_match=matcher))
+    proto.headers.extend(_header(header) for header in match.headers)
+    proto.query_parameters.extend(_query(query) for query in match.query)
+    return proto
+
+
+def _header(header: HeaderMatch) -> rc.HeaderMatcher:
+    proto = rc.HeaderMatcher(name=header.name.lower(), invert_match=header.invert)
+    if header.present is not None:
+        proto.present_match = header.present
+    else:
+        proto.string_match.CopyFrom(_string(header.exact, header.prefix, header.regex))
+    return proto
+
+
+def _query(query: QueryMatch) -> rc.QueryParameterMatcher:
+    proto = rc.QueryParameterMatcher(name=query.name)
+    if query.present is not None:
+        # Envoy can only ask "present"; "absent" is the inverse, which it cannot express for query params.
+        proto.present_match = query.present
+    else:
+        proto.string_match.CopyFrom(_string(query.exact, None, query.regex))
+    return proto
+
+
+def _action(route: Route) -> rc.RouteAction:
+    action = rc.RouteAction()
+    if route.upstream is not None:
+        action.cluster = names.cluster(route.upstream)
+    else:
+        action.weighted_clusters.clusters.extend(
+            rc.WeightedCluster.ClusterWeight(
+                name=names.cluster(target.upstream), weight=wrappers_pb2.UInt32Value(value=target.weight)
+            )
+            for target in route.split or ()
+        )
+    if route.timeout is not None:
+        action.timeout.CopyFrom(duration(route.timeout))
+    if route.retries is not None:
+        action.retry_policy.retry_on = ",".join(route.retries.retry_on)
+        action.retry_policy.num_retries.value = route.retries.attempts
+        if route.retries.per_try_timeout is not None:
+            action.retry_policy.per_try_timeout.CopyFrom(duration(route.retries.per_try_timeout))
+    if route.websocket:
+        action.upgrade_configs.append(
+            rc.RouteAction.UpgradeConfig(upgrade_type="websocket", enabled=wrappers_pb2.BoolValue(value=True))
+        )
+    return action
+
+
+def _redirect(route: Route) -> rc.RedirectAction:
+    redirect = route.redirect
+    assert redirect is not None
+    proto = rc.RedirectAction(response_code=_REDIRECT_CODES[redirect.code], strip_query=redirect.strip_query)
+    if redirect.scheme is not None:
+        proto.scheme_redirect = redirect.scheme
+    if redirect.host is not None:
+        proto.host_redirect = redirect.host
+    if redirect.port is not None:
+        proto.port_redirect = redirect.port
+    if redirect.path is not None:
+        proto.path_redirect = redirect.path
+    return proto
+
+
+def _headers(ops: HeaderOps, to_add: list[base_v3.HeaderValueOption], to_remove: list[str]) -> None:
+    for action, pairs in ((_SET, ops.set), (_ADD, ops.add)):
+        to_add.extend(
+            base_v3.HeaderValueOption(header=base_v3.HeaderValue(key=key, value=value), append_action=action)
+            for key, value in pairs.items()
+        )
+    to_remove.extend(ops.remove)
