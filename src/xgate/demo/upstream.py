@@ -52,7 +52,19 @@ def _echo(request: web.Request, status: int = 200) -> web.Response:
     )
 
 
-async def _handle(request: web.Request) -> web.Response:
+async def _websocket(request: web.Request) -> web.WebSocketResponse:
+    """Echo each text message back prefixed with the upstream's name (`/ws`, for upgrade tests)."""
+    socket = web.WebSocketResponse()
+    await socket.prepare(request)
+    async for message in socket:
+        if message.type == web.WSMsgType.TEXT:
+            await socket.send_str(f"{request.app[_NAME_KEY]}:{message.data}")
+    return socket
+
+
+async def _handle(request: web.Request) -> web.StreamResponse:
+    if request.path == "/ws" and request.headers.get("upgrade", "").lower() == "websocket":
+        return await _websocket(request)
     parts = request.path.split("/", 3)
     # parts: ["", "status"|"delay", "<n>", ...] for the special routes.
     if len(parts) >= 3 and parts[2].isdigit():

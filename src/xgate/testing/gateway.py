@@ -101,12 +101,14 @@ class Gateway:
 
         await wait_for(synced, timeout, f"revision {revision} to reach every Envoy")
 
-    async def wait_rejected(self, timeout: float = 10.0) -> dict[str, Any]:
-        async def rejected() -> bool:
-            return self.plane.state.rejected_at is not None
+    async def wait_for_rejection(self, containing: str = "", timeout: float = 10.0) -> list[str]:
+        """Wait until the current config is rejected with an issue containing `containing`; return the issues."""
 
-        await wait_for(rejected, timeout, "the config to be rejected")
-        return self.plane.state.to_dict()
+        def rejected() -> bool:
+            return any(containing in issue for issue in self.plane.state.issues)
+
+        await wait_for(rejected, timeout, f"a rejection mentioning {containing!r}")
+        return list(self.plane.state.issues)
 
     async def close(self) -> None:
         for envoy in self.envoys:
