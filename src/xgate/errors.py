@@ -1,8 +1,8 @@
 """The one exception tree of xgate.
 
-    XgateError
-    ├── ConfigError        a config revision was rejected; carries every ConfigIssue found
-    └── ProxyError         a child process (Envoy, a service) could not be started or answered badly
+XgateError
+├── ConfigError        a config revision was rejected; carries every ConfigIssue found
+└── ProxyError         a child process (Envoy, a service) could not be started or answered badly
 """
 
 from __future__ import annotations

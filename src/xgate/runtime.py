@@ -61,16 +61,23 @@ class ControlPlane:
                 self.state = ConfigState(applied=revision.revision, applied_at=time.time())
                 log.info(
                     "applied revision %s: %d listeners, %d routes, %d upstreams (%.1f ms)",
-                    revision.revision, len(compiled.ir.listeners), sum(len(x.routes) for x in compiled.ir.listeners),
-                    len(compiled.ir.upstreams), (time.perf_counter() - started) * 1000,
+                    revision.revision,
+                    len(compiled.ir.listeners),
+                    sum(len(x.routes) for x in compiled.ir.listeners),
+                    len(compiled.ir.upstreams),
+                    (time.perf_counter() - started) * 1000,
                 )
                 return
         if error is None:
             return
         self.state.rejected, self.state.rejected_at = revision.revision, time.time()
         self.state.issues = [str(issue) for issue in error.issues]
-        log.error("rejected revision %s; still serving %s\n%s", revision.revision or "(unreadable)",
-                  self.state.applied or "nothing", error)
+        log.error(
+            "rejected revision %s; still serving %s\n%s",
+            revision.revision or "(unreadable)",
+            self.state.applied or "nothing",
+            error,
+        )
 
     def report(self) -> dict[str, Any]:
         return {"config": self.state.to_dict(), **self.cache.status.report(self.cache.snapshot)}
@@ -113,8 +120,9 @@ async def start_status(plane: ControlPlane, host: str, port: int) -> tuple[web.A
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()
-    sockets = site._server.sockets if site._server is not None else []  # noqa: SLF001 (aiohttp has no public getter)
-    return runner, sockets[0].getsockname()[1] if sockets else port
+    # aiohttp has no public getter for the bound port; the runner's addresses hold it.
+    addresses = runner.addresses
+    return runner, int(addresses[0][1]) if addresses else port
 
 
 async def run_controlplane(

@@ -25,8 +25,9 @@ def _outputs(case: Path) -> dict[str, str]:
     except ConfigError as exc:
         # Paths in issues are relative to the case folder, so the files do not depend on the checkout.
         return {"out.errors.txt": "".join(f"{issue}\n".replace(str(source), "in.yaml") for issue in exc.issues)}
-    outputs = {f"out.{kind}.yaml": dump_yaml(data) for kind, data in resources_to_data(compiled.resources).items()
-               if data}
+    outputs = {
+        f"out.{kind}.yaml": dump_yaml(data) for kind, data in resources_to_data(compiled.resources).items() if data
+    }
     outputs["out.ir.yaml"] = dump_yaml(ir_to_data(compiled.ir))
     return outputs
 

@@ -87,20 +87,26 @@ async def test_websocket_survives_config_changes(make_config: Callable[..., str]
     upstream: v1
     websocket: true
 """
-    async with run_gateway(make_config(port, ws_route), work_dir) as gateway, aiohttp.ClientSession() as session:
-        async with session.ws_connect(f"http://127.0.0.1:{port}/ws") as socket:
-            for i in range(5):
-                await socket.send_str(f"hello {i}")
-                assert (await socket.receive_str(timeout=5)) == f"v1:hello {i}"
-                extra = ws_route + f"""
+    async with (
+        run_gateway(make_config(port, ws_route), work_dir) as gateway,
+        aiohttp.ClientSession() as session,
+        session.ws_connect(f"http://127.0.0.1:{port}/ws") as socket,
+    ):
+        for i in range(5):
+            await socket.send_str(f"hello {i}")
+            assert (await socket.receive_str(timeout=5)) == f"v1:hello {i}"
+            extra = (
+                ws_route
+                + f"""
   - name: churn-{i}
     match: {{path: {{prefix: /churn-{i}}}}}
     direct_response: {{status: 200, body: "{i}"}}
 """
-                await gateway.apply(make_config(port, extra))
-            await socket.send_str("still here")
-            assert (await socket.receive_str(timeout=5)) == "v1:still here"
-            assert not socket.closed
+            )
+            await gateway.apply(make_config(port, extra))
+        await socket.send_str("still here")
+        assert (await socket.receive_str(timeout=5)) == "v1:still here"
+        assert not socket.closed
 
 
 async def test_broken_saves_keep_the_last_good_config(make_config: Callable[..., str], work_dir: Path) -> None:
@@ -109,12 +115,20 @@ async def test_broken_saves_keep_the_last_good_config(make_config: Callable[...,
     broken = {
         "bad YAML": (good + "\n  - name: [unclosed\n", "not valid YAML"),
         "unknown field": (good.replace("name: default", "name: default\n    upstrem: v1"), "unknown field"),
-        "missing upstream": (good.replace("upstream: v2\n", "upstream: v9\n"), "upstream 'v9' does not exist"),
+        "missing upstream": (
+            good.replace("upstream: v2\n", "upstream: v9\n"),
+            "upstream 'v9' does not exist",
+        ),
         "invalid regex": (good.replace("{exact: /healthz}", '{regex: "/(a"}'), "invalid RE2 regex"),
-        "port clash": (good.replace("upstreams:", f"  - name: other\n    port: {port}\nupstreams:"),
-                       f"port {port} is already used"),
+        "port clash": (
+            good.replace("upstreams:", f"  - name: other\n    port: {port}\nupstreams:"),
+            f"port {port} is already used",
+        ),
     }
-    async with run_gateway(good, work_dir) as gateway, httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+    async with (
+        run_gateway(good, work_dir) as gateway,
+        httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client,
+    ):
         applied = gateway.plane.state.applied
         for label, (text, expected) in broken.items():
             gateway.config_path.write_text(text)

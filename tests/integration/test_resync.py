@@ -9,8 +9,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from xgate.pipeline import compile_config, revision_of
 from xgate.config.load import parse_document
+from xgate.pipeline import compile_config, revision_of
 from xgate.runtime import ControlPlane
 from xgate.testing import free_port, run_gateway, write_atomic
 from xgate.testing.gateway import wait_for
@@ -18,13 +18,14 @@ from xgate.testing.gateway import wait_for
 pytestmark = pytest.mark.integration
 
 
-async def test_rejected_resource_is_reported_with_its_object(
-    make_config: Callable[..., str], work_dir: Path
-) -> None:
+async def test_rejected_resource_is_reported_with_its_object(make_config: Callable[..., str], work_dir: Path) -> None:
     """Validation should stop this; the test pushes past it to prove the NACK path reports what Envoy said."""
     port = free_port()
     config = make_config(port)
-    async with run_gateway(config, work_dir) as gateway, httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+    async with (
+        run_gateway(config, work_dir) as gateway,
+        httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client,
+    ):
         resources = compile_config(parse_document(config, "test")).resources
         routes = resources.routes["routes/public"]
         routes.virtual_hosts[0].routes[0].match.safe_regex.regex = "/(unclosed"  # type: ignore[attr-defined]
@@ -64,11 +65,12 @@ async def test_envoy_restart_resyncs(make_config: Callable[..., str], work_dir: 
             assert (await client.get(f"http://127.0.0.1:{port}/healthz")).text == "changed"
 
 
-async def test_controlplane_restart_keeps_traffic_and_resyncs(
-    make_config: Callable[..., str], work_dir: Path
-) -> None:
+async def test_controlplane_restart_keeps_traffic_and_resyncs(make_config: Callable[..., str], work_dir: Path) -> None:
     port = free_port()
-    async with run_gateway(make_config(port), work_dir) as gateway, httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+    async with (
+        run_gateway(make_config(port), work_dir) as gateway,
+        httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client,
+    ):
         await gateway.stop_controlplane()
         # The control plane is gone: Envoy serves on from what it has.
         outcomes = [(await client.get("/healthz")).status_code for _ in range(100)]

@@ -17,7 +17,10 @@ pytestmark = pytest.mark.integration
 async def test_routes_are_served(make_config: Callable[..., str], work_dir: Path) -> None:
     port = free_port()
     config = make_config(port)
-    async with run_gateway(config, work_dir), httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+    async with (
+        run_gateway(config, work_dir),
+        httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client,
+    ):
         response = await client.get("/anything?q=1")
         assert response.status_code == 200
         assert response.json()["upstream"] == "v1"
@@ -41,7 +44,10 @@ async def test_cors_plugin_answers_preflight_for_allowed_origin_only(
     port = free_port()
     config = make_config(port)
     preflight = {"access-control-request-method": "POST"}
-    async with run_gateway(config, work_dir), httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+    async with (
+        run_gateway(config, work_dir),
+        httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client,
+    ):
         allowed = await client.options("/cors/x", headers={"origin": "https://app.example.com", **preflight})
         assert allowed.status_code == 200
         assert allowed.headers["access-control-allow-origin"] == "https://app.example.com"

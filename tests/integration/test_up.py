@@ -44,8 +44,9 @@ def _alive(pid: int) -> bool:
 
 def test_up_serves_the_example_and_stops_cleanly(tmp_path: Path) -> None:
     log = (tmp_path / "up.log").open("w")
-    process = subprocess.Popen([sys.executable, "-m", "xgate", "up"], stdout=log, stderr=subprocess.STDOUT,
-                               start_new_session=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "xgate", "up"], stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
     try:
         deadline = time.monotonic() + 60
         while True:
@@ -60,8 +61,7 @@ def test_up_serves_the_example_and_stops_cleanly(tmp_path: Path) -> None:
         response = httpx.get("http://127.0.0.1:10000/hello")
         assert response.status_code == 200
         assert response.json()["upstream"] == "demo-v1"
-        status = subprocess.run([sys.executable, "-m", "xgate", "status"], capture_output=True, text=True,
-                                timeout=30)
+        status = subprocess.run([sys.executable, "-m", "xgate", "status"], capture_output=True, text=True, timeout=30)
         assert status.returncode == 0, status.stdout + status.stderr
         assert "in sync" in status.stdout
         children = _descendants(process.pid)

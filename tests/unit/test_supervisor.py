@@ -69,9 +69,7 @@ async def test_restarts_a_child_that_dies() -> None:
     lines, sink = _collector()
     supervisor = _fast(sink)
     task = asyncio.create_task(supervisor.run([ChildSpec("svc", [PY, "-c", SLEEPER])]))
-    await _until(
-        lambda: supervisor.pid_of("svc") is not None and any(line.startswith("[svc] pid") for line in lines)
-    )
+    await _until(lambda: supervisor.pid_of("svc") is not None and any(line.startswith("[svc] pid") for line in lines))
     first = supervisor.pid_of("svc")
     assert first is not None
     os.kill(first, signal.SIGKILL)
@@ -106,11 +104,7 @@ async def test_stop_kills_children_ignoring_sigterm_and_grandchildren(tmp_path: 
         "print('pid', os.getpid(), flush=True); time.sleep(60)"
     )
     # The parent shell-like child starts a grandchild that ignores SIGTERM too, and reports its PID.
-    parent = (
-        "import subprocess, sys, time;"
-        f"p = subprocess.Popen([sys.executable, '-c', {stubborn!r}]);"
-        "time.sleep(60)"
-    )
+    parent = f"import subprocess, sys, time;p = subprocess.Popen([sys.executable, '-c', {stubborn!r}]);time.sleep(60)"
     task = asyncio.create_task(
         supervisor.run([ChildSpec("stubborn", [PY, "-c", stubborn]), ChildSpec("parent", [PY, "-c", parent])])
     )
@@ -133,9 +127,7 @@ async def test_stop_kills_children_ignoring_sigterm_and_grandchildren(tmp_path: 
 async def test_kills_orphaned_grandchild_when_child_dies() -> None:
     lines, sink = _collector()
     supervisor = _fast(sink)
-    parent = (
-        f"import subprocess, sys, time;subprocess.Popen([sys.executable, '-c', {SLEEPER!r}]); time.sleep(0.3)"
-    )
+    parent = f"import subprocess, sys, time;subprocess.Popen([sys.executable, '-c', {SLEEPER!r}]); time.sleep(0.3)"
     task = asyncio.create_task(supervisor.run([ChildSpec("parent", [PY, "-c", parent], restart=False)]))
     assert await asyncio.wait_for(task, 5) == 0
     (pid_line,) = [line for line in lines if line.startswith("[parent] pid")]

@@ -20,8 +20,14 @@ import yaml
 from xgate.config.load import load_file
 from xgate.errors import ConfigError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, help="xgate: an API gateway on Envoy.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="xgate: an API gateway on Envoy.",
+)
 
+DEFAULT_XDS = "127.0.0.1:18000"
 ConfigOption = Annotated[Path, typer.Option("--file", "-f", help="Config file (YAML or JSON).")]
 
 
@@ -44,8 +50,9 @@ def _print_issues(error: ConfigError) -> None:
 
 
 def _setup_logging(level: str) -> None:
-    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        stream=sys.stderr)
+    logging.basicConfig(
+        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
 
 
 @app.command()
@@ -59,8 +66,9 @@ def validate(file: ConfigOption) -> None:
         _print_issues(exc)
         raise typer.Exit(1) from None
     routes = sum(len(listener.routes) for listener in compiled.ir.listeners)
-    typer.echo(f"valid: {len(compiled.ir.listeners)} listeners, {routes} routes, "
-               f"{len(compiled.ir.upstreams)} upstreams")
+    typer.echo(
+        f"valid: {len(compiled.ir.listeners)} listeners, {routes} routes, {len(compiled.ir.upstreams)} upstreams"
+    )
 
 
 @app.command()
@@ -84,6 +92,14 @@ def translate(
 
 
 @app.command()
+def schema() -> None:
+    """Print the JSON schema of config files (point your editor's YAML support at it)."""
+    from xgate.config.schema import Document
+
+    typer.echo(json.dumps(Document.model_json_schema(), indent=2))
+
+
+@app.command()
 def controlplane(
     file: ConfigOption = Path(),
     xds: Annotated[str, typer.Option(help="xDS (ADS) address")] = "127.0.0.1:18000",
@@ -97,23 +113,33 @@ def controlplane(
     path = file if str(file) not in ("", ".") else default_config()
 
     def ready(bound: Bound) -> None:
-        print(f"xgate control plane ready: xds {bound.xds[0]}:{bound.xds[1]} "
-              f"status http://{bound.status[0]}:{bound.status[1]}/status config {path}", flush=True)
+        print(
+            f"xgate control plane ready: xds {bound.xds[0]}:{bound.xds[1]} "
+            f"status http://{bound.status[0]}:{bound.status[1]}/status config {path}",
+            flush=True,
+        )
 
     async def main() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (2, 15):
             loop.add_signal_handler(signum, stop.set)
-        await run_controlplane(path, xds=_host_port(xds, "--xds"), status=_host_port(status, "--status"),
-                               on_ready=ready, stop=stop)
+        await run_controlplane(
+            path,
+            xds=_host_port(xds, "--xds"),
+            status=_host_port(status, "--status"),
+            on_ready=ready,
+            stop=stop,
+        )
 
     asyncio.run(main())
 
 
 @app.command()
 def bootstrap(
-    xds: Annotated[list[str], typer.Option(help="control plane HOST:PORT (repeat for a fleet)")] = ["127.0.0.1:18000"],  # noqa: B006
+    xds: Annotated[
+        list[str] | None, typer.Option(help=f"control plane HOST:PORT, repeat for a fleet [{DEFAULT_XDS}]")
+    ] = None,
     node_id: Annotated[str, typer.Option()] = "xgate-envoy",
     node_cluster: Annotated[str, typer.Option()] = "xgate",
     admin_port: Annotated[int, typer.Option()] = 9901,
@@ -121,14 +147,16 @@ def bootstrap(
     """Print the Envoy bootstrap that connects an Envoy to xgate control planes."""
     from xgate.proxy.bootstrap import build_bootstrap
 
-    servers = [_host_port(item, "--xds") for item in xds]
+    servers = [_host_port(item, "--xds") for item in xds or [DEFAULT_XDS]]
     data = build_bootstrap(node_id=node_id, node_cluster=node_cluster, xds_servers=servers, admin_port=admin_port)
     typer.echo(yaml.safe_dump(data, sort_keys=False), nl=False)
 
 
 @app.command()
 def envoy(
-    xds: Annotated[list[str], typer.Option(help="control plane HOST:PORT (repeat for a fleet)")] = ["127.0.0.1:18000"],  # noqa: B006
+    xds: Annotated[
+        list[str] | None, typer.Option(help=f"control plane HOST:PORT, repeat for a fleet [{DEFAULT_XDS}]")
+    ] = None,
     node_id: Annotated[str, typer.Option()] = "xgate-envoy",
     node_cluster: Annotated[str, typer.Option()] = "xgate",
     admin_port: Annotated[int, typer.Option()] = 9901,
@@ -138,16 +166,29 @@ def envoy(
     """Run a real Envoy bootstrapped to xgate control planes, until SIGINT/SIGTERM."""
     from xgate.proxy.bootstrap import build_bootstrap, find_envoy
 
-    servers = [_host_port(item, "--xds") for item in xds]
+    servers = [_host_port(item, "--xds") for item in xds or [DEFAULT_XDS]]
     data = build_bootstrap(node_id=node_id, node_cluster=node_cluster, xds_servers=servers, admin_port=admin_port)
     work = Path(tempfile.mkdtemp(prefix="xgate-envoy-"))
     config = work / "bootstrap.json"
     config.write_text(json.dumps(data))
-    argv = [find_envoy(), "-c", str(config), "--disable-hot-restart", "--log-level", log_level,
-            "--drain-time-s", "1", "--parent-shutdown-time-s", "2"]
+    argv = [
+        find_envoy(),
+        "-c",
+        str(config),
+        "--disable-hot-restart",
+        "--log-level",
+        log_level,
+        "--drain-time-s",
+        "1",
+        "--parent-shutdown-time-s",
+        "2",
+    ]
     if concurrency:
         argv += ["--concurrency", str(concurrency)]
-    print(f"xgate envoy starting: node {node_id}, xds {', '.join(xds)}, admin 127.0.0.1:{admin_port}", flush=True)
+    print(
+        f"xgate envoy starting: node {node_id}, xds {', '.join(xds or [DEFAULT_XDS])}, admin 127.0.0.1:{admin_port}",
+        flush=True,
+    )
     # exec: the supervisor signals Envoy itself, with no Python process in between.
     os.execv(argv[0], argv)
 
@@ -183,14 +224,23 @@ def up(
     children: list[ChildSpec] = []
     if demo if demo is not None else file is None:
         children += [
-            ChildSpec("demo-v1", [*me, "demo-upstream", "--name", "demo-v1", "--port", "18081"],
-                      ready_line="listening"),
-            ChildSpec("demo-v2", [*me, "demo-upstream", "--name", "demo-v2", "--port", "18082"],
-                      ready_line="listening"),
+            ChildSpec(
+                "demo-v1",
+                [*me, "demo-upstream", "--name", "demo-v1", "--port", "18081"],
+                ready_line="listening",
+            ),
+            ChildSpec(
+                "demo-v2",
+                [*me, "demo-upstream", "--name", "demo-v2", "--port", "18082"],
+                ready_line="listening",
+            ),
         ]
     children += [
-        ChildSpec("controlplane", [*me, "controlplane", "-f", str(path), "--xds", xds, "--status", status],
-                  ready_line="control plane ready"),
+        ChildSpec(
+            "controlplane",
+            [*me, "controlplane", "-f", str(path), "--xds", xds, "--status", status],
+            ready_line="control plane ready",
+        ),
         ChildSpec("envoy", [*me, "envoy", "--xds", xds, "--admin-port", str(admin_port)]),
     ]
     code = asyncio.run(Supervisor().run(children))
@@ -204,7 +254,7 @@ def status(
 ) -> None:
     """Has the current config reached every Envoy? Exit 0 when every proxy ACKed it, 1 otherwise."""
     try:
-        with urllib.request.urlopen(url.rstrip("/") + "/status", timeout=5) as response:  # noqa: S310
+        with urllib.request.urlopen(url.rstrip("/") + "/status", timeout=5) as response:
             report = json.load(response)
     except (urllib.error.URLError, OSError) as exc:
         typer.echo(f"cannot reach the control plane at {url}: {exc}", err=True)

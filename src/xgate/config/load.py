@@ -28,9 +28,7 @@ class _Loader(_BaseLoader):  # type: ignore[misc]
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=True)
             if key in seen:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {key!r}", key_node.start_mark
-                )
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
             seen.add(key)
         result: dict[Any, Any] = super().construct_mapping(node, deep=deep)
         return result
@@ -54,6 +52,8 @@ class ConfigSet:
     plugins: Mapping[str, Any] = field(default_factory=dict)
     sources: Mapping[tuple[str, str], ObjectSource] = field(default_factory=dict)
     plugins_source: ObjectSource = ObjectSource("")
+    issues: tuple[ConfigIssue, ...] = ()
+    broken: frozenset[tuple[str, str]] = frozenset()
     text: str = field(default="", repr=False, compare=False)
 
     def source_of(self, kind: str, name: str) -> ObjectSource:
@@ -92,7 +92,9 @@ def load_yaml(text: str, source: str) -> Any:
         raise ConfigError([ConfigIssue(source, "document", "", f"not valid YAML: {problem}", line)]) from None
 
 
-def validate_object(kind: str, data: Any, label: str, prefix: FieldPath = ()) -> tuple[BaseModel | None, list[_Problem]]:
+def validate_object(
+    kind: str, data: Any, label: str, prefix: FieldPath = ()
+) -> tuple[BaseModel | None, list[_Problem]]:
     """Validate one object of `kind`; on failure return every problem with its field path."""
     try:
         return KINDS[kind].model_validate(data), []
@@ -110,7 +112,11 @@ def _problem_from_pydantic(err: Any, label: str, prefix: FieldPath) -> _Problem:
 
 
 def parse_document(text: str, source: str) -> ConfigSet:
-    """Parse one YAML/JSON document holding listeners, upstreams, routes and global plugin defaults."""
+    """Parse one YAML/JSON document holding listeners, upstreams, routes and global plugin defaults.
+
+    A document-level problem (bad YAML, unknown section) raises ConfigError. An invalid object is left out
+    and its issues travel in `ConfigSet.issues`, so the next stage can still report every other problem.
+    """
     data = load_yaml(text, source)
     if data is None:
         data = {}
@@ -124,6 +130,7 @@ def parse_document(text: str, source: str) -> ConfigSet:
         problems.append(_Problem("document", ("plugins",), "must be a mapping of plugin name to settings"))
         plugins = {}
     found: dict[str, list[Any]] = {kind: [] for kind in KINDS}
+    broken: set[tuple[str, str]] = set()
     where: dict[tuple[str, str], FieldPath] = {}
     for section, kind in SECTIONS.items():
         items = data.get(section) or []
@@ -136,6 +143,8 @@ def parse_document(text: str, source: str) -> ConfigSet:
             obj, issues = validate_object(kind, item, label, (section, index))
             problems.extend(issues)
             if obj is None:
+                if isinstance(name, str):
+                    broken.add((kind, name))
                 continue
             key = (kind, str(getattr(obj, "name", "")))
             if key in where:
@@ -143,7 +152,8 @@ def parse_document(text: str, source: str) -> ConfigSet:
                 continue
             where[key] = (section, index)
             found[kind].append(obj)
-    if problems:
+    document_problems = [problem for problem in problems if problem.label == "document"]
+    if document_problems:
         raise ConfigError(_locate(problems, text, source))
     return ConfigSet(
         listeners=tuple(found["listener"]),
@@ -152,12 +162,14 @@ def parse_document(text: str, source: str) -> ConfigSet:
         plugins=plugins,
         sources={key: ObjectSource(source, path) for key, path in where.items()},
         plugins_source=ObjectSource(source, ("plugins",)),
+        issues=tuple(_locate(problems, text, source)) if problems else (),
+        broken=frozenset(broken),
         text=text,
     )
 
 
 def load_file(path: str | Path) -> ConfigSet:
-    """Read and validate one config file; raise ConfigError listing every issue."""
+    """Read and parse one config file (see parse_document for which problems raise)."""
     file = Path(path)
     try:
         text = file.read_text(encoding="utf-8")

@@ -156,8 +156,18 @@ class DirectResponse(Model):
 
 class Retries(Model):
     attempts: int = Field(default=1, ge=0, le=10)
-    retry_on: tuple[Literal["5xx", "gateway-error", "reset", "connect-failure", "retriable-4xx",
-                      "refused-stream", "retriable-status-codes"], ...] = ("5xx", "reset", "connect-failure")
+    retry_on: tuple[
+        Literal[
+            "5xx",
+            "gateway-error",
+            "reset",
+            "connect-failure",
+            "retriable-4xx",
+            "refused-stream",
+            "retriable-status-codes",
+        ],
+        ...,
+    ] = ("5xx", "reset", "connect-failure")
     per_try_timeout: Duration | None = None
 
 
@@ -230,3 +240,13 @@ class Listener(Model):
 
 
 KINDS: dict[str, type[Model]] = {"listener": Listener, "upstream": Upstream, "route": Route}
+
+
+class Document(Model):
+    """A whole config file; used to export the JSON schema for editors (files are read object by object)."""
+
+    xgate: Literal["v1"] = "v1"
+    plugins: dict[str, Any] = {}
+    listeners: tuple[Listener, ...] = ()
+    upstreams: tuple[Upstream, ...] = ()
+    routes: tuple[Route, ...] = ()

@@ -21,8 +21,10 @@ class AdsService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: igno
     def __init__(self, cache: SnapshotCache) -> None:
         self.cache = cache
 
-    async def StreamAggregatedResources(  # noqa: N802 (gRPC's name)
-        self, request_iterator: AsyncIterator[discovery_v3.DiscoveryRequest], context: grpc.aio.ServicerContext
+    async def StreamAggregatedResources(
+        self,
+        request_iterator: AsyncIterator[discovery_v3.DiscoveryRequest],
+        context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[discovery_v3.DiscoveryResponse]:
         proxy = self.cache.status.connect(context.peer())
         stream = AdsStream(proxy)
@@ -41,8 +43,12 @@ class AdsService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: igno
                         return
                     stream.on_request(request, snapshot)
                     if request.HasField("error_detail"):
-                        log.warning("proxy %s rejected %s: %s", proxy.node_id, typeurls.SHORT.get(
-                            request.type_url, request.type_url), request.error_detail.message)
+                        log.warning(
+                            "proxy %s rejected %s: %s",
+                            proxy.node_id,
+                            typeurls.SHORT.get(request.type_url, request.type_url),
+                            request.error_detail.message,
+                        )
                 for response in stream.responses(snapshot):
                     yield response
         finally:
@@ -51,10 +57,14 @@ class AdsService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: igno
             self.cache.status.disconnect(proxy)
             log.info("proxy %s (%s) disconnected", proxy.node_id, proxy.peer)
 
-    async def DeltaAggregatedResources(  # noqa: N802 (gRPC's name)
-        self, request_iterator: AsyncIterator[discovery_v3.DeltaDiscoveryRequest], context: grpc.aio.ServicerContext
+    async def DeltaAggregatedResources(
+        self,
+        request_iterator: AsyncIterator[discovery_v3.DeltaDiscoveryRequest],
+        context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[discovery_v3.DeltaDiscoveryResponse]:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "xgate serves state-of-the-world ADS; use GRPC, not DELTA_GRPC")
+        await context.abort(
+            grpc.StatusCode.UNIMPLEMENTED, "xgate serves state-of-the-world ADS; use GRPC, not DELTA_GRPC"
+        )
         yield discovery_v3.DeltaDiscoveryResponse()  # pragma: no cover (abort raises)
 
 

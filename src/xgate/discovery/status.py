@@ -55,12 +55,22 @@ class ProxyStatus:
     synced_at: float | None = None
 
     def in_sync(self, snapshot: Snapshot | None) -> bool:
-        """True when every type this proxy subscribes to is ACKed at the snapshot's content."""
-        if snapshot is None or not self.types:
+        """True when this proxy holds every resource of the snapshot, each ACKed at the snapshot's content.
+
+        A proxy that has not yet asked for a type the snapshot has (e.g. it reconnected and only sent its
+        CDS request so far) is not in sync.
+        """
+        if snapshot is None:
             return False
-        for type_url, state in self.types.items():
-            current = Snapshot.version_of(snapshot.select(type_url, state.names))
-            if state.acked_version != current:
+        for type_url, resources in snapshot.resources.items():
+            state = self.types.get(type_url)
+            if state is None:
+                if resources:
+                    return False
+                continue
+            if state.names is not None and not state.names >= resources.keys():
+                return False
+            if state.acked_version != Snapshot.version_of(snapshot.select(type_url, state.names)):
                 return False
         return True
 

@@ -66,14 +66,17 @@ class AdsStream:
             if status.rejection is not None and status.rejection.version != request.version_info:
                 status.rejection = None
             self.proxy.note_ack(snapshot)
-        elif request.version_info and snapshot is not None:
+        elif (
+            request.version_info
+            and snapshot is not None
+            and request.version_info == Snapshot.version_of(snapshot.select(type_url, state.names))
+        ):
             # A proxy reconnecting (e.g. after a control plane restart) says what it already has; versions
             # are content digests, so when they match there is nothing to send.
-            if request.version_info == Snapshot.version_of(snapshot.select(type_url, state.names)):
-                state.version = request.version_info
-                state.sent = {r.name: r for r in snapshot.select(type_url, state.names)}
-                status.acked_version = status.sent_version = request.version_info
-                status.acked_revision = status.sent_revision = snapshot.revision
+            state.version = request.version_info
+            state.sent = {r.name: r for r in snapshot.select(type_url, state.names)}
+            status.acked_version = status.sent_version = request.version_info
+            status.acked_revision = status.sent_revision = snapshot.revision
 
     def responses(self, snapshot: Snapshot | None) -> list[discovery_v3.DiscoveryResponse]:
         """Everything this proxy must be sent to match `snapshot`, in push order."""
@@ -102,8 +105,9 @@ class AdsStream:
             out.append(self._respond(type_url, state, wanted, version, snapshot))
         if final_clusters is not None:
             state = self._types[typeurls.CLUSTER]
-            out.append(self._respond(typeurls.CLUSTER, state, final_clusters,
-                                     Snapshot.version_of(final_clusters), snapshot))
+            out.append(
+                self._respond(typeurls.CLUSTER, state, final_clusters, Snapshot.version_of(final_clusters), snapshot)
+            )
         return out
 
     def _ordered_types(self) -> list[str]:

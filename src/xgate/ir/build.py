@@ -17,26 +17,32 @@ from xgate.translate.plugins import FILTER_ORDER, PLUGINS
 
 def build_ir(config: ConfigSet, revision: str = "") -> GatewayIR:
     """Check what single objects cannot check alone and resolve defaults; raise ConfigError with every issue."""
-    issues: list[ConfigIssue] = []
+    issues: list[ConfigIssue] = list(config.issues)
     upstream_names = {upstream.name for upstream in config.upstreams}
     listener_names = {listener.name for listener in config.listeners}
+    # An object that failed its own validation is reported already; do not call it missing too.
+    known_upstreams = upstream_names | {name for kind, name in config.broken if kind == "upstream"}
+    known_listeners = listener_names | {name for kind, name in config.broken if kind == "listener"}
     issues += _port_clashes(config)
 
     defaults = _validated_plugins(config, "document", "plugins", config.plugins, "plugins", issues)
     listener_plugins = {
-        listener.name: {**defaults, **_validated_plugins(config, "listener", listener.name, listener.plugins,
-                                                         "plugins", issues)}
+        listener.name: {
+            **defaults,
+            **_validated_plugins(config, "listener", listener.name, listener.plugins, "plugins", issues),
+        }
         for listener in config.listeners
     }
     attached: dict[str, list[RouteIR]] = {name: [] for name in listener_names}
     for route in config.routes:
         for field_name, ref in _upstream_refs(route):
-            if ref not in upstream_names:
+            if ref not in known_upstreams:
                 issues.append(config.issue("route", route.name, field_name, f"upstream {ref!r} does not exist"))
         for index, ref in enumerate(route.listeners):
-            if ref not in listener_names:
-                issues.append(config.issue("route", route.name, f"listeners.{index}",
-                                           f"listener {ref!r} does not exist"))
+            if ref not in known_listeners:
+                issues.append(
+                    config.issue("route", route.name, f"listeners.{index}", f"listener {ref!r} does not exist")
+                )
         own = _validated_plugins(config, "route", route.name, route.plugins, "plugins", issues)
         for listener_name in route.listeners or sorted(listener_names):
             if listener_name in attached:
@@ -70,7 +76,12 @@ def _listener_ir(listener: Listener, routes: tuple[RouteIR, ...]) -> ListenerIR:
 
 
 def _validated_plugins(
-    config: ConfigSet, kind: str, name: str, raw: Mapping[str, Any], field_name: str, issues: list[ConfigIssue]
+    config: ConfigSet,
+    kind: str,
+    name: str,
+    raw: Mapping[str, Any],
+    field_name: str,
+    issues: list[ConfigIssue],
 ) -> dict[str, Model | None]:
     """Validate each plugin's settings; `false`/`null` means "off here" and is kept as None."""
     result: dict[str, Model | None] = {}
@@ -103,8 +114,14 @@ def _port_clashes(config: ConfigSet) -> list[ConfigIssue]:
             continue
         for other in taken.get(listener.port, []):
             if _overlap(listener.address, other.address):
-                issues.append(config.issue("listener", listener.name, "port",
-                                           f"port {listener.port} is already used by listener {other.name}"))
+                issues.append(
+                    config.issue(
+                        "listener",
+                        listener.name,
+                        "port",
+                        f"port {listener.port} is already used by listener {other.name}",
+                    )
+                )
         taken.setdefault(listener.port, []).append(listener)
     return issues
 

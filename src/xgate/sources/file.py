@@ -84,9 +84,13 @@ class FileSource:
                 return Revision(revision="", config=None, error=ConfigError([issue]))
             if text == self._last_text:
                 return None
+            config: ConfigSet | None = None
+            error: ConfigError | None = None
             try:
                 config = parse_document(text, str(self.path))
             except ConfigError as exc:
+                error = exc
+            if error is not None or (config is not None and config.issues):
                 await asyncio.sleep(self._settle)
                 try:
                     again = self.path.read_text(encoding="utf-8")
@@ -94,7 +98,5 @@ class FileSource:
                     again = None
                 if again is not None and again != text:
                     continue
-                self._last_text = text
-                return Revision(revision=revision_of(text), config=None, error=exc)
             self._last_text = text
-            return Revision(revision=revision_of(text), config=config)
+            return Revision(revision=revision_of(text), config=config, error=error)

@@ -59,7 +59,7 @@ class Gateway:
                 self.config_path,
                 xds=("127.0.0.1", self.xds_port),
                 status=("127.0.0.1", self.status_port),
-                on_ready=lambda bound: ready.done() or ready.set_result(bound),
+                on_ready=lambda bound: None if ready.done() else ready.set_result(bound),
                 stop=self._stop,
                 plane=self.plane,
             )
@@ -74,10 +74,16 @@ class Gateway:
             self._task = None
 
     async def start_envoy(self, node_id: str = "test-envoy", timeout: float = 20.0) -> EnvoyProcess:
-        bootstrap = build_bootstrap(node_id=node_id, node_cluster="test", xds_servers=[("127.0.0.1", self.xds_port)],
-                                    admin_port=0)
-        envoy = EnvoyProcess(bootstrap, self.work_dir / f"envoy-{node_id}-{len(self.envoys)}", concurrency=1,
-                             output=self._output, extra_args=["--drain-time-s", "1"])
+        bootstrap = build_bootstrap(
+            node_id=node_id, node_cluster="test", xds_servers=[("127.0.0.1", self.xds_port)], admin_port=0
+        )
+        envoy = EnvoyProcess(
+            bootstrap,
+            self.work_dir / f"envoy-{node_id}-{len(self.envoys)}",
+            concurrency=1,
+            output=self._output,
+            extra_args=["--drain-time-s", "1"],
+        )
         await envoy.start()
         self.envoys.append(envoy)
         await envoy.wait_ready(timeout)
@@ -117,7 +123,8 @@ class Gateway:
 
 
 async def _first(ready: asyncio.Future[Bound], task: asyncio.Task[None]) -> Bound:
-    done, _ = await asyncio.wait({ready, task}, return_when=asyncio.FIRST_COMPLETED)
+    waiting: set[asyncio.Future[Any]] = {ready, task}
+    done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
     if ready in done:
         return ready.result()
     task.result()  # raises what stopped the control plane

@@ -23,8 +23,12 @@ class Resources:
     routes: dict[str, Message] = field(default_factory=dict)
 
     def by_kind(self) -> dict[str, dict[str, Message]]:
-        return {"clusters": self.clusters, "endpoints": self.endpoints, "listeners": self.listeners,
-                "routes": self.routes}
+        return {
+            "clusters": self.clusters,
+            "endpoints": self.endpoints,
+            "listeners": self.listeners,
+            "routes": self.routes,
+        }
 
 
 def translate(ir: GatewayIR) -> Resources:

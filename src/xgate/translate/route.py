@@ -15,13 +15,12 @@ from xgate.translate import names
 from xgate.translate.plugins import PLUGINS, pack
 from xgate.translate.protos import duration
 
-rc = route_components_v3
 _REDIRECT_CODES = {
-    301: rc.RedirectAction.MOVED_PERMANENTLY,
-    302: rc.RedirectAction.FOUND,
-    303: rc.RedirectAction.SEE_OTHER,
-    307: rc.RedirectAction.TEMPORARY_REDIRECT,
-    308: rc.RedirectAction.PERMANENT_REDIRECT,
+    301: route_components_v3.RedirectAction.MOVED_PERMANENTLY,
+    302: route_components_v3.RedirectAction.FOUND,
+    303: route_components_v3.RedirectAction.SEE_OTHER,
+    307: route_components_v3.RedirectAction.TEMPORARY_REDIRECT,
+    308: route_components_v3.RedirectAction.PERMANENT_REDIRECT,
 }
 _SET = base_v3.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
 _ADD = base_v3.HeaderValueOption.APPEND_IF_EXISTS_OR_ADD
@@ -32,7 +31,7 @@ def translate_routes(ir: ListenerIR) -> route_v3.RouteConfiguration:
     built = [(route.route.match.hosts, translate_route(route, ir.filters)) for route in ir.routes]
     hosts = sorted({host for route_hosts, _ in built for host in route_hosts if host != "*"})
     virtual_hosts = [
-        rc.VirtualHost(
+        route_components_v3.VirtualHost(
             name=names.virtual_host(ir.name, (host,)),
             domains=[host],
             routes=[proto for route_hosts, proto in built if host in route_hosts or "*" in route_hosts],
@@ -40,7 +39,7 @@ def translate_routes(ir: ListenerIR) -> route_v3.RouteConfiguration:
         for host in hosts
     ]
     virtual_hosts.append(
-        rc.VirtualHost(
+        route_components_v3.VirtualHost(
             name=names.virtual_host(ir.name, ("*",)),
             domains=["*"],
             routes=[proto for route_hosts, proto in built if "*" in route_hosts],
@@ -53,9 +52,9 @@ def translate_routes(ir: ListenerIR) -> route_v3.RouteConfiguration:
     )
 
 
-def translate_route(ir: RouteIR, listener_filters: tuple[str, ...]) -> rc.Route:
+def translate_route(ir: RouteIR, listener_filters: tuple[str, ...]) -> route_components_v3.Route:
     route = ir.route
-    proto = rc.Route(name=route.name, match=_match(route.match))
+    proto = route_components_v3.Route(name=route.name, match=_match(route.match))
     if route.redirect is not None:
         proto.redirect.CopyFrom(_redirect(route))
     elif route.direct_response is not None:
@@ -82,8 +81,8 @@ def _string(exact: str | None = None, prefix: str | None = None, regex: str | No
     return string_v3.StringMatcher(exact=exact or "")
 
 
-def _match(match: Match) -> rc.RouteMatch:
-    proto = rc.RouteMatch()
+def _match(match: Match) -> route_components_v3.RouteMatch:
+    proto = route_components_v3.RouteMatch()
     if match.path.exact is not None:
         proto.path = match.path.exact
     elif match.path.regex is not None:
@@ -92,17 +91,15 @@ def _match(match: Match) -> rc.RouteMatch:
         proto.prefix = match.path.prefix or "/"
     if match.methods:
         methods = sorted(set(match.methods))
-        matcher = (
-            _string(exact=methods[0]) if len(methods) == 1 else _string(regex=f"^({'|'.join(methods)})$")
-        )
-        proto.headers.append(rc.HeaderMatcher(name=":method", string_match=matcher))
+        matcher = _string(exact=methods[0]) if len(methods) == 1 else _string(regex=f"^({'|'.join(methods)})$")
+        proto.headers.append(route_components_v3.HeaderMatcher(name=":method", string_match=matcher))
     proto.headers.extend(_header(header) for header in match.headers)
     proto.query_parameters.extend(_query(query) for query in match.query)
     return proto
 
 
-def _header(header: HeaderMatch) -> rc.HeaderMatcher:
-    proto = rc.HeaderMatcher(name=header.name.lower(), invert_match=header.invert)
+def _header(header: HeaderMatch) -> route_components_v3.HeaderMatcher:
+    proto = route_components_v3.HeaderMatcher(name=header.name.lower(), invert_match=header.invert)
     if header.present is not None:
         proto.present_match = header.present
     else:
@@ -110,8 +107,8 @@ def _header(header: HeaderMatch) -> rc.HeaderMatcher:
     return proto
 
 
-def _query(query: QueryMatch) -> rc.QueryParameterMatcher:
-    proto = rc.QueryParameterMatcher(name=query.name)
+def _query(query: QueryMatch) -> route_components_v3.QueryParameterMatcher:
+    proto = route_components_v3.QueryParameterMatcher(name=query.name)
     if query.present is not None:
         # Envoy can only ask "present"; "absent" is the inverse, which it cannot express for query params.
         proto.present_match = query.present
@@ -120,13 +117,13 @@ def _query(query: QueryMatch) -> rc.QueryParameterMatcher:
     return proto
 
 
-def _action(route: Route) -> rc.RouteAction:
-    action = rc.RouteAction()
+def _action(route: Route) -> route_components_v3.RouteAction:
+    action = route_components_v3.RouteAction()
     if route.upstream is not None:
         action.cluster = names.cluster(route.upstream)
     else:
         action.weighted_clusters.clusters.extend(
-            rc.WeightedCluster.ClusterWeight(
+            route_components_v3.WeightedCluster.ClusterWeight(
                 name=names.cluster(target.upstream), weight=wrappers_pb2.UInt32Value(value=target.weight)
             )
             for target in route.split or ()
@@ -140,15 +137,19 @@ def _action(route: Route) -> rc.RouteAction:
             action.retry_policy.per_try_timeout.CopyFrom(duration(route.retries.per_try_timeout))
     if route.websocket:
         action.upgrade_configs.append(
-            rc.RouteAction.UpgradeConfig(upgrade_type="websocket", enabled=wrappers_pb2.BoolValue(value=True))
+            route_components_v3.RouteAction.UpgradeConfig(
+                upgrade_type="websocket", enabled=wrappers_pb2.BoolValue(value=True)
+            )
         )
     return action
 
 
-def _redirect(route: Route) -> rc.RedirectAction:
+def _redirect(route: Route) -> route_components_v3.RedirectAction:
     redirect = route.redirect
     assert redirect is not None
-    proto = rc.RedirectAction(response_code=_REDIRECT_CODES[redirect.code], strip_query=redirect.strip_query)
+    proto = route_components_v3.RedirectAction(
+        response_code=_REDIRECT_CODES[redirect.code], strip_query=redirect.strip_query
+    )
     if redirect.scheme is not None:
         proto.scheme_redirect = redirect.scheme
     if redirect.host is not None:

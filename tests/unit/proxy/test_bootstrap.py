@@ -55,9 +55,7 @@ def test_xds_cluster_lists_every_control_plane() -> None:
         for e in locality["lb_endpoints"]
     ]
     assert addresses == SERVERS
-    options = cluster["typed_extension_protocol_options"][
-        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
-    ]
+    options = cluster["typed_extension_protocol_options"]["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]
     http2 = options["explicit_http_config"]["http2_protocol_options"]
     assert http2["connection_keepalive"] == {"interval": "5s", "timeout": "5s"}
 

@@ -1,0 +1,52 @@
+"""`xgate validate` and `xgate translate`: exit codes, every issue listed, the same pipeline as the server."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from typer.testing import CliRunner
+
+from xgate.cli.main import app, default_config
+
+runner = CliRunner()
+
+
+def test_validate_accepts_the_bundled_example() -> None:
+    result = runner.invoke(app, ["validate", "-f", str(default_config())])
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("valid: 1 listeners, 5 routes, 2 upstreams")
+
+
+def test_validate_lists_every_issue_and_exits_1(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("listeners: [{name: l, port: 1}]\nroutes:\n- {name: a, upstream: gone}\n- {name: b}\n")
+    result = runner.invoke(app, ["validate", "-f", str(bad)])
+    assert result.exit_code == 1
+    assert "invalid: 2 issues" in result.output
+    assert f"{bad}:3: route a field upstream: upstream 'gone' does not exist" in result.output
+    assert f"{bad}:4: route b: action: set one of" in result.output
+
+
+def test_validate_missing_file(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["validate", "-f", str(tmp_path / "nope.yaml")])
+    assert result.exit_code == 1
+    assert "cannot read" in result.output
+
+
+def test_translate_prints_envoy_resources_and_ir() -> None:
+    xds = runner.invoke(app, ["translate", "-f", str(default_config()), "--to", "xds"])
+    assert xds.exit_code == 0, xds.output
+    data = yaml.safe_load(xds.output)
+    assert sorted(data) == ["clusters", "endpoints", "listeners", "routes"]
+    assert sorted(data["clusters"]) == ["upstream/demo-v1", "upstream/demo-v2"]
+    ir = runner.invoke(app, ["translate", "-f", str(default_config()), "--to", "ir"])
+    assert ir.exit_code == 0
+    routes = yaml.safe_load(ir.output)["listeners"][0]["routes"]
+    assert routes[0]["route"]["name"] == "health"
+
+
+def test_bootstrap_names_every_control_plane() -> None:
+    result = runner.invoke(app, ["bootstrap", "--xds", "127.0.0.1:18000", "--xds", "127.0.0.1:18001"])
+    assert result.exit_code == 0, result.output
+    assert result.output.count("port_value: 1800") == 2
