@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -171,10 +172,39 @@ class Retries(Model):
     per_try_timeout: Duration | None = None
 
 
+_HEADER_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
+# Envoy refuses to add, set or remove these; checked here so such a config never reaches it.
+_PROTECTED_HEADERS = frozenset({"host"})
+
+
+def _check_header_name(name: str) -> str:
+    if name.startswith(":"):
+        raise ValueError(f"header {name!r}: pseudo-headers cannot be changed")
+    if not _HEADER_NAME.match(name):
+        raise ValueError(f"header name {name!r} is not a valid HTTP header name")
+    if name.lower() in _PROTECTED_HEADERS:
+        raise ValueError(f"header {name!r} cannot be changed by header rules")
+    return name
+
+
 class HeaderOps(Model):
     set: dict[str, str] = {}
     add: dict[str, str] = {}
     remove: tuple[str, ...] = ()
+
+    @field_validator("set", "add")
+    @classmethod
+    def _pairs(cls, pairs: dict[str, str]) -> dict[str, str]:
+        for name, value in pairs.items():
+            _check_header_name(name)
+            if any(char in value for char in "\r\n\0"):
+                raise ValueError(f"header {name!r}: the value contains CR, LF or NUL")
+        return pairs
+
+    @field_validator("remove")
+    @classmethod
+    def _names(cls, names: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(_check_header_name(name) for name in names)
 
 
 class HeaderRules(Model):

@@ -63,6 +63,10 @@ def test_bad_durations(value: object) -> None:
             "- {name: r, upstream: app, match: {headers: [{name: x, exact: a, regex: b}]}}",
             "header x: set exactly one of exact, prefix, regex, present (got exact, regex)",
         ),
+        ("- {name: r, upstream: app, headers: {request: {remove: [host]}}}", "header 'host' cannot be changed"),
+        ("- {name: r, upstream: app, headers: {request: {set: {':path': /x}}}}", "pseudo-headers cannot be changed"),
+        ('- {name: r, upstream: app, headers: {response: {add: {x-a: "a\\r\\nb"}}}}', "contains CR, LF or NUL"),
+        ("- {name: r, upstream: app, headers: {response: {add: {'bad name': a}}}}", "not a valid HTTP header name"),
     ],
 )
 def test_route_mistakes_are_located(routes: str, expected: str) -> None:
