@@ -22,10 +22,10 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, cast
 
 from xgate.pipeline import revision_of
 from xgate.proxy.bootstrap import build_bootstrap
@@ -134,7 +134,7 @@ def serve_controlplane(config_path: str) -> None:
         original_request(self, request, snapshot)
 
     async def stream(self: AdsService, requests: Any, context: Any) -> AsyncIterator[Any]:
-        responses = original_stream(self, requests, context)
+        responses = cast(AsyncGenerator[Any, None], original_stream(self, requests, context))
         try:
             async for response in responses:
                 sent = built.pop(id(response), None)
@@ -147,9 +147,9 @@ def serve_controlplane(config_path: str) -> None:
 
     FileSource._read = read  # type: ignore[method-assign]
     SnapshotCache.set = set_snapshot  # type: ignore[method-assign]
-    AdsStream._respond = respond  # type: ignore[method-assign]
+    AdsStream._respond = respond  # type: ignore[method-assign, assignment]
     AdsStream.on_request = on_request  # type: ignore[method-assign]
-    AdsService.StreamAggregatedResources = stream  # type: ignore[method-assign]
+    AdsService.StreamAggregatedResources = stream  # type: ignore[method-assign, assignment]
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -516,14 +516,20 @@ def print_report(summaries: list[dict[str, Any]], args: argparse.Namespace, out:
             f"{rds.get('update_success', -1):>7}/{rds.get('update_rejected', -1):<7} "
             f"{summary['by_kind']['all']['unexpected_answers']:>11}"
         )
-    write(
-        "\nwatch = os.replace -> FileSource reads; parse = read + YAML + schema; compile = IR + translate + "
-        "pack -> SnapshotCache.set;\npush = set -> RDS DiscoveryResponse written by grpc; control plane = "
-        "watch+parse+compile+push; envoy = RDS written -> poller's\nfirst correct answer (includes "
-        "the poll loop, i.e. about one baseline); ->ACK = RDS written -> Envoy's ACK seen by the control "
-        "plane.\nbaseline = one poll of a route already served: subtract it from total and envoy. "
-        "p99 of < 100 samples is interpolated, near max."
-    )
+    notes = [
+        "",
+        "total = t0 (just before os.replace of the config file) -> t1 (the poller first gets the new answer).",
+        "control plane = t0 -> the RDS DiscoveryResponse written by grpc (its send op completed) in the",
+        "  control plane child = watch (os.replace -> FileSource reads the file) + parse (read, YAML, schema)",
+        "  + compile (IR, translate, pack -> SnapshotCache.set) + push (set -> RDS response written).",
+        "envoy = RDS written -> t1 (so total = control plane + envoy); ->ACK = RDS written -> Envoy's ACK seen",
+        "  by the control plane. Clocks: CLOCK_MONOTONIC in both processes.",
+        "baseline = the same poll loop timing a no-op change that lands at a random moment on a route already",
+        "  served: the poller's detection delay, included in total and envoy; subtract it.",
+        "odd answers = anything but the old or the new answer while a change propagated (should be 0).",
+        "p99 of < 100 samples is interpolated between the two largest values.",
+    ]
+    write("\n".join(notes))
 
 
 # -- command line ---------------------------------------------------------------------------------------------
