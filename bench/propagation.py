@@ -173,11 +173,10 @@ class ControlPlaneChild:
     def __init__(self, config_path: Path, log_path: Path) -> None:
         self._log = log_path.open("wb")
         self.proc = subprocess.Popen(
-            [sys.executable, str(Path(__file__).absolute()), "--serve-controlplane", str(config_path)],
+            die_with_parent([sys.executable, str(Path(__file__).absolute()), "--serve-controlplane", str(config_path)]),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=self._log,
-            preexec_fn=die_with_parent(),
         )
         self._events: dict[str, dict[str, dict[str, Any]]] = {}
         self._ready: dict[str, Any] | None = None

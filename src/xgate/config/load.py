@@ -38,14 +38,17 @@ class ConfigSet:
     upstreams: tuple[Upstream, ...] = ()
     routes: tuple[Route, ...] = ()
     plugins: Mapping[str, Any] = field(default_factory=dict)
-    sources: Mapping[tuple[str, str], ObjectSource] = field(default_factory=dict)
-    plugins_source: ObjectSource = ObjectSource("")
+    source: str = ""
+    paths: Mapping[tuple[str, str], FieldPath] = field(default_factory=dict)
     issues: tuple[ConfigIssue, ...] = ()
     broken: frozenset[tuple[str, str]] = frozenset()
     text: str = field(default="", repr=False, compare=False)
 
     def source_of(self, kind: str, name: str) -> ObjectSource:
-        return self.sources.get((kind, name), self.plugins_source)
+        """Where (kind, name) came from; the document's plugin defaults are ("document", "plugins")."""
+        if kind == "document":
+            return ObjectSource(self.source, (name,))
+        return ObjectSource(self.source, self.paths.get((kind, name), ()))
 
     @cached_property
     def _lines(self) -> dict[FieldPath, int]:
@@ -150,11 +153,10 @@ def parse_document(text: str, source: str, cache: ObjectCache | None = None) -> 
             continue
         for index, item in enumerate(items):
             name = item.get("name") if isinstance(item, dict) else None
-            label = f"{kind} {name if isinstance(name, str) else f'#{index + 1}'}"
             cache_key, obj = cache.get(kind, item) if cache is not None else (None, None)
             issues: list[_Problem] = []
             if obj is None:
-                obj, issues = validate_object(kind, item, label, (section, index))
+                obj, issues = validate_object(kind, item, _label(kind, name, index), (section, index))
             if cache is not None and cache_key is not None and obj is not None:
                 cache.put(cache_key, obj)
             problems.extend(issues)
@@ -164,7 +166,7 @@ def parse_document(text: str, source: str, cache: ObjectCache | None = None) -> 
                 continue
             key = (kind, str(getattr(obj, "name", "")))
             if key in where:
-                problems.append(_Problem(label, (section, index, "name"), "duplicate name"))
+                problems.append(_Problem(_label(kind, name, index), (section, index, "name"), "duplicate name"))
                 continue
             where[key] = (section, index)
             found[kind].append(obj)
@@ -178,12 +180,16 @@ def parse_document(text: str, source: str, cache: ObjectCache | None = None) -> 
         upstreams=tuple(found["upstream"]),
         routes=tuple(found["route"]),
         plugins=plugins,
-        sources={key: ObjectSource(source, path) for key, path in where.items()},
-        plugins_source=ObjectSource(source, ("plugins",)),
+        source=source,
+        paths=where,
         issues=tuple(_locate(problems, text, source)) if problems else (),
         broken=frozenset(broken),
         text=text,
     )
+
+
+def _label(kind: str, name: object, index: int) -> str:
+    return f"{kind} {name if isinstance(name, str) else f'#{index + 1}'}"
 
 
 def load_file(path: str | Path) -> ConfigSet:

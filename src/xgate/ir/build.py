@@ -43,7 +43,7 @@ def build_ir(config: ConfigSet, revision: str = "") -> GatewayIR:
                 issues.append(
                     config.issue("route", route.name, f"listeners.{index}", f"listener {ref!r} does not exist")
                 )
-        own = _validated_plugins(config, "route", route.name, route.plugins, "plugins", issues)
+        own = _validated_plugins(config, "route", route.name, route.plugins, "plugins", issues) if route.plugins else {}
         for listener_name in route.listeners or sorted(listener_names):
             if listener_name in attached:
                 attached[listener_name].append(_route_ir(route, listener_plugins[listener_name], own))
@@ -63,7 +63,12 @@ def _upstream_refs(route: Route) -> list[tuple[str, str]]:
     return [(f"split.{index}.upstream", target.upstream) for index, target in enumerate(route.split or ())]
 
 
+_NO_PLUGINS: Mapping[str, Model] = {}
+
+
 def _route_ir(route: Route, inherited: Mapping[str, Model | None], own: Mapping[str, Model | None]) -> RouteIR:
+    if not inherited and not own:
+        return RouteIR(route=route, plugins=_NO_PLUGINS)
     merged = {**inherited, **own}
     enabled = {name: settings for name, settings in merged.items() if settings is not None}
     disabled = frozenset(name for name, settings in merged.items() if settings is None)

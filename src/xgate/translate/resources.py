@@ -8,8 +8,9 @@ from dataclasses import dataclass, field
 from envoy.config.route.v3 import route_components_pb2 as route_components_v3
 from google.protobuf.message import Message
 
-from xgate.config.schema import Model, Route
+from xgate.config.schema import Model, Route, Upstream
 from xgate.ir.model import GatewayIR, RouteIR
+from xgate.translate import names
 from xgate.translate.cluster import translate_cluster, translate_endpoints, uses_eds
 from xgate.translate.listener import translate_listener
 from xgate.translate.plugins import PLUGINS
@@ -54,6 +55,7 @@ class Translator:
     def __init__(self) -> None:
         self._previous: dict[tuple[int, tuple[str, ...]], _Memo] = {}
         self._current: dict[tuple[int, tuple[str, ...]], _Memo] = {}
+        self._upstreams: dict[int, tuple[Upstream, list[Message]]] = {}
 
     def _route(self, ir: RouteIR, filters: tuple[str, ...]) -> route_components_v3.Route:
         # Keyed by object identity: the config cache hands back the same object for unchanged input, and
@@ -65,7 +67,19 @@ class Translator:
         self._current[key] = memo
         return memo.proto
 
+    def _upstream(self, upstream: Upstream) -> list[Message]:
+        """The cluster, and its endpoints when they travel over EDS."""
+        memo = self._upstreams.get(id(upstream))
+        if memo is None or memo[0] is not upstream:
+            cluster = translate_cluster(upstream)
+            protos: list[Message] = [cluster]
+            if uses_eds(upstream):
+                protos.append(translate_endpoints(upstream))
+            memo = (upstream, protos)
+        return memo[1]
+
     def translate(self, ir: GatewayIR) -> Resources:
+        self._upstreams = {id(u): m for u in ir.upstreams if (m := self._upstreams.get(id(u))) and m[0] is u}
         try:
             return self._translate(ir)
         finally:
@@ -74,10 +88,12 @@ class Translator:
     def _translate(self, ir: GatewayIR) -> Resources:
         resources = Resources()
         for upstream in ir.upstreams:
-            cluster = translate_cluster(upstream)
-            resources.clusters[cluster.name] = cluster
-            if uses_eds(upstream):
-                resources.endpoints[cluster.name] = translate_endpoints(upstream)
+            protos = self._upstream(upstream)
+            self._upstreams[id(upstream)] = (upstream, protos)
+            name = names.cluster(upstream.name)
+            resources.clusters[name] = protos[0]
+            if len(protos) > 1:
+                resources.endpoints[name] = protos[1]
         for listener in ir.listeners:
             proto = translate_listener(listener)
             resources.listeners[proto.name] = proto
