@@ -88,12 +88,14 @@ def serve_controlplane(config_path: str) -> None:
     """Child mode: serve `config_path` and print one JSON line per hooked event (monotonic seconds)."""
     import logging
 
+    from xgate.controlplane import ControlPlane
     from xgate.discovery.cache import SnapshotCache
     from xgate.discovery.server import AdsService
     from xgate.discovery.snapshot import Snapshot
     from xgate.discovery.stream import AdsStream
-    from xgate.runtime import Bound, ControlPlane, run_controlplane
-    from xgate.sources.file import FileSource, Revision
+    from xgate.runtime import Bound, run_controlplane
+    from xgate.sources.file import FileSource
+    from xgate.sources.revision import Revision
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 

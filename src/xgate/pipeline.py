@@ -5,10 +5,11 @@ from __future__ import annotations
 import contextlib
 import gc
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 from xgate.config.load import ConfigSet
+from xgate.config.schema import Route
 from xgate.ir import GatewayIR, build_ir
 from xgate.translate import Resources, Translator
 
@@ -19,13 +20,20 @@ class Compiled:
     resources: Resources
 
 
-def compile_config(config: ConfigSet, revision: str = "", translator: Translator | None = None) -> Compiled:
-    """Validate references, build the IR and translate it; raises ConfigError with every issue.
+def compile_config(
+    config: ConfigSet,
+    revision: str = "",
+    translator: Translator | None = None,
+    lenient: bool = False,
+    fallback: Mapping[str, Route] | None = None,
+) -> Compiled:
+    """Validate references, build the IR and translate it; raises ConfigError with every issue
+    (or, `lenient`, leaves bad objects out: see build_ir).
 
     A long-lived `translator` remembers the previous revision and translates only what changed.
     """
     with gc_paused():
-        ir = build_ir(config, revision)
+        ir = build_ir(config, revision, lenient=lenient, fallback=fallback)
         return Compiled(ir=ir, resources=(translator or Translator()).translate(ir))
 
 

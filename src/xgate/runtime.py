@@ -3,95 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import grpc
 from aiohttp import web
 
+from xgate.controlplane import ControlPlane
 from xgate.discovery import SnapshotCache, add_to_server
-from xgate.errors import ConfigError
-from xgate.pipeline import compile_config
-from xgate.sources.file import FileSource, Revision
-from xgate.translate import Translator
+from xgate.sources.etcd.client import EtcdClient, EtcdSettings, EtcdUnavailableError
+from xgate.sources.etcd.layout import DEFAULT_PREFIX
+from xgate.sources.etcd.source import EtcdSource
+from xgate.sources.file import FileSource
+from xgate.sources.revision import Revision
 
-log = logging.getLogger("xgate.controlplane")
-# Above this many routes, compiling runs in a worker thread so the event loop keeps serving ADS meanwhile.
-_THREAD_ABOVE_ROUTES = 2000
-
-
-@dataclass
-class ConfigState:
-    """The last revision applied and the last one rejected (cleared once a later revision applies)."""
-
-    applied: str | None = None
-    applied_at: float | None = None
-    rejected: str | None = None
-    rejected_at: float | None = None
-    issues: list[str] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "applied_revision": self.applied,
-            "applied_at": self.applied_at,
-            "rejected_revision": self.rejected,
-            "rejected_at": self.rejected_at,
-            "issues": self.issues,
-        }
-
-
-class ControlPlane:
-    """Applies each good revision to the cache; a bad one is reported and the last good snapshot stays."""
-
-    def __init__(self, cache: SnapshotCache | None = None) -> None:
-        self.cache = cache or SnapshotCache()
-        self.state = ConfigState()
-        self._translator = Translator()
-
-    async def on_revision(self, revision: Revision) -> None:
-        started = time.perf_counter()
-        error = revision.error
-        if error is None and revision.config is not None:
-            try:
-                if len(revision.config.routes) > _THREAD_ABOVE_ROUTES:
-                    compiled = await asyncio.to_thread(
-                        compile_config, revision.config, revision.revision, self._translator
-                    )
-                else:
-                    compiled = compile_config(revision.config, revision.revision, self._translator)
-            except ConfigError as exc:
-                error = exc
-            else:
-                self.cache.update(compiled.resources, revision.revision)
-                self.state = ConfigState(applied=revision.revision, applied_at=time.time())
-                now = time.perf_counter()
-                log.info(
-                    "applied revision %s: %d listeners, %d routes, %d upstreams (compile %.1f ms, read to applied %.1f ms)",  # noqa: E501
-                    revision.revision,
-                    len(compiled.ir.listeners),
-                    sum(len(x.routes) for x in compiled.ir.listeners),
-                    len(compiled.ir.upstreams),
-                    (now - started) * 1000,
-                    (now - (revision.seen_at or started)) * 1000,
-                )
-                return
-        if error is None:
-            return
-        self.state.rejected, self.state.rejected_at = revision.revision, time.time()
-        self.state.issues = [str(issue) for issue in error.issues]
-        log.error(
-            "rejected revision %s; still serving %s\n%s",
-            revision.revision or "(unreadable)",
-            self.state.applied or "nothing",
-            error,
-        )
-
-    def report(self) -> dict[str, Any]:
-        return {"config": self.state.to_dict(), **self.cache.status.report(self.cache.snapshot)}
+log = logging.getLogger("xgate.runtime")
 
 
 @dataclass(frozen=True)
@@ -137,27 +67,54 @@ async def start_status(plane: ControlPlane, host: str, port: int) -> tuple[web.A
 
 
 async def run_controlplane(
-    config_path: str | Path,
+    config_path: str | Path | None,
     *,
+    etcd: EtcdSettings | None = None,
+    prefix: str = DEFAULT_PREFIX,
     xds: tuple[str, int] = ("127.0.0.1", 18000),
     status: tuple[str, int] = ("127.0.0.1", 18080),
     on_ready: Callable[[Bound], None] | None = None,
     stop: asyncio.Event | None = None,
     plane: ControlPlane | None = None,
 ) -> None:
-    """Serve until `stop` is set or the task is cancelled; shut down gracefully."""
+    """Serve until `stop` is set or the task is cancelled; shut down gracefully.
+
+    Sources: a config file, etcd, or both (the file then overrides etcd object by object). Each is read
+    once before the xDS port opens, so a connecting Envoy gets the whole config in its first responses;
+    an etcd that is down at start does not block the start (the file, if any, serves meanwhile).
+    """
+    if config_path is None and etcd is None:
+        raise ValueError("run_controlplane needs a config file, etcd, or both")
     plane = plane or ControlPlane()
     stop = stop or asyncio.Event()
-    source = FileSource(config_path, plane.on_revision)
-    await source.load()
+    tasks: list[Coroutine[Any, Any, None]] = []
+    client: EtcdClient | None = None
+    if config_path is not None:
+        source = FileSource(config_path, plane.on_revision)
+        await source.load()
+        tasks.append(source.run(stop))
+    if etcd is not None:
+        client = EtcdClient(etcd)
+
+        async def emit(revision: Revision) -> None:
+            await plane.on_revision(revision, "etcd")
+
+        etcd_source = EtcdSource(client, emit, prefix=prefix)
+        plane.health["etcd"] = etcd_source.health.to_dict
+        with contextlib.suppress(EtcdUnavailableError):
+            await asyncio.wait_for(etcd_source.read_all(), etcd.timeout)
+        tasks.append(etcd_source.run(stop))
     server, xds_port = await start_xds(plane.cache, *xds)
     runner, status_port = await start_status(plane, *status)
     if on_ready is not None:
         on_ready(Bound(xds=(xds[0], xds_port), status=(status[0], status_port)))
     try:
         async with asyncio.TaskGroup() as group:
-            group.create_task(source.run(stop))
+            for task in tasks:
+                group.create_task(task)
             await stop.wait()
     finally:
         await server.stop(grace=1.0)
         await runner.cleanup()
+        if client is not None:
+            await client.close()

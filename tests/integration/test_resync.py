@@ -11,7 +11,7 @@ import pytest
 
 from xgate.config.load import parse_document
 from xgate.pipeline import compile_config, revision_of
-from xgate.runtime import ControlPlane
+from xgate.controlplane import ControlPlane
 from xgate.testing import free_port, run_gateway, write_atomic
 from xgate.testing.gateway import wait_for
 

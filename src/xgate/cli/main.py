@@ -17,8 +17,11 @@ from typing import Annotated
 import typer
 import yaml
 
-from xgate.config.load import load_file
+from xgate.cli.store import CaFile, CertFile, KeyFile, Password, Prefix, User, settings
+from xgate.cli.store import register as register_store_commands
+from xgate.config.load import load_path
 from xgate.errors import ConfigError
+from xgate.sources.etcd.layout import DEFAULT_PREFIX
 
 app = typer.Typer(
     add_completion=False,
@@ -61,7 +64,7 @@ def validate(file: ConfigOption) -> None:
     from xgate.pipeline import compile_config
 
     try:
-        compiled = compile_config(load_file(file))
+        compiled = compile_config(load_path(file))
     except ConfigError as exc:
         _print_issues(exc)
         raise typer.Exit(1) from None
@@ -83,7 +86,7 @@ def translate(
     if to not in ("ir", "xds"):
         raise typer.BadParameter("use ir or xds", param_hint="--to")
     try:
-        compiled = compile_config(load_file(file))
+        compiled = compile_config(load_path(file))
     except ConfigError as exc:
         _print_issues(exc)
         raise typer.Exit(1) from None
@@ -101,21 +104,34 @@ def schema() -> None:
 
 @app.command()
 def controlplane(
-    file: ConfigOption = Path(),
+    file: Annotated[
+        Path | None, typer.Option("--file", "-f", help="config file (with --etcd: local overrides)")
+    ] = None,
+    etcd: Annotated[str | None, typer.Option("--etcd", envvar="XGATE_ETCD", help="etcd HOST:PORT[,...]")] = None,
+    prefix: Prefix = DEFAULT_PREFIX,
+    etcd_ca: CaFile = None,
+    etcd_cert: CertFile = None,
+    etcd_key: KeyFile = None,
+    etcd_user: User = None,
+    etcd_password: Password = None,
     xds: Annotated[str, typer.Option(help="xDS (ADS) address")] = "127.0.0.1:18000",
     status: Annotated[str, typer.Option(help="status API address")] = "127.0.0.1:18080",
     log_level: Annotated[str, typer.Option()] = "info",
 ) -> None:
-    """Run the control plane alone: watch the config file, serve ADS and the status API."""
+    """Run the control plane alone: follow the config file and/or etcd, serve ADS and the status API.
+
+    With neither a file nor etcd it serves the bundled example."""
     from xgate.runtime import Bound, run_controlplane
 
     _setup_logging(log_level)
-    path = file if str(file) not in ("", ".") else default_config()
+    path = file if file is not None or etcd else default_config()
+    store = settings(etcd, etcd_ca, etcd_cert, etcd_key, etcd_user, etcd_password) if etcd else None
+    described = " + ".join(part for part in (str(path) if path else "", f"etcd {etcd}{prefix}" if etcd else "") if part)
 
     def ready(bound: Bound) -> None:
         print(
             f"xgate control plane ready: xds {bound.xds[0]}:{bound.xds[1]} "
-            f"status http://{bound.status[0]}:{bound.status[1]}/status config {path}",
+            f"status http://{bound.status[0]}:{bound.status[1]}/status config {described}",
             flush=True,
         )
 
@@ -126,6 +142,8 @@ def controlplane(
             loop.add_signal_handler(signum, stop.set)
         await run_controlplane(
             path,
+            etcd=store,
+            prefix=prefix,
             xds=_host_port(xds, "--xds"),
             status=_host_port(status, "--status"),
             on_ready=ready,
@@ -287,6 +305,9 @@ def _print_status(report: dict[str, object]) -> None:
             if rejection:
                 typer.echo(f"  {kind} rejected revision {rejection['revision']}: {rejection['message']}")
                 typer.echo(f"    from: {', '.join(rejection['objects'])}")
+
+
+register_store_commands(app)
 
 
 def main() -> None:

@@ -40,6 +40,8 @@ class ConfigSet:
     plugins: Mapping[str, Any] = field(default_factory=dict)
     source: str = ""
     paths: Mapping[tuple[str, str], FieldPath] = field(default_factory=dict)
+    # Per-object sources where objects come from different places (etcd keys); default: `source`.
+    sources: Mapping[tuple[str, str], str] = field(default_factory=dict)
     issues: tuple[ConfigIssue, ...] = ()
     broken: frozenset[tuple[str, str]] = frozenset()
     text: str = field(default="", repr=False, compare=False)
@@ -47,8 +49,8 @@ class ConfigSet:
     def source_of(self, kind: str, name: str) -> ObjectSource:
         """Where (kind, name) came from; the document's plugin defaults are ("document", "plugins")."""
         if kind == "document":
-            return ObjectSource(self.source, (name,))
-        return ObjectSource(self.source, self.paths.get((kind, name), ()))
+            return ObjectSource(self.sources.get((kind, name), self.source), (name,))
+        return ObjectSource(self.sources.get((kind, name), self.source), self.paths.get((kind, name), ()))
 
     @cached_property
     def _lines(self) -> dict[FieldPath, int]:
@@ -200,6 +202,60 @@ def load_file(path: str | Path) -> ConfigSet:
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError([ConfigIssue(str(file), "document", "", f"cannot read: {exc}")]) from None
     return parse_document(text, str(file))
+
+
+CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
+
+
+def load_path(path: str | Path) -> ConfigSet:
+    """A config file, or a directory of them (*.yaml, *.yml, *.json, not recursive) merged into one config;
+    the same object name in two files is an error."""
+    root = Path(path)
+    if not root.is_dir():
+        return load_file(root)
+    files = sorted(p for p in root.iterdir() if p.suffix in CONFIG_SUFFIXES and p.is_file())
+    if not files:
+        raise ConfigError([ConfigIssue(str(root), "document", "", "no *.yaml, *.yml or *.json file in this directory")])
+    parts: list[ConfigSet] = []
+    errors: list[ConfigIssue] = []
+    for file in files:
+        try:
+            parts.append(load_file(file))
+        except ConfigError as exc:
+            errors += exc.issues
+    if errors:
+        raise ConfigError(errors)
+    return _merge_files(parts)
+
+
+def _merge_files(parts: list[ConfigSet]) -> ConfigSet:
+    found: dict[str, list[Any]] = {kind: [] for kind in KINDS}
+    sources: dict[tuple[str, str], str] = {}
+    plugins: dict[str, Any] = {}
+    issues = [issue for part in parts for issue in part.issues]
+    for part in parts:
+        for kind, objects in (("listener", part.listeners), ("upstream", part.upstreams), ("route", part.routes)):
+            for obj in objects:
+                key = (kind, obj.name)
+                if key in sources:
+                    message = f"duplicate name: also defined in {sources[key]}"
+                    issues.append(ConfigIssue(part.source, f"{kind} {obj.name}", "name", message))
+                    continue
+                sources[key] = part.source
+                found[kind].append(obj)
+        for plugin, settings in part.plugins.items():
+            if plugin in plugins:
+                issues.append(ConfigIssue(part.source, "document", f"plugins.{plugin}", "set in two files"))
+            plugins[plugin] = settings
+    return ConfigSet(
+        listeners=tuple(found["listener"]),
+        upstreams=tuple(found["upstream"]),
+        routes=tuple(found["route"]),
+        plugins=plugins,
+        source=parts[0].source,
+        sources=sources,
+        issues=tuple(issues),
+    )
 
 
 def _locate(problems: list[_Problem], text: str, source: str) -> list[ConfigIssue]:

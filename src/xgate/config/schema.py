@@ -220,6 +220,7 @@ class Route(Model):
 
     name: Name
     listeners: tuple[Name, ...] = ()
+    priority: int = Field(default=0, ge=-1000, le=1000)
     match: Match = Field(default_factory=lambda: Match())
     upstream: Name | None = None
     split: tuple[WeightedTarget, ...] | None = None

@@ -15,46 +15,95 @@ from xgate.ir.model import GatewayIR, ListenerIR, RouteIR
 from xgate.translate.plugins import FILTER_ORDER, PLUGINS
 
 
-def build_ir(config: ConfigSet, revision: str = "") -> GatewayIR:
-    """Check what single objects cannot check alone and resolve defaults; raise ConfigError with every issue."""
+def build_ir(
+    config: ConfigSet, revision: str = "", *, lenient: bool = False, fallback: Mapping[str, Route] | None = None
+) -> GatewayIR:
+    """Check what single objects cannot check alone and resolve defaults.
+
+    Strict (a file): any issue raises ConfigError with every issue. Lenient (etcd, where each key is its own
+    change): an object with issues is left out, or replaced by its `fallback` version (the one served
+    before) when that one is still valid, and the issues travel in `GatewayIR.issues`.
+    """
     issues: list[ConfigIssue] = list(config.issues)
     upstream_names = {upstream.name for upstream in config.upstreams}
-    listener_names = {listener.name for listener in config.listeners}
     # An object that failed its own validation is reported already; do not call it missing too.
     known_upstreams = upstream_names | {name for kind, name in config.broken if kind == "upstream"}
-    known_listeners = listener_names | {name for kind, name in config.broken if kind == "listener"}
-    issues += _port_clashes(config)
+    clashes = _port_clashes(config)
+    issues += clashes.values()
 
     defaults = _validated_plugins(config, "document", "plugins", config.plugins, "plugins", issues)
-    listener_plugins = {
-        listener.name: {
-            **defaults,
-            **_validated_plugins(config, "listener", listener.name, listener.plugins, "plugins", issues),
-        }
-        for listener in config.listeners
-    }
-    attached: dict[str, list[RouteIR]] = {name: [] for name in listener_names}
-    for route in config.routes:
-        for field_name, ref in _upstream_refs(route):
-            if ref not in known_upstreams:
-                issues.append(config.issue("route", route.name, field_name, f"upstream {ref!r} does not exist"))
-        for index, ref in enumerate(route.listeners):
-            if ref not in known_listeners:
-                issues.append(
-                    config.issue("route", route.name, f"listeners.{index}", f"listener {ref!r} does not exist")
-                )
-        own = _validated_plugins(config, "route", route.name, route.plugins, "plugins", issues) if route.plugins else {}
-        for listener_name in route.listeners or sorted(listener_names):
+    listener_plugins: dict[str, dict[str, Model | None]] = {}
+    for listener in config.listeners:
+        problems: list[ConfigIssue] = []
+        own = _validated_plugins(config, "listener", listener.name, listener.plugins, "plugins", problems)
+        issues += problems
+        if not (lenient and (problems or listener.name in clashes)):
+            listener_plugins[listener.name] = {**defaults, **own}
+    known_listeners = set(listener_plugins) | {name for kind, name in config.broken if kind == "listener"}
+    if lenient:
+        known_listeners |= {listener.name for listener in config.listeners}  # dropped ones are reported already
+    attached: dict[str, list[RouteIR]] = {name: [] for name in listener_plugins}
+    for route in sorted(config.routes, key=precedence):
+        problems = []
+        own_plugins = _route_checks(config, route, known_upstreams, known_listeners, problems)
+        if problems:
+            issues += problems
+            if not lenient:
+                continue
+            previous = (fallback or {}).get(route.name)
+            if previous is None or previous is route:
+                continue
+            again: list[ConfigIssue] = []
+            own_plugins = _route_checks(config, previous, known_upstreams, known_listeners, again)
+            if again:
+                continue
+            route = previous  # serve the last good version of this route
+        for listener_name in route.listeners or sorted(listener_plugins):
             if listener_name in attached:
-                attached[listener_name].append(_route_ir(route, listener_plugins[listener_name], own))
-    if issues:
+                attached[listener_name].append(_route_ir(route, listener_plugins[listener_name], own_plugins))
+    if issues and not lenient:
         raise ConfigError(issues)
     listeners = tuple(
         _listener_ir(listener, tuple(attached[listener.name]))
         for listener in sorted(config.listeners, key=lambda item: item.name)
+        if listener.name in attached
     )
     upstreams = tuple(sorted(config.upstreams, key=lambda item: item.name))
-    return GatewayIR(listeners=listeners, upstreams=upstreams, revision=revision)
+    return GatewayIR(listeners=listeners, upstreams=upstreams, revision=revision, issues=tuple(issues))
+
+
+def precedence(route: Route) -> tuple[int, int, int, int, int, int]:
+    """Sort key of routes, the way Gateway API orders them: higher `priority` first, then exact paths,
+    regexes, then prefixes (longest first), then more method, header and query matches. The sort is stable,
+    so equal routes keep the order of their source (file order; key order in etcd)."""
+    path = route.match.path
+    kind, length = (
+        (0, len(path.exact))
+        if path.exact is not None
+        else (1, 0)
+        if path.regex is not None
+        else (
+            2,
+            len(path.prefix or ""),
+        )
+    )
+    match = route.match
+    return (-route.priority, kind, -length, -bool(match.methods), -len(match.headers), -len(match.query))
+
+
+def _route_checks(
+    config: ConfigSet, route: Route, upstreams: set[str], listeners: set[str], issues: list[ConfigIssue]
+) -> dict[str, Model | None]:
+    """Append the route's reference and plugin issues to `issues`; return its validated plugin settings."""
+    for field_name, ref in _upstream_refs(route):
+        if ref not in upstreams:
+            issues.append(config.issue("route", route.name, field_name, f"upstream {ref!r} does not exist"))
+    for index, ref in enumerate(route.listeners):
+        if ref not in listeners:
+            issues.append(config.issue("route", route.name, f"listeners.{index}", f"listener {ref!r} does not exist"))
+    if not route.plugins:
+        return {}
+    return _validated_plugins(config, "route", route.name, route.plugins, "plugins", issues)
 
 
 def _upstream_refs(route: Route) -> list[tuple[str, str]]:
@@ -111,22 +160,17 @@ def _validated_plugins(
     return result
 
 
-def _port_clashes(config: ConfigSet) -> list[ConfigIssue]:
-    issues = []
+def _port_clashes(config: ConfigSet) -> dict[str, ConfigIssue]:
+    """Listeners that ask for a port an earlier listener has, by name."""
+    issues: dict[str, ConfigIssue] = {}
     taken: dict[int, list[Listener]] = {}
     for listener in config.listeners:
         if listener.port == 0:
             continue
         for other in taken.get(listener.port, []):
             if _overlap(listener.address, other.address):
-                issues.append(
-                    config.issue(
-                        "listener",
-                        listener.name,
-                        "port",
-                        f"port {listener.port} is already used by listener {other.name}",
-                    )
-                )
+                message = f"port {listener.port} is already used by listener {other.name}"
+                issues[listener.name] = config.issue("listener", listener.name, "port", message)
         taken.setdefault(listener.port, []).append(listener)
     return issues
 

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from xgate.config.schema import Listener, Model, Route, Upstream
+from xgate.errors import ConfigIssue
 
 
 @dataclass(frozen=True)
@@ -41,3 +42,4 @@ class GatewayIR:
     listeners: tuple[ListenerIR, ...]
     upstreams: tuple[Upstream, ...]
     revision: str = ""
+    issues: tuple[ConfigIssue, ...] = ()  # lenient builds only: what was left out or held back, and why

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
-from xgate.sources.file import FileSource, Revision
+from xgate.sources.file import FileSource
+from xgate.sources.revision import Revision
 
 __all__ = ["FileSource", "Revision"]

@@ -6,7 +6,6 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 from asyncinotify import Inotify, Mask
@@ -14,6 +13,7 @@ from asyncinotify import Inotify, Mask
 from xgate.config.load import ConfigSet, ObjectCache, parse_document
 from xgate.errors import ConfigError, ConfigIssue
 from xgate.pipeline import gc_paused, revision_of
+from xgate.sources.revision import Revision
 
 log = logging.getLogger("xgate.sources.file")
 
@@ -22,16 +22,6 @@ log = logging.getLogger("xgate.sources.file")
 _EVENTS = Mask.CLOSE_WRITE | Mask.MOVED_TO | Mask.CREATE
 # Above this size, parsing runs in a worker thread so the event loop keeps serving ADS meanwhile.
 _THREAD_ABOVE = 256 * 1024
-
-
-@dataclass(frozen=True)
-class Revision:
-    """What a source produced: a parsed config, or the error that stopped it, with the revision id."""
-
-    revision: str
-    config: ConfigSet | None
-    error: ConfigError | None = None
-    seen_at: float = 0.0  # time.perf_counter() when the source started reading this revision
 
 
 class FileSource:

@@ -11,11 +11,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from xgate.controlplane import ControlPlane
 from xgate.discovery.snapshot import Snapshot
 from xgate.pipeline import revision_of
 from xgate.proxy.bootstrap import build_bootstrap
 from xgate.proxy.process import EnvoyProcess
-from xgate.runtime import Bound, ControlPlane, run_controlplane
+from xgate.runtime import Bound, run_controlplane
 
 
 def free_port() -> int:

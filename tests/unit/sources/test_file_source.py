@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from xgate.sources.file import FileSource, Revision
+from xgate.sources.file import FileSource
+from xgate.sources.revision import Revision
 from xgate.testing import write_atomic
 
 GOOD = "listeners: [{name: l, port: 1}]\n"

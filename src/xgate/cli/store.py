@@ -1,0 +1,242 @@
+"""`xgate apply / diff / get / delete`: the config in etcd.
+
+Exit codes scripts can rely on:
+    0  done (apply, delete, get), or no differences (diff)
+    1  diff: there are differences
+    2  invalid config, or a refused delete; nothing was written
+    3  another writer changed the keys meanwhile; nothing was written (read again and retry)
+    4  etcd unreachable
+"""
+
+from __future__ import annotations
+
+import asyncio
+import difflib
+import json
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+import yaml
+
+from xgate.config.load import load_path
+from xgate.errors import ConfigError
+from xgate.sources.etcd.client import EtcdClient, EtcdSettings, EtcdUnavailableError
+from xgate.sources.etcd.layout import DEFAULT_PREFIX, KEY_KINDS, PLUGIN, object_data
+from xgate.sources.etcd.store import (
+    ConflictError,
+    Plan,
+    Stored,
+    delete_object,
+    execute,
+    plan_apply,
+    read_stored,
+    references_to,
+)
+
+EXIT_DIFFERENT, EXIT_INVALID, EXIT_CONFLICT, EXIT_UNREACHABLE = 1, 2, 3, 4
+T = TypeVar("T")
+
+Etcd = Annotated[str, typer.Option("--etcd", envvar="XGATE_ETCD", help="etcd endpoints, HOST:PORT[,HOST:PORT...]")]
+Prefix = Annotated[str, typer.Option("--prefix", envvar="XGATE_PREFIX", help="key prefix")]
+CaFile = Annotated[Path | None, typer.Option("--etcd-ca", help="CA bundle: talk TLS to etcd")]
+CertFile = Annotated[Path | None, typer.Option("--etcd-cert", help="client certificate")]
+KeyFile = Annotated[Path | None, typer.Option("--etcd-key", help="client key")]
+User = Annotated[str | None, typer.Option("--etcd-user", envvar="XGATE_ETCD_USER")]
+Password = Annotated[str | None, typer.Option("--etcd-password", envvar="XGATE_ETCD_PASSWORD")]
+
+
+def settings(
+    etcd: str, ca: Path | None, cert: Path | None, key: Path | None, user: str | None, password: str | None
+) -> EtcdSettings:
+    return EtcdSettings.parse(etcd, ca_file=ca, cert_file=cert, key_file=key, username=user, password=password)
+
+
+def _run(etcd: EtcdSettings, work: Callable[[EtcdClient], Awaitable[T]]) -> T:
+    async def main() -> T:
+        async with EtcdClient(etcd) as client:
+            return await work(client)
+
+    try:
+        return asyncio.run(main())
+    except EtcdUnavailableError as exc:
+        typer.echo(f"etcd unreachable at {', '.join(etcd.endpoints)}: {exc}", err=True)
+        raise typer.Exit(EXIT_UNREACHABLE) from None
+
+
+def _invalid(error: ConfigError) -> typer.Exit:
+    typer.echo(
+        f"invalid: {len(error.issues)} issue{'s' if len(error.issues) != 1 else ''}; nothing was written", err=True
+    )
+    for issue in error.issues:
+        typer.echo(f"  {issue}", err=True)
+    return typer.Exit(EXIT_INVALID)
+
+
+def _plan(file: Path, etcd: EtcdSettings, prefix: str) -> Plan:
+    try:
+        config = load_path(file)
+    except ConfigError as exc:
+        raise _invalid(exc) from None
+
+    async def work(client: EtcdClient) -> Plan:
+        return plan_apply(await read_stored(client, prefix), config, prefix)
+
+    try:
+        return _run(etcd, work)
+    except ConfigError as exc:
+        raise _invalid(exc) from None
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def apply(
+        file: Annotated[Path, typer.Option("--file", "-f", help="config file or directory")],
+        etcd: Etcd = "127.0.0.1:2379",
+        prefix: Prefix = DEFAULT_PREFIX,
+        ca: CaFile = None,
+        cert: CertFile = None,
+        key: KeyFile = None,
+        user: User = None,
+        password: Password = None,
+    ) -> None:
+        """Validate, then write every object of FILE to etcd in one guarded transaction."""
+        target = settings(etcd, ca, cert, key, user, password)
+        plan = _plan(file, target, prefix)
+        for warning in plan.warnings:
+            typer.echo(f"warning (not touched by this apply): {warning}", err=True)
+
+        async def work(client: EtcdClient) -> int:
+            return await execute(client, plan)
+
+        try:
+            revision = _run(target, work)
+        except ConflictError as exc:
+            typer.echo(f"conflict: {exc}", err=True)
+            raise typer.Exit(EXIT_CONFLICT) from None
+        for change in plan.changes:
+            if change.action != "unchanged":
+                typer.echo(f"{change.action}d {change.kind}/{change.name}")
+        unchanged = len(plan.changes) - len(plan.pending)
+        typer.echo(f"{len(plan.pending)} changed, {unchanged} unchanged (etcd revision {revision})")
+
+    @app.command()
+    def diff(
+        file: Annotated[Path, typer.Option("--file", "-f", help="config file or directory")],
+        etcd: Etcd = "127.0.0.1:2379",
+        prefix: Prefix = DEFAULT_PREFIX,
+        ca: CaFile = None,
+        cert: CertFile = None,
+        key: KeyFile = None,
+        user: User = None,
+        password: Password = None,
+    ) -> None:
+        """Show what `apply` would change: objects, and the Envoy resources they alter. Writes nothing."""
+        from xgate.config.load import ConfigSet
+        from xgate.pipeline import compile_config
+        from xgate.sources.etcd.store import _config_set
+
+        plan = _plan(file, settings(etcd, ca, cert, key, user, password), prefix)
+        for change in plan.pending:
+            before = yaml.safe_dump(change.old, sort_keys=True).splitlines() if change.old is not None else []
+            after = yaml.safe_dump(change.new, sort_keys=True).splitlines()
+            typer.echo(f"{change.action} {change.kind}/{change.name} ({change.key})")
+            for line in difflib.unified_diff(before, after, "etcd", str(file), lineterm="", n=2):
+                typer.echo(f"  {line}")
+        current: ConfigSet = plan.stored.config()
+        merged = dict(plan.stored.objects)
+        for change in plan.pending:
+            merged[(change.kind, change.name)] = change.new if change.kind == PLUGIN else _model(change)
+        old = compile_config(current, lenient=True).resources.by_kind()
+        new = compile_config(_config_set(merged, {}), lenient=True).resources.by_kind()
+        for kind in old:
+            for name in sorted(set(old[kind]) | set(new[kind])):
+                if name not in old[kind]:
+                    typer.echo(f"envoy: + {kind} {name}")
+                elif name not in new[kind]:
+                    typer.echo(f"envoy: - {kind} {name}")
+                elif old[kind][name].SerializeToString(deterministic=True) != new[kind][name].SerializeToString(
+                    deterministic=True
+                ):
+                    typer.echo(f"envoy: ~ {kind} {name}")
+        typer.echo(f"{len(plan.pending)} objects would change")
+        if plan.pending:
+            raise typer.Exit(EXIT_DIFFERENT)
+
+    @app.command()
+    def get(
+        kind: Annotated[str, typer.Argument(help=f"one of {', '.join(KEY_KINDS)}")],
+        name: Annotated[str | None, typer.Argument()] = None,
+        output: Annotated[str, typer.Option("--output", "-o", help="yaml or json")] = "yaml",
+        etcd: Etcd = "127.0.0.1:2379",
+        prefix: Prefix = DEFAULT_PREFIX,
+        ca: CaFile = None,
+        cert: CertFile = None,
+        key: KeyFile = None,
+        user: User = None,
+        password: Password = None,
+    ) -> None:
+        """Print objects stored in etcd (all of KIND, or one)."""
+        _check_kind(kind)
+        stored = _run(settings(etcd, ca, cert, key, user, password), lambda client: read_stored(client, prefix))
+        found = {
+            obj_name: obj if kind == PLUGIN else object_data(obj)
+            for (obj_kind, obj_name), obj in sorted(stored.objects.items())
+            if obj_kind == kind and (name is None or obj_name == name)
+        }
+        if name is not None and name not in found:
+            typer.echo(f"{kind}/{name} not found (or invalid) under {prefix}", err=True)
+            raise typer.Exit(EXIT_INVALID)
+        data: Any = found[name] if name is not None else found
+        typer.echo(json.dumps(data, indent=2, sort_keys=True) if output == "json" else yaml.safe_dump(data), nl=False)
+
+    @app.command()
+    def delete(
+        kind: Annotated[str, typer.Argument()],
+        name: Annotated[str, typer.Argument()],
+        force: Annotated[bool, typer.Option(help="delete even if routes refer to it")] = False,
+        etcd: Etcd = "127.0.0.1:2379",
+        prefix: Prefix = DEFAULT_PREFIX,
+        ca: CaFile = None,
+        cert: CertFile = None,
+        key: KeyFile = None,
+        user: User = None,
+        password: Password = None,
+    ) -> None:
+        """Delete one object; an upstream or listener that routes still use is refused unless --force."""
+        _check_kind(kind)
+        target = settings(etcd, ca, cert, key, user, password)
+
+        async def work(client: EtcdClient) -> tuple[Stored, int | None, list[str]]:
+            stored = await read_stored(client, prefix)
+            users = references_to(stored, kind, name)
+            if users and not force:
+                return stored, None, users
+            return stored, await delete_object(client, stored, prefix, kind, name), users
+
+        try:
+            _, revision, users = _run(target, work)
+        except KeyError:
+            typer.echo(f"{kind}/{name} does not exist under {prefix}", err=True)
+            raise typer.Exit(EXIT_INVALID) from None
+        except ConflictError as exc:
+            typer.echo(f"conflict: {exc}", err=True)
+            raise typer.Exit(EXIT_CONFLICT) from None
+        if revision is None:
+            typer.echo(f"refused: {kind}/{name} is used by {', '.join(users)} (use --force)", err=True)
+            raise typer.Exit(EXIT_INVALID)
+        typer.echo(f"deleted {kind}/{name} (etcd revision {revision})")
+        if users:
+            typer.echo(f"warning: {', '.join(users)} now refer to a missing {kind}", err=True)
+
+
+def _check_kind(kind: str) -> None:
+    if kind not in KEY_KINDS:
+        raise typer.BadParameter(f"use one of {', '.join(KEY_KINDS)}", param_hint="KIND")
+
+
+def _model(change: Any) -> Any:
+    from xgate.config.schema import KINDS
+
+    return KINDS[change.kind].model_validate(change.new)

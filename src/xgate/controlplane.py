@@ -1,0 +1,176 @@
+"""The control plane's core: merge what the sources say, compile it, keep the last good snapshot, report."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from xgate.config.load import ConfigSet
+from xgate.config.schema import Route
+from xgate.discovery import SnapshotCache
+from xgate.errors import ConfigError, ConfigIssue
+from xgate.pipeline import Compiled, compile_config
+from xgate.sources.revision import Revision
+from xgate.translate import Translator
+
+log = logging.getLogger("xgate.controlplane")
+# Above this many routes, compiling runs in a worker thread so the event loop keeps serving ADS meanwhile.
+_THREAD_ABOVE_ROUTES = 2000
+# When both are used, the file is the local override: its objects win over etcd's of the same kind and name.
+SOURCE_PRECEDENCE = ("file", "etcd")
+
+
+@dataclass
+class ConfigState:
+    """What is served, and what is not: rejected revisions (per source) and objects held back."""
+
+    applied: str | None = None
+    applied_at: float | None = None
+    rejected: str | None = None
+    rejected_at: float | None = None
+    issues: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "applied_revision": self.applied,
+            "applied_at": self.applied_at,
+            "rejected_revision": self.rejected,
+            "rejected_at": self.rejected_at,
+            "issues": self.issues,
+            "objects_not_served": self.warnings,
+        }
+
+
+class ControlPlane:
+    """Applies each good revision to the cache; a bad one is reported and the last good snapshot stays.
+
+    A file revision is all or nothing. etcd's objects apply one by one: an invalid object keeps its last
+    good version (or is left out) and is reported, the rest applies.
+    """
+
+    def __init__(self, cache: SnapshotCache | None = None) -> None:
+        self.cache = cache or SnapshotCache()
+        self.state = ConfigState()
+        self.health: dict[str, Callable[[], dict[str, Any]]] = {}
+        self._translator = Translator()
+        self._inputs: dict[str, Revision] = {}
+        self._rejections: dict[str, tuple[str, list[str]]] = {}
+        self._served_routes: dict[str, Route] = {}
+
+    async def on_revision(self, revision: Revision, source: str = "file") -> None:
+        started = time.perf_counter()
+        if revision.error is not None or revision.config is None:
+            if revision.error is not None:
+                self._reject(source, revision.revision, revision.error)
+            return
+        inputs = {**self._inputs, source: revision}
+        config, conflicts = merge_inputs(inputs)
+        lenient = "etcd" in inputs
+        combined = "+".join(inputs[name].revision for name in SOURCE_PRECEDENCE if name in inputs)
+        try:
+            compiled = await self._compile(config, combined, lenient)
+        except ConfigError as exc:
+            self._reject(source, revision.revision, exc)
+            return
+        self._inputs = inputs
+        self._rejections.pop(source, None)
+        self._served_routes = {route.route.name: route.route for ir in compiled.ir.listeners for route in ir.routes}
+        self.cache.update(compiled.resources, combined)
+        warnings = [str(w) for rev in inputs.values() for w in rev.warnings]
+        warnings += conflicts + [str(issue) for issue in compiled.ir.issues]
+        self.state = replace(self.state, applied=combined, applied_at=time.time(), warnings=warnings)
+        self._refresh_rejections()
+        now = time.perf_counter()
+        log.info(
+            "applied revision %s: %d listeners, %d routes, %d upstreams (compile %.1f ms, read to applied %.1f ms)",
+            combined,
+            len(compiled.ir.listeners),
+            sum(len(x.routes) for x in compiled.ir.listeners),
+            len(compiled.ir.upstreams),
+            (now - started) * 1000,
+            (now - (revision.seen_at or started)) * 1000,
+        )
+        for warning in warnings:
+            log.warning("not served as configured: %s", warning)
+
+    async def _compile(self, config: ConfigSet, revision: str, lenient: bool) -> Compiled:
+        arguments = (config, revision, self._translator, lenient, self._served_routes)
+        if len(config.routes) > _THREAD_ABOVE_ROUTES:
+            return await asyncio.to_thread(compile_config, *arguments)
+        return compile_config(*arguments)
+
+    def _reject(self, source: str, revision: str, error: ConfigError) -> None:
+        self._rejections[source] = (revision, [str(issue) for issue in error.issues])
+        self.state.rejected_at = time.time()
+        self._refresh_rejections()
+        log.error(
+            "rejected %s revision %s; still serving %s\n%s",
+            source,
+            revision or "(unreadable)",
+            self.state.applied or "nothing",
+            error,
+        )
+
+    def _refresh_rejections(self) -> None:
+        self.state.rejected = ",".join(rev for rev, _ in self._rejections.values()) or None
+        self.state.issues = [issue for _, issues in self._rejections.values() for issue in issues]
+        if not self._rejections:
+            self.state.rejected_at = None
+
+    def report(self) -> dict[str, Any]:
+        sources = {name: health() for name, health in self.health.items()}
+        return {"config": self.state.to_dict(), "sources": sources, **self.cache.status.report(self.cache.snapshot)}
+
+
+def merge_inputs(inputs: Mapping[str, Revision]) -> tuple[ConfigSet, list[str]]:
+    """One ConfigSet from every source; where two define the same object the first in SOURCE_PRECEDENCE wins,
+    and the conflict is reported."""
+    ordered = [(name, inputs[name].config) for name in SOURCE_PRECEDENCE if name in inputs]
+    configs = [(name, config) for name, config in ordered if config is not None]
+    if len(configs) == 1:
+        return configs[0][1], []
+    conflicts: list[str] = []
+    chosen: dict[tuple[str, str], tuple[str, Any, str]] = {}
+    plugins: dict[str, Any] = {}
+    plugin_from: dict[str, str] = {}
+    for name, config in configs:
+        for kind, objects in (("listener", config.listeners), ("upstream", config.upstreams), ("route", config.routes)):
+            for obj in objects:
+                key = (kind, obj.name)
+                where = config.source_of(kind, obj.name).source
+                if key in chosen:
+                    winner = chosen[key]
+                    conflicts.append(
+                        f"{kind} {obj.name}: defined in {winner[2]} and in {where}; the {winner[0]} version is served"
+                    )
+                    continue
+                chosen[key] = (name, obj, where)
+        for plugin, settings in config.plugins.items():
+            if plugin in plugins:
+                conflicts.append(
+                    f"plugin {plugin}: defaults set by {plugin_from[plugin]} and {name}; "
+                    f"{plugin_from[plugin]}'s are used"
+                )
+                continue
+            plugins[plugin], plugin_from[plugin] = settings, name
+    by_kind: dict[str, list[Any]] = {"listener": [], "upstream": [], "route": []}
+    for (kind, _), (_, obj, _) in chosen.items():
+        by_kind[kind].append(obj)
+    merged = ConfigSet(
+        listeners=tuple(by_kind["listener"]),
+        upstreams=tuple(by_kind["upstream"]),
+        routes=tuple(by_kind["route"]),
+        plugins=plugins,
+        source="merged",
+        sources={key: where for key, (_, _, where) in chosen.items()},
+        issues=tuple(issue for _, config in configs for issue in config.issues),
+    )
+    return merged, conflicts
+
+
+__all__ = ["ConfigIssue", "ConfigState", "ControlPlane", "merge_inputs"]

@@ -1,0 +1,23 @@
+"""What a config source hands the control plane: one revision of its objects."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from xgate.config.load import ConfigSet
+from xgate.errors import ConfigError, ConfigIssue
+
+
+@dataclass(frozen=True)
+class Revision:
+    """A parsed config (or the error that stopped it) with its revision id.
+
+    `warnings` are per-object issues of a source that applies objects one by one (etcd): those objects
+    keep their last good version (or are left out), everything else applies.
+    """
+
+    revision: str
+    config: ConfigSet | None
+    error: ConfigError | None = None
+    seen_at: float = 0.0  # time.perf_counter() when the source started reading this revision
+    warnings: tuple[ConfigIssue, ...] = ()
