@@ -83,6 +83,7 @@ class ControlPlane:
         self.cache.update(compiled.resources, combined)
         warnings = [str(w) for rev in inputs.values() for w in rev.warnings]
         warnings += conflicts + [str(issue) for issue in compiled.ir.issues]
+        previous_warnings = self.state.warnings
         self.state = replace(self.state, applied=combined, applied_at=time.time(), warnings=warnings)
         self._refresh_rejections()
         now = time.perf_counter()
@@ -95,7 +96,7 @@ class ControlPlane:
             (now - started) * 1000,
             (now - (revision.seen_at or started)) * 1000,
         )
-        for warning in warnings:
+        for warning in sorted(set(warnings) - set(previous_warnings)):
             log.warning("not served as configured: %s", warning)
 
     async def _compile(self, config: ConfigSet, revision: str, lenient: bool) -> Compiled:

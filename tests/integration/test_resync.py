@@ -10,8 +10,8 @@ import httpx
 import pytest
 
 from xgate.config.load import parse_document
-from xgate.pipeline import compile_config, revision_of
 from xgate.controlplane import ControlPlane
+from xgate.pipeline import compile_config, revision_of
 from xgate.testing import free_port, run_gateway, write_atomic
 from xgate.testing.gateway import wait_for
 

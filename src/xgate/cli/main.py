@@ -281,7 +281,7 @@ def status(
         typer.echo(json.dumps(report, indent=2))
     else:
         _print_status(report)
-    config_ok = report["config"]["rejected_revision"] is None
+    config_ok = report["config"]["rejected_revision"] is None and not report["config"].get("objects_not_served")
     raise typer.Exit(0 if report["all_in_sync"] and config_ok else 1)
 
 
@@ -293,6 +293,16 @@ def _print_status(report: dict[str, object]) -> None:
         typer.echo(f"last change REJECTED (revision {config['rejected_revision']}):")
         for issue in config["issues"]:
             typer.echo(f"  {issue}")
+    not_served = config.get("objects_not_served") or []
+    if not_served:
+        typer.echo(f"{len(not_served)} object{'s' if len(not_served) != 1 else ''} NOT served as configured:")
+        for warning in not_served:
+            typer.echo(f"  {warning}")
+    sources = report.get("sources") or {}
+    assert isinstance(sources, dict)
+    for name, health in sources.items():
+        state = "connected" if health.get("connected") else f"UNREACHABLE ({health.get('last_error')})"
+        typer.echo(f"source {name}: {state}, revision {health.get('revision')}")
     proxies = report["proxies"]
     assert isinstance(proxies, list)
     if not proxies:

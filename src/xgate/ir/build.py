@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 from pydantic import ValidationError
@@ -47,17 +48,15 @@ def build_ir(
         problems = []
         own_plugins = _route_checks(config, route, known_upstreams, known_listeners, problems)
         if problems:
-            issues += problems
-            if not lenient:
-                continue
-            previous = (fallback or {}).get(route.name)
-            if previous is None or previous is route:
-                continue
+            previous = (fallback or {}).get(route.name) if lenient else None
             again: list[ConfigIssue] = []
-            own_plugins = _route_checks(config, previous, known_upstreams, known_listeners, again)
-            if again:
+            if previous is not None and previous is not route:
+                own_plugins = _route_checks(config, previous, known_upstreams, known_listeners, again)
+            if previous is None or previous is route or again:
+                issues += problems  # left out (strict: the whole config is refused)
                 continue
-            route = previous  # serve the last good version of this route
+            issues += [replace(issue, message=issue.message + " (serving its last good version)") for issue in problems]
+            route = previous
         for listener_name in route.listeners or sorted(listener_plugins):
             if listener_name in attached:
                 attached[listener_name].append(_route_ir(route, listener_plugins[listener_name], own_plugins))

@@ -17,6 +17,8 @@ from xgate.pipeline import revision_of
 from xgate.proxy.bootstrap import build_bootstrap
 from xgate.proxy.process import EnvoyProcess
 from xgate.runtime import Bound, run_controlplane
+from xgate.sources.etcd.client import EtcdSettings
+from xgate.sources.etcd.layout import DEFAULT_PREFIX
 
 
 def free_port() -> int:
@@ -36,11 +38,13 @@ def write_atomic(path: Path, text: str) -> None:
 
 @dataclass
 class Gateway:
-    """A control plane serving `config_path` and one or more Envoys connected to it."""
+    """A control plane serving `config_path` and/or etcd, and one or more Envoys connected to it."""
 
-    config_path: Path
+    config_path: Path | None
     work_dir: Path
     plane: ControlPlane
+    etcd: EtcdSettings | None = None
+    prefix: str = DEFAULT_PREFIX
     xds_port: int = 0
     status_port: int = 0
     envoys: list[EnvoyProcess] = field(default_factory=list)
@@ -58,6 +62,8 @@ class Gateway:
         self._task = asyncio.create_task(
             run_controlplane(
                 self.config_path,
+                etcd=self.etcd,
+                prefix=self.prefix,
                 xds=("127.0.0.1", self.xds_port),
                 status=("127.0.0.1", self.status_port),
                 on_ready=lambda bound: None if ready.done() else ready.set_result(bound),
@@ -74,10 +80,12 @@ class Gateway:
             await self._task
             self._task = None
 
-    async def start_envoy(self, node_id: str = "test-envoy", timeout: float = 20.0) -> EnvoyProcess:
-        bootstrap = build_bootstrap(
-            node_id=node_id, node_cluster="test", xds_servers=[("127.0.0.1", self.xds_port)], admin_port=0
-        )
+    async def start_envoy(
+        self, node_id: str = "test-envoy", timeout: float = 20.0, xds_ports: list[int] | None = None
+    ) -> EnvoyProcess:
+        """Start a real Envoy bootstrapped to this control plane (or to every port in `xds_ports`)."""
+        servers = [("127.0.0.1", port) for port in (xds_ports or [self.xds_port])]
+        bootstrap = build_bootstrap(node_id=node_id, node_cluster="test", xds_servers=servers, admin_port=0)
         envoy = EnvoyProcess(
             bootstrap,
             self.work_dir / f"envoy-{node_id}-{len(self.envoys)}",
@@ -92,6 +100,7 @@ class Gateway:
 
     async def apply(self, text: str, timeout: float = 10.0) -> str:
         """Save `text` as the config (atomic rename) and wait until every Envoy ACKed it; return its revision."""
+        assert self.config_path is not None, "apply() writes the config file; this gateway has none"
         revision = revision_of(text)
         write_atomic(self.config_path, text)
         await self.wait_synced(revision, timeout)
@@ -107,6 +116,23 @@ class Gateway:
             )
 
         await wait_for(synced, timeout, f"revision {revision} to reach every Envoy")
+
+    async def wait_etcd_revision(self, revision: int, timeout: float = 10.0) -> None:
+        """Wait until the control plane applied etcd revision `revision` (or later) and every Envoy ACKed it."""
+
+        def reached() -> bool:
+            report = self.plane.report()
+            applied = str(report["config"]["applied_revision"] or "")
+            _, _, number = applied.rpartition("etcd-")
+            alive = len([e for e in self.envoys if e.returncode is None])
+            return (
+                number.isdigit()
+                and int(number) >= revision
+                and len(report["proxies"]) >= alive
+                and report["all_in_sync"]
+            )
+
+        await wait_for(reached, timeout, f"etcd revision {revision} to reach every Envoy")
 
     async def wait_for_rejection(self, containing: str = "", timeout: float = 10.0) -> list[str]:
         """Wait until the current config is rejected with an issue containing `containing`; return the issues."""
@@ -149,18 +175,32 @@ async def wait_for(check: Callable[[], Any], timeout: float, what: str, interval
 
 @contextlib.asynccontextmanager
 async def run_gateway(
-    config_text: str, work_dir: Path, *, envoys: int = 1, output: Callable[[str], None] | None = None
+    config_text: str | None,
+    work_dir: Path,
+    *,
+    envoys: int = 1,
+    output: Callable[[str], None] | None = None,
+    etcd: EtcdSettings | None = None,
+    prefix: str = DEFAULT_PREFIX,
 ) -> AsyncIterator[Gateway]:
-    """Start a control plane on `config_text` and `envoys` real Envoys; wait until they serve it."""
+    """Start a control plane on `config_text` (a file) and/or `etcd`, and `envoys` real Envoys; wait until
+    they serve it (with etcd: until they serve what etcd held at start)."""
     work_dir.mkdir(parents=True, exist_ok=True)
-    config_path = work_dir / "gateway.yaml"
-    config_path.write_text(config_text, encoding="utf-8")
-    gateway = Gateway(config_path=config_path, work_dir=work_dir, plane=ControlPlane(), _output=output)
+    config_path = None
+    if config_text is not None:
+        config_path = work_dir / "gateway.yaml"
+        config_path.write_text(config_text, encoding="utf-8")
+    gateway = Gateway(
+        config_path=config_path, work_dir=work_dir, plane=ControlPlane(), etcd=etcd, prefix=prefix, _output=output
+    )
     try:
         await gateway.start_controlplane()
         for index in range(envoys):
             await gateway.start_envoy(node_id=f"test-envoy-{index}")
-        await gateway.wait_synced(revision_of(config_text))
+        if etcd is None and config_text is not None:
+            await gateway.wait_synced(revision_of(config_text))
+        else:
+            await wait_for(lambda: gateway.plane.report()["all_in_sync"], 10, "every Envoy to be in sync")
         yield gateway
     finally:
         await gateway.close()

@@ -117,12 +117,12 @@ class EtcdSource:
     async def _follow(self, stop: asyncio.Event) -> None:
         watch = self.client.watch_prefix(self.prefix.encode(), self.revision + 1)
         stopping = asyncio.create_task(stop.wait())
+        step: asyncio.Future[tuple[int, list[Event]]] | None = None
         try:
             while True:
                 step = asyncio.ensure_future(anext(watch))
                 done, _ = await asyncio.wait({step, stopping}, return_when=asyncio.FIRST_COMPLETED)
                 if step not in done:
-                    step.cancel()
                     return
                 revision, events = step.result()
                 seen_at = time.perf_counter()
@@ -139,6 +139,10 @@ class EtcdSource:
                     await self._emit(self._revision(seen_at))
         finally:
             stopping.cancel()
+            if step is not None and not step.done():
+                step.cancel()
+                with contextlib.suppress(BaseException):
+                    await step
             await watch.aclose()
 
     def _put(self, key: str, value: bytes, mod_revision: int) -> None:

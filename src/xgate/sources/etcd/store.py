@@ -3,7 +3,7 @@ transaction, delete with reference checks. What `xgate apply / diff / delete` ru
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from aetcd.rpc import rpc_pb2
@@ -86,15 +86,13 @@ def desired_objects(config: ConfigSet) -> dict[tuple[str, str], Any]:
 def plan_apply(stored: Stored, config: ConfigSet, prefix: str) -> Plan:
     """The changes that make etcd hold `config`'s objects (others are left alone), after checking that the
     resulting whole config is valid. Raises ConfigError with every issue of the objects being applied."""
-    if config.issues:
-        raise ConfigError(config.issues)
     desired = desired_objects(config)
     merged = {**stored.objects, **desired}
-    ir = build_ir(_config_set(merged, {}), lenient=True)
+    ir = build_ir(replace(_config_set(merged, {}), broken=config.broken), lenient=True)
     labels = {f"{kind} {name}" for kind, name in desired}
     blocking = [issue for issue in ir.issues if issue.obj in labels or issue.obj == "document"]
-    if blocking:
-        raise ConfigError(blocking)
+    if config.issues or blocking:
+        raise ConfigError([*config.issues, *blocking])
     warnings = [str(issue) for issue in ir.issues if issue not in blocking]
     warnings += [str(issue) for issue in stored.issues]
     changes = []
