@@ -197,7 +197,9 @@ async def run_gateway(
         await gateway.start_controlplane()
         for index in range(envoys):
             await gateway.start_envoy(node_id=f"test-envoy-{index}")
-        if etcd is None and config_text is not None:
+        if envoys == 0:
+            await wait_for(lambda: gateway.plane.state.applied is not None, 10, "a config to be applied")
+        elif etcd is None and config_text is not None:
             await gateway.wait_synced(revision_of(config_text))
         else:
             await wait_for(lambda: gateway.plane.report()["all_in_sync"], 10, "every Envoy to be in sync")

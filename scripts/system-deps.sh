@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Debian packages the integration tests start themselves (never as services): etcd.
+set -euo pipefail
+missing=()
+command -v etcd >/dev/null || missing+=(etcd-server)
+if ((${#missing[@]})); then
+    SUDO=""
+    [[ $(id -u) -eq 0 ]] || SUDO="sudo"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+etcd --version | head -1
