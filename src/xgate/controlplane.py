@@ -13,6 +13,8 @@ from xgate.config.load import ConfigSet
 from xgate.config.schema import Route
 from xgate.discovery import SnapshotCache
 from xgate.errors import ConfigError, ConfigIssue
+from xgate.incremental import IncrementalCompiler
+from xgate.ir.model import GatewayIR
 from xgate.pipeline import Compiled, compile_config
 from xgate.sources.revision import Revision
 from xgate.translate import Translator
@@ -61,6 +63,7 @@ class ControlPlane:
         self._inputs: dict[str, Revision] = {}
         self._rejections: dict[str, tuple[str, list[str]]] = {}
         self._served_routes: dict[str, Route] = {}
+        self._incremental = IncrementalCompiler()
 
     async def on_revision(self, revision: Revision, source: str = "file") -> None:
         started = time.perf_counter()
@@ -69,6 +72,8 @@ class ControlPlane:
                 self._reject(source, revision.revision, revision.error)
             return
         inputs = {**self._inputs, source: revision}
+        if len(inputs) == 1 and revision.changes is not None and self._apply_changes(revision, source, started):
+            return
         config, conflicts = merge_inputs(inputs)
         lenient = "etcd" in inputs
         combined = "+".join(inputs[name].revision for name in SOURCE_PRECEDENCE if name in inputs)
@@ -81,18 +86,45 @@ class ControlPlane:
         self._rejections.pop(source, None)
         self._served_routes = {route.route.name: route.route for ir in compiled.ir.listeners for route in ir.routes}
         self.cache.update(compiled.resources, combined)
+        if lenient:
+            self._incremental.reset(config, compiled.ir, compiled.context, compiled.resources)
+        else:
+            self._incremental.clear()
         warnings = [str(w) for rev in inputs.values() for w in rev.warnings]
         warnings += conflicts + [str(issue) for issue in compiled.ir.issues]
+        self._publish(combined, warnings, compiled.ir, started, revision)
+
+    def _apply_changes(self, revision: Revision, source: str, started: float) -> bool:
+        """The fast path for route-only changes from a source that says what changed; False: compile in full."""
+        assert revision.config is not None and revision.changes is not None
+        result = self._incremental.apply(revision.config, revision.changes)
+        if result is None:
+            return False
+        resources, issues = result
+        self._inputs = {source: revision}
+        self._rejections.pop(source, None)
+        self._served_routes = self._incremental.served
+        self.cache.update(resources, revision.revision)
+        warnings = [str(w) for w in revision.warnings] + [str(issue) for issue in issues]
+        self._publish(revision.revision, warnings, None, started, revision)
+        return True
+
+    def _publish(
+        self, combined: str, warnings: list[str], ir: GatewayIR | None, started: float, revision: Revision
+    ) -> None:
         previous_warnings = self.state.warnings
         self.state = replace(self.state, applied=combined, applied_at=time.time(), warnings=warnings)
         self._refresh_rejections()
         now = time.perf_counter()
+        if ir is not None:
+            routes = sum(len(listener.routes) for listener in ir.listeners)
+            what = f"{len(ir.listeners)} listeners, {routes} routes, {len(ir.upstreams)} upstreams"
+        else:
+            what = f"{len(revision.changes or ())} route changes applied incrementally"
         log.info(
-            "applied revision %s: %d listeners, %d routes, %d upstreams (compile %.1f ms, read to applied %.1f ms)",
+            "applied revision %s: %s (compile %.1f ms, read to applied %.1f ms)",
             combined,
-            len(compiled.ir.listeners),
-            sum(len(x.routes) for x in compiled.ir.listeners),
-            len(compiled.ir.upstreams),
+            what,
             (now - started) * 1000,
             (now - (revision.seen_at or started)) * 1000,
         )

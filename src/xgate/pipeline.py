@@ -10,7 +10,8 @@ from dataclasses import dataclass
 
 from xgate.config.load import ConfigSet
 from xgate.config.schema import Route
-from xgate.ir import GatewayIR, build_ir
+from xgate.ir import GatewayIR
+from xgate.ir.build import RouteContext, build_ir_and_context
 from xgate.translate import Resources, Translator
 
 
@@ -18,6 +19,7 @@ from xgate.translate import Resources, Translator
 class Compiled:
     ir: GatewayIR
     resources: Resources
+    context: RouteContext
 
 
 def compile_config(
@@ -33,8 +35,8 @@ def compile_config(
     A long-lived `translator` remembers the previous revision and translates only what changed.
     """
     with gc_paused():
-        ir = build_ir(config, revision, lenient=lenient, fallback=fallback)
-        return Compiled(ir=ir, resources=(translator or Translator()).translate(ir))
+        ir, context = build_ir_and_context(config, revision, lenient=lenient, fallback=fallback)
+        return Compiled(ir=ir, resources=(translator or Translator()).translate(ir), context=context)
 
 
 @contextlib.contextmanager

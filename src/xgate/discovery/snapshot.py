@@ -64,8 +64,8 @@ def build_snapshot(resources: Resources, revision: str, serial: int, previous: S
     return Snapshot(serial=serial, revision=revision, resources=by_type)
 
 
-def _pack(name: str, message: Message, type_url: str, before: Resource | None) -> Resource:
-    data = message.SerializeToString(deterministic=True)
+def _pack(name: str, message: Message | bytes, type_url: str, before: Resource | None) -> Resource:
+    data = message if isinstance(message, bytes) else message.SerializeToString(deterministic=True)
     version = hashlib.blake2b(data, digest_size=8).hexdigest()
     if before is not None and before.version == version:
         return before

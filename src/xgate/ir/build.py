@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Mapping
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from pydantic import ValidationError
@@ -25,6 +25,50 @@ def build_ir(
     change): an object with issues is left out, or replaced by its `fallback` version (the one served
     before) when that one is still valid, and the issues travel in `GatewayIR.issues`.
     """
+    return build_ir_and_context(config, revision, lenient=lenient, fallback=fallback)[0]
+
+
+@dataclass
+class RouteContext:
+    """What checking and resolving one route needs: the objects it may refer to and each listener's
+    inherited plugin settings. Kept by the incremental compiler to handle a route change alone."""
+
+    config: ConfigSet
+    upstreams: set[str]
+    listeners: set[str]
+    listener_plugins: dict[str, dict[str, Model | None]]
+    lenient: bool
+
+    def check(
+        self, route: Route, fallback: Route | None
+    ) -> tuple[Route | None, dict[str, Model | None], list[ConfigIssue]]:
+        """(the version to serve or None, its plugin settings, issues); lenient builds fall back to `fallback`."""
+        problems: list[ConfigIssue] = []
+        own = _route_checks(self.config, route, self.upstreams, self.listeners, problems)
+        if not problems:
+            return route, own, []
+        previous = fallback if self.lenient else None
+        again: list[ConfigIssue] = []
+        if previous is not None and previous is not route:
+            own = _route_checks(self.config, previous, self.upstreams, self.listeners, again)
+        if previous is None or previous is route or again:
+            return None, {}, problems
+        note = " (serving its last good version)"
+        return previous, own, [replace(issue, message=issue.message + note) for issue in problems]
+
+    def attach(self, route: Route, own: Mapping[str, Model | None]) -> dict[str, RouteIR]:
+        """The route as served on each listener it applies to."""
+        return {
+            name: _route_ir(route, self.listener_plugins[name], own)
+            for name in (route.listeners or sorted(self.listener_plugins))
+            if name in self.listener_plugins
+        }
+
+
+def build_ir_and_context(
+    config: ConfigSet, revision: str = "", *, lenient: bool = False, fallback: Mapping[str, Route] | None = None
+) -> tuple[GatewayIR, RouteContext]:
+    """build_ir, plus the RouteContext it used."""
     issues: list[ConfigIssue] = list(config.issues)
     upstream_names = {upstream.name for upstream in config.upstreams}
     # An object that failed its own validation is reported already; do not call it missing too.
@@ -43,23 +87,18 @@ def build_ir(
     known_listeners = set(listener_plugins) | {name for kind, name in config.broken if kind == "listener"}
     if lenient:
         known_listeners |= {listener.name for listener in config.listeners}  # dropped ones are reported already
+    context = RouteContext(config, known_upstreams, known_listeners, listener_plugins, lenient)
     attached: dict[str, list[RouteIR]] = {name: [] for name in listener_plugins}
-    for route in sorted(config.routes, key=precedence):
-        problems = []
-        own_plugins = _route_checks(config, route, known_upstreams, known_listeners, problems)
-        if problems:
-            previous = (fallback or {}).get(route.name) if lenient else None
-            again: list[ConfigIssue] = []
-            if previous is not None and previous is not route:
-                own_plugins = _route_checks(config, previous, known_upstreams, known_listeners, again)
-            if previous is None or previous is route or again:
-                issues += problems  # left out (strict: the whole config is refused)
-                continue
-            issues += [replace(issue, message=issue.message + " (serving its last good version)") for issue in problems]
-            route = previous
-        for listener_name in route.listeners or sorted(listener_plugins):
-            if listener_name in attached:
-                attached[listener_name].append(_route_ir(route, listener_plugins[listener_name], own_plugins))
+    checked: list[tuple[Route, dict[str, Model | None]]] = []
+    for route in config.routes:
+        served, own_plugins, problems = context.check(route, (fallback or {}).get(route.name))
+        issues += problems
+        if served is not None:  # else left out (strict: the whole config is refused)
+            checked.append((served, own_plugins))
+    # Ordered by the version actually served (a held-back route keeps its old place).
+    for served, own_plugins in sorted(checked, key=lambda item: precedence(item[0])):
+        for listener_name, route_ir in context.attach(served, own_plugins).items():
+            attached[listener_name].append(route_ir)
     if issues and not lenient:
         raise ConfigError(issues)
     listeners = tuple(
@@ -68,7 +107,7 @@ def build_ir(
         if listener.name in attached
     )
     upstreams = tuple(sorted(config.upstreams, key=lambda item: item.name))
-    return GatewayIR(listeners=listeners, upstreams=upstreams, revision=revision, issues=tuple(issues))
+    return GatewayIR(listeners=listeners, upstreams=upstreams, revision=revision, issues=tuple(issues)), context
 
 
 def precedence(route: Route) -> tuple[int, int, int, int, int, int]:

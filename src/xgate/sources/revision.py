@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from xgate.config.load import ConfigSet
+from xgate.config.schema import Route
 from xgate.errors import ConfigError, ConfigIssue
 
 
@@ -21,3 +23,6 @@ class Revision:
     error: ConfigError | None = None
     seen_at: float = 0.0  # time.perf_counter() when the source started reading this revision
     warnings: tuple[ConfigIssue, ...] = ()
+    # Sources that know: the routes changed since their previous revision (name -> new version, None when
+    # gone), when nothing else changed. None: anything may have changed.
+    changes: Mapping[str, Route | None] | None = None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from envoy.config.route.v3 import route_components_pb2 as route_components_v3
 from google.protobuf.message import Message
@@ -24,9 +25,10 @@ class Resources:
     clusters: dict[str, Message] = field(default_factory=dict)
     endpoints: dict[str, Message] = field(default_factory=dict)
     listeners: dict[str, Message] = field(default_factory=dict)
-    routes: dict[str, Message] = field(default_factory=dict)
+    # A route configuration may come already serialized (the incremental compiler assembles bytes).
+    routes: dict[str, Message | bytes] = field(default_factory=dict)
 
-    def by_kind(self) -> dict[str, dict[str, Message]]:
+    def by_kind(self) -> dict[str, dict[str, Any]]:
         return {
             "clusters": self.clusters,
             "endpoints": self.endpoints,

@@ -9,23 +9,24 @@ again and watch from that read.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from aetcd.rpc.kv_pb2 import Event
 
 from xgate.config.load import ConfigSet
-from xgate.config.schema import Listener, Route, Upstream
 from xgate.errors import ConfigIssue
 from xgate.sources.etcd.client import CompactedError, EtcdClient, EtcdUnavailableError
-from xgate.sources.etcd.layout import PLUGIN, decode, normalize_prefix, parse_key
+from xgate.sources.etcd.layout import KEY_KINDS, PLUGIN, decode, key_of, normalize_prefix, parse_key
 from xgate.sources.revision import Revision
 
 log = logging.getLogger("xgate.sources.etcd")
+_NOT_A_KEY = "not an xgate key: use <prefix><kind>/<name>, kind one of listener, upstream, route, plugin"
 
 
 @dataclass
@@ -72,6 +73,11 @@ class EtcdSource:
         self.prefix = normalize_prefix(prefix)
         self._emit = emit
         self._entries: dict[str, _Entry] = {}
+        self._issue_keys: set[str] = set()
+        self._good: dict[str, dict[str, Any]] = {kind: {} for kind in KEY_KINDS}
+        self._names: dict[str, list[str]] = {kind: [] for kind in KEY_KINDS}
+        self._route_changes: dict[str, Any] = {}
+        self._others_changed = True
         self.revision = 0
         self.health = EtcdHealth()
         self._retry_initial, self._retry_max = retry_initial, retry_max
@@ -108,7 +114,8 @@ class EtcdSource:
             seen.add(key)
             self._put(key, kv.value, kv.mod_revision)
         for key in set(self._entries) - seen:
-            del self._entries[key]
+            self._delete(key)
+        self._others_changed = True
         self.revision = self.health.revision = revision
         self._full_read_needed = False
         self.health.full_reads += 1
@@ -131,7 +138,7 @@ class EtcdSource:
                     for event in events:
                         key = event.kv.key.decode(errors="replace")
                         if event.type == Event.DELETE:
-                            self._entries.pop(key, None)
+                            self._delete(key)
                         else:
                             self._put(key, event.kv.value, event.kv.mod_revision)
                 self.revision = self.health.revision = max(self.revision, revision)
@@ -152,49 +159,61 @@ class EtcdSource:
             return  # already seen (a resync after compaction re-reads unchanged keys)
         entry = entry or _Entry(mod_revision)
         entry.mod_revision = mod_revision
-        if parsed is None:
-            entry.issues = [
-                ConfigIssue(
-                    key,
-                    "key",
-                    "",
-                    "not an xgate key: use <prefix><kind>/<name>, kind one of listener, upstream, route, plugin",
-                )
-            ]
-        else:
-            obj, issues = decode(*parsed, value, key)
-            entry.issues = issues
-            if not issues:
-                entry.good, entry.has_good = obj, True
         self._entries[key] = entry
+        if parsed is None:
+            entry.issues = [ConfigIssue(key, "key", "", _NOT_A_KEY)]
+            self._issue_keys.add(key)
+            return
+        obj, issues = decode(*parsed, value, key)
+        entry.issues = issues
+        if issues:
+            self._issue_keys.add(key)
+            return
+        self._issue_keys.discard(key)
+        entry.good, entry.has_good = obj, True
+        self._set_good(*parsed, obj)
+
+    def _delete(self, key: str) -> None:
+        self._entries.pop(key, None)
+        self._issue_keys.discard(key)
+        parsed = parse_key(self.prefix, key.encode())
+        if parsed is not None and parsed[1] in self._good[parsed[0]]:
+            self._set_good(*parsed, None)
+
+    def _set_good(self, kind: str, name: str, obj: Any) -> None:
+        """Record the object served for (kind, name) (None: none) and what kind of change it was."""
+        good, names = self._good[kind], self._names[kind]
+        if obj is None:
+            del good[name]
+            del names[bisect.bisect_left(names, name)]
+        else:
+            if name not in good:
+                bisect.insort(names, name)
+            good[name] = obj
+        if kind == "route":
+            self._route_changes[name] = obj
+        else:
+            self._others_changed = True
 
     def _revision(self, seen_at: float) -> Revision:
-        found: dict[str, list[Any]] = {"listener": [], "upstream": [], "route": []}
-        plugins: dict[str, Any] = {}
-        sources: dict[tuple[str, str], str] = {}
         warnings: list[ConfigIssue] = []
-        for key in sorted(self._entries):
+        for key in sorted(self._issue_keys):
             entry = self._entries[key]
-            for issue in entry.issues:
-                suffix = " (serving its last good version)" if entry.has_good else " (not served)"
-                warnings.append(ConfigIssue(issue.source, issue.obj, issue.field, issue.message + suffix))
-            if not entry.has_good:
-                continue
-            kind, name = parse_key(self.prefix, key.encode()) or ("", "")
-            sources[(kind, name)] = key
-            if kind == PLUGIN:
-                plugins[name] = entry.good
-            else:
-                found[kind].append(entry.good)
+            suffix = " (serving its last good version)" if entry.has_good else " (not served)"
+            warnings += [replace(issue, message=issue.message + suffix) for issue in entry.issues]
         config = ConfigSet(
-            listeners=tuple[Listener, ...](found["listener"]),
-            upstreams=tuple[Upstream, ...](found["upstream"]),
-            routes=tuple[Route, ...](found["route"]),
-            plugins=plugins,
+            listeners=tuple(self._good["listener"][name] for name in self._names["listener"]),
+            upstreams=tuple(self._good["upstream"][name] for name in self._names["upstream"]),
+            routes=tuple(self._good["route"][name] for name in self._names["route"]),
+            plugins={name: self._good[PLUGIN][name] for name in self._names[PLUGIN]},
             source=f"etcd {self.prefix}",
-            sources=sources,
+            sources=_Keys(self.prefix),
         )
-        return Revision(revision=f"etcd-{self.revision}", config=config, seen_at=seen_at, warnings=tuple(warnings))
+        changes = None if self._others_changed else dict(self._route_changes)
+        self._route_changes, self._others_changed = {}, False
+        return Revision(
+            revision=f"etcd-{self.revision}", config=config, seen_at=seen_at, warnings=tuple(warnings), changes=changes
+        )
 
     def _connected(self) -> None:
         if not self.health.connected and self.health.outage_since is not None:
@@ -213,6 +232,25 @@ class EtcdSource:
             log.error("etcd unreachable (%s); Envoy keeps the last config; retrying", error)
         self.health.connected = False
         self.health.last_error = error
+
+
+class _Keys(Mapping[tuple[str, str], str]):
+    """(kind, name) -> etcd key, computed on demand: issues name their key without a 10,000-entry map."""
+
+    def __init__(self, prefix: str) -> None:
+        self._prefix = prefix
+
+    def __getitem__(self, item: tuple[str, str]) -> str:
+        kind, name = item
+        if kind == "document":  # the global plugin defaults
+            return f"{self._prefix}{PLUGIN}/"
+        return key_of(self._prefix, kind, name).decode()
+
+    def __iter__(self) -> Iterator[tuple[str, str]]:
+        return iter(())
+
+    def __len__(self) -> int:
+        return 0
 
 
 async def _sleep_or_stop(stop: asyncio.Event, delay: float) -> None:
