@@ -15,7 +15,7 @@ from xgate.discovery import SnapshotCache
 from xgate.errors import ConfigError, ConfigIssue
 from xgate.incremental import IncrementalCompiler
 from xgate.ir.model import GatewayIR
-from xgate.pipeline import Compiled, compile_config
+from xgate.pipeline import Compiled, compile_config, gc_paused
 from xgate.sources.revision import Revision
 from xgate.translate import Translator
 
@@ -97,7 +97,8 @@ class ControlPlane:
     def _apply_changes(self, revision: Revision, source: str, started: float) -> bool:
         """The fast path for route-only changes from a source that says what changed; False: compile in full."""
         assert revision.config is not None and revision.changes is not None
-        result = self._incremental.apply(revision.config, revision.changes)
+        with gc_paused():
+            result = self._incremental.apply(revision.config, revision.changes)
         if result is None:
             return False
         resources, issues = result

@@ -8,6 +8,7 @@ is its elements' bytes one after another, each behind a tag and a length.
 from __future__ import annotations
 
 import bisect
+from collections import Counter
 from dataclasses import dataclass
 
 from envoy.config.route.v3 import route_components_pb2 as route_components_v3
@@ -55,6 +56,10 @@ class RouteTable:
         self.filters = filters
         self._entries: dict[str, _Entry] = {}
         self._order: list[tuple[tuple[object, ...], str]] = []
+        # Kept in step with _order so the common case (no route names a host) is one bytes join.
+        self._wires: list[bytes] = []
+        self._hosts: Counter[str] = Counter()  # host name -> routes naming it
+        self._hosted = 0  # routes that name a host
 
     def __contains__(self, name: str) -> bool:
         return name in self._entries
@@ -68,13 +73,27 @@ class RouteTable:
             key, ir.route.match.hosts, length_delimited(_ROUTES, proto.SerializeToString(deterministic=True)), ir
         )
         self._entries[ir.name] = entry
-        bisect.insort(self._order, (key, ir.name))
+        index = bisect.bisect_left(self._order, (key, ir.name))
+        self._order.insert(index, (key, ir.name))
+        self._wires.insert(index, entry.wire)
+        self._count_hosts(entry.hosts, 1)
 
     def remove(self, name: str) -> None:
         entry = self._entries.pop(name, None)
         if entry is not None:
             index = bisect.bisect_left(self._order, (entry.key, name))
             del self._order[index]
+            del self._wires[index]
+            self._count_hosts(entry.hosts, -1)
+
+    def _count_hosts(self, hosts: tuple[str, ...], step: int) -> None:
+        specific = [host for host in hosts if host != "*"]
+        if specific:
+            self._hosted += step
+            self._hosts.update({host: step for host in specific})
+            for host in specific:
+                if self._hosts[host] <= 0:
+                    del self._hosts[host]
 
     def get(self, name: str) -> RouteIR | None:
         entry = self._entries.get(name)
@@ -85,13 +104,15 @@ class RouteTable:
 
     def assemble(self) -> bytes:
         """The serialized RouteConfiguration (see translate_routes for the virtual host layout)."""
-        ordered = [self._entries[name] for _, name in self._order]
-        hosts = sorted({host for entry in ordered for host in entry.hosts if host != "*"})
-        virtual_hosts = [
-            self._virtual_host((host,), [e.wire for e in ordered if host in e.hosts or "*" in e.hosts])
-            for host in hosts
-        ]
-        virtual_hosts.append(self._virtual_host(("*",), [e.wire for e in ordered if "*" in e.hosts]))
+        if self._hosted:
+            ordered = [self._entries[name] for _, name in self._order]
+            virtual_hosts = [
+                self._virtual_host((host,), [e.wire for e in ordered if host in e.hosts or "*" in e.hosts])
+                for host in sorted(self._hosts)
+            ]
+            virtual_hosts.append(self._virtual_host(("*",), [e.wire for e in ordered if "*" in e.hosts]))
+        else:
+            virtual_hosts = [self._virtual_host(("*",), self._wires)]
         head: bytes = route_v3.RouteConfiguration(name=names.route_config(self.listener)).SerializeToString(
             deterministic=True
         )

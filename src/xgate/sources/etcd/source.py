@@ -21,6 +21,7 @@ from aetcd.rpc.kv_pb2 import Event
 
 from xgate.config.load import ConfigSet
 from xgate.errors import ConfigIssue
+from xgate.pipeline import gc_paused
 from xgate.sources.etcd.client import CompactedError, EtcdClient, EtcdUnavailableError
 from xgate.sources.etcd.layout import KEY_KINDS, PLUGIN, decode, key_of, normalize_prefix, parse_key
 from xgate.sources.revision import Revision
@@ -135,12 +136,8 @@ class EtcdSource:
                 seen_at = time.perf_counter()
                 self._connected()
                 if events:
-                    for event in events:
-                        key = event.kv.key.decode(errors="replace")
-                        if event.type == Event.DELETE:
-                            self._delete(key)
-                        else:
-                            self._put(key, event.kv.value, event.kv.mod_revision)
+                    with gc_paused():
+                        self._apply_events(events)
                 self.revision = self.health.revision = max(self.revision, revision)
                 if events:
                     await self._emit(self._revision(seen_at))
@@ -151,6 +148,14 @@ class EtcdSource:
                 with contextlib.suppress(BaseException):
                     await step
             await watch.aclose()
+
+    def _apply_events(self, events: list[Event]) -> None:
+        for event in events:
+            key = event.kv.key.decode(errors="replace")
+            if event.type == Event.DELETE:
+                self._delete(key)
+            else:
+                self._put(key, event.kv.value, event.kv.mod_revision)
 
     def _put(self, key: str, value: bytes, mod_revision: int) -> None:
         parsed = parse_key(self.prefix, key.encode())
