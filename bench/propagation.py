@@ -12,36 +12,39 @@ import argparse
 import asyncio
 import contextlib
 import functools
-import http.client
 import json
 import os
 import random
 import signal
-import subprocess
 import sys
 import tempfile
-import threading
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import IO, Any, cast
+from typing import IO, Any
 
+from _harness import (
+    ADD_EVERY,
+    LISTENER,
+    ROUTE_TYPE,
+    UPSTREAMS,
+    WARMUP,
+    ControlPlaneChild,
+    Poller,
+    dist,
+    emit,
+    install_ads_hooks,
+    now,
+    pair,
+    print_log_tails,
+    rds_stats,
+)
+from _harness import ms as _ms
 from xgate.pipeline import revision_of
 from xgate.proxy.bootstrap import build_bootstrap
 from xgate.proxy.process import EnvoyProcess
-from xgate.supervisor import die_with_parent
 from xgate.testing.gateway import free_port
-
-# time.monotonic is CLOCK_MONOTONIC on Linux: one clock for this process and the control plane child.
-now = time.monotonic
-
-LISTENER = "bench"
-ROUTE_TYPE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
-UPSTREAMS = 4
-WARMUP = 3
-ADD_EVERY = 4  # every 4th change adds a route; the others edit a direct response
-
 
 # -- the config under test ------------------------------------------------------------------------------------
 
@@ -89,26 +92,12 @@ def serve_controlplane(config_path: str) -> None:
     import logging
 
     from xgate.controlplane import ControlPlane
-    from xgate.discovery.cache import SnapshotCache
-    from xgate.discovery.server import AdsService
-    from xgate.discovery.snapshot import Snapshot
-    from xgate.discovery.stream import AdsStream
     from xgate.runtime import Bound, run_controlplane
     from xgate.sources.file import FileSource
     from xgate.sources.revision import Revision
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-
-    def emit(**event: Any) -> None:
-        sys.stdout.write(json.dumps(event) + "\n")
-        sys.stdout.flush()
-
     original_read = FileSource._read
-    original_set = SnapshotCache.set
-    original_respond = AdsStream._respond
-    original_request = AdsStream.on_request
-    original_stream = AdsService.StreamAggregatedResources
-    built: dict[int, tuple[str, str, float]] = {}  # id(response) -> (revision, type URL, built at)
 
     async def read(self: FileSource) -> Revision | None:
         started = now()
@@ -117,41 +106,8 @@ def serve_controlplane(config_path: str) -> None:
             emit(ev="read", rev=revision.revision, t=started, done=now(), ok=revision.error is None)
         return revision
 
-    def set_snapshot(self: SnapshotCache, snapshot: Snapshot) -> None:
-        emit(ev="set", rev=snapshot.revision, t=now())
-        original_set(self, snapshot)
-
-    def respond(self: AdsStream, type_url: str, *args: Any) -> Any:
-        response = original_respond(self, type_url, *args)
-        revision = self.proxy.types[type_url].sent_revision or ""
-        built[id(response)] = (revision, type_url, now())
-        self.__dict__.setdefault("bench_nonces", {})[(type_url, response.nonce)] = revision
-        return response
-
-    def on_request(self: AdsStream, request: Any, snapshot: Any) -> None:
-        if request.response_nonce:
-            revision = self.__dict__.get("bench_nonces", {}).get((request.type_url, request.response_nonce))
-            if revision is not None:
-                emit(ev="ack", rev=revision, type=request.type_url, t=now(), nack=request.HasField("error_detail"))
-        original_request(self, request, snapshot)
-
-    async def stream(self: AdsService, requests: Any, context: Any) -> AsyncIterator[Any]:
-        responses = cast(AsyncGenerator[Any, None], original_stream(self, requests, context))
-        try:
-            async for response in responses:
-                sent = built.pop(id(response), None)
-                yield response
-                # grpc.aio resumes the generator once the send operation completed: the response is written.
-                if sent is not None:
-                    emit(ev="written", rev=sent[0], type=sent[1], built=sent[2], t=now(), bytes=response.ByteSize())
-        finally:
-            await responses.aclose()
-
     FileSource._read = read  # type: ignore[method-assign]
-    SnapshotCache.set = set_snapshot  # type: ignore[method-assign]
-    AdsStream._respond = respond  # type: ignore[method-assign, assignment]
-    AdsStream.on_request = on_request  # type: ignore[method-assign]
-    AdsService.StreamAggregatedResources = stream  # type: ignore[method-assign, assignment]
+    install_ads_hooks()
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -169,126 +125,9 @@ def serve_controlplane(config_path: str) -> None:
     asyncio.run(main())
 
 
-class ControlPlaneChild:
-    """The control plane child process and the events it reported, by config revision."""
-
-    def __init__(self, config_path: Path, log_path: Path) -> None:
-        self._log = log_path.open("wb")
-        self.proc = subprocess.Popen(
-            die_with_parent([sys.executable, str(Path(__file__).absolute()), "--serve-controlplane", str(config_path)]),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=self._log,
-        )
-        self._events: dict[str, dict[str, dict[str, Any]]] = {}
-        self._ready: dict[str, Any] | None = None
-        self._changed = threading.Condition()
-        self._reader = threading.Thread(target=self._read, name="controlplane-events", daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            try:
-                event = json.loads(line)
-            except ValueError:
-                continue
-            with self._changed:
-                if event["ev"] == "ready":
-                    self._ready = event
-                else:
-                    key = event["ev"] + ("" if "type" not in event else ":" + event["type"])
-                    # The first event of each kind per revision is the one the change waited for.
-                    self._events.setdefault(event["rev"], {}).setdefault(key, event)
-                self._changed.notify_all()
-        with self._changed:
-            self._changed.notify_all()
-
-    def wait_ready(self, timeout: float) -> int:
-        with self._changed:
-            self._changed.wait_for(lambda: self._ready is not None or self.proc.poll() is not None, timeout)
-            if self._ready is None:
-                raise RuntimeError(f"the control plane was not ready within {timeout} s (see its log)")
-            return int(self._ready["xds"])
-
-    def wait_event(self, revision: str, key: str, timeout: float) -> dict[str, Any] | None:
-        with self._changed:
-            self._changed.wait_for(
-                lambda: key in self._events.get(revision, {}) or self.proc.poll() is not None, timeout
-            )
-            return self._events.get(revision, {}).get(key)
-
-    def events(self, revision: str) -> dict[str, dict[str, Any]]:
-        with self._changed:
-            return dict(self._events.get(revision, {}))
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()  # by PID: Popen signals its own child
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._reader.join(2)
-        self._log.close()
-
-
-# -- the poller -----------------------------------------------------------------------------------------------
-
-
-class Poller:
-    """GETs on one blocking keep-alive connection to Envoy's listener; reconnects after an error."""
-
-    def __init__(self, port: int, interval: float) -> None:
-        self._port = port
-        self._interval = interval
-        self._conn: http.client.HTTPConnection | None = None
-        self.errors = 0
-
-    def get(self, path: str) -> tuple[int, bytes]:
-        """(status, body); status 0 for a connection error."""
-        try:
-            if self._conn is None:
-                self._conn = http.client.HTTPConnection("127.0.0.1", self._port, timeout=2)
-            self._conn.request("GET", path)
-            response = self._conn.getresponse()
-            return response.status, response.read()
-        except (OSError, http.client.HTTPException):
-            self.errors += 1
-            self.close()
-            return 0, b""
-
-    def wait_for(
-        self,
-        path: str,
-        wanted: tuple[int, bytes],
-        allowed: set[tuple[int, bytes]],
-        deadline: float,
-        not_before: float = 0.0,
-    ) -> tuple[float | None, int]:
-        """Poll `path` until it answers `wanted` to a request sent at or after `not_before`.
-
-        Returns the time the answer was seen (None at the deadline) and the number of unexpected answers.
-        """
-        unexpected = 0
-        while True:
-            sent = now()
-            answer = self.get(path)
-            seen = now()
-            if answer == wanted and sent >= not_before:
-                return seen, unexpected
-            if answer != wanted and answer not in allowed:
-                unexpected += 1
-            if seen >= deadline:
-                return None, unexpected
-            if self._interval:
-                time.sleep(self._interval)
-
-    def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+def _child(config_path: Path, log_path: Path) -> ControlPlaneChild:
+    argv = [sys.executable, str(Path(__file__).absolute()), "--serve-controlplane", str(config_path)]
+    return ControlPlaneChild(argv, log_path)
 
 
 # -- one size -------------------------------------------------------------------------------------------------
@@ -312,10 +151,6 @@ class SizeResult:
     poll_errors: int
 
 
-def _ms(later: float | None, earlier: float | None) -> float | None:
-    return None if later is None or earlier is None else (later - earlier) * 1000
-
-
 def _stages(events: dict[str, dict[str, Any]], t0: float, t1: float | None) -> dict[str, float | None]:
     """Split t0 (os.replace) -> t1 (first correct response) at the control plane's timestamps."""
     read = events.get("read", {})
@@ -335,15 +170,11 @@ def run_changes(
     state: ConfigState, config_path: Path, plane: ControlPlaneChild, poller: Poller, count: int, timeout: float
 ) -> list[Change]:
     changes: list[Change] = []
-    steady = (200, b"steady")
     for index in range(1, count + WARMUP + 1):
         # Baseline: the same loop timing a "change" that needs no control plane. It lands at a random moment
         # t while the poller is already polling a route that is served; the answer counts when its request
         # was sent at or after t. That is the detection delay (poll interval + one request) a real change has.
-        start = now()
-        landing = start + random.uniform(0.005, 0.015)
-        seen, _ = poller.wait_for("/steady", steady, set(), start + timeout, not_before=landing)
-        baseline_ms = _ms(seen, landing) or float("nan")
+        baseline_ms = poller.baseline_ms(timeout)
 
         kind = "add" if index % ADD_EVERY == 0 else "edit"
         if kind == "add":
@@ -372,16 +203,6 @@ def run_changes(
     return changes
 
 
-async def _rds_stats(envoy: EnvoyProcess) -> dict[str, int]:
-    _, body = await envoy.admin_get(f"/stats?filter=rds\\.routes/{LISTENER}\\.update_")
-    stats: dict[str, int] = {}
-    for line in body.splitlines():
-        name, _, value = line.partition(": ")
-        with contextlib.suppress(ValueError):
-            stats[name.rsplit(".", 1)[-1]] = int(value)
-    return stats
-
-
 async def measure(routes: int, count: int, args: argparse.Namespace, work: Path) -> SizeResult:
     """Start a control plane child and an Envoy on a `routes`-route config; time `count` changes."""
     work.mkdir()
@@ -389,7 +210,7 @@ async def measure(routes: int, count: int, args: argparse.Namespace, work: Path)
     config_path = work / "gateway.yaml"
     text = state.render()
     config_path.write_text(text, encoding="utf-8")
-    plane = ControlPlaneChild(config_path, work / "controlplane.log")
+    plane = _child(config_path, work / "controlplane.log")
     envoy: EnvoyProcess | None = None
     envoy_log = (work / "envoy.log").open("wb")
     poller = Poller(state.port, args.poll_interval_ms / 1000)
@@ -412,13 +233,10 @@ async def measure(routes: int, count: int, args: argparse.Namespace, work: Path)
         plane.wait_event(revision_of(text), f"ack:{ROUTE_TYPE}", 10)
         # The poller blocks this event loop on purpose: nothing else runs on it while measuring.
         changes = run_changes(state, config_path, plane, poller, count, args.timeout)
-        rds = await _rds_stats(envoy)
+        rds = await rds_stats(envoy)
         return SizeResult(routes, len(text), changes, rds, poller.errors)
     except BaseException:
-        for log in (work / "controlplane.log", work / "envoy.log"):
-            if log.exists():
-                tail = log.read_text(errors="replace").splitlines()[-15:]
-                print(f"--- last lines of {log.name} ---", *tail, sep="\n", file=sys.stderr)
+        print_log_tails([work / "controlplane.log", work / "envoy.log"])
         raise
     finally:
         poller.close()
@@ -431,28 +249,11 @@ async def measure(routes: int, count: int, args: argparse.Namespace, work: Path)
 # -- figures --------------------------------------------------------------------------------------------------
 
 
-def percentile(values: list[float], q: float) -> float:
-    """Linear interpolation between closest ranks (numpy's default); with < 100 samples p99 is near max."""
-    ordered = sorted(values)
-    if not ordered:
-        return float("nan")
-    rank = (len(ordered) - 1) * q / 100
-    low = int(rank)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
-
-
 def _values(changes: list[Change], stage: str) -> list[float]:
     return [v for c in changes if (v := c.stages_ms.get(stage)) is not None]
 
 
 def summarize(result: SizeResult) -> dict[str, Any]:
-    def dist(values: list[float]) -> dict[str, float]:
-        return {f"p{q}": round(percentile(values, q), 2) for q in (50, 90, 99)} | {
-            "max": round(max(values), 2) if values else float("nan"),
-            "n": len(values),
-        }
-
     rows: dict[str, Any] = {}
     for kind in ("all", "edit", "add"):
         picked = [c for c in result.changes if kind in ("all", c.kind)]
@@ -478,9 +279,6 @@ def summarize(result: SizeResult) -> dict[str, Any]:
 
 def print_report(summaries: list[dict[str, Any]], args: argparse.Namespace, out: IO[str]) -> None:
     write = functools.partial(print, file=out)
-
-    def pair(d: dict[str, float]) -> str:
-        return f"{d['p50']:.1f}/{d['p99']:.1f}"
 
     write(
         f"file change (os.replace) -> first correct response through Envoy; {args.changes} changes per size "

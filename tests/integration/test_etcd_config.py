@@ -57,7 +57,7 @@ def settings(etcd: EtcdCluster) -> EtcdSettings:
 async def _apply(settings: EtcdSettings, text: str) -> int:
     async with EtcdClient(settings) as client:
         plan = plan_apply(await read_stored(client, "/xgate/"), parse_document(text, "test"), "/xgate/")
-        return await execute(client, plan)
+        return (await execute(client, plan))[0]
 
 
 async def _body(port: int, path: str = "/healthz") -> str:
@@ -189,3 +189,25 @@ routes:
 
 async def _wait_gateway(gateway: Gateway, revision: int) -> None:
     await gateway.wait_etcd_revision(revision)
+
+
+async def test_large_apply_goes_in_guarded_batches(etcd: EtcdCluster, settings: EtcdSettings, tmp_path: Path) -> None:
+    routes = "".join(
+        f"  - {{name: r{i}, match: {{path: {{prefix: /r{i}/}}}}, direct_response: {{status: 200}}}}\n"
+        for i in range(300)
+    )
+    config = tmp_path / "big.yaml"
+    config.write_text("listeners: [{name: public, port: 1}]\nroutes:\n" + routes)
+    code, out, err = await xgate("apply", "-f", str(config), "--etcd", ",".join(etcd.endpoints))
+    assert code == 0, err
+    assert "301 changed, 0 unchanged" in out and "in 3 transactions" in out
+    assert len(await etcd.get_prefix("/xgate/route/")) == 300
+
+    # Another writer between our read and a batch stops the apply at that batch.
+    async with EtcdClient(settings) as client:
+        text = config.read_text().replace("status: 200", "status: 204")
+        plan = plan_apply(await read_stored(client, "/xgate/"), parse_document(text, "t"), "/xgate/")
+        await etcd.put("/xgate/route/other", '{"direct_response": {"status": 200}}')
+        with pytest.raises(ConflictError, match="nothing was written"):
+            await execute(client, plan, max_ops=100)
+    assert '"status":200' in (await etcd.get("/xgate/route/r5") or "")

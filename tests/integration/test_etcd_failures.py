@@ -39,7 +39,7 @@ routes:
 async def apply(settings: EtcdSettings, text: str) -> int:
     async with EtcdClient(settings) as client:
         plan = plan_apply(await read_stored(client, "/xgate/"), parse_document(text, "test"), "/xgate/")
-        return await execute(client, plan)
+        return (await execute(client, plan))[0]
 
 
 async def probe(port: int) -> str:

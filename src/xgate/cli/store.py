@@ -22,7 +22,7 @@ import yaml
 
 from xgate.config.load import load_path
 from xgate.errors import ConfigError
-from xgate.sources.etcd.client import EtcdClient, EtcdSettings, EtcdUnavailableError
+from xgate.sources.etcd.client import EtcdClient, EtcdRequestError, EtcdSettings, EtcdUnavailableError
 from xgate.sources.etcd.layout import DEFAULT_PREFIX, KEY_KINDS, PLUGIN, object_data
 from xgate.sources.etcd.store import (
     ConflictError,
@@ -63,6 +63,9 @@ def _run(etcd: EtcdSettings, work: Callable[[EtcdClient], Awaitable[T]]) -> T:
     except EtcdUnavailableError as exc:
         typer.echo(f"etcd unreachable at {', '.join(etcd.endpoints)}: {exc}", err=True)
         raise typer.Exit(EXIT_UNREACHABLE) from None
+    except EtcdRequestError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(EXIT_INVALID) from None
 
 
 def _invalid(error: ConfigError) -> typer.Exit:
@@ -107,11 +110,11 @@ def register(app: typer.Typer) -> None:
         for warning in plan.warnings:
             typer.echo(f"warning (not touched by this apply): {warning}", err=True)
 
-        async def work(client: EtcdClient) -> int:
+        async def work(client: EtcdClient) -> tuple[int, int]:
             return await execute(client, plan)
 
         try:
-            revision = _run(target, work)
+            revision, transactions = _run(target, work)
         except ConflictError as exc:
             typer.echo(f"conflict: {exc}", err=True)
             raise typer.Exit(EXIT_CONFLICT) from None
@@ -119,7 +122,8 @@ def register(app: typer.Typer) -> None:
             if change.action != "unchanged":
                 typer.echo(f"{change.action}d {change.kind}/{change.name}")
         unchanged = len(plan.changes) - len(plan.pending)
-        typer.echo(f"{len(plan.pending)} changed, {unchanged} unchanged (etcd revision {revision})")
+        batches = f", in {transactions} transactions" if transactions > 1 else ""
+        typer.echo(f"{len(plan.pending)} changed, {unchanged} unchanged (etcd revision {revision}{batches})")
 
     @app.command()
     def diff(

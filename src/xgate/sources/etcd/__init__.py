@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
-from xgate.sources.etcd.client import CompactedError, EtcdClient, EtcdSettings, EtcdUnavailableError
+from xgate.sources.etcd.client import (
+    CompactedError,
+    EtcdClient,
+    EtcdRequestError,
+    EtcdSettings,
+    EtcdUnavailableError,
+)
 
-__all__ = ["CompactedError", "EtcdClient", "EtcdSettings", "EtcdUnavailableError"]
+__all__ = ["CompactedError", "EtcdClient", "EtcdRequestError", "EtcdSettings", "EtcdUnavailableError"]

@@ -24,6 +24,11 @@ class EtcdUnavailableError(XgateError):
     """etcd could not be reached, or has no leader; the caller retries."""
 
 
+class EtcdRequestError(XgateError):
+    """etcd refused a request (permission, a limit such as --max-txn-ops, a bad argument); retrying the same
+    request will not help."""
+
+
 class CompactedError(XgateError):
     """A watch asked for a revision etcd has compacted away: re-read everything, then watch again."""
 
@@ -214,4 +219,4 @@ def _translate(exc: grpc.aio.AioRpcError) -> Exception:
         return EtcdUnavailableError(f"etcd unavailable: {exc.details()}")
     if "compacted" in (exc.details() or ""):
         return CompactedError(0)
-    return EtcdUnavailableError(f"etcd error {code.name}: {exc.details()}")
+    return EtcdRequestError(f"etcd refused the request ({code.name}): {exc.details()}")

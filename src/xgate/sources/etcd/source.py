@@ -22,7 +22,7 @@ from aetcd.rpc.kv_pb2 import Event
 from xgate.config.load import ConfigSet
 from xgate.errors import ConfigIssue
 from xgate.pipeline import gc_paused
-from xgate.sources.etcd.client import CompactedError, EtcdClient, EtcdUnavailableError
+from xgate.sources.etcd.client import CompactedError, EtcdClient, EtcdRequestError, EtcdUnavailableError
 from xgate.sources.etcd.layout import KEY_KINDS, PLUGIN, decode, key_of, normalize_prefix, parse_key
 from xgate.sources.revision import Revision
 
@@ -98,7 +98,9 @@ class EtcdSource:
                     "etcd compacted past revision %d (%s); reading %s again", self.revision + 1, exc, self.prefix
                 )
                 self._full_read_needed = True
-            except EtcdUnavailableError as exc:
+            except (EtcdUnavailableError, EtcdRequestError) as exc:
+                # A refused request (e.g. a revoked permission) is retried too, slowly: an operator fixes it
+                # in etcd, not here; status shows the error meanwhile.
                 self._outage(str(exc))
                 await _sleep_or_stop(stop, delay)
                 delay = min(delay * 2, self._retry_max)
@@ -140,7 +142,9 @@ class EtcdSource:
                         self._apply_events(events)
                 self.revision = self.health.revision = max(self.revision, revision)
                 if events:
-                    await self._emit(self._revision(seen_at))
+                    with gc_paused():
+                        update = self._revision(seen_at)
+                    await self._emit(update)
         finally:
             stopping.cancel()
             if step is not None and not step.done():
@@ -207,9 +211,9 @@ class EtcdSource:
             suffix = " (serving its last good version)" if entry.has_good else " (not served)"
             warnings += [replace(issue, message=issue.message + suffix) for issue in entry.issues]
         config = ConfigSet(
-            listeners=tuple(self._good["listener"][name] for name in self._names["listener"]),
-            upstreams=tuple(self._good["upstream"][name] for name in self._names["upstream"]),
-            routes=tuple(self._good["route"][name] for name in self._names["route"]),
+            listeners=tuple(map(self._good["listener"].__getitem__, self._names["listener"])),
+            upstreams=tuple(map(self._good["upstream"].__getitem__, self._names["upstream"])),
+            routes=tuple(map(self._good["route"].__getitem__, self._names["route"])),
             plugins={name: self._good[PLUGIN][name] for name in self._names[PLUGIN]},
             source=f"etcd {self.prefix}",
             sources=_Keys(self.prefix),

@@ -12,7 +12,7 @@ from xgate.config.load import ConfigSet
 from xgate.config.schema import Listener, Route, Upstream
 from xgate.errors import ConfigError, ConfigIssue, XgateError
 from xgate.ir import build_ir
-from xgate.sources.etcd.client import EtcdClient
+from xgate.sources.etcd.client import EtcdClient, prefix_end
 from xgate.sources.etcd.layout import PLUGIN, decode, encode, key_of, normalize_prefix, object_data, parse_key
 
 
@@ -110,25 +110,57 @@ def plan_apply(stored: Stored, config: ConfigSet, prefix: str) -> Plan:
     return Plan(stored, changes, warnings, normalize_prefix(prefix))
 
 
-async def execute(client: EtcdClient, plan: Plan) -> int:
-    """Write every pending change in one transaction, guarded by the mod_revision of each key as read and
-    of every object the new routes refer to. Returns etcd's revision; raises ConflictError."""
-    compare: list[rpc_pb2.Compare] = []
-    operations: list[rpc_pb2.RequestOp] = []
-    guarded: set[str] = set()
-    for change in plan.pending:
-        compare.append(_unchanged_since_read(plan.stored, change.key))
-        guarded.add(change.key)
-        value = encode(change.new)
-        operations.append(rpc_pb2.RequestOp(request_put=rpc_pb2.PutRequest(key=change.key.encode(), value=value)))
-    for key in _referenced_keys(plan) - guarded:
-        compare.append(_unchanged_since_read(plan.stored, key))
-    if not operations:
-        return plan.stored.revision
-    succeeded, revision = await client.txn(compare, operations)
-    if not succeeded:
-        raise ConflictError("another writer changed these keys since they were read; nothing was written")
-    return revision
+# etcd refuses a transaction with more than --max-txn-ops (default 128) compares or operations.
+MAX_TXN_OPS = 128
+_ORDER = {PLUGIN: 0, "listener": 1, "upstream": 2, "route": 3}
+
+
+async def execute(client: EtcdClient, plan: Plan, max_ops: int = MAX_TXN_OPS) -> tuple[int, int]:
+    """Write every pending change; return (etcd revision, number of transactions). Raises ConflictError.
+
+    Up to `max_ops` changes go in one transaction, guarded by the mod_revision of each written key and of
+    every object the new routes refer to: all or nothing. More changes go in batches, referenced objects
+    before the routes that use them so every intermediate state is valid; each batch is guarded by "no key
+    under the prefix changed since our read or our previous batch", so another writer stops the apply at
+    a batch boundary (it is then atomic per batch, not as a whole).
+    """
+    pending = sorted(plan.pending, key=lambda change: (_ORDER[change.kind], change.name))
+    if not pending:
+        return plan.stored.revision, 0
+    referenced = sorted(_referenced_keys(plan) - {change.key for change in pending})
+    if len(pending) <= max_ops and len(pending) + len(referenced) <= max_ops:
+        compare = [_unchanged_since_read(plan.stored, key) for key in [c.key for c in pending] + referenced]
+        succeeded, revision = await client.txn(compare, [_put(change) for change in pending])
+        if not succeeded:
+            raise ConflictError("another writer changed these keys since they were read; nothing was written")
+        return revision, 1
+    revision = plan.stored.revision
+    batches = [pending[start : start + max_ops] for start in range(0, len(pending), max_ops)]
+    for number, batch in enumerate(batches, 1):
+        guard = [_nothing_changed_since(plan.prefix, revision)]
+        if number == 1:
+            guard += [_unchanged_since_read(plan.stored, key) for key in referenced[: max_ops - 1]]
+        succeeded, revision = await client.txn(guard, [_put(change) for change in batch])
+        if not succeeded:
+            written = "nothing was written" if number == 1 else f"batches 1-{number - 1} of {len(batches)} were written"
+            raise ConflictError(f"another writer changed keys under {plan.prefix} meanwhile; {written}")
+    return revision, len(batches)
+
+
+def _put(change: Change) -> rpc_pb2.RequestOp:
+    return rpc_pb2.RequestOp(request_put=rpc_pb2.PutRequest(key=change.key.encode(), value=encode(change.new)))
+
+
+def _nothing_changed_since(prefix: str, revision: int) -> rpc_pb2.Compare:
+    """Every key under `prefix` was last modified at or before `revision` (no new or changed key)."""
+    start = prefix.encode()
+    return rpc_pb2.Compare(
+        key=start,
+        range_end=prefix_end(start),
+        result=rpc_pb2.Compare.LESS,
+        target=rpc_pb2.Compare.MOD,
+        mod_revision=revision + 1,
+    )
 
 
 def references_to(stored: Stored, kind: str, name: str) -> list[str]:
