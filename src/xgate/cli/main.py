@@ -226,21 +226,27 @@ def demo_upstream(
 @app.command()
 def up(
     file: Annotated[Path | None, typer.Option("--file", "-f", help="Config file; default: bundled example")] = None,
+    etcd: Annotated[str | None, typer.Option("--etcd", envvar="XGATE_ETCD", help="etcd HOST:PORT[,...]")] = None,
+    prefix: Prefix = DEFAULT_PREFIX,
     demo: Annotated[bool | None, typer.Option(help="start the demo upstreams (default: with the example)")] = None,
     xds: Annotated[str, typer.Option()] = "127.0.0.1:18000",
     status: Annotated[str, typer.Option()] = "127.0.0.1:18080",
     admin_port: Annotated[int, typer.Option()] = 9901,
 ) -> None:
-    """Run the whole gateway on this machine: control plane, Envoy (and demo upstreams), supervised."""
+    """Run the whole gateway on this machine: control plane, Envoy (and demo upstreams), supervised.
+
+    Config: the bundled example, a file (-f), etcd (--etcd; TLS and auth: run `xgate controlplane`), or both.
+    """
     from xgate.supervisor import ChildSpec, Supervisor
 
-    path = (file or default_config()).absolute()
-    if not path.exists():
+    path = (file or default_config()).absolute() if file or not etcd else None
+    if path is not None and not path.exists():
         typer.echo(f"config file {path} not found", err=True)
         raise typer.Exit(2)
+    sources = (["-f", str(path)] if path else []) + (["--etcd", etcd, "--prefix", prefix] if etcd else [])
     me = [sys.executable, "-m", "xgate"]
     children: list[ChildSpec] = []
-    if demo if demo is not None else file is None:
+    if demo if demo is not None else (file is None and not etcd):
         children += [
             ChildSpec(
                 "demo-v1",
@@ -256,7 +262,7 @@ def up(
     children += [
         ChildSpec(
             "controlplane",
-            [*me, "controlplane", "-f", str(path), "--xds", xds, "--status", status],
+            [*me, "controlplane", *sources, "--xds", xds, "--status", status],
             ready_line="control plane ready",
         ),
         ChildSpec("envoy", [*me, "envoy", "--xds", xds, "--admin-port", str(admin_port)]),
