@@ -69,6 +69,20 @@ async def wait_exit(proc: asyncio.subprocess.Process) -> int:
     return proc.returncode
 
 
+async def terminate(proc: asyncio.subprocess.Process, grace: float) -> None:
+    """SIGTERM `proc` (ours, by PID), SIGKILL it if it is still there after `grace` seconds, and reap it."""
+    if proc.returncode is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        proc.send_signal(signal.SIGTERM)
+    try:
+        await asyncio.wait_for(wait_exit(proc), grace)
+    except TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        await wait_exit(proc)
+
+
 def _group_alive(pgid: int) -> bool:
     """Whether process group `pgid` still has a member that is not a zombie."""
     try:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import signal
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -15,7 +14,7 @@ import yaml
 
 from xgate.errors import ProxyError
 from xgate.proxy.bootstrap import find_envoy
-from xgate.supervisor import die_with_parent, pump_lines, wait_exit
+from xgate.supervisor import die_with_parent, pump_lines, terminate
 
 # Where Envoy's merged stdout/stderr goes: None inherits ours, a callable gets each line, a file gets bytes.
 OutputSink = Callable[[str], None] | IO[Any] | None
@@ -214,16 +213,8 @@ class EnvoyProcess:
 
     async def stop(self, grace: float = 5.0) -> int | None:
         """SIGTERM Envoy, SIGKILL it after `grace` seconds; returns its exit code. Safe to call twice."""
-        proc = self._proc
-        if proc is not None and proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(wait_exit(proc), grace)
-            except TimeoutError:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
-                await wait_exit(proc)
+        if self._proc is not None:
+            await terminate(self._proc, grace)
         if self._reader is not None:
             await self._reader
             self._reader = None

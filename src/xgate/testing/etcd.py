@@ -12,7 +12,6 @@ import contextlib
 import json
 import secrets
 import shutil
-import signal
 import socket
 from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
@@ -21,7 +20,7 @@ from typing import Any
 import aiohttp
 
 from xgate.errors import ProxyError
-from xgate.supervisor import die_with_parent, wait_exit
+from xgate.supervisor import die_with_parent, terminate, wait_exit
 
 _POLL_INTERVAL = 0.05
 _PORT_CLASH = "address already in use"
@@ -223,14 +222,8 @@ class EtcdProcess:
 
     async def stop(self, grace: float = 5.0) -> int | None:
         """SIGTERM our etcd, SIGKILL it after `grace` seconds; returns its exit code. Safe to call twice."""
-        proc = self._proc
-        if proc is not None and proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(wait_exit(proc), grace)
-            except TimeoutError:
-                await self.kill()
+        if self._proc is not None:
+            await terminate(self._proc, grace)
         return self.returncode
 
     async def kill(self) -> None:
