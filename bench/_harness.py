@@ -1,25 +1,35 @@
-"""Pieces shared by the propagation benchmarks: ADS timing hooks, the control plane child, the poller, figures.
+"""Pieces shared by the propagation benchmarks: ADS timing hooks, the control plane child, Envoy, the poller,
+the change loop, figures.
 
-The benchmarks themselves (propagation.py for a config file, etcd_propagation.py for etcd) say what changes
-and how; everything here is independent of the config source.
+The benchmarks themselves (propagation.py for a config file, etcd_propagation.py for etcd) say how a change is
+made and how the control plane child follows it; everything here is independent of the config source. The
+command line, the summaries and the shared parts of the report are in _cli.py.
 """
 
 from __future__ import annotations
 
+import argparse
+import asyncio
 import contextlib
 import http.client
 import json
 import random
+import signal
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, cast
+from typing import IO, TYPE_CHECKING, Any, NamedTuple, cast
 
+from xgate.proxy.bootstrap import build_bootstrap
 from xgate.proxy.process import EnvoyProcess
 from xgate.supervisor import die_with_parent
+
+if TYPE_CHECKING:
+    from xgate.sources.etcd.client import EtcdSettings
 
 # time.monotonic is CLOCK_MONOTONIC on Linux: one clock for the benchmark and the control plane child.
 now = time.monotonic
@@ -88,6 +98,41 @@ def install_ads_hooks() -> None:
     AdsStream._respond = respond  # type: ignore[method-assign, assignment]
     AdsStream.on_request = on_request  # type: ignore[method-assign]
     AdsService.StreamAggregatedResources = stream  # type: ignore[method-assign, assignment]
+
+
+def serve_controlplane(config_path: str | None, etcd: EtcdSettings | None = None) -> None:
+    """Child mode, once the benchmark wrapped its config source: install the ADS hooks, then run
+    run_controlplane on `config_path` and/or `etcd` (ephemeral ports, `ready` reported) until SIGINT/SIGTERM."""
+    import logging
+
+    from xgate.controlplane import ControlPlane
+    from xgate.runtime import Bound, run_controlplane
+    from xgate.sources.etcd.layout import DEFAULT_PREFIX
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    install_ads_hooks()
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+
+        def ready(bound: Bound) -> None:
+            emit(ev="ready", xds=bound.xds[1], status=bound.status[1])
+
+        await run_controlplane(
+            config_path,
+            etcd=etcd,
+            prefix=DEFAULT_PREFIX,
+            xds=("127.0.0.1", 0),
+            status=("127.0.0.1", 0),
+            on_ready=ready,
+            stop=stop,
+            plane=ControlPlane(),
+        )
+
+    asyncio.run(main())
 
 
 # -- in the benchmark process ---------------------------------------------------------------------------------
@@ -220,6 +265,137 @@ class Poller:
             self._conn = None
 
 
+# -- one size: the control plane child, Envoy and the poller; the changes -------------------------------------
+
+
+@dataclass
+class Rig:
+    """A running control plane child, an Envoy following it and a poller on Envoy's listener."""
+
+    plane: ControlPlaneChild
+    envoy: EnvoyProcess
+    poller: Poller
+    ready_s: float  # the control plane child started -> it opened its xDS port
+
+
+@contextlib.asynccontextmanager
+async def run_rig(
+    child_argv: Sequence[str], port: int, args: argparse.Namespace, work: Path, logs: Sequence[Path]
+) -> AsyncIterator[Rig]:
+    """Start the control plane child (`child_argv`, logging to work/controlplane.log) and an Envoy (work/envoy),
+    wait until Envoy serves the initial config on `port`; print the tails of `logs` if anything fails."""
+    started = now()
+    plane = ControlPlaneChild(child_argv, work / "controlplane.log")
+    envoy: EnvoyProcess | None = None
+    envoy_log = (work / "envoy.log").open("wb")
+    poller = Poller(port, args.poll_interval_ms / 1000)
+    try:
+        xds_port = plane.wait_ready(120)
+        ready_s = now() - started
+        bootstrap = build_bootstrap(
+            node_id="bench", node_cluster="bench", xds_servers=[("127.0.0.1", xds_port)], admin_port=0
+        )
+        envoy = EnvoyProcess(
+            bootstrap,
+            work / "envoy",
+            concurrency=args.concurrency,
+            output=envoy_log,
+            extra_args=["--drain-time-s", "1"],
+        )
+        await envoy.start()
+        await envoy.wait_ready(120)
+        if poller.wait_for("/probe", (200, b"gen-0"), set(), now() + 60)[0] is None:
+            raise RuntimeError("Envoy did not serve the initial config within 60 s")
+        yield Rig(plane, envoy, poller, ready_s)
+    except BaseException:
+        print_log_tails(logs)
+        raise
+    finally:
+        poller.close()
+        if envoy is not None:
+            await envoy.stop()
+        plane.stop()
+        envoy_log.close()
+
+
+class Expected(NamedTuple):
+    """What a change is and what the poller waits for: `wanted` at `path`; `allowed` answers meanwhile."""
+
+    kind: str  # "edit" (the probe's direct response body) or "add" (a new route)
+    path: str
+    wanted: tuple[int, bytes]
+    allowed: set[tuple[int, bytes]]
+
+
+@dataclass
+class RouteState:
+    """The probe's generation and the routes added so far; the benchmarks say how the config is written."""
+
+    routes: int
+    port: int
+    generation: int = 0
+    added: list[int] = field(default_factory=list)
+
+    def next_change(self, index: int) -> Expected:
+        """Every ADD_EVERY-th change adds the route `/new-<index>`, the others edit the probe's body."""
+        if index % ADD_EVERY == 0:
+            self.added.append(index)
+            return Expected("add", f"/new-{index}", (200, f"new-{index}".encode()), {(404, b"")})
+        old = (200, f"gen-{self.generation}".encode())
+        self.generation += 1
+        return Expected("edit", "/probe", (200, f"gen-{self.generation}".encode()), {old})
+
+
+@dataclass
+class Change:
+    kind: str  # "edit" (the probe's direct response body) or "add" (a new route)
+    total_ms: float | None  # None: the change could not be made or the answer did not come in time
+    baseline_ms: float
+    unexpected: int
+    stages_ms: dict[str, float | None]
+
+
+Stages = Callable[[dict[str, dict[str, Any]], float | None], dict[str, float | None]]
+
+
+class Made(NamedTuple):
+    """A change made: t0 (just before it was made), the config revision the control plane will report, and
+    how to split t0 -> t1 (first correct response) at the control plane's events for that revision."""
+
+    t0: float
+    revision: str
+    stages: Stages
+
+
+async def run_changes(
+    state: RouteState, rig: Rig, count: int, timeout: float, make: Callable[[int, str], Awaitable[Made | None]]
+) -> list[Change]:
+    """WARMUP + `count` changes, one at a time; `make(index, kind)` makes one after `state.next_change` (None:
+    it failed, a failure). The poller and the waits block the event loop on purpose: nothing else runs on it."""
+    changes: list[Change] = []
+    for index in range(1, count + WARMUP + 1):
+        # Baseline: the same loop timing a "change" that needs no control plane. It lands at a random moment
+        # t while the poller is already polling a route that is served; the answer counts when its request
+        # was sent at or after t. That is the detection delay (poll interval + one request) a real change has.
+        baseline_ms = rig.poller.baseline_ms(timeout)
+        kind, path, wanted, allowed = state.next_change(index)
+        made = await make(index, kind)
+        if made is None:
+            if index > WARMUP:
+                changes.append(Change(kind, None, baseline_ms, 0, {}))
+            continue
+        t1, unexpected = rig.poller.wait_for(path, wanted, allowed, made.t0 + timeout)
+        # Do not start the next change before Envoy ACKed this one (or it got lost): changes must not overlap.
+        rig.plane.wait_event(made.revision, f"ack:{ROUTE_TYPE}", timeout if t1 is not None else 1.0)
+        if t1 is None:  # resynchronise before the next change
+            rig.poller.wait_for(path, wanted, set(), now() + timeout)
+        if index > WARMUP:
+            stages = made.stages(rig.plane.events(made.revision), t1)
+            changes.append(Change(kind, ms(t1, made.t0), baseline_ms, unexpected, stages))
+        time.sleep(random.uniform(0.02, 0.06))  # decorrelate from timers in Envoy, the source and the control plane
+    return changes
+
+
 def ms(later: float | None, earlier: float | None) -> float | None:
     return None if later is None or earlier is None else (later - earlier) * 1000
 
@@ -240,6 +416,9 @@ def print_log_tails(logs: Sequence[Path], out: IO[str] = sys.stderr, lines: int 
         if log.exists():
             tail = log.read_text(errors="replace").splitlines()[-lines:]
             print(f"--- last lines of {log.name} ---", *tail, sep="\n", file=out)
+
+
+# -- figures --------------------------------------------------------------------------------------------------
 
 
 def percentile(values: list[float], q: float) -> float:
