@@ -13,7 +13,7 @@ from xgate.config.load import ConfigSet
 from xgate.config.schema import Route
 from xgate.discovery import SnapshotCache
 from xgate.errors import ConfigError, ConfigIssue
-from xgate.incremental import IncrementalCompiler
+from xgate.incremental import IncrementalCompiler, route_changes
 from xgate.ir.model import GatewayIR
 from xgate.pipeline import Compiled, compile_config, gc_paused
 from xgate.sources.revision import Revision
@@ -72,7 +72,7 @@ class ControlPlane:
                 self._reject(source, revision.revision, revision.error)
             return
         inputs = {**self._inputs, source: revision}
-        if len(inputs) == 1 and revision.changes is not None and self._apply_changes(revision, source, started):
+        if len(inputs) == 1 and self._apply_changes(revision, source, started):
             return
         config, conflicts = merge_inputs(inputs)
         lenient = "etcd" in inputs
@@ -86,7 +86,7 @@ class ControlPlane:
         self._rejections.pop(source, None)
         self._served_routes = {route.route.name: route.route for ir in compiled.ir.listeners for route in ir.routes}
         self.cache.update(compiled.resources, combined)
-        if lenient:
+        if len(inputs) == 1:
             self._incremental.reset(config, compiled.ir, compiled.context, compiled.resources)
         else:
             self._incremental.clear()
@@ -95,10 +95,16 @@ class ControlPlane:
         self._publish(combined, warnings, compiled.ir, started, revision)
 
     def _apply_changes(self, revision: Revision, source: str, started: float) -> bool:
-        """The fast path for route-only changes from a source that says what changed; False: compile in full."""
-        assert revision.config is not None and revision.changes is not None
+        """The fast path for route-only changes; False: compile in full."""
+        assert revision.config is not None
+        previous = self._inputs.get(source)
+        changes = revision.changes
+        if changes is None and previous is not None and previous.config is not None:
+            changes = route_changes(previous.config, revision.config)
+        if changes is None:
+            return False
         with gc_paused():
-            result = self._incremental.apply(revision.config, revision.changes)
+            result = self._incremental.apply(revision.config, changes)
         if result is None:
             return False
         resources, issues = result

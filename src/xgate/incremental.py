@@ -1,6 +1,7 @@
 """Route changes applied to the last full compile, without rebuilding the rest.
 
-This is the etcd fast path: a change to one route of 10,000 re-checks and re-serializes that route and
+This is the fast path for etcd (which says which routes changed) and for files (compared with the previous
+revision by object identity): a change to one route of 10,000 re-checks and re-serializes that route and
 joins the table's bytes again, where a full compile walks every object. It only takes route changes made
 while listeners, upstreams and plugin defaults stayed the same objects, and only when no listener needs
 its filter chain changed; anything else returns None and the caller compiles in full (and resets this).
@@ -18,7 +19,7 @@ from envoy.config.route.v3 import route_components_pb2 as route_components_v3
 from google.protobuf.message import Message
 
 from xgate.config.load import ConfigSet
-from xgate.config.schema import Route
+from xgate.config.schema import Model, Route
 from xgate.errors import ConfigIssue
 from xgate.ir.build import RouteContext
 from xgate.ir.model import GatewayIR
@@ -77,18 +78,25 @@ class IncrementalCompiler:
         base = self._base
         if base is None or not _same_surroundings(base.config, config):
             return None
-        touched: set[str] = set()
+        # Check first, change after: a strict build (a file) refuses the whole revision on any issue, and then
+        # nothing here may have moved.
+        checked: list[tuple[str, Route | None, dict[str, Model | None], list[ConfigIssue]]] = []
         for name, route in changes.items():
+            if route is None:
+                checked.append((name, None, {}, []))
+                continue
+            served, own, problems = base.context.check(route, base.served.get(name))
+            if problems and not base.context.lenient:
+                return None
+            checked.append((name, served, own, problems))
+        touched: set[str] = set()
+        for name, served, own, problems in checked:
             for listener, table in base.tables.items():
                 if (old := table.get(name)) is not None:
                     base.plugin_use[listener].subtract(list(old.plugins))
                     table.remove(name)
                     touched.add(listener)
             base.route_issues.pop(name, None)
-            if route is None:
-                base.served.pop(name, None)
-                continue
-            served, own, problems = base.context.check(route, base.served.get(name))
             if problems:
                 base.route_issues[name] = problems
             if served is None:
@@ -119,6 +127,20 @@ class IncrementalCompiler:
         )
         issues = base.other_issues + [issue for name in sorted(base.route_issues) for issue in base.route_issues[name]]
         return resources, issues
+
+
+def route_changes(before: ConfigSet, after: ConfigSet) -> dict[str, Route | None] | None:
+    """The routes that differ between two revisions of one source (by object identity: the source's cache
+    hands back the same object for an unchanged route), or None when anything else differs."""
+    if not _same_surroundings(before, after):
+        return None
+    old = {route.name: route for route in before.routes}
+    changes: dict[str, Route | None] = {}
+    for route in after.routes:
+        if old.pop(route.name, None) is not route:
+            changes[route.name] = route
+    changes.update(dict.fromkeys(old))
+    return changes
 
 
 def _same_surroundings(before: ConfigSet, after: ConfigSet) -> bool:

@@ -10,7 +10,7 @@ from xgate.config.load import parse_document
 from xgate.config.schema import Route
 from xgate.discovery import typeurls
 from xgate.discovery.snapshot import build_snapshot
-from xgate.incremental import IncrementalCompiler
+from xgate.incremental import IncrementalCompiler, route_changes
 from xgate.pipeline import compile_config
 
 BASE = """
@@ -98,3 +98,45 @@ def test_listener_or_upstream_changes_take_the_full_path() -> None:
     other = parse_document(BASE.replace("127.0.0.1:2", "127.0.0.1:3"), "t")
     assert incremental.apply(other, {}) is None
     assert incremental.apply(replace(base, plugins={}), {}) is None
+
+
+def test_strict_builds_refuse_a_bad_route_without_moving_anything() -> None:
+    """A file is all or nothing: a bad route sends the revision to the full compile (which refuses it) and
+    the next good revision still matches a full compile."""
+    rng = random.Random(7)
+    base = parse_document(BASE, "t")
+    compiled = compile_config(base, "0")
+    incremental = IncrementalCompiler()
+    incremental.reset(base, compiled.ir, compiled.context, compiled.resources)
+    routes: dict[str, Route] = {r.name: r for r in base.routes}
+    for step in range(150):
+        name = f"r{rng.randint(0, 30)}"
+        candidate = random_route(rng, name)
+        if candidate.get("upstream") == "missing":
+            bad = Route.model_validate(candidate)
+            config = replace(
+                base,
+                routes=(*routes.values(), bad)
+                if name not in routes
+                else tuple(bad if r.name == name else r for r in routes.values()),
+            )
+            assert incremental.apply(config, {name: bad}) is None, f"step {step}"
+            continue
+        routes[name] = Route.model_validate(candidate)
+        config = replace(base, routes=tuple(routes.values()))
+        result = incremental.apply(config, {name: routes[name]})
+        full = compile_config(config, str(step))
+        if result is None:
+            incremental.reset(config, full.ir, full.context, full.resources)
+            continue
+        assert serialized_routes(result[0]) == serialized_routes(full.resources), f"step {step}"
+        assert result[1] == []
+
+
+def test_route_changes_by_identity() -> None:
+    first = parse_document(BASE, "t")
+    same = replace(first, routes=first.routes)
+    assert route_changes(first, same) == {}
+    new = Route.model_validate({"name": "n", "direct_response": {"status": 200}})
+    assert route_changes(first, replace(first, routes=(new,))) == {"n": new, "keep-cors": None}
+    assert route_changes(first, replace(first, plugins={})) is None

@@ -96,7 +96,8 @@ def build_ir_and_context(
         if served is not None:  # else left out (strict: the whole config is refused)
             checked.append((served, own_plugins))
     # Ordered by the version actually served (a held-back route keeps its old place).
-    for served, own_plugins in sorted(checked, key=lambda item: precedence(item[0])):
+    # Ties broken by name, so the same objects route the same from a file or from etcd, in any order.
+    for served, own_plugins in sorted(checked, key=lambda item: (*precedence(item[0]), item[0].name)):
         for listener_name, route_ir in context.attach(served, own_plugins).items():
             attached[listener_name].append(route_ir)
     if issues and not lenient:
@@ -112,8 +113,7 @@ def build_ir_and_context(
 
 def precedence(route: Route) -> tuple[int, int, int, int, int, int]:
     """Sort key of routes, the way Gateway API orders them: higher `priority` first, then exact paths,
-    regexes, then prefixes (longest first), then more method, header and query matches. The sort is stable,
-    so equal routes keep the order of their source (file order; key order in etcd)."""
+    regexes, then prefixes (longest first), then more method, header and query matches (then the name)."""
     path = route.match.path
     kind, length = (
         (0, len(path.exact))
