@@ -97,6 +97,8 @@ class ControlPlane:
     def _apply_changes(self, revision: Revision, source: str, started: float) -> bool:
         """The fast path for route-only changes; False: compile in full."""
         assert revision.config is not None
+        if revision.config.issues:
+            return False  # objects that failed validation: the full compile reports (a file: refuses) them
         previous = self._inputs.get(source)
         changes = revision.changes
         if changes is None and previous is not None and previous.config is not None:
