@@ -25,7 +25,7 @@ class AdsService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: igno
         self,
         request_iterator: AsyncIterator[discovery_v3.DiscoveryRequest],
         context: grpc.aio.ServicerContext,
-    ) -> AsyncIterator[discovery_v3.DiscoveryResponse]:
+    ) -> AsyncIterator[bytes]:
         proxy = self.cache.status.connect(context.peer())
         stream = AdsStream(proxy)
         wake = asyncio.Event()
@@ -50,7 +50,7 @@ class AdsService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: igno
                             request.error_detail.message,
                         )
                 for response in stream.responses(snapshot):
-                    yield response
+                    yield response.wire()
         finally:
             reader.cancel()
             self.cache.unsubscribe(wake)
@@ -85,4 +85,25 @@ async def _read(
 
 
 def add_to_server(server: grpc.aio.Server, cache: SnapshotCache) -> None:
-    ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(AdsService(cache), server)
+    """Register ADS; state-of-the-world responses go out as the bytes AdsStream assembled."""
+    service = AdsService(cache)
+    handlers = {
+        "StreamAggregatedResources": grpc.stream_stream_rpc_method_handler(
+            service.StreamAggregatedResources,
+            request_deserializer=discovery_v3.DiscoveryRequest.FromString,
+            response_serializer=_already_serialized,
+        ),
+        "DeltaAggregatedResources": grpc.stream_stream_rpc_method_handler(
+            service.DeltaAggregatedResources,
+            request_deserializer=discovery_v3.DeltaDiscoveryRequest.FromString,
+            response_serializer=discovery_v3.DeltaDiscoveryResponse.SerializeToString,
+        ),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(ADS_SERVICE, handlers),))
+
+
+ADS_SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
+
+
+def _already_serialized(response: bytes) -> bytes:
+    return response

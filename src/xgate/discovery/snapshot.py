@@ -11,16 +11,24 @@ from google.protobuf import any_pb2
 from google.protobuf.message import Message
 
 from xgate.discovery import typeurls
+from xgate.protowire import length_delimited, string_field
 from xgate.translate import Resources
 
 
 @dataclass(frozen=True)
 class Resource:
-    """One Envoy resource, packed once; `version` is a digest of its bytes, so equal content = equal version."""
+    """One Envoy resource, serialized once for every proxy; `version` is a digest of its bytes, so equal
+    content is an equal version. `wire` is the resource as a google.protobuf.Any, ready to send."""
 
     name: str
     version: str
-    packed: any_pb2.Any
+    type_url: str
+    data: bytes
+    wire: bytes
+
+    @property
+    def packed(self) -> any_pb2.Any:
+        return any_pb2.Any(type_url=self.type_url, value=self.data)
 
 
 @dataclass(frozen=True)
@@ -66,7 +74,9 @@ def build_snapshot(resources: Resources, revision: str, serial: int, previous: S
 
 def _pack(name: str, message: Message | bytes, type_url: str, before: Resource | None) -> Resource:
     data = message if isinstance(message, bytes) else message.SerializeToString(deterministic=True)
-    version = hashlib.blake2b(data, digest_size=8).hexdigest()
+    # sha256 runs on the CPU's SHA instructions here: 0.4 ms for a 600 KB route table, blake2b 1 ms.
+    version = hashlib.sha256(data).hexdigest()[:16]
     if before is not None and before.version == version:
         return before
-    return Resource(name=name, version=version, packed=any_pb2.Any(type_url=type_url, value=data))
+    wire = string_field(1, type_url) + length_delimited(2, data)  # google.protobuf.Any
+    return Resource(name=name, version=version, type_url=type_url, data=data, wire=wire)

@@ -2,7 +2,7 @@
 
 The bytes it assembles equal `translate_routes(listener).SerializeToString(deterministic=True)` (a test
 holds it to that): deterministic serialization writes fields in number order, and a repeated message field
-is its elements' bytes one after another, each behind a tag and a length.
+is its elements' bytes one after another, each behind a tag and a length (see xgate.protowire).
 """
 
 from __future__ import annotations
@@ -16,28 +16,12 @@ from envoy.config.route.v3 import route_pb2 as route_v3
 
 from xgate.ir.build import precedence
 from xgate.ir.model import RouteIR
+from xgate.protowire import length_delimited
 from xgate.translate import names
 from xgate.translate.route import translate_route
 
 _VIRTUAL_HOSTS = 2  # RouteConfiguration.virtual_hosts
 _ROUTES = 3  # VirtualHost.routes
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
-
-
-def length_delimited(field_number: int, payload: bytes) -> bytes:
-    """One element of a repeated message field, as it appears on the wire."""
-    return _varint(field_number << 3 | 2) + _varint(len(payload)) + payload
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from xgate.config.load import parse_document
 from xgate.discovery import typeurls
 from xgate.discovery.snapshot import Snapshot, build_snapshot
 from xgate.discovery.status import StatusRegistry
-from xgate.discovery.stream import AdsStream
+from xgate.discovery.stream import AdsStream, Response
 from xgate.pipeline import compile_config
 
 CONFIG = """
@@ -38,10 +38,10 @@ def request(
     return message
 
 
-def connected(snap: Snapshot) -> tuple[AdsStream, dict[str, discovery_v3.DiscoveryResponse]]:
+def connected(snap: Snapshot) -> tuple[AdsStream, dict[str, Response]]:
     """A stream that subscribed to all four types and ACKed everything it was sent."""
     stream = AdsStream(StatusRegistry().connect("peer"))
-    last: dict[str, discovery_v3.DiscoveryResponse] = {}
+    last: dict[str, Response] = {}
     for type_url, names in (
         (typeurls.CLUSTER, ()),
         (typeurls.ENDPOINT, ("upstream/a", "upstream/b")),
@@ -167,3 +167,17 @@ def test_unchanged_resources_keep_their_packed_bytes() -> None:
     changed = snapshot(CONFIG.replace("/a}", "/aa}"), 2, snap)
     assert changed.resources[typeurls.CLUSTER]["upstream/a"] is snap.resources[typeurls.CLUSTER]["upstream/a"]
     assert changed.resources[typeurls.ROUTE]["routes/public"] is not snap.resources[typeurls.ROUTE]["routes/public"]
+
+
+def test_response_bytes_equal_the_message_serialized() -> None:
+    snap = snapshot()
+    _, last = connected(snap)
+    for response in last.values():
+        expected = discovery_v3.DiscoveryResponse(
+            version_info=response.version_info,
+            resources=[resource.packed for resource in response.resources],
+            type_url=response.type_url,
+            nonce=response.nonce,
+        )
+        assert response.wire() == expected.SerializeToString(deterministic=True)
+        assert response.message() == expected

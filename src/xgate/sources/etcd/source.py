@@ -77,6 +77,8 @@ class EtcdSource:
         self._issue_keys: set[str] = set()
         self._good: dict[str, dict[str, Any]] = {kind: {} for kind in KEY_KINDS}
         self._names: dict[str, list[str]] = {kind: [] for kind in KEY_KINDS}
+        # The objects in name order, kept in step with _names: a revision's tuples are copies, not lookups.
+        self._ordered: dict[str, list[Any]] = {kind: [] for kind in KEY_KINDS}
         self._route_changes: dict[str, Any] = {}
         self._others_changed = True
         self.revision = 0
@@ -191,14 +193,16 @@ class EtcdSource:
 
     def _set_good(self, kind: str, name: str, obj: Any) -> None:
         """Record the object served for (kind, name) (None: none) and what kind of change it was."""
-        good, names = self._good[kind], self._names[kind]
+        good, names, ordered = self._good[kind], self._names[kind], self._ordered[kind]
+        index = bisect.bisect_left(names, name)
         if obj is None:
-            del good[name]
-            del names[bisect.bisect_left(names, name)]
+            del good[name], names[index], ordered[index]
+        elif name in good:
+            good[name] = ordered[index] = obj
         else:
-            if name not in good:
-                bisect.insort(names, name)
             good[name] = obj
+            names.insert(index, name)
+            ordered.insert(index, obj)
         if kind == "route":
             self._route_changes[name] = obj
         else:
@@ -211,9 +215,9 @@ class EtcdSource:
             suffix = " (serving its last good version)" if entry.has_good else " (not served)"
             warnings += [replace(issue, message=issue.message + suffix) for issue in entry.issues]
         config = ConfigSet(
-            listeners=tuple(map(self._good["listener"].__getitem__, self._names["listener"])),
-            upstreams=tuple(map(self._good["upstream"].__getitem__, self._names["upstream"])),
-            routes=tuple(map(self._good["route"].__getitem__, self._names["route"])),
+            listeners=tuple(self._ordered["listener"]),
+            upstreams=tuple(self._ordered["upstream"]),
+            routes=tuple(self._ordered["route"]),
             plugins={name: self._good[PLUGIN][name] for name in self._names[PLUGIN]},
             source=f"etcd {self.prefix}",
             sources=_Keys(self.prefix),
