@@ -56,13 +56,22 @@ def install_ads_hooks() -> None:
     from xgate.discovery.cache import SnapshotCache
     from xgate.discovery.server import AdsService
     from xgate.discovery.snapshot import Snapshot
-    from xgate.discovery.stream import AdsStream
+    from xgate.discovery.stream import AdsStream, Response
 
+    original_wire = Response.wire
     original_set = SnapshotCache.set
     original_respond = AdsStream._respond
     original_request = AdsStream.on_request
     original_stream = AdsService.StreamAggregatedResources
     built: dict[int, tuple[str, str, float]] = {}  # id(response) -> (revision, type URL, built at)
+    serialized: dict[int, tuple[str, str, float]] = {}  # id(the bytes sent) -> the same
+
+    def wire(self: Response) -> bytes:
+        data = original_wire(self)
+        info = built.pop(id(self), None)
+        if info is not None:
+            serialized[id(data)] = info
+        return data
 
     def set_snapshot(self: SnapshotCache, snapshot: Snapshot) -> None:
         emit(ev="set", rev=snapshot.revision, t=now())
@@ -86,14 +95,15 @@ def install_ads_hooks() -> None:
         responses = cast(AsyncGenerator[Any, None], original_stream(self, requests, context))
         try:
             async for response in responses:
-                sent = built.pop(id(response), None)
+                sent = serialized.pop(id(response), None)
                 yield response
                 # grpc.aio resumes the generator once the send operation completed: the response is written.
                 if sent is not None:
-                    emit(ev="written", rev=sent[0], type=sent[1], built=sent[2], t=now(), bytes=response.ByteSize())
+                    emit(ev="written", rev=sent[0], type=sent[1], built=sent[2], t=now(), bytes=len(response))
         finally:
             await responses.aclose()
 
+    Response.wire = wire  # type: ignore[method-assign]
     SnapshotCache.set = set_snapshot  # type: ignore[method-assign]
     AdsStream._respond = respond  # type: ignore[method-assign, assignment]
     AdsStream.on_request = on_request  # type: ignore[method-assign]
