@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import tempfile
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict
@@ -60,8 +61,16 @@ def parse_args(
         help="sleep between polls; 0 polls flat out but then competes with Envoy for 2 cores",
     )
     parser.add_argument("--concurrency", type=int, default=1, choices=(1, 2), help="Envoy worker threads")
+    parser.add_argument(
+        "--pin",
+        action="store_true",
+        help="control plane on CPU 0, everything else (Envoy, etcd, poller) on CPU 1, as on separate machines",
+    )
     parser.add_argument("--serve-controlplane", metavar=serve_metavar, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
+
+
+PIN_VARIABLE = "XGATE_BENCH_CONTROLPLANE_CPU"
 
 
 def main(
@@ -78,8 +87,14 @@ def main(
     JSON (--json) or the report, write the JSON to --save if the benchmark has that option. Exit code 1 if a
     change failed."""
     if args.serve_controlplane:
+        if cpu := os.environ.get(PIN_VARIABLE):
+            os.sched_setaffinity(0, {int(cpu)})
         serve(args.serve_controlplane)
         return 0
+    if args.pin:
+        # Children inherit CPU 1; the control plane child moves itself to CPU 0.
+        os.sched_setaffinity(0, {1})
+        os.environ[PIN_VARIABLE] = "0"
 
     async def run_all() -> list[R]:
         with tempfile.TemporaryDirectory(prefix=work_prefix) as name:

@@ -253,6 +253,7 @@ def print_report(summaries: list[dict[str, Any]], args: argparse.Namespace, out:
         f"etcd put -> first correct response through Envoy; {args.changes} changes per size ({WARMUP} warm-up "
         f"changes not counted), every {ADD_EVERY}th puts a new route key, the others put bench-probe with a new "
         f"direct response; 1-member etcd; Envoy --concurrency {args.concurrency}; "
+        f"{'pinned: control plane on CPU 0, the rest on CPU 1; ' if args.pin else ''}"
         f"poll interval {args.poll_interval_ms} ms"
     )
     _cli.print_totals(summaries, write)

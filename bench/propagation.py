@@ -171,6 +171,7 @@ def print_report(summaries: list[dict[str, Any]], args: argparse.Namespace, out:
         f"file change (os.replace) -> first correct response through Envoy; {args.changes} changes per size "
         f"({WARMUP} warm-up changes not counted), every {ADD_EVERY}th adds a route, the others edit a "
         f"direct response; Envoy --concurrency {args.concurrency}; poll interval {args.poll_interval_ms} ms"
+        f"{'; pinned: control plane on CPU 0, the rest on CPU 1' if args.pin else ''}"
     )
     _cli.print_totals(summaries, write)
     write(_cli.WHERE_THE_TIME_GOES)
