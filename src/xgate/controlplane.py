@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -90,6 +91,12 @@ class ControlPlane:
             self._incremental.reset(config, compiled.ir, compiled.context, compiled.resources)
         else:
             self._incremental.clear()
+        # Move what a full compile leaves alive (a big config is millions of objects) out of the collector's
+        # reach: later collections, during the millisecond path of small changes, then walk only new objects.
+        # Unfreezing first lets this collection free cycles that earlier revisions left behind.
+        gc.unfreeze()
+        gc.collect()
+        gc.freeze()
         warnings = [str(w) for rev in inputs.values() for w in rev.warnings]
         warnings += conflicts + [str(issue) for issue in compiled.ir.issues]
         self._publish(combined, warnings, compiled.ir, started, revision)
