@@ -172,6 +172,7 @@ class Retries(Model):
     per_try_timeout: Duration | None = None
 
 
+MAX_HEADER_VALUE = 8192
 _HEADER_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
 # Envoy refuses to add, set or remove these; checked here so such a config never reaches it.
 _PROTECTED_HEADERS = frozenset({"host"})
@@ -199,6 +200,8 @@ class HeaderOps(Model):
             _check_header_name(name)
             if any(char in value for char in "\r\n\0"):
                 raise ValueError(f"header {name!r}: the value contains CR, LF or NUL")
+            if len(value) > MAX_HEADER_VALUE:
+                raise ValueError(f"header {name!r}: the value is longer than {MAX_HEADER_VALUE} characters")
         return pairs
 
     @field_validator("remove")
