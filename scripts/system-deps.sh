@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Debian packages the integration tests start themselves (never as services): etcd.
+# Debian packages the integration tests use: etcd (started by the tests, never as a service), openssl.
 set -euo pipefail
 missing=()
 command -v etcd >/dev/null || missing+=(etcd-server)
+command -v openssl >/dev/null || missing+=(openssl)  # certificates for the etcd TLS test
 if ((${#missing[@]})); then
     SUDO=""
     [[ $(id -u) -eq 0 ]] || SUDO="sudo"

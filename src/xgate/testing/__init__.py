@@ -1,8 +1,19 @@
-"""Test helpers users may import: a whole gateway (control plane + real Envoy) and etcd on loopback ports."""
+"""Test helpers users may import: a whole gateway (control plane + real Envoy), etcd and Redis on loopback ports."""
 
 from __future__ import annotations
 
 from xgate.testing.etcd import EtcdCluster, EtcdProcess, run_etcd
 from xgate.testing.gateway import Gateway, free_port, run_gateway, write_atomic
+from xgate.testing.redis import RedisProcess, run_redis
 
-__all__ = ["EtcdCluster", "EtcdProcess", "Gateway", "free_port", "run_etcd", "run_gateway", "write_atomic"]
+__all__ = [
+    "EtcdCluster",
+    "EtcdProcess",
+    "Gateway",
+    "RedisProcess",
+    "free_port",
+    "run_etcd",
+    "run_gateway",
+    "run_redis",
+    "write_atomic",
+]
