@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Debian packages the integration tests use: etcd (started by the tests, never as a service), openssl.
+# Debian packages the integration tests use: etcd and Redis (started by the tests, never as services), openssl.
 set -euo pipefail
 missing=()
 command -v etcd >/dev/null || missing+=(etcd-server)
 command -v openssl >/dev/null || missing+=(openssl)  # certificates for the etcd TLS test
+command -v redis-server >/dev/null || missing+=(redis-server)
 if ((${#missing[@]})); then
     SUDO=""
     [[ $(id -u) -eq 0 ]] || SUDO="sudo"

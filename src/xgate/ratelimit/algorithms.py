@@ -23,9 +23,11 @@ Algorithm = Literal["token_bucket", "gcra"]
 ALGORITHMS: tuple[Algorithm, ...] = ("token_bucket", "gcra")
 
 # Float slack: Redis TIME is ~1.8e15 us, where one ulp is 0.25 us, so "exactly on time" can come out a
-# fraction of a microsecond early. One microsecond (or a billionth of a token) never changes a real decision.
+# fraction of a microsecond early. One microsecond (and the tokens it refills) never changes a real decision.
 EPS_US = 1.0
-EPS_TOKENS = 1e-9
+# A state is kept this long after it is back to idle (Redis: PEXPIRE rounded up to ms, plus 1 ms), so it is
+# only dropped once float rounding cannot matter any more; memory and Redis must keep it equally long.
+KEEP_SLACK_US = 1000.0
 
 
 @dataclass(frozen=True)
@@ -98,32 +100,34 @@ class Backend(Protocol):
 
 # -- the arithmetic, shared by the in-memory backend and mirrored in Lua ---------------------------------------
 
-TokenState = tuple[float, float]  # (tokens, last refill time in us)
+TokenState = tuple[float, float]  # (tokens used and not yet refilled, time of that figure in us)
 
 
-def token_bucket(
-    state: TokenState | None, now: float, rate: Rate, hits: int
-) -> tuple[Decision, TokenState, float]:
-    """One token bucket decision at `now` (us); returns it, the new state and how long (us) to keep the state."""
+def token_bucket(state: TokenState | None, now: float, rate: Rate, hits: int) -> tuple[Decision, TokenState, float]:
+    """One token bucket decision at `now` (us); returns it, the new state and how long (us) to keep the state.
+
+    The state counts the tokens taken rather than those left, so a new limit table that changes the capacity
+    keeps what a client has used: raised from 1 to 5 after one hit, 4 are left.
+    """
     capacity = rate.capacity
     per_us = rate.tokens_per_us
+    slack = EPS_US * per_us
     if state is None:
-        tokens, ts = float(capacity), now
+        used, ts = 0.0, now
     else:
-        tokens, ts = state
+        used, ts = state
     if now > ts:
-        tokens = min(capacity, tokens + (now - ts) * per_us)
+        used = max(0.0, used - (now - ts) * per_us)
         ts = now
-    if hits <= tokens + EPS_TOKENS:
+    if used + hits <= capacity + slack:
         allowed = True
-        tokens = max(0.0, tokens - hits)
-        reset = (capacity - tokens) / per_us
+        used = used + hits
+        reset = used / per_us
     else:
         allowed = False
-        reset = ((hits if hits <= capacity else capacity) - tokens) / per_us
-    remaining = math.floor(tokens + EPS_TOKENS)
-    keep = (capacity - tokens) / per_us
-    return Decision(allowed, rate.requests, remaining, math.ceil(reset) / 1e6), (tokens, ts), keep
+        reset = (used + min(hits, capacity) - capacity) / per_us
+    remaining = max(0, math.floor(capacity - used + slack))
+    return Decision(allowed, rate.requests, remaining, math.ceil(reset) / 1e6), (used, ts), used / per_us
 
 
 def gcra(tat: float | None, now: float, rate: Rate, hits: int) -> tuple[Decision, float, float]:
@@ -178,12 +182,12 @@ class MemoryBackend:
             held = self._buckets.get(key)
             state = held[0] if held is not None and held[1] > now else None
             decision, new_state, keep = token_bucket(state, now, rate, hits)
-            self._buckets[key] = (new_state, now + keep)
+            self._buckets[key] = (new_state, now + keep + KEEP_SLACK_US)
         else:
             held_tat = self._tats.get(key)
             tat = held_tat[0] if held_tat is not None and held_tat[1] > now else None
             decision, new_tat, keep = gcra(tat, now, rate, hits)
-            self._tats[key] = (new_tat, now + keep)
+            self._tats[key] = (new_tat, now + keep + KEEP_SLACK_US)
         return decision
 
     async def aclose(self) -> None:

@@ -18,7 +18,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError
 
-from xgate.ratelimit.algorithms import EPS_TOKENS, EPS_US, Decision, Rate
+from xgate.ratelimit.algorithms import EPS_US, Decision, Rate
 
 # ARGV[1] is the time in microseconds, or "" for Redis's own clock. Tests pass a fake clock's readings to
 # compare with the in-memory backend; the service always passes "".
@@ -32,7 +32,7 @@ else
 end
 """
 
-# KEYS[1]: a hash {t: tokens, ts: last refill (us)}. ARGV: now, capacity, tokens per us, hits.
+# KEYS[1]: a hash {u: tokens used, ts: time of that figure (us)}. ARGV: now, capacity, tokens per us, hits.
 # Returns {allowed (0/1), remaining, reset (us, rounded up)}.
 TOKEN_BUCKET_LUA = (
     _NOW
@@ -40,32 +40,30 @@ TOKEN_BUCKET_LUA = (
 local capacity = tonumber(ARGV[2])
 local per_us = tonumber(ARGV[3])
 local hits = tonumber(ARGV[4])
-local state = redis.call('HMGET', KEYS[1], 't', 'ts')
-local tokens = tonumber(state[1])
+local slack = {EPS_US!r} * per_us
+local state = redis.call('HMGET', KEYS[1], 'u', 'ts')
+local used = tonumber(state[1])
 local ts = tonumber(state[2])
-if tokens == nil or ts == nil then
-  tokens = capacity
+if used == nil or ts == nil then
+  used = 0
   ts = now
 end
 if now > ts then
-  tokens = math.min(capacity, tokens + (now - ts) * per_us)
+  used = math.max(0, used - (now - ts) * per_us)
   ts = now
 end
 local allowed = 0
 local reset
-if hits <= tokens + {EPS_TOKENS!r} then
+if used + hits <= capacity + slack then
   allowed = 1
-  tokens = math.max(0, tokens - hits)
-  reset = (capacity - tokens) / per_us
+  used = used + hits
+  reset = used / per_us
 else
-  local need = hits
-  if hits > capacity then need = capacity end
-  reset = (need - tokens) / per_us
+  reset = (used + math.min(hits, capacity) - capacity) / per_us
 end
-local remaining = math.floor(tokens + {EPS_TOKENS!r})
-local keep_ms = math.ceil((capacity - tokens) / per_us / 1000) + 1
-redis.call('HSET', KEYS[1], 't', string.format('%.17g', tokens), 'ts', string.format('%.17g', ts))
-redis.call('PEXPIRE', KEYS[1], keep_ms)
+local remaining = math.max(0, math.floor(capacity - used + slack))
+redis.call('HSET', KEYS[1], 'u', string.format('%.17g', used), 'ts', string.format('%.17g', ts))
+redis.call('PEXPIRE', KEYS[1], math.ceil(used / per_us / 1000) + 1)
 return {{allowed, remaining, math.ceil(reset)}}
 """
 )
@@ -107,9 +105,9 @@ class _Script:
 
     async def __call__(self, client: aioredis.Redis, key: str, args: Sequence[str | int | float]) -> list[int]:
         try:
-            answer = await client.evalsha(self.sha, 1, key, *args)  # type: ignore[misc]
+            answer = await client.evalsha(self.sha, 1, key, *args)
         except NoScriptError:
-            answer = await client.eval(self.source, 1, key, *args)  # type: ignore[misc]
+            answer = await client.eval(self.source, 1, key, *args)
         return [int(value) for value in answer]
 
 

@@ -12,13 +12,14 @@ class FakeClock:
     float rounding at that magnitude is what the algorithms must tolerate."""
 
     def __init__(self, start: float = 1.8e9) -> None:
-        self.now = start
+        self.start = start
+        self.elapsed = 0.0  # kept apart so that many small steps do not pile up rounding errors at 1.8e9
 
     def __call__(self) -> float:
-        return self.now
+        return self.start + self.elapsed
 
     def advance(self, seconds: float) -> None:
-        self.now += seconds
+        self.elapsed += seconds
 
 
 @pytest.fixture
