@@ -103,7 +103,7 @@ def build_ir_and_context(
     if issues and not lenient:
         raise ConfigError(issues)
     listeners = tuple(
-        _listener_ir(listener, tuple(attached[listener.name]))
+        _listener_ir(listener, tuple(attached[listener.name]), listener_plugins[listener.name])
         for listener in sorted(config.listeners, key=lambda item: item.name)
         if listener.name in attached
     )
@@ -162,9 +162,12 @@ def _route_ir(route: Route, inherited: Mapping[str, Model | None], own: Mapping[
     return RouteIR(route=route, plugins=enabled, disabled=disabled)
 
 
-def _listener_ir(listener: Listener, routes: tuple[RouteIR, ...]) -> ListenerIR:
+def _listener_ir(listener: Listener, routes: tuple[RouteIR, ...], plugins: Mapping[str, Model | None]) -> ListenerIR:
     used = {name for route in routes for name in route.plugins}
-    return ListenerIR(listener=listener, routes=routes, filters=tuple(n for n in FILTER_ORDER if n in used))
+    defaults = {name: settings for name, settings in plugins.items() if settings is not None}
+    return ListenerIR(
+        listener=listener, routes=routes, filters=tuple(n for n in FILTER_ORDER if n in used), defaults=defaults
+    )
 
 
 def _validated_plugins(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from xgate.config.schema import Listener, Model, Route, Upstream
 from xgate.errors import ConfigIssue
@@ -29,6 +29,7 @@ class ListenerIR:
     listener: Listener
     routes: tuple[RouteIR, ...]
     filters: tuple[str, ...]
+    defaults: Mapping[str, Model] = field(default_factory=dict)  # plugin settings from the global/listener level
 
     @property
     def name(self) -> str:

@@ -24,7 +24,7 @@ ROUTER = "envoy.filters.http.router"
 
 
 def translate_listener(ir: ListenerIR) -> listener_v3.Listener:
-    filters = [PLUGINS[name].http_filter() for name in ir.filters]
+    filters = [f for name in ir.filters for f in PLUGINS[name].http_filters(ir.defaults.get(name))]
     filters.append(hcm_v3.HttpFilter(name=ROUTER, typed_config=pack(router_v3.Router())))
     manager = hcm_v3.HttpConnectionManager(
         stat_prefix=ir.name,

@@ -101,8 +101,7 @@ class Translator:
             resources.listeners[proto.name] = proto
             routes = translate_routes(listener, self._route)
             resources.routes[routes.name] = routes
-            for route in listener.routes:
-                for name, settings in route.plugins.items():
-                    for extra in PLUGINS[name].clusters(settings):
-                        resources.clusters.setdefault(extra.name, extra)
+            for name in listener.filters:
+                for extra in PLUGINS[name].clusters(listener.defaults.get(name)):
+                    resources.clusters.setdefault(extra.name, extra)
         return resources

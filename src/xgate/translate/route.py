@@ -78,8 +78,11 @@ def translate_route(ir: RouteIR, listener_filters: tuple[str, ...]) -> route_com
     for name in listener_filters:
         plugin = PLUGINS[name]
         settings = ir.plugins.get(name)
-        config = plugin.route_config(settings) if settings is not None else plugin.disabled_route_config()
-        proto.typed_per_filter_config[plugin.filter_name].CopyFrom(pack(config))
+        configs = plugin.route_configs(settings) if settings is not None else plugin.disabled_route_configs()
+        for filter_name, config in configs.items():
+            proto.typed_per_filter_config[filter_name].CopyFrom(pack(config))
+        if settings is not None:
+            plugin.patch_route(settings, proto)
     return proto
 
 

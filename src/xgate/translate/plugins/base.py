@@ -25,10 +25,11 @@ def pack(message: Message) -> any_pb2.Any:
 class Plugin(ABC):
     """One plugin. Subclasses set `name`, `filter_name` and `settings` and build protos from validated settings.
 
-    Translation calls `http_filter` once per listener that has at least one route using the plugin, in the
-    order of `FILTER_ORDER` (see plugins/__init__.py); `route_config` once per route that enables it;
-    `disabled_route_config` for a route on such a listener that switched the plugin off; `clusters` for
-    resources the plugin needs beyond the routes (e.g. the cluster of an external service).
+    Translation calls `http_filters` once per listener that has at least one route using the plugin, in the
+    order of `FILTER_ORDER` (see plugins/__init__.py); `route_configs` and `patch_route` once per route that
+    enables it; `disabled_route_configs` for a route on such a listener that switched the plugin off;
+    `clusters` for resources the plugin needs beyond the routes (e.g. the cluster of an external service).
+    A plugin with one filter implements the singular methods; the plural ones default to them.
     """
 
     name: ClassVar[str]
@@ -47,7 +48,24 @@ class Plugin(ABC):
         """The typed_per_filter_config of a route that switched the plugin off."""
         return route_components_v3.FilterConfig(disabled=True)
 
-    def clusters(self, settings: Model) -> list[cluster_v3.Cluster]:
-        """Extra clusters the plugin's settings need; none by default."""
-        del settings
+    def http_filters(self, defaults: Model | None) -> list[hcm_v3.HttpFilter]:
+        """The listener's filters; `defaults` are the plugin's global/listener settings, if any."""
+        del defaults
+        return [self.http_filter()]
+
+    def route_configs(self, settings: Model) -> dict[str, Message]:
+        """typed_per_filter_config entries by filter name."""
+        return {self.filter_name: self.route_config(settings)}
+
+    def disabled_route_configs(self) -> dict[str, Message]:
+        return {self.filter_name: self.disabled_route_config()}
+
+    def patch_route(self, settings: Model, route: route_components_v3.Route) -> None:
+        """Change the route itself where per-filter config cannot (e.g. rate limit actions); none by default."""
+        del settings, route
+
+    def clusters(self, defaults: Model | None) -> list[cluster_v3.Cluster]:
+        """Extra clusters a listener using the plugin needs (given its global/listener settings); none by
+        default."""
+        del defaults
         return []

@@ -1,28 +1,47 @@
-"""The rate_limit plugin, local tier: Envoy's own token bucket per route (and per client IP or header value),
-enforced inside each Envoy with no call out, so a burst is absorbed at zero added latency."""
+"""The rate_limit plugin. Local tier: Envoy's own token bucket per route (and per client IP or header value),
+enforced inside each Envoy with no call out, so a burst is absorbed at zero added latency. Global tier: a
+limit shared by every Envoy, counted by xgate's rate-limit service (token bucket or GCRA, in Redis); the
+route carries the rate-limit actions, the service gets the limits from the same config (`limit_table`)."""
 
 from __future__ import annotations
 
-from typing import ClassVar
+import ipaddress
+from typing import ClassVar, Literal
 
+from envoy.config.cluster.v3 import cluster_pb2 as cluster_v3
 from envoy.config.core.v3 import base_pb2 as base_v3
+from envoy.config.core.v3 import config_source_pb2 as config_source_v3
+from envoy.config.core.v3 import grpc_service_pb2 as grpc_service_v3
+from envoy.config.core.v3 import protocol_pb2 as protocol_v3
+from envoy.config.endpoint.v3 import endpoint_components_pb2 as endpoint_components_v3
+from envoy.config.endpoint.v3 import endpoint_pb2 as endpoint_v3
+from envoy.config.ratelimit.v3 import rls_pb2 as ratelimit_config_v3
 from envoy.config.route.v3 import route_components_pb2 as route_components_v3
 from envoy.extensions.common.ratelimit.v3 import ratelimit_pb2 as ratelimit_v3
 from envoy.extensions.filters.http.local_ratelimit.v3 import local_rate_limit_pb2 as local_v3
+from envoy.extensions.filters.http.ratelimit.v3 import rate_limit_pb2 as ratelimit_filter_v3
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_v3,
 )
+from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2 as http_options_v3
 from envoy.type.v3 import percent_pb2 as percent_v3
 from envoy.type.v3 import token_bucket_pb2 as token_bucket_v3
 from google.protobuf import wrappers_pb2
-from pydantic import Field, field_validator, model_validator
+from google.protobuf.message import Message
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from xgate.config.schema import Model
 from xgate.config.types import Duration
 from xgate.translate.plugins.base import Plugin, pack
-from xgate.translate.protos import duration
+from xgate.translate.protos import duration, socket_address
 
 STAT_PREFIX = "xgate_local_rate_limit"
+GLOBAL_FILTER = "envoy.filters.http.ratelimit"
+SERVICE_CLUSTER = "xgate-ratelimit"
+DOMAIN = "xgate"
+ROUTE_KEY = "xgate_route"
+DEFAULT_SERVICE = "127.0.0.1:18003"
+HTTP_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 _ON = percent_v3.FractionalPercent(numerator=100, denominator=percent_v3.FractionalPercent.HUNDRED)
 _KEYS = {"client_ip": "remote_address"}
 
@@ -52,15 +71,41 @@ class LocalLimit(Model):
         return self
 
 
+class GlobalLimit(Model):
+    """`requests` per `per` across the whole fleet, counted by the rate-limit service. `algorithm`:
+    token_bucket (bursts up to `burst`, default `requests`) or gcra (smooth: at most `burst` requests back
+    to back, default 1). `shadow`: count and report, never deny."""
+
+    requests: int = Field(ge=1, le=1_000_000_000)
+    per: Duration = 1.0
+    algorithm: Literal["token_bucket", "gcra"] = "token_bucket"
+    burst: int = Field(default=0, ge=0, le=1_000_000_000)
+    by: str = "route"
+    shadow: bool = False
+
+    _by = field_validator("by")(LocalLimit._by.__func__)  # type: ignore[attr-defined]
+
+
 class RateLimitSettings(Model):
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
     local: LocalLimit | None = None
+    shared: GlobalLimit | None = Field(default=None, alias="global")
     headers: bool = True  # the draft IETF RateLimit headers (x-ratelimit-limit / -remaining / -reset)
+    # Where the rate-limit service listens, how long Envoy waits for it, and what it does when it cannot ask
+    # (open: allow). Read from the global or listener defaults; one service for the whole gateway.
+    service: str = Field(default=DEFAULT_SERVICE, pattern=r"^[^:\s]+:\d{1,5}$")
+    timeout: Duration = 0.05
+    failure_mode: Literal["open", "closed"] = "open"
 
     @model_validator(mode="after")
     def _some(self) -> RateLimitSettings:
-        if self.local is None:
-            raise ValueError("set local (the global tier is not available yet)")
+        if self.local is None and self.shared is None:
+            raise ValueError("set local, global or both")
         return self
+
+
+_BUILT_IN = RateLimitSettings.model_construct(service=DEFAULT_SERVICE, timeout=0.05, failure_mode="open")
 
 
 class RateLimitPlugin(Plugin):
@@ -73,6 +118,46 @@ class RateLimitPlugin(Plugin):
         return hcm_v3.HttpFilter(
             name=self.filter_name, typed_config=pack(local_v3.LocalRateLimit(stat_prefix=STAT_PREFIX))
         )
+
+    def http_filters(self, defaults: Model | None) -> list[hcm_v3.HttpFilter]:
+        """Local first (a burst it absorbs never reaches the service), then global. Both are always there,
+        so a route switching tiers never changes the listener; without actions the global one does nothing."""
+        service_settings = _service_settings(defaults)
+        service = ratelimit_filter_v3.RateLimit(
+            domain=DOMAIN,
+            rate_limit_service=ratelimit_config_v3.RateLimitServiceConfig(
+                grpc_service=grpc_service_v3.GrpcService(
+                    envoy_grpc=grpc_service_v3.GrpcService.EnvoyGrpc(cluster_name=SERVICE_CLUSTER)
+                ),
+                transport_api_version=config_source_v3.ApiVersion.V3,
+            ),
+            timeout=duration(service_settings.timeout),
+            failure_mode_deny=service_settings.failure_mode == "closed",
+        )
+        return [self.http_filter(), hcm_v3.HttpFilter(name=GLOBAL_FILTER, typed_config=pack(service))]
+
+    def route_configs(self, settings: Model) -> dict[str, Message]:
+        assert isinstance(settings, RateLimitSettings)
+        return {self.filter_name: self.route_config(settings)} if settings.local is not None else {}
+
+    def patch_route(self, settings: Model, route: route_components_v3.Route) -> None:
+        """The global tier's descriptor: this route's name, plus the client IP or header value to count by."""
+        assert isinstance(settings, RateLimitSettings)
+        if settings.shared is None or not route.HasField("route"):
+            return
+        actions = [
+            route_components_v3.RateLimit.Action(
+                generic_key=route_components_v3.RateLimit.Action.GenericKey(
+                    descriptor_key=ROUTE_KEY, descriptor_value=route.name
+                )
+            )
+        ]
+        if settings.shared.by != "route":
+            actions.append(_descriptor(settings.shared.by)[1])
+        route.route.rate_limits.append(route_components_v3.RateLimit(actions=actions))
+
+    def clusters(self, defaults: Model | None) -> list[cluster_v3.Cluster]:
+        return [service_cluster(_service_settings(defaults).service)]
 
     def route_config(self, settings: Model) -> local_v3.LocalRateLimit:
         assert isinstance(settings, RateLimitSettings) and settings.local is not None
@@ -109,6 +194,54 @@ class RateLimitPlugin(Plugin):
             config.max_dynamic_descriptors.value = limit.max_keys
             config.always_consume_default_token_bucket.value = False
         return config
+
+
+def _service_settings(defaults: Model | None) -> RateLimitSettings:
+    """Service address, timeout and failure mode come from the global/listener defaults (else built-ins):
+    per-route values would make the listener depend on its routes."""
+    if isinstance(defaults, RateLimitSettings):
+        return defaults
+    return _BUILT_IN
+
+
+def service_cluster(address: str) -> cluster_v3.Cluster:
+    """The rate-limit service: HTTP/2, a few streams per connection so several service processes behind
+    one address share the load (Envoy otherwise keeps one connection per worker)."""
+    host, _, port = address.rpartition(":")
+    options = http_options_v3.HttpProtocolOptions(
+        explicit_http_config=http_options_v3.HttpProtocolOptions.ExplicitHttpConfig(
+            http2_protocol_options=protocol_v3.Http2ProtocolOptions(
+                max_concurrent_streams=wrappers_pb2.UInt32Value(value=16)
+            )
+        )
+    )
+    cluster = cluster_v3.Cluster(
+        name=SERVICE_CLUSTER,
+        type=cluster_v3.Cluster.STATIC if _is_ip(host) else cluster_v3.Cluster.STRICT_DNS,
+        connect_timeout=duration(0.25),
+        load_assignment=endpoint_v3.ClusterLoadAssignment(
+            cluster_name=SERVICE_CLUSTER,
+            endpoints=[
+                endpoint_components_v3.LocalityLbEndpoints(
+                    lb_endpoints=[
+                        endpoint_components_v3.LbEndpoint(
+                            endpoint=endpoint_components_v3.Endpoint(address=socket_address(host, int(port)))
+                        )
+                    ]
+                )
+            ],
+        ),
+    )
+    cluster.typed_extension_protocol_options[HTTP_OPTIONS].CopyFrom(pack(options))
+    return cluster
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def _descriptor(by: str) -> tuple[str, route_components_v3.RateLimit.Action]:
