@@ -154,6 +154,47 @@ def controlplane(
 
 
 @app.command()
+def ratelimit(
+    file: Annotated[
+        Path | None, typer.Option("--file", "-f", help="config file (the same as the control plane's)")
+    ] = None,
+    etcd: Annotated[str | None, typer.Option("--etcd", envvar="XGATE_ETCD", help="etcd HOST:PORT[,...]")] = None,
+    prefix: Prefix = DEFAULT_PREFIX,
+    listen: Annotated[str, typer.Option(help="gRPC address Envoy calls")] = "127.0.0.1:18003",
+    redis: Annotated[
+        str | None, typer.Option(help="redis://HOST:PORT shared by every replica; default: memory")
+    ] = None,
+    failure_mode: Annotated[str, typer.Option(help="when Redis fails: open (allow) or closed (deny)")] = "open",
+    timeout: Annotated[float, typer.Option(help="seconds one decision may take before the failure mode")] = 0.05,
+    log_level: Annotated[str, typer.Option()] = "info",
+) -> None:
+    """Run the global rate-limit service (envoy.service.ratelimit.v3) on the limits the config's routes set."""
+    from xgate.ratelimit.config import run_ratelimit
+
+    if failure_mode not in ("open", "closed"):
+        raise typer.BadParameter("use open or closed", param_hint="--failure-mode")
+    _setup_logging(log_level)
+    path = file if file is not None or etcd else default_config()
+    store = settings(etcd, None, None, None, None, None) if etcd else None
+
+    def ready(port: int) -> None:
+        backend = redis or "memory"
+        print(f"xgate ratelimit ready: grpc {listen.rpartition(':')[0]}:{port} counters {backend}", flush=True)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (2, 15):
+            loop.add_signal_handler(signum, stop.set)
+        await run_ratelimit(
+            path, etcd=store, prefix=prefix, listen=_host_port(listen, "--listen"), redis_url=redis,
+            failure_mode="open" if failure_mode == "open" else "closed", timeout=timeout, on_ready=ready, stop=stop,
+        )  # fmt: skip
+
+    asyncio.run(main())
+
+
+@app.command()
 def bootstrap(
     xds: Annotated[
         list[str] | None, typer.Option(help=f"control plane HOST:PORT, repeat for a fleet [{DEFAULT_XDS}]")
@@ -260,6 +301,7 @@ def up(
             ),
         ]
     children += [
+        ChildSpec("ratelimit", [*me, "ratelimit", *sources], ready_line="ratelimit ready"),
         ChildSpec(
             "controlplane",
             [*me, "controlplane", *sources, "--xds", xds, "--status", status],

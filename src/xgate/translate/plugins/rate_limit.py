@@ -244,6 +244,11 @@ def _is_ip(host: str) -> bool:
     return True
 
 
+def descriptor_key(by: str) -> str:
+    """The descriptor entry key a `by` produces (shared with the rate-limit service's limit table)."""
+    return _descriptor(by)[0]
+
+
 def _descriptor(by: str) -> tuple[str, route_components_v3.RateLimit.Action]:
     if by == "client_ip":
         return "remote_address", route_components_v3.RateLimit.Action(

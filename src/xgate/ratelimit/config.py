@@ -1,0 +1,109 @@
+"""The rate-limit service's side of the one config: the limit table the routes' global limits make, and
+the loop that keeps the running service's table in step with the config source (file and/or etcd)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+from xgate.controlplane import merge_inputs
+from xgate.errors import ConfigError
+from xgate.ir import GatewayIR, build_ir
+from xgate.ratelimit.limits import Entries, Limit, LimitTable
+from xgate.ratelimit.service import FailureMode, RateLimitServer, serve
+from xgate.sources.etcd.client import EtcdClient, EtcdSettings
+from xgate.sources.etcd.layout import DEFAULT_PREFIX
+from xgate.sources.etcd.source import EtcdSource
+from xgate.sources.file import FileSource
+from xgate.sources.revision import Revision
+from xgate.translate.plugins.rate_limit import DOMAIN, ROUTE_KEY, RateLimitSettings, descriptor_key
+
+log = logging.getLogger("xgate.ratelimit")
+
+
+def limit_table(ir: GatewayIR) -> LimitTable:
+    """One limit per route with a global limit, keyed the way the route's actions describe requests."""
+    limits: dict[tuple[str, Entries], Limit] = {}
+    for listener in ir.listeners:
+        for route in listener.routes:
+            settings = route.plugins.get("rate_limit")
+            if not isinstance(settings, RateLimitSettings) or settings.shared is None:
+                continue
+            shared = settings.shared
+            entries: Entries = ((ROUTE_KEY, route.name),)
+            if shared.by != "route":
+                entries += ((descriptor_key(shared.by), None),)
+            limits[(DOMAIN, entries)] = Limit(
+                requests=shared.requests,
+                unit_seconds=shared.per,
+                algorithm=shared.algorithm,
+                burst=shared.burst,
+                shadow=shared.shadow,
+                name=route.name,
+            )
+    return LimitTable(limits)
+
+
+class LimitFeed:
+    """Merges what the sources say (as the control plane does) and swaps the service's table."""
+
+    def __init__(self, server: RateLimitServer) -> None:
+        self.server = server
+        self._inputs: dict[str, Revision] = {}
+        self.revision: str | None = None
+
+    async def on_revision(self, revision: Revision, source: str = "file") -> None:
+        if revision.config is None:
+            return
+        inputs = {**self._inputs, source: revision}
+        config, _ = merge_inputs(inputs)
+        try:
+            ir = build_ir(config, revision.revision, lenient=source == "etcd" or len(inputs) > 1)
+        except ConfigError as exc:
+            log.error("limits not updated: revision %s is invalid\n%s", revision.revision, exc)
+            return
+        self._inputs = inputs
+        table = limit_table(ir)
+        self.server.service.set_limits(table)
+        self.revision = revision.revision
+        log.info("limits of revision %s: %d global limits", revision.revision, len(table.limits))
+
+
+async def run_ratelimit(
+    config_path: str | Path | None,
+    *,
+    etcd: EtcdSettings | None = None,
+    prefix: str = DEFAULT_PREFIX,
+    listen: tuple[str, int] = ("127.0.0.1", 18003),
+    redis_url: str | None = None,
+    failure_mode: FailureMode = "open",
+    timeout: float = 0.05,
+    on_ready: Callable[[int], None] | None = None,
+    stop: asyncio.Event | None = None,
+) -> None:
+    """Serve envoy.service.ratelimit.v3 with the limits of the config, following its changes, until `stop`."""
+    stop = stop or asyncio.Event()
+    server, port = await serve(
+        LimitTable(), host=listen[0], port=listen[1], redis_url=redis_url, failure_mode=failure_mode, timeout=timeout
+    )
+    feed = LimitFeed(server)
+    client = EtcdClient(etcd) if etcd is not None else None
+    try:
+        async with asyncio.TaskGroup() as group:
+            if config_path is not None:
+                group.create_task(FileSource(config_path, feed.on_revision).run(stop))
+            if client is not None:
+
+                async def from_etcd(revision: Revision) -> None:
+                    await feed.on_revision(revision, "etcd")
+
+                group.create_task(EtcdSource(client, from_etcd, prefix=prefix).run(stop))
+            if on_ready is not None:
+                on_ready(port)
+            await stop.wait()
+    finally:
+        await server.stop(1.0)
+        if client is not None:
+            await client.close()

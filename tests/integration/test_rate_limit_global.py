@@ -1,0 +1,180 @@
+"""The global rate limit through real Envoys, xgate's rate-limit service and a real Redis: the limit holds
+across the fleet, GCRA admits no burst, a Redis outage follows the failure mode, limits follow the config."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import Counter
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from xgate.demo.upstream import DemoUpstream
+from xgate.ratelimit.config import run_ratelimit
+from xgate.testing import Gateway, free_port, run_gateway, write_atomic
+from xgate.testing.gateway import wait_for
+from xgate.testing.redis import RedisProcess, run_redis
+
+pytestmark = pytest.mark.integration
+
+
+def config(port: int, upstream: int, service: int, limit: str, extra: str = "") -> str:
+    return f"""
+plugins:
+  rate_limit: {{global: {{requests: 1000000}}, service: "127.0.0.1:{service}", timeout: 100ms}}
+listeners: [{{name: public, address: 127.0.0.1, port: {port}}}]
+upstreams: [{{name: app, endpoints: ["127.0.0.1:{upstream}"]}}]
+routes:
+  - name: limited
+    match: {{path: {{prefix: /limited}}}}
+    upstream: app
+    plugins:
+      rate_limit: {{global: {limit}, service: "127.0.0.1:{service}", timeout: 100ms}}
+  - name: other
+    upstream: app
+{extra}"""
+
+
+@contextlib.asynccontextmanager
+async def service(config_path: Path, port: int, redis: RedisProcess | None = None) -> AsyncIterator[None]:
+    stop = asyncio.Event()
+    ready: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+    task = asyncio.create_task(
+        run_ratelimit(config_path, listen=("127.0.0.1", port), redis_url=redis.url if redis else None,
+                      timeout=0.05, on_ready=ready.set_result, stop=stop)
+    )  # fmt: skip
+    await asyncio.wait_for(ready, 10)
+    try:
+        yield
+    finally:
+        stop.set()
+        await task
+
+
+async def limited_until(gateway: Gateway, port: int, count: int) -> list[int]:
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+        return [(await client.get("/limited")).status_code for _ in range(count)]
+
+
+async def test_limit_headers_clients_and_live_changes(upstreams: dict[str, DemoUpstream], tmp_path: Path) -> None:
+    port, rls = free_port(), free_port()
+    text = config(port, upstreams["v1"].port, rls, "{requests: 5, per: 10s}")
+    extra = f"""
+  - name: per-client
+    match: {{path: {{prefix: /client}}}}
+    upstream: app
+    plugins:
+      rate_limit: {{global: {{requests: 2, per: 10s, by: client_ip}}, service: "127.0.0.1:{rls}", timeout: 100ms}}
+"""
+    async with run_gateway(text + extra, tmp_path / "gw") as gateway:
+        assert gateway.config_path is not None
+        async with service(gateway.config_path, rls):
+            url = f"http://127.0.0.1:{port}"
+            async with httpx.AsyncClient(base_url=url) as client:
+                await wait_for(_limits_loaded(client), 10, "the service to have the limits")
+                answers = [await client.get("/limited") for _ in range(8)]
+                codes = [answer.status_code for answer in answers]
+                assert codes.count(200) == 4 and codes[-1] == 429, codes  # one was used by the wait above
+                assert answers[-1].headers["x-ratelimit-limit"].startswith("5")
+                assert answers[-1].headers["x-ratelimit-remaining"] == "0"
+                assert all(answer.status_code == 200 for answer in [await client.get("/other") for _ in range(10)])
+            async with (
+                httpx.AsyncClient(base_url=url, transport=httpx.AsyncHTTPTransport(local_address="127.0.0.1")) as a,
+                httpx.AsyncClient(base_url=url, transport=httpx.AsyncHTTPTransport(local_address="127.0.0.3")) as b,
+            ):
+                assert [(await a.get("/client")).status_code for _ in range(3)] == [200, 200, 429]
+                assert [(await b.get("/client")).status_code for _ in range(3)] == [200, 200, 429]
+
+            # The same config change reaches Envoy and the service: the new limit applies, nothing restarted.
+            write_atomic(gateway.config_path, (text + extra).replace("requests: 5,", "requests: 500,"))
+            async with httpx.AsyncClient(base_url=url) as client:
+
+                async def raised() -> bool:
+                    return (await client.get("/limited")).status_code == 200
+
+                await wait_for(raised, 10, "the raised limit")
+                assert [(await client.get("/limited")).status_code for _ in range(20)] == [200] * 20
+
+
+def _limits_loaded(client: httpx.AsyncClient):  # type: ignore[no-untyped-def]
+    async def check() -> bool:
+        return "x-ratelimit-limit" in (await client.get("/limited")).headers
+
+    return check
+
+
+async def test_two_envoys_share_one_limit_and_gcra_admits_no_burst(
+    upstreams: dict[str, DemoUpstream], tmp_path: Path
+) -> None:
+    """Offered 3L for 10 s through two Envoys: about 10L pass, and no second passes more than L + burst.
+
+    burst 2: GCRA tolerates one request ahead of schedule. With none, a request arriving between two
+    emission times is refused and discrete arrivals (here every 16.7 ms) admit only 15/s of 20/s."""
+    limit = 20
+    port, rls = free_port(), free_port()
+    text = config(port, upstreams["v1"].port, rls, f"{{requests: {limit}, per: 1s, algorithm: gcra, burst: 2}}")
+    async with run_redis(tmp_path / "redis") as redis, run_gateway(text, tmp_path / "gw", envoys=2) as gateway:
+        assert gateway.config_path is not None
+        async with service(gateway.config_path, rls, redis):
+            ports = [await envoy.wait_listener_port("listener/public") for envoy in gateway.envoys]
+            assert ports == [port, port]  # both Envoys bind the same port (reuse_port): the kernel spreads
+            clients = [httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") for _ in range(12)]
+            try:
+                # Warm every path (client -> Envoy -> service -> Redis) so the first second is not spent
+                # connecting, then leave GCRA idle: no stored state gives no burst either.
+                await asyncio.gather(*(http.get("/limited") for http in clients))
+                await asyncio.sleep(1.5)
+                allowed: Counter[int] = Counter()
+                started = time.monotonic()
+
+                async def offer(http: httpx.AsyncClient, offset: float) -> None:
+                    tick = started + offset
+                    while tick < started + 10:
+                        await asyncio.sleep(max(0.0, tick - time.monotonic()))
+                        if (await http.get("/limited")).status_code == 200:
+                            allowed[int(time.monotonic() - started)] += 1
+                        tick += 0.2  # 5 requests per second per client
+
+                # 12 connections, 60/s = 3L; the kernel spreads connections over both Envoys (SO_REUSEPORT).
+                await asyncio.gather(*(offer(http, index / 12) for index, http in enumerate(clients)))
+            finally:
+                for http in clients:
+                    await http.aclose()
+            total = sum(allowed.values())
+            print(f"allowed {total} in 10 s at limit {limit}/s; per second: {sorted(allowed.items())}")
+            assert 10 * limit * 0.95 <= total <= 10 * limit * 1.05, (total, allowed)
+            assert max(allowed.values()) <= limit + 2, allowed
+            for envoy in gateway.envoys:
+                _, stats = await envoy.admin_get("/stats?filter=^http.public.downstream_rq_total$")
+                assert int(stats.split(": ")[1]) > 20, stats  # each Envoy took part
+
+
+async def test_redis_outage_fails_open_quickly_and_recovers(upstreams: dict[str, DemoUpstream], tmp_path: Path) -> None:
+    port, rls = free_port(), free_port()
+    text = config(port, upstreams["v1"].port, rls, "{requests: 3, per: 30s}")
+    async with run_redis(tmp_path / "redis") as redis, run_gateway(text, tmp_path / "gw") as gateway:
+        assert gateway.config_path is not None
+        async with (
+            service(gateway.config_path, rls, redis),
+            httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http,
+        ):
+            await wait_for(_limits_loaded(http), 10, "the service to have the limits")
+            codes = [(await http.get("/limited")).status_code for _ in range(4)]
+            assert codes[-2:] == [200, 429] or codes[-1] == 429, codes
+            await redis.kill()
+            timings = []
+            for _ in range(20):
+                begun = time.monotonic()
+                assert (await http.get("/limited")).status_code == 200  # fail open
+                timings.append(time.monotonic() - begun)
+            assert max(timings) < 0.5, timings  # bounded by the service's 50 ms, never seconds
+            await redis.start()
+
+            async def limited_again() -> bool:
+                return (await http.get("/limited")).status_code == 429
+
+            await wait_for(limited_again, 10, "limits enforced again after Redis returned")
