@@ -1,10 +1,11 @@
-"""Throughput cost of rate limiting through a real Envoy: a bare route against a route with a local limit
-that is never hit, in one run, measured with wrk (Debian package) on loopback.
+"""Throughput cost of rate limiting through a real Envoy, in one run, measured with wrk (Debian package) on
+loopback: a bare route, a route with a local limit that is never hit, and a route with a global limit that is
+never hit (each request asks xgate's rate-limit service, memory backend, over gRPC).
 
     .venv/bin/python bench/rate_limit.py [--seconds 5] [--connections 32] [--threads 1] [--rounds 2]
 
-Routes answer with a direct response, so the figures are Envoy's own work (no upstream). The two routes are
-measured alternately, `--rounds` times each, on one Envoy; the table shows each run and the ratio.
+All routes forward to the same demo upstream. They are measured alternately, `--rounds` times each, on one
+Envoy; the table shows each run, the best, and each route's share of the bare route's rate.
 """
 
 from __future__ import annotations
@@ -18,17 +19,27 @@ import sys
 import tempfile
 from pathlib import Path
 
+from xgate.demo.upstream import start_upstream
+from xgate.ratelimit.config import run_ratelimit
 from xgate.testing import free_port, run_gateway
 
 CONFIG = """
+plugins:
+  rate_limit: {{global: {{requests: 1000000000}}, service: "127.0.0.1:{service}"}}
 listeners: [{{name: public, address: 127.0.0.1, port: {port}}}]
+upstreams: [{{name: app, endpoints: ["127.0.0.1:{upstream}"]}}]
 routes:
-  - {{name: bare, match: {{path: {{exact: /bare}}}}, direct_response: {{status: 200, body: ok}}}}
+  - {{name: bare, match: {{path: {{exact: /bare}}}}, upstream: app, plugins: {{rate_limit: false}}}}
   - name: local
     match: {{path: {{exact: /local}}}}
-    direct_response: {{status: 200, body: ok}}
+    upstream: app
     plugins:
-      rate_limit: {{local: {{requests: 1000000000, per: 1s}}}}
+      rate_limit: {{local: {{requests: 1000000000, per: 1s}}, service: "127.0.0.1:{service}"}}
+  - name: global
+    match: {{path: {{exact: /global}}}}
+    upstream: app
+    plugins:
+      rate_limit: {{global: {{requests: 1000000000, per: 1s}}, service: "127.0.0.1:{service}"}}
 """
 _RPS = re.compile(r"Requests/sec:\s+([\d.]+)")
 _P99 = re.compile(r"99%\s+([\d.]+)(us|ms|s)")
@@ -51,22 +62,34 @@ async def main(args: argparse.Namespace) -> int:
     if shutil.which("wrk") is None:
         print("wrk not found: apt-get install wrk", file=sys.stderr)
         return 2
-    port = free_port()
+    port, service_port = free_port(), free_port()
+    upstream = await start_upstream("bench")
+    stop = asyncio.Event()
     with tempfile.TemporaryDirectory(prefix="xgate-bench-rl-") as work:
-        async with run_gateway(CONFIG.format(port=port), Path(work)):
-            results: dict[str, list[tuple[float, float]]] = {"bare": [], "local": []}
+        text = CONFIG.format(port=port, service=service_port, upstream=upstream.port)
+        config_path = Path(work) / "limits.yaml"
+        config_path.write_text(text)
+        service = asyncio.create_task(run_ratelimit(config_path, listen=("127.0.0.1", service_port), stop=stop))
+        async with run_gateway(text, Path(work) / "gw"):
+            results: dict[str, list[tuple[float, float]]] = {"bare": [], "local": [], "global": []}
             for _ in range(args.rounds):
                 for route in results:
                     url = f"http://127.0.0.1:{port}/{route}"
                     measured = await asyncio.to_thread(wrk, url, args.seconds, args.connections, args.threads)
                     results[route].append(measured)
-    print(f"wrk -t{args.threads} -c{args.connections} -d{args.seconds}s, Envoy --concurrency 1, direct responses")
+        stop.set()
+        await service
+    await upstream.stop()
+    print(
+        f"wrk -t{args.threads} -c{args.connections} -d{args.seconds}s, Envoy --concurrency 1, demo upstream (aiohttp)"
+    )
     print(f"{'route':8} {'rps (each run)':>28} {'best rps':>10} {'p99 ms (best run)':>18}")
     best = {route: max(runs) for route, runs in results.items()}
     for route, runs in results.items():
         each = ", ".join(f"{rps:,.0f}" for rps, _ in runs)
         print(f"{route:8} {each:>28} {best[route][0]:>10,.0f} {best[route][1]:>18.2f}")
     print(f"local / bare = {best['local'][0] / best['bare'][0]:.1%} (target >= 90%)")
+    print(f"global / bare = {best['global'][0] / best['bare'][0]:.1%}")
     return 0
 
 
