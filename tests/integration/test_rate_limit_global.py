@@ -40,16 +40,18 @@ routes:
 
 
 @contextlib.asynccontextmanager
-async def service(config_path: Path, port: int, redis: RedisProcess | None = None) -> AsyncIterator[None]:
+async def service(config_path: Path, port: int, redis: RedisProcess | None = None) -> AsyncIterator[int]:
+    """Run the rate-limit service on `port`; yields the port of its /metrics API."""
     stop = asyncio.Event()
     ready: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+    status = free_port()
     task = asyncio.create_task(
         run_ratelimit(config_path, listen=("127.0.0.1", port), redis_url=redis.url if redis else None,
-                      timeout=0.05, on_ready=ready.set_result, stop=stop)
+                      timeout=0.05, status=("127.0.0.1", status), on_ready=ready.set_result, stop=stop)
     )  # fmt: skip
     await asyncio.wait_for(ready, 10)
     try:
-        yield
+        yield status
     finally:
         stop.set()
         await task
@@ -72,7 +74,7 @@ async def test_limit_headers_clients_and_live_changes(upstreams: dict[str, DemoU
 """
     async with run_gateway(text + extra, tmp_path / "gw") as gateway:
         assert gateway.config_path is not None
-        async with service(gateway.config_path, rls):
+        async with service(gateway.config_path, rls) as metrics_port:
             url = f"http://127.0.0.1:{port}"
             async with httpx.AsyncClient(base_url=url) as client:
                 await wait_for(_limits_loaded(client), 10, "the service to have the limits")
@@ -82,6 +84,9 @@ async def test_limit_headers_clients_and_live_changes(upstreams: dict[str, DemoU
                 assert answers[-1].headers["x-ratelimit-limit"].startswith("5")
                 assert answers[-1].headers["x-ratelimit-remaining"] == "0"
                 assert all(answer.status_code == 200 for answer in [await client.get("/other") for _ in range(10)])
+                metrics = (await client.get(f"http://127.0.0.1:{metrics_port}/metrics")).json()
+                assert metrics["limits"]["limited"]["limited"] >= 3, metrics
+                assert metrics["limits"]["limited"]["allowed"] == 5, metrics
             async with (
                 httpx.AsyncClient(base_url=url, transport=httpx.AsyncHTTPTransport(local_address="127.0.0.1")) as a,
                 httpx.AsyncClient(base_url=url, transport=httpx.AsyncHTTPTransport(local_address="127.0.0.3")) as b,

@@ -166,6 +166,7 @@ def ratelimit(
     ] = None,
     failure_mode: Annotated[str, typer.Option(help="when Redis fails: open (allow) or closed (deny)")] = "open",
     timeout: Annotated[float, typer.Option(help="seconds one decision may take before the failure mode")] = 0.05,
+    status: Annotated[str, typer.Option(help="HTTP address of GET /metrics (per-limit counters)")] = "127.0.0.1:18083",
     log_level: Annotated[str, typer.Option()] = "info",
 ) -> None:
     """Run the global rate-limit service (envoy.service.ratelimit.v3) on the limits the config's routes set."""
@@ -188,7 +189,8 @@ def ratelimit(
             loop.add_signal_handler(signum, stop.set)
         await run_ratelimit(
             path, etcd=store, prefix=prefix, listen=_host_port(listen, "--listen"), redis_url=redis,
-            failure_mode="open" if failure_mode == "open" else "closed", timeout=timeout, on_ready=ready, stop=stop,
+            failure_mode="open" if failure_mode == "open" else "closed", timeout=timeout,
+            status=_host_port(status, "--status"), on_ready=ready, stop=stop,
         )  # fmt: skip
 
     asyncio.run(main())

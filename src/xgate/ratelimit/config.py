@@ -8,6 +8,8 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
+from aiohttp import web
+
 from xgate.controlplane import merge_inputs
 from xgate.errors import ConfigError
 from xgate.ir import GatewayIR, build_ir
@@ -80,15 +82,21 @@ async def run_ratelimit(
     redis_url: str | None = None,
     failure_mode: FailureMode = "open",
     timeout: float = 0.05,
+    status: tuple[str, int] | None = None,
     on_ready: Callable[[int], None] | None = None,
     stop: asyncio.Event | None = None,
 ) -> None:
-    """Serve envoy.service.ratelimit.v3 with the limits of the config, following its changes, until `stop`."""
+    """Serve envoy.service.ratelimit.v3 with the limits of the config, following its changes, until `stop`.
+    With `status`, GET /metrics there answers the per-limit counters (allowed, limited, near_limit,
+    shadow_limited, errors) and the config revision the limits come from."""
     stop = stop or asyncio.Event()
     server, port = await serve(
         LimitTable(), host=listen[0], port=listen[1], redis_url=redis_url, failure_mode=failure_mode, timeout=timeout
     )
     feed = LimitFeed(server)
+    runner: web.AppRunner | None = None
+    if status is not None:
+        runner = await _status_api(feed, *status)
     client = EtcdClient(etcd) if etcd is not None else None
     try:
         async with asyncio.TaskGroup() as group:
@@ -105,5 +113,19 @@ async def run_ratelimit(
             await stop.wait()
     finally:
         await server.stop(1.0)
+        if runner is not None:
+            await runner.cleanup()
         if client is not None:
             await client.close()
+
+
+async def _status_api(feed: LimitFeed, host: str, port: int) -> web.AppRunner:
+    async def metrics(_request: web.Request) -> web.Response:
+        return web.json_response({"revision": feed.revision, "limits": feed.server.service.metrics()})
+
+    app = web.Application()
+    app.router.add_get("/metrics", metrics)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, host, port).start()
+    return runner
