@@ -45,6 +45,7 @@ class RouteContext:
         """(the version to serve or None, its plugin settings, issues); lenient builds fall back to `fallback`."""
         problems: list[ConfigIssue] = []
         own = _route_checks(self.config, route, self.upstreams, self.listeners, problems)
+        problems += self._plugin_checks(route, own)
         if not problems:
             return route, own, []
         previous = fallback if self.lenient else None
@@ -55,6 +56,23 @@ class RouteContext:
             return None, {}, problems
         note = " (serving its last good version)"
         return previous, own, [replace(issue, message=issue.message + note) for issue in problems]
+
+    def _plugin_checks(self, route: Route, own: Mapping[str, Model | None]) -> list[ConfigIssue]:
+        """Each plugin's own checks of the route's settings against every listener it is served on."""
+        found: list[ConfigIssue] = []
+        for listener_name in route.listeners or sorted(self.listener_plugins):
+            inherited = self.listener_plugins.get(listener_name, {})
+            for name in sorted(set(inherited) | set(own)):
+                settings = own[name] if name in own else inherited[name]
+                if settings is None:
+                    continue
+                for message in PLUGINS[name].check(settings, inherited.get(name), name not in own):
+                    issue = self.config.issue(
+                        "route", route.name, f"plugins.{name}", f"{message} (listener {listener_name})"
+                    )
+                    if issue not in found:
+                        found.append(issue)
+        return found
 
     def attach(self, route: Route, own: Mapping[str, Model | None]) -> dict[str, RouteIR]:
         """The route as served on each listener it applies to."""

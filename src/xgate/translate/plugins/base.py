@@ -60,6 +60,12 @@ class Plugin(ABC):
     def disabled_route_configs(self) -> dict[str, Message]:
         return {self.filter_name: self.disabled_route_config()}
 
+    def check(self, settings: Model, defaults: Model | None, inherited: bool) -> list[str]:
+        """Problems of a route's settings against its listener's defaults (`inherited`: the route did not
+        set the plugin itself); none by default."""
+        del settings, defaults, inherited
+        return []
+
     def patch_route(self, settings: Model, route: route_components_v3.Route) -> None:
         """Change the route itself where per-filter config cannot (e.g. rate limit actions); none by default."""
         del settings, route
