@@ -5,16 +5,12 @@ route carries the rate-limit actions, the service gets the limits from the same 
 
 from __future__ import annotations
 
-import ipaddress
 from typing import ClassVar, Literal
 
 from envoy.config.cluster.v3 import cluster_pb2 as cluster_v3
 from envoy.config.core.v3 import base_pb2 as base_v3
 from envoy.config.core.v3 import config_source_pb2 as config_source_v3
 from envoy.config.core.v3 import grpc_service_pb2 as grpc_service_v3
-from envoy.config.core.v3 import protocol_pb2 as protocol_v3
-from envoy.config.endpoint.v3 import endpoint_components_pb2 as endpoint_components_v3
-from envoy.config.endpoint.v3 import endpoint_pb2 as endpoint_v3
 from envoy.config.ratelimit.v3 import rls_pb2 as ratelimit_config_v3
 from envoy.config.route.v3 import route_components_pb2 as route_components_v3
 from envoy.extensions.common.ratelimit.v3 import ratelimit_pb2 as ratelimit_v3
@@ -23,7 +19,6 @@ from envoy.extensions.filters.http.ratelimit.v3 import rate_limit_pb2 as ratelim
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_v3,
 )
-from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2 as http_options_v3
 from envoy.type.v3 import percent_pb2 as percent_v3
 from envoy.type.v3 import token_bucket_pb2 as token_bucket_v3
 from google.protobuf import wrappers_pb2
@@ -33,7 +28,8 @@ from pydantic import ConfigDict, Field, field_validator, model_validator
 from xgate.config.schema import Model
 from xgate.config.types import Duration
 from xgate.translate.plugins.base import Plugin, pack
-from xgate.translate.protos import duration, socket_address
+from xgate.translate.plugins.services import service_cluster
+from xgate.translate.protos import duration
 
 STAT_PREFIX = "xgate_local_rate_limit"
 GLOBAL_FILTER = "envoy.filters.http.ratelimit"
@@ -157,7 +153,7 @@ class RateLimitPlugin(Plugin):
         route.route.rate_limits.append(route_components_v3.RateLimit(actions=actions))
 
     def clusters(self, defaults: Model | None) -> list[cluster_v3.Cluster]:
-        return [service_cluster(_service_settings(defaults).service)]
+        return [service_cluster(SERVICE_CLUSTER, _service_settings(defaults).service, max_streams=16)]
 
     def route_config(self, settings: Model) -> local_v3.LocalRateLimit:
         assert isinstance(settings, RateLimitSettings) and settings.local is not None
@@ -202,46 +198,6 @@ def _service_settings(defaults: Model | None) -> RateLimitSettings:
     if isinstance(defaults, RateLimitSettings):
         return defaults
     return _BUILT_IN
-
-
-def service_cluster(address: str) -> cluster_v3.Cluster:
-    """The rate-limit service: HTTP/2, a few streams per connection so several service processes behind
-    one address share the load (Envoy otherwise keeps one connection per worker)."""
-    host, _, port = address.rpartition(":")
-    options = http_options_v3.HttpProtocolOptions(
-        explicit_http_config=http_options_v3.HttpProtocolOptions.ExplicitHttpConfig(
-            http2_protocol_options=protocol_v3.Http2ProtocolOptions(
-                max_concurrent_streams=wrappers_pb2.UInt32Value(value=16)
-            )
-        )
-    )
-    cluster = cluster_v3.Cluster(
-        name=SERVICE_CLUSTER,
-        type=cluster_v3.Cluster.STATIC if _is_ip(host) else cluster_v3.Cluster.STRICT_DNS,
-        connect_timeout=duration(0.25),
-        load_assignment=endpoint_v3.ClusterLoadAssignment(
-            cluster_name=SERVICE_CLUSTER,
-            endpoints=[
-                endpoint_components_v3.LocalityLbEndpoints(
-                    lb_endpoints=[
-                        endpoint_components_v3.LbEndpoint(
-                            endpoint=endpoint_components_v3.Endpoint(address=socket_address(host, int(port)))
-                        )
-                    ]
-                )
-            ],
-        ),
-    )
-    cluster.typed_extension_protocol_options[HTTP_OPTIONS].CopyFrom(pack(options))
-    return cluster
-
-
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
 
 
 def descriptor_key(by: str) -> str:
