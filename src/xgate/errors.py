@@ -2,7 +2,8 @@
 
 XgateError
 ├── ConfigError        a config revision was rejected; carries every ConfigIssue found
-└── ProxyError         a child process (Envoy, a service) could not be started or answered badly
+├── ProxyError         a child process (Envoy, a service) could not be started or answered badly
+└── PolicyLoadError    an auth policy's import path could not be imported or does not name a callable
 """
 
 from __future__ import annotations
@@ -47,3 +48,12 @@ class ConfigError(XgateError):
 
 class ProxyError(XgateError):
     """Envoy or a service process could not be started, or did not become ready."""
+
+
+class PolicyLoadError(XgateError):
+    """An auth policy ("pkg.module:name") could not be loaded; `path` is the import path."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        self.path = path
+        self.reason = reason
+        super().__init__(f"policy {path!r}: {reason}")
