@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import xgate
+import xgate.authz
 import xgate.discovery
 import xgate.ratelimit
 import xgate.testing
@@ -18,4 +19,5 @@ def test_public_api() -> None:
     assert sorted(xgate.translate.__all__) == ["Resources", "Translator", "translate"]
     assert {"Snapshot", "SnapshotCache", "add_to_server"} <= set(xgate.discovery.__all__)
     assert {"LimitTable", "Limit", "serve", "MemoryBackend", "RedisBackend"} <= set(xgate.ratelimit.__all__)
+    assert {"Allow", "Deny", "Request", "PolicyRegistry", "serve", "inline"} <= set(xgate.authz.__all__)
     assert issubclass(xgate.ConfigError, xgate.XgateError)

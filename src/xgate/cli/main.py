@@ -154,6 +154,41 @@ def controlplane(
 
 
 @app.command()
+def authz(
+    file: Annotated[
+        Path | None, typer.Option("--file", "-f", help="config file (the same as the control plane's)")
+    ] = None,
+    etcd: Annotated[str | None, typer.Option("--etcd", envvar="XGATE_ETCD", help="etcd HOST:PORT[,...]")] = None,
+    prefix: Prefix = DEFAULT_PREFIX,
+    listen: Annotated[str, typer.Option(help="gRPC address Envoy calls")] = "127.0.0.1:18001",
+    timeout: Annotated[float, typer.Option(help="seconds a policy may take; later it denies")] = 0.1,
+    fail_open: Annotated[bool, typer.Option(help="a failing policy allows instead of denying")] = False,
+    log_level: Annotated[str, typer.Option()] = "info",
+) -> None:
+    """Run the ext_authz service (envoy.service.auth.v3) on the Python policies the config names."""
+    from xgate.authz.config import run_authz
+
+    _setup_logging(log_level)
+    path = file if file is not None or etcd else default_config()
+    store = settings(etcd, None, None, None, None, None) if etcd else None
+
+    def ready(port: int) -> None:
+        print(f"xgate authz ready: grpc {listen.rpartition(':')[0]}:{port}", flush=True)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (2, 15):
+            loop.add_signal_handler(signum, stop.set)
+        await run_authz(
+            path, etcd=store, prefix=prefix, listen=_host_port(listen, "--listen"), timeout=timeout,
+            fail_open=fail_open, on_ready=ready, stop=stop,
+        )  # fmt: skip
+
+    asyncio.run(main())
+
+
+@app.command()
 def ratelimit(
     file: Annotated[
         Path | None, typer.Option("--file", "-f", help="config file (the same as the control plane's)")
@@ -303,6 +338,7 @@ def up(
             ),
         ]
     children += [
+        ChildSpec("authz", [*me, "authz", *sources], ready_line="authz ready"),
         ChildSpec("ratelimit", [*me, "ratelimit", *sources], ready_line="ratelimit ready"),
         ChildSpec(
             "controlplane",

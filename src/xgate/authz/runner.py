@@ -1,0 +1,134 @@
+"""Runs one policy for one request under a timeout and turns every failure into the failure answer.
+
+Where a policy runs (the choice is made once, at load time, by policy._mode):
+- `async def`: awaited on the event loop under `asyncio.timeout` (what `asyncio.wait_for` does, without the
+  extra task per call). A coroutine that blocks the loop cannot be interrupted; that is the author's contract.
+- plain functions: in a bounded thread pool, awaited under the same timeout. A hung call keeps its thread
+  (Python cannot kill a thread) but the request is answered at the deadline; when every thread hangs, later
+  calls time out in the queue and get the failure answer, and the service keeps answering.
+- `@inline` plain functions: called on the event loop, timed, and a late answer is discarded. Measured in
+  bench/authz_service.py: the thread hop costs tens of microseconds per call.
+
+Outcomes, counted per policy by the service: `allowed` and `denied` are the policy's own answers; `errors`
+(raised, returned something else than Allow/Deny) and `timeouts` get the failure answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Literal, TypeAlias
+
+from xgate.authz.policy import Allow, Decision, Deny, LoadedPolicy, Request
+
+log = logging.getLogger("xgate.authz")
+
+Outcome: TypeAlias = Literal["allowed", "denied", "errors", "timeouts"]
+OUTCOMES: tuple[Outcome, ...] = ("allowed", "denied", "errors", "timeouts")
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """The answer to send and why: the policy's own decision, or the failure answer after an error/timeout."""
+
+    decision: Decision
+    outcome: Outcome
+
+
+class PolicyRunner:
+    """Calls policies. `failure` is the answer when a policy fails: Deny(403) (fail closed) unless configured.
+
+    Resources: a thread pool of `threads` workers (default min(32, cores + 4)), started on first use; `close()`
+    shuts it down without waiting for hung calls.
+    """
+
+    def __init__(self, *, timeout: float = 0.1, failure: Decision | None = None, threads: int | None = None) -> None:
+        if timeout <= 0:
+            raise ValueError(f"timeout must be positive, not {timeout!r}")
+        self.timeout = timeout
+        self.failure: Decision = failure if failure is not None else Deny(403)
+        self._threads = threads or min(32, (os.cpu_count() or 1) + 4)
+        self._pool: ThreadPoolExecutor | None = None
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
+
+    async def run(self, policy: LoadedPolicy, request: Request, claims: dict[str, Any]) -> Verdict:
+        """The policy's decision, or the failure answer; never raises (except this task's own cancellation)."""
+        started = time.perf_counter()
+        deadline = asyncio.timeout(self.timeout)
+        try:
+            if policy.mode == "inline":
+                result = policy.call(request, claims)
+            elif policy.mode == "async":
+                async with deadline:
+                    result = await policy.call(request, claims)
+            else:
+                loop = asyncio.get_running_loop()
+                async with deadline:
+                    result = await loop.run_in_executor(self._executor(), policy.call, request, claims)
+        except TimeoutError as exc:
+            if deadline.expired():
+                return self._timed_out(policy, request, started)
+            return self._error(policy, request, exc)
+        except asyncio.CancelledError as exc:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # the call itself is being cancelled (client gone, server stopping)
+            return self._error(policy, request, exc)
+        except (Exception, SystemExit) as exc:  # SystemExit: a policy calling exit() must not stop the service
+            return self._error(policy, request, exc)
+        if time.perf_counter() - started > self.timeout:
+            # An inline policy, or a coroutine that swallowed its cancellation: the answer came too late.
+            if inspect.iscoroutine(result):
+                result.close()
+            return self._timed_out(policy, request, started)
+        if isinstance(result, Allow):
+            return Verdict(result, "allowed")
+        if isinstance(result, Deny):
+            return Verdict(result, "denied")
+        if inspect.iscoroutine(result):
+            result.close()  # a plain function returned a coroutine: it was never going to be awaited
+        log.error(
+            "policy %s (%s) on route %s returned %s, not Allow or Deny; answering %s",
+            policy.name, policy.path, request.route, _describe(result), _answer(self.failure),
+        )  # fmt: skip
+        return Verdict(self.failure, "errors")
+
+    def _executor(self) -> ThreadPoolExecutor:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=self._threads, thread_name_prefix="xgate-policy")
+        return self._pool
+
+    def _timed_out(self, policy: LoadedPolicy, request: Request, started: float) -> Verdict:
+        elapsed_ms = (time.perf_counter() - started) * 1e3
+        how = " (inline: it blocked the event loop)" if policy.mode == "inline" else ""
+        log.warning(
+            "policy %s (%s) on route %s took %.0f ms, over its %.0f ms timeout%s; answering %s",
+            policy.name, policy.path, request.route, elapsed_ms, self.timeout * 1e3, how, _answer(self.failure),
+        )  # fmt: skip
+        return Verdict(self.failure, "timeouts")
+
+    def _error(self, policy: LoadedPolicy, request: Request, exc: BaseException) -> Verdict:
+        log.error(
+            "policy %s (%s) on route %s raised %s: %s; answering %s",
+            policy.name, policy.path, request.route, type(exc).__name__, exc, _answer(self.failure),
+            exc_info=exc,
+        )  # fmt: skip
+        return Verdict(self.failure, "errors")
+
+
+def _describe(value: object) -> str:
+    text = repr(value)
+    return f"{type(value).__name__} {text[:80]}{'...' if len(text) > 80 else ''}"
+
+
+def _answer(decision: Decision) -> str:
+    return "allow (fail open)" if isinstance(decision, Allow) else f"deny {decision.status}"

@@ -1,0 +1,227 @@
+"""envoy.service.auth.v3 Authorization on grpc.aio: CheckRequest -> the route's Python policy -> CheckResponse.
+
+Envoy's ext_authz filter calls Check for routes with a Python policy. The route's per-route ext_authz config
+carries `context_extensions` {"xgate_policy": policy name, "xgate_route": route name}; the verified JWT payload
+arrives in `metadata_context` when the filter lists jwt_authn's namespace in `metadata_context_namespaces`.
+Every call gets a CheckResponse: an unknown policy and any internal error deny (fail closed); a failing policy
+gets the runner's failure answer. Nothing raises to gRPC.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any
+
+import grpc
+from envoy.config.core.v3 import base_pb2 as core_v3
+from envoy.service.auth.v3 import attribute_context_pb2 as attribute_v3
+from envoy.service.auth.v3 import external_auth_pb2 as auth_v3
+from envoy.service.auth.v3 import external_auth_pb2_grpc as auth_grpc
+from envoy.type.v3 import http_status_pb2 as http_status_v3
+from google.protobuf import struct_pb2 as struct_v3
+from google.rpc import code_pb2, status_pb2  # type: ignore[import-untyped]  # not in the mypy overrides
+
+from xgate.authz.policy import Allow, Decision, Deny, PolicyRegistry, Request
+from xgate.authz.runner import OUTCOMES, Outcome, PolicyRunner
+
+log = logging.getLogger("xgate.authz")
+
+POLICY_KEY = "xgate_policy"  # context_extensions key: the policy's name in the registry
+ROUTE_KEY = "xgate_route"  # context_extensions key: the xgate route's name, for logs and the policy
+JWT_FILTER = "envoy.filters.http.jwt_authn"  # metadata namespace of Envoy's jwt_authn filter
+JWT_PAYLOAD_KEY = "jwt_payload"  # jwt_authn's payload_in_metadata, as the jwt plugin sets it
+NO_POLICY = "(none)"  # metrics name for calls without an xgate_policy extension
+INTERNAL = "(internal)"  # metrics name for errors of the service itself
+
+_OVERWRITE = core_v3.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
+_OK_STATUS = status_pb2.Status(code=code_pb2.OK)
+_DENIED_STATUS = status_pb2.Status(code=code_pb2.PERMISSION_DENIED)
+_MAX_EXACT_FLOAT = 2**53
+
+
+class AuthorizationService(auth_grpc.AuthorizationServicer):  # type: ignore[misc]
+    """Answers Check with the policy named by the route. `metrics()`: {policy: {outcome: count}} over OUTCOMES.
+
+    `failure_status`: the status of the failure answer; `fail_open`: a failing or timed-out policy allows
+    instead (an unknown policy still denies: that is a wiring error, not a policy failure).
+    """
+
+    def __init__(
+        self,
+        registry: PolicyRegistry,
+        *,
+        timeout: float = 0.1,
+        failure_status: int = 403,
+        fail_open: bool = False,
+        threads: int | None = None,
+    ) -> None:
+        self.registry = registry
+        self.closed_answer = Deny(failure_status)
+        failure: Decision = Allow() if fail_open else self.closed_answer
+        self.runner = PolicyRunner(timeout=timeout, failure=failure, threads=threads)
+        self._counts: dict[str, Counter[str]] = {}
+
+    def metrics(self) -> dict[str, dict[str, int]]:
+        return {name: {outcome: counts[outcome] for outcome in OUTCOMES} for name, counts in self._counts.items()}
+
+    def close(self) -> None:
+        self.runner.close()
+
+    async def Check(
+        self, request: auth_v3.CheckRequest, context: grpc.aio.ServicerContext | None = None
+    ) -> auth_v3.CheckResponse:
+        try:
+            return await self.check(request)
+        except Exception:  # a bug of ours must not turn into a gRPC error at Envoy
+            log.exception("authorization check failed; denying")
+            self._count(INTERNAL, "errors")
+            return response(self.closed_answer)
+
+    async def check(self, request: auth_v3.CheckRequest) -> auth_v3.CheckResponse:
+        attributes = request.attributes
+        extensions = attributes.context_extensions
+        name = extensions.get(POLICY_KEY, "")
+        route = extensions.get(ROUTE_KEY, "")
+        policy = self.registry.get(name)
+        if policy is None:
+            self._count(name or NO_POLICY, "errors")
+            load_error = self.registry.errors.get(name)
+            log.error(
+                "route %s: %s; denying",
+                route or "(unnamed)",
+                f"policy {name} failed to load ({load_error})" if load_error
+                else f"unknown policy {name!r}" if name
+                else f"no {POLICY_KEY} in the route's ext_authz context_extensions",
+            )  # fmt: skip
+            return response(self.closed_answer)
+        http = attributes.request.http
+        verdict = await self.runner.run(
+            policy,
+            Request(
+                method=http.method,
+                path=http.path,
+                headers=request_headers(http),
+                source=attributes.source.address.socket_address.address,
+                route=route,
+            ),
+            jwt_claims(attributes.metadata_context),
+        )
+        self._count(name, verdict.outcome)
+        return response(verdict.decision)
+
+    def _count(self, name: str, outcome: Outcome) -> None:
+        counts = self._counts.get(name)
+        if counts is None:
+            counts = self._counts[name] = Counter()
+        counts[outcome] += 1
+
+
+def request_headers(http: attribute_v3.AttributeContext.HttpRequest) -> Mapping[str, str]:
+    """The request's headers, lower-case names; Envoy's `header_map` form (encode_raw_headers) too."""
+    if http.headers:
+        return MappingProxyType({key.lower(): value for key, value in http.headers.items()})
+    joined: dict[str, str] = {}
+    for header in http.header_map.headers:
+        key = header.key.lower()
+        value = header.value or header.raw_value.decode("utf-8", "replace")
+        joined[key] = f"{joined[key]},{value}" if key in joined else value
+    return MappingProxyType(joined)
+
+
+def jwt_claims(metadata: core_v3.Metadata) -> dict[str, Any]:
+    """jwt_authn's verified payload as a dict (integral numbers as int), or {} when there is none."""
+    namespace = metadata.filter_metadata.get(JWT_FILTER)
+    if namespace is None or JWT_PAYLOAD_KEY not in namespace.fields:
+        return {}
+    payload = namespace.fields[JWT_PAYLOAD_KEY]
+    if payload.WhichOneof("kind") != "struct_value":
+        return {}
+    return {key: _plain(value) for key, value in payload.struct_value.fields.items()}
+
+
+def _plain(value: struct_v3.Value) -> Any:
+    """A Struct value as Python; json_format.MessageToDict gives the same (bar the ints) at 1.5x the cost."""
+    kind = value.WhichOneof("kind")
+    if kind == "string_value":
+        return value.string_value
+    if kind == "number_value":
+        # Struct keeps every number as a double; JWT's numeric dates and counters are integers.
+        number = value.number_value
+        return int(number) if number.is_integer() and abs(number) <= _MAX_EXACT_FLOAT else number
+    if kind == "bool_value":
+        return value.bool_value
+    if kind == "struct_value":
+        return {key: _plain(item) for key, item in value.struct_value.fields.items()}
+    if kind == "list_value":
+        return [_plain(item) for item in value.list_value.values]
+    return None
+
+
+def _header_options(headers: Mapping[str, str]) -> list[core_v3.HeaderValueOption]:
+    # OVERWRITE: the default (append) would let a client send its own x-xgate-user next to ours.
+    return [
+        core_v3.HeaderValueOption(header=core_v3.HeaderValue(key=key, value=value), append_action=_OVERWRITE)
+        for key, value in headers.items()
+    ]
+
+
+def response(decision: Decision) -> auth_v3.CheckResponse:
+    """The CheckResponse for a decision: ok_response with headers to set, or denied_response."""
+    if isinstance(decision, Allow):
+        return auth_v3.CheckResponse(
+            status=_OK_STATUS, ok_response=auth_v3.OkHttpResponse(headers=_header_options(decision.headers))
+        )
+    return auth_v3.CheckResponse(
+        status=_DENIED_STATUS,
+        denied_response=auth_v3.DeniedHttpResponse(
+            status=http_status_v3.HttpStatus(code=decision.status),
+            body=decision.body,
+            headers=_header_options(decision.headers),
+        ),
+    )
+
+
+@dataclass
+class AuthzServer:
+    """A running service: the gRPC server and the servicer (for metrics)."""
+
+    grpc_server: grpc.aio.Server
+    service: AuthorizationService
+    port: int
+
+    async def stop(self, grace: float | None = 1.0) -> None:
+        """Stop serving (running calls get `grace` seconds) and shut the policy thread pool down."""
+        await self.grpc_server.stop(grace)
+        self.service.close()
+
+    async def wait_for_termination(self) -> None:
+        await self.grpc_server.wait_for_termination()
+
+
+async def serve(
+    registry: PolicyRegistry,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    failure_status: int = 403,
+    fail_open: bool = False,
+    timeout: float = 0.1,
+    threads: int | None = None,
+) -> tuple[AuthzServer, int]:
+    """Start the Authorization service on `host:port` (0: any free port) answering from `registry`.
+
+    Returns the running server and the port it bound; stop with `await server.stop()`. `registry.load` may be
+    called at any time while serving. Errors: RuntimeError from grpc when the port cannot be bound.
+    """
+    service = AuthorizationService(
+        registry, timeout=timeout, failure_status=failure_status, fail_open=fail_open, threads=threads
+    )
+    server = grpc.aio.server()
+    auth_grpc.add_AuthorizationServicer_to_server(service, server)
+    bound = server.add_insecure_port(f"{host}:{port}")
+    await server.start()
+    return AuthzServer(server, service, bound), bound

@@ -1,0 +1,89 @@
+"""Python policies through a real Envoy: jwt_authn verifies, the policy sees the claims (not verified again)
+and allows or denies; a failing policy or a missing service denies (fail closed)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import jwt
+import pytest
+
+from xgate.authz.config import run_authz
+from xgate.demo.upstream import DemoUpstream
+from xgate.testing import free_port, run_gateway
+
+pytestmark = pytest.mark.integration
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "policies"
+SECRET = "a-test-secret-of-32-bytes-length"
+
+
+def config(port: int, upstream: int, authz: int) -> str:
+    key = base64.urlsafe_b64encode(SECRET.encode()).rstrip(b"=").decode()
+    return f"""
+plugins:
+  jwt:
+    providers:
+      - {{name: main, issuer: https://issuer.test, jwks: {{keys: [{{kty: oct, alg: HS256, k: "{key}"}}]}}}}
+  policy:
+    policies: {{admins: "xgate_example_policies:allow_admins", broken: "broken_policies:boom"}}
+    service: "127.0.0.1:{authz}"
+listeners: [{{name: public, address: 127.0.0.1, port: {port}}}]
+upstreams: [{{name: app, endpoints: ["127.0.0.1:{upstream}"]}}]
+routes:
+  - {{name: admin, match: {{path: {{prefix: /admin}}}}, upstream: app, plugins: {{policy: {{name: admins}}}}}}
+  - {{name: broken, match: {{path: {{prefix: /broken}}}}, upstream: app, plugins: {{policy: {{name: broken}}}}}}
+  - {{name: signed-in, upstream: app}}
+"""
+
+
+def token(**claims: object) -> str:
+    payload = {"iss": "https://issuer.test", "exp": int(time.time()) + 600, **claims}
+    return jwt.encode(payload, SECRET, algorithm="HS256")
+
+
+@contextlib.asynccontextmanager
+async def authz_service(config_path: Path, port: int) -> AsyncIterator[None]:
+    stop = asyncio.Event()
+    ready: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+    task = asyncio.create_task(run_authz(config_path, listen=("127.0.0.1", port), on_ready=ready.set_result, stop=stop))
+    await asyncio.wait_for(ready, 10)
+    try:
+        yield
+    finally:
+        stop.set()
+        await task
+
+
+async def test_policies_see_claims_and_fail_closed(
+    upstreams: dict[str, DemoUpstream], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.syspath_prepend(str(EXAMPLES))
+    (tmp_path / "broken_policies.py").write_text("def boom(request, claims):\n    raise RuntimeError('bug')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    port, authz = free_port(), free_port()
+    async with run_gateway(config(port, upstreams["v1"].port, authz), tmp_path / "gw") as gateway:
+        assert gateway.config_path is not None
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+            admin = {"authorization": f"Bearer {token(sub='ada', roles=['admin'])}"}
+            user = {"authorization": f"Bearer {token(sub='bob', roles=['user'])}"}
+
+            # The service is not running yet: fail closed.
+            assert (await client.get("/admin", headers=admin)).status_code == 403
+            async with authz_service(gateway.config_path, authz):
+                allowed = await client.get("/admin", headers=admin)
+                assert allowed.status_code == 200
+                assert allowed.json()["headers"]["x-xgate-user"] == "ada"  # added by the policy from the claims
+                spoofed = await client.get("/admin", headers={**admin, "x-xgate-user": "mallory"})
+                assert spoofed.json()["headers"]["x-xgate-user"] == "ada"  # the policy's value replaces the client's
+                denied = await client.get("/admin", headers=user)
+                assert (denied.status_code, denied.text) == (403, "admins only")
+                assert (await client.get("/admin")).status_code == 401  # no token: jwt answers, no policy runs
+                assert (await client.get("/broken", headers=admin)).status_code == 403  # a raising policy denies
+                assert (await client.get("/anything", headers=user)).status_code == 200  # jwt only
