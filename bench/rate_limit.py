@@ -12,13 +12,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import re
-import shutil
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
+from _wrk import best_table, have_wrk, wrk
 from xgate.demo.upstream import start_upstream
 from xgate.ratelimit.config import run_ratelimit
 from xgate.testing import free_port, run_gateway
@@ -41,25 +39,10 @@ routes:
     plugins:
       rate_limit: {{global: {{requests: 1000000000, per: 1s}}, service: "127.0.0.1:{service}"}}
 """
-_RPS = re.compile(r"Requests/sec:\s+([\d.]+)")
-_P99 = re.compile(r"99%\s+([\d.]+)(us|ms|s)")
-_UNIT = {"us": 0.001, "ms": 1.0, "s": 1000.0}
-
-
-def wrk(url: str, seconds: int, connections: int, threads: int) -> tuple[float, float]:
-    """(requests per second, p99 in ms) for one bounded wrk run."""
-    result = subprocess.run(
-        ["wrk", "--latency", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", url],
-        capture_output=True, text=True, timeout=seconds + 30, check=True,
-    )  # fmt: skip
-    rps = _RPS.search(result.stdout)
-    p99 = _P99.search(result.stdout)
-    assert rps and p99, result.stdout
-    return float(rps.group(1)), float(p99.group(1)) * _UNIT[p99.group(2)]
 
 
 async def main(args: argparse.Namespace) -> int:
-    if shutil.which("wrk") is None:
+    if not have_wrk():
         print("wrk not found: apt-get install wrk", file=sys.stderr)
         return 2
     port, service_port = free_port(), free_port()
@@ -83,13 +66,8 @@ async def main(args: argparse.Namespace) -> int:
     print(
         f"wrk -t{args.threads} -c{args.connections} -d{args.seconds}s, Envoy --concurrency 1, demo upstream (aiohttp)"
     )
-    print(f"{'route':8} {'rps (each run)':>28} {'best rps':>10} {'p99 ms (best run)':>18}")
-    best = {route: max(runs) for route, runs in results.items()}
-    for route, runs in results.items():
-        each = ", ".join(f"{rps:,.0f}" for rps, _ in runs)
-        print(f"{route:8} {each:>28} {best[route][0]:>10,.0f} {best[route][1]:>18.2f}")
-    print(f"local / bare = {best['local'][0] / best['bare'][0]:.1%} (target >= 90%)")
-    print(f"global / bare = {best['global'][0] / best['bare'][0]:.1%}")
+    print(best_table(results, "bare"))
+    print("target: local >= 90% of bare")
     return 0
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,18 @@ from xgate.testing import free_port, run_gateway
 
 pytestmark = pytest.mark.integration
 
-DATA = Path(__file__).resolve().parents[3] / "shared" / "testdata" / "jwt"
+def _shared_jwt_data() -> Path:
+    """../shared/testdata/jwt beside the checkout (CI puts shared/ next to its clone); XGATE_SHARED overrides."""
+    if override := os.environ.get("XGATE_SHARED"):
+        return Path(override) / "testdata" / "jwt"
+    for parent in Path(__file__).resolve().parents:
+        candidate = parent / "shared" / "testdata" / "jwt"
+        if candidate.is_dir():
+            return candidate
+    raise FileNotFoundError("shared/testdata/jwt not found beside the checkout; set XGATE_SHARED")
+
+
+DATA = _shared_jwt_data()
 ENVOY = json.loads((DATA / "envoy_jwt_authn" / "envoy_jwt_authn_test_common.json").read_text())
 APISIX = json.loads((DATA / "apisix_jwt_auth" / "apisix_jwt_auth_cases.json").read_text())
 PYJWT = json.loads((DATA / "pyjwt_advisory" / "pyjwt_ghsa_ffqj_6fqr_9h24.json").read_text())

@@ -1,0 +1,38 @@
+"""wrk runs for the throughput benchmarks (Debian's wrk on loopback), and the table they print."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from collections.abc import Sequence
+
+_RPS = re.compile(r"Requests/sec:\s+([\d.]+)")
+_P99 = re.compile(r"99%\s+([\d.]+)(us|ms|s)")
+_UNIT = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+
+
+def have_wrk() -> bool:
+    return shutil.which("wrk") is not None
+
+
+def wrk(url: str, seconds: int, connections: int, threads: int, headers: Sequence[str] = ()) -> tuple[float, float]:
+    """(requests per second, p99 in ms) of one bounded wrk run."""
+    argv = ["wrk", "--latency", f"-t{threads}", f"-c{connections}", f"-d{seconds}s"]
+    for header in headers:
+        argv += ["-H", header]
+    result = subprocess.run([*argv, url], capture_output=True, text=True, timeout=seconds + 30, check=True)
+    rps, p99 = _RPS.search(result.stdout), _P99.search(result.stdout)
+    assert rps and p99, result.stdout
+    return float(rps.group(1)), float(p99.group(1)) * _UNIT[p99.group(2)]
+
+
+def best_table(results: dict[str, list[tuple[float, float]]], baseline: str) -> str:
+    """Each route's runs, its best rate and that run's p99, and its share of the baseline's best rate."""
+    best = {route: max(runs) for route, runs in results.items()}
+    lines = [f"{'route':8} {'rps (each run)':>28} {'best rps':>10} {'p99 ms (best run)':>18} {'of ' + baseline:>9}"]
+    for route, runs in results.items():
+        each = ", ".join(f"{rps:,.0f}" for rps, _ in runs)
+        share = best[route][0] / best[baseline][0]
+        lines.append(f"{route:8} {each:>28} {best[route][0]:>10,.0f} {best[route][1]:>18.2f} {share:>9.1%}")
+    return "\n".join(lines)
