@@ -21,6 +21,7 @@ from xgate.testing import free_port, run_gateway
 
 pytestmark = pytest.mark.integration
 
+
 def _shared_jwt_data() -> Path:
     """../shared/testdata/jwt beside the checkout (CI puts shared/ next to its clone); XGATE_SHARED overrides."""
     if override := os.environ.get("XGATE_SHARED"):
