@@ -92,3 +92,35 @@ async def test_clients_and_keys_have_their_own_buckets(tmp_path: Path) -> None:
             assert await statuses(b, "/limited", 4) == [200, 200, 200, 429]  # B is not affected by A
             assert await statuses(a, "/keyed", 4, headers={"x-api-key": "one"}) == [200, 200, 200, 429]
             assert await statuses(a, "/keyed", 3, headers={"x-api-key": "two"}) == [200, 200, 200]
+
+
+async def test_jwt_subjects_have_their_own_buckets(tmp_path: Path) -> None:
+    """`by: claim:sub` counts per verified subject: the jwt plugin's filter runs first and leaves the claims
+    in metadata, which the rate-limit action reads."""
+    import base64
+
+    import jwt
+
+    secret = "a-test-secret-of-32-bytes-length"
+    key = base64.urlsafe_b64encode(secret.encode()).rstrip(b"=").decode()
+    port = free_port()
+    text = f"""
+plugins:
+  jwt:
+    providers: [{{name: main, jwks: {{keys: [{{kty: oct, alg: HS256, k: "{key}"}}]}}}}]
+listeners: [{{name: public, address: 127.0.0.1, port: {port}}}]
+routes:
+  - name: me
+    direct_response: {{status: 200, body: ok}}
+    plugins:
+      rate_limit: {{local: {{requests: 2, per: 10s, by: "claim:sub"}}}}
+"""
+
+    def bearer(subject: str) -> dict[str, str]:
+        token = jwt.encode({"sub": subject, "exp": int(time.time()) + 600}, secret, algorithm="HS256")
+        return {"authorization": f"Bearer {token}"}
+
+    async with run_gateway(text, tmp_path), httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+        assert await statuses(client, "/me", 3, headers=bearer("alice")) == [200, 200, 429]
+        assert await statuses(client, "/me", 3, headers=bearer("bob")) == [200, 200, 429]
+        assert (await client.get("/me")).status_code == 401  # no token: jwt answers first

@@ -19,6 +19,7 @@ from envoy.extensions.filters.http.ratelimit.v3 import rate_limit_pb2 as ratelim
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_v3,
 )
+from envoy.type.metadata.v3 import metadata_pb2 as metadata_v3
 from envoy.type.v3 import percent_pb2 as percent_v3
 from envoy.type.v3 import token_bucket_pb2 as token_bucket_v3
 from google.protobuf import wrappers_pb2
@@ -37,15 +38,17 @@ SERVICE_CLUSTER = "xgate-ratelimit"
 DOMAIN = "xgate"
 ROUTE_KEY = "xgate_route"
 DEFAULT_SERVICE = "127.0.0.1:18003"
-HTTP_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+JWT_METADATA = "envoy.filters.http.jwt_authn"  # where the jwt plugin's filter keeps the verified payload
+JWT_PAYLOAD = "jwt_payload"
 _ON = percent_v3.FractionalPercent(numerator=100, denominator=percent_v3.FractionalPercent.HUNDRED)
 _KEYS = {"client_ip": "remote_address"}
 
 
 class LocalLimit(Model):
     """`requests` per `per`, with bursts up to `burst` (default: `requests`), counted per `by`:
-    `route` (one bucket for the route), `client_ip`, or `header:<name>` (one bucket per value; requests
-    without the header share the route's bucket). Each Envoy counts on its own."""
+    `route` (one bucket for the route), `client_ip`, `header:<name>` or `claim:<name>` (a claim of the token
+    the jwt plugin verified), one bucket per value; requests without the header or claim share the route's
+    bucket. Each Envoy counts on its own."""
 
     requests: int = Field(ge=1, le=1_000_000_000)
     per: Duration = 1.0
@@ -56,9 +59,12 @@ class LocalLimit(Model):
     @field_validator("by")
     @classmethod
     def _by(cls, by: str) -> str:
-        if by in ("route", "client_ip") or (by.startswith("header:") and len(by) > len("header:")):
+        for prefix in ("header:", "claim:"):
+            if by.startswith(prefix) and len(by) > len(prefix):
+                return by
+        if by in ("route", "client_ip"):
             return by
-        raise ValueError(f"by {by!r}: use route, client_ip or header:<name>")
+        raise ValueError(f"by {by!r}: use route, client_ip, header:<name> or claim:<name>")
 
     @model_validator(mode="after")
     def _interval(self) -> LocalLimit:
@@ -206,6 +212,25 @@ def descriptor_key(by: str) -> str:
 
 
 def _descriptor(by: str) -> tuple[str, route_components_v3.RateLimit.Action]:
+    if by.startswith("claim:"):
+        # A claim of the token the jwt plugin verified (its filter runs first): jwt_authn keeps the payload in
+        # dynamic metadata. A request without the claim is not counted by claim (the route's bucket applies).
+        claim = by.removeprefix("claim:")
+        key = f"claim_{claim}"
+        return key, route_components_v3.RateLimit.Action(
+            metadata=route_components_v3.RateLimit.Action.MetaData(
+                descriptor_key=key,
+                metadata_key=metadata_v3.MetadataKey(
+                    key=JWT_METADATA,
+                    path=[
+                        metadata_v3.MetadataKey.PathSegment(key=JWT_PAYLOAD),
+                        metadata_v3.MetadataKey.PathSegment(key=claim),
+                    ],
+                ),
+                source=route_components_v3.RateLimit.Action.MetaData.DYNAMIC,
+                skip_if_absent=True,
+            )
+        )
     if by == "client_ip":
         return "remote_address", route_components_v3.RateLimit.Action(
             remote_address=route_components_v3.RateLimit.Action.RemoteAddress()
