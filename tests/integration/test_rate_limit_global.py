@@ -183,3 +183,20 @@ async def test_redis_outage_fails_open_quickly_and_recovers(upstreams: dict[str,
                 return (await http.get("/limited")).status_code == 429
 
             await wait_for(limited_again, 10, "limits enforced again after Redis returned")
+
+
+async def test_unreachable_service_fails_open_within_envoys_timeout(
+    upstreams: dict[str, DemoUpstream], tmp_path: Path
+) -> None:
+    port, rls = free_port(), free_port()  # nothing listens on rls
+    text = config(port, upstreams["v1"].port, rls, "{requests: 1, per: 1m}")
+    async with run_gateway(text, tmp_path / "gw"), httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
+        timings = []
+        for _ in range(10):
+            begun = time.monotonic()
+            assert (await http.get("/limited")).status_code == 200  # failure_mode open (the default)
+            timings.append(time.monotonic() - begun)
+        assert max(timings) < 1.0, timings
+    closed = text.replace("timeout: 100ms}", "timeout: 100ms, failure_mode: closed}")
+    async with run_gateway(closed, tmp_path / "gw2"), httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
+        assert (await http.get("/limited")).status_code == 503  # failure_mode closed: Envoy denies

@@ -20,6 +20,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_v3,
 )
 from envoy.type.metadata.v3 import metadata_pb2 as metadata_v3
+from envoy.type.v3 import http_status_pb2 as http_status_v3
 from envoy.type.v3 import percent_pb2 as percent_v3
 from envoy.type.v3 import token_bucket_pb2 as token_bucket_v3
 from google.protobuf import wrappers_pb2
@@ -135,6 +136,8 @@ class RateLimitPlugin(Plugin):
             ),
             timeout=duration(service_settings.timeout),
             failure_mode_deny=service_settings.failure_mode == "closed",
+            # Closed and the service cannot answer: 503 says "try later", Envoy's default would be a 500.
+            status_on_error=http_status_v3.HttpStatus(code=http_status_v3.ServiceUnavailable),
         )
         return [self.http_filter(), hcm_v3.HttpFilter(name=GLOBAL_FILTER, typed_config=pack(service))]
 
