@@ -12,10 +12,9 @@ from xgate.authz.policy import PolicyRegistry
 from xgate.authz.service import serve
 from xgate.config.load import ConfigSet
 from xgate.controlplane import merge_inputs
-from xgate.sources.etcd.client import EtcdClient, EtcdSettings
+from xgate.sources.etcd.client import EtcdSettings
 from xgate.sources.etcd.layout import DEFAULT_PREFIX
-from xgate.sources.etcd.source import EtcdSource
-from xgate.sources.file import FileSource
+from xgate.sources.follow import follow
 from xgate.sources.revision import Revision
 from xgate.translate.plugins.policy import PolicySettings
 
@@ -70,23 +69,8 @@ async def run_authz(
     registry = PolicyRegistry()
     server, port = await serve(registry, host=listen[0], port=listen[1], timeout=timeout, fail_open=fail_open)
     feed = PolicyFeed(registry)
-    client = EtcdClient(etcd) if etcd is not None else None
     try:
-        async with asyncio.TaskGroup() as group:
-            if config_path is not None:
-                source = FileSource(config_path, feed.on_revision)
-                await source.load()
-                group.create_task(source.run(stop))
-            if client is not None:
-
-                async def from_etcd(revision: Revision) -> None:
-                    await feed.on_revision(revision, "etcd")
-
-                group.create_task(EtcdSource(client, from_etcd, prefix=prefix).run(stop))
-            if on_ready is not None:
-                on_ready(port)
-            await stop.wait()
+        started = (lambda: on_ready(port)) if on_ready is not None else None
+        await follow(config_path, etcd, prefix, feed.on_revision, stop, started=started)
     finally:
         await server.stop(1.0)
-        if client is not None:
-            await client.close()

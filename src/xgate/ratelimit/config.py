@@ -15,10 +15,9 @@ from xgate.errors import ConfigError
 from xgate.ir import GatewayIR, build_ir
 from xgate.ratelimit.limits import Entries, Limit, LimitTable
 from xgate.ratelimit.service import FailureMode, RateLimitServer, serve
-from xgate.sources.etcd.client import EtcdClient, EtcdSettings
+from xgate.sources.etcd.client import EtcdSettings
 from xgate.sources.etcd.layout import DEFAULT_PREFIX
-from xgate.sources.etcd.source import EtcdSource
-from xgate.sources.file import FileSource
+from xgate.sources.follow import follow
 from xgate.sources.revision import Revision
 from xgate.translate.plugins.rate_limit import DOMAIN, ROUTE_KEY, RateLimitSettings, descriptor_key
 
@@ -97,26 +96,13 @@ async def run_ratelimit(
     runner: web.AppRunner | None = None
     if status is not None:
         runner = await _status_api(feed, *status)
-    client = EtcdClient(etcd) if etcd is not None else None
     try:
-        async with asyncio.TaskGroup() as group:
-            if config_path is not None:
-                group.create_task(FileSource(config_path, feed.on_revision).run(stop))
-            if client is not None:
-
-                async def from_etcd(revision: Revision) -> None:
-                    await feed.on_revision(revision, "etcd")
-
-                group.create_task(EtcdSource(client, from_etcd, prefix=prefix).run(stop))
-            if on_ready is not None:
-                on_ready(port)
-            await stop.wait()
+        started = (lambda: on_ready(port)) if on_ready is not None else None
+        await follow(config_path, etcd, prefix, feed.on_revision, stop, started=started)
     finally:
         await server.stop(1.0)
         if runner is not None:
             await runner.cleanup()
-        if client is not None:
-            await client.close()
 
 
 async def _status_api(feed: LimitFeed, host: str, port: int) -> web.AppRunner:
