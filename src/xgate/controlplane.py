@@ -25,6 +25,8 @@ log = logging.getLogger("xgate.controlplane")
 _THREAD_ABOVE_ROUTES = 2000
 # When both are used, the file is the local override: its objects win over etcd's of the same kind and name.
 SOURCE_PRECEDENCE = ("file", "etcd")
+# After a full compile, the collect-and-freeze waits this long: the streams have sent the snapshot by then.
+_FREEZE_DELAY = 0.5
 
 
 @dataclass
@@ -65,6 +67,7 @@ class ControlPlane:
         self._rejections: dict[str, tuple[str, list[str]]] = {}
         self._served_routes: dict[str, Route] = {}
         self._incremental = IncrementalCompiler()
+        self._freeze_pending: asyncio.TimerHandle | None = None
 
     async def on_revision(self, revision: Revision, source: str = "file") -> None:
         started = time.perf_counter()
@@ -91,15 +94,24 @@ class ControlPlane:
             self._incremental.reset(config, compiled.ir, compiled.context, compiled.resources)
         else:
             self._incremental.clear()
-        # Move what a full compile leaves alive (a big config is millions of objects) out of the collector's
-        # reach: later collections, during the millisecond path of small changes, then walk only new objects.
-        # Unfreezing first lets this collection free cycles that earlier revisions left behind.
-        gc.unfreeze()
-        gc.collect()
-        gc.freeze()
+        self._freeze_soon()
         warnings = [str(w) for rev in inputs.values() for w in rev.warnings]
         warnings += conflicts + [str(issue) for issue in compiled.ir.issues]
         self._publish(combined, warnings, compiled.ir, started, revision)
+
+    def _freeze_soon(self) -> None:
+        """Move what a full compile leaves alive (a big config is millions of objects) out of the collector's
+        reach, so later collections, during the millisecond path of small changes, walk only new objects.
+        Deferred: the collection takes ~150 ms at 10,000 routes and must not stand between the new snapshot
+        and the streams sending it."""
+        if self._freeze_pending is None:
+            self._freeze_pending = asyncio.get_running_loop().call_later(_FREEZE_DELAY, self._freeze)
+
+    def _freeze(self) -> None:
+        self._freeze_pending = None
+        gc.unfreeze()  # lets this collection free cycles that earlier revisions left behind
+        gc.collect()
+        gc.freeze()
 
     def _apply_changes(self, revision: Revision, source: str, started: float) -> bool:
         """The fast path for route-only changes; False: compile in full."""

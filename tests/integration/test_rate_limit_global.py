@@ -169,7 +169,8 @@ async def test_redis_outage_fails_open_quickly_and_recovers(upstreams: dict[str,
         ):
             await wait_for(_limits_loaded(http), 10, "the service to have the limits")
             codes = [(await http.get("/limited")).status_code for _ in range(4)]
-            assert codes[-2:] == [200, 429] or codes[-1] == 429, codes
+            # The readiness wait above spent some of the 3: the 4th request here is over the limit in any case.
+            assert codes[-1] == 429, codes
             await redis.kill()
             timings = []
             for _ in range(20):

@@ -45,6 +45,16 @@ _ON = percent_v3.FractionalPercent(numerator=100, denominator=percent_v3.Fractio
 _KEYS = {"client_ip": "remote_address"}
 
 
+def check_by(by: str) -> str:
+    """What a limit counts by: route, client_ip, header:<name> or claim:<name>."""
+    for prefix in ("header:", "claim:"):
+        if by.startswith(prefix) and len(by) > len(prefix):
+            return by
+    if by in ("route", "client_ip"):
+        return by
+    raise ValueError(f"by {by!r}: use route, client_ip, header:<name> or claim:<name>")
+
+
 class LocalLimit(Model):
     """`requests` per `per`, with bursts up to `burst` (default: `requests`), counted per `by`:
     `route` (one bucket for the route), `client_ip`, `header:<name>` or `claim:<name>` (a claim of the token
@@ -57,15 +67,7 @@ class LocalLimit(Model):
     by: str = "route"
     max_keys: int = Field(default=10_000, ge=1, le=1_000_000)
 
-    @field_validator("by")
-    @classmethod
-    def _by(cls, by: str) -> str:
-        for prefix in ("header:", "claim:"):
-            if by.startswith(prefix) and len(by) > len(prefix):
-                return by
-        if by in ("route", "client_ip"):
-            return by
-        raise ValueError(f"by {by!r}: use route, client_ip, header:<name> or claim:<name>")
+    _by = field_validator("by")(classmethod(lambda cls, by: check_by(by)))
 
     @model_validator(mode="after")
     def _interval(self) -> LocalLimit:
@@ -86,7 +88,7 @@ class GlobalLimit(Model):
     by: str = "route"
     shadow: bool = False
 
-    _by = field_validator("by")(LocalLimit._by.__func__)  # type: ignore[attr-defined]
+    _by = field_validator("by")(classmethod(lambda cls, by: check_by(by)))
 
 
 class RateLimitSettings(Model):
