@@ -82,6 +82,9 @@ class IncrementalCompiler:
         # nothing here may have moved.
         checked: list[tuple[str, Route | None, dict[str, Model | None], list[ConfigIssue]]] = []
         for name, route in changes.items():
+            previous = base.served.get(name)
+            if (route is not None and route.canary) or (previous is not None and previous.canary):
+                return None  # canary fallbacks are clusters of their own: a full compile adds or drops them
             if route is None:
                 checked.append((name, None, {}, []))
                 continue
@@ -156,12 +159,16 @@ def _same_objects(before: tuple[Any, ...], after: tuple[Any, ...]) -> bool:
     return len(before) == len(after) and all(a is b for a, b in zip(before, after, strict=True))
 
 
-def _route_protos(config: Message | bytes | None) -> dict[str, route_components_v3.Route]:
-    """Route protos by name from a translated RouteConfiguration (each route once, whatever its hosts)."""
+def _route_protos(config: Message | bytes | None) -> dict[str, list[route_components_v3.Route]]:
+    """Each config route's Envoy routes, by name, from a translated RouteConfiguration (taken from the first
+    virtual host that has the route: they are the same in every one)."""
     if config is None or isinstance(config, bytes):
         return {}
-    found: dict[str, route_components_v3.Route] = {}
+    found: dict[str, list[route_components_v3.Route]] = {}
     for virtual_host in config.virtual_hosts:
+        here: dict[str, list[route_components_v3.Route]] = {}
         for route in virtual_host.routes:
-            found.setdefault(route.name, route)
+            if route.name not in found:
+                here.setdefault(route.name, []).append(route)
+        found.update(here)
     return found

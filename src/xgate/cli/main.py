@@ -189,6 +189,38 @@ def authz(
 
 
 @app.command()
+def dyeing(
+    file: Annotated[
+        Path | None, typer.Option("--file", "-f", help="config file (the same as the control plane's)")
+    ] = None,
+    etcd: Annotated[str | None, typer.Option("--etcd", envvar="XGATE_ETCD", help="etcd HOST:PORT[,...]")] = None,
+    prefix: Prefix = DEFAULT_PREFIX,
+    listen: Annotated[str, typer.Option(help="gRPC address Envoy calls")] = "127.0.0.1:18002",
+    log_level: Annotated[str, typer.Option()] = "info",
+) -> None:
+    """Run the ext_proc service (envoy.service.ext_proc.v3) that dyes requests with the config's rules."""
+    from xgate.dyeing.config import run_dyeing
+
+    _setup_logging(log_level)
+    path = file if file is not None or etcd else default_config()
+    store = settings(etcd, None, None, None, None, None) if etcd else None
+
+    def ready(port: int) -> None:
+        print(f"xgate dyeing ready: grpc {listen.rpartition(':')[0]}:{port}", flush=True)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (2, 15):
+            loop.add_signal_handler(signum, stop.set)
+        await run_dyeing(
+            path, etcd=store, prefix=prefix, listen=_host_port(listen, "--listen"), on_ready=ready, stop=stop
+        )
+
+    asyncio.run(main())
+
+
+@app.command()
 def ratelimit(
     file: Annotated[
         Path | None, typer.Option("--file", "-f", help="config file (the same as the control plane's)")
@@ -339,6 +371,7 @@ def up(
         ]
     children += [
         ChildSpec("authz", [*me, "authz", *sources], ready_line="authz ready"),
+        ChildSpec("dyeing", [*me, "dyeing", *sources], ready_line="dyeing ready"),
         ChildSpec("ratelimit", [*me, "ratelimit", *sources], ready_line="ratelimit ready"),
         ChildSpec(
             "controlplane",

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
 from xgate.config.types import Duration, Name, Regex
 
@@ -17,7 +17,7 @@ class Model(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", str_strip_whitespace=False)
 
 
-def _exactly_one(model: BaseModel, fields: tuple[str, ...], what: str) -> None:
+def exactly_one(model: BaseModel, fields: tuple[str, ...], what: str) -> None:
     chosen = [name for name in fields if getattr(model, name) is not None]
     if len(chosen) != 1:
         options = ", ".join(fields)
@@ -55,6 +55,23 @@ class Endpoint(Model):
         return True
 
 
+class HealthCheck(Model):
+    """Active HTTP health checks: Envoy asks `path` on every endpoint each `interval`; an endpoint that fails
+    `unhealthy_threshold` times in a row takes no traffic until it passes `healthy_threshold` times."""
+
+    path: str = Field(default="/healthz", pattern=r"^/[^\s]*$")
+    interval: Duration = 1.0
+    timeout: Duration = 0.5
+    unhealthy_threshold: int = Field(default=2, ge=1, le=100)
+    healthy_threshold: int = Field(default=1, ge=1, le=100)
+
+    @model_validator(mode="after")
+    def _positive(self) -> HealthCheck:
+        if self.interval <= 0 or self.timeout <= 0:
+            raise ValueError("interval and timeout must be greater than 0")
+        return self
+
+
 class Upstream(Model):
     """A set of endpoints Envoy balances over (an Envoy cluster)."""
 
@@ -63,6 +80,7 @@ class Upstream(Model):
     protocol: Literal["http1", "http2"] = "http1"
     lb: Literal["round_robin", "least_request", "random"] = "round_robin"
     connect_timeout: Duration = 1.0
+    health_check: HealthCheck | None = None
 
 
 # -- routes --------------------------------------------------------------------------------------------------
@@ -75,7 +93,7 @@ class PathMatch(Model):
 
     @model_validator(mode="after")
     def _one(self) -> PathMatch:
-        _exactly_one(self, ("prefix", "exact", "regex"), "path")
+        exactly_one(self, ("prefix", "exact", "regex"), "path")
         for value in (self.prefix, self.exact):
             if value is not None and not value.startswith("/"):
                 raise ValueError(f"path {value!r} must start with '/'")
@@ -92,7 +110,7 @@ class HeaderMatch(Model):
 
     @model_validator(mode="after")
     def _one(self) -> HeaderMatch:
-        _exactly_one(self, ("exact", "prefix", "regex", "present"), f"header {self.name}")
+        exactly_one(self, ("exact", "prefix", "regex", "present"), f"header {self.name}")
         return self
 
 
@@ -104,7 +122,7 @@ class QueryMatch(Model):
 
     @model_validator(mode="after")
     def _one(self) -> QueryMatch:
-        _exactly_one(self, ("exact", "regex", "present"), f"query parameter {self.name}")
+        exactly_one(self, ("exact", "regex", "present"), f"query parameter {self.name}")
         return self
 
 
@@ -216,6 +234,17 @@ class HeaderRules(Model):
 
 
 ACTIONS = ("upstream", "split", "redirect", "direct_response")
+STAGE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,31}$"
+Stage = Annotated[str, StringConstraints(pattern=STAGE_PATTERN)]
+
+
+class Canary(Model):
+    """Requests dyed with `stage` go to `upstream`. With `fallback` (the default) they go to the route's stable
+    upstream while the canary upstream has no healthy endpoint; that needs `health_check` on it."""
+
+    stage: Stage
+    upstream: Name
+    fallback: bool = True
 
 
 class Route(Model):
@@ -233,23 +262,48 @@ class Route(Model):
     retries: Retries | None = None
     headers: HeaderRules = Field(default_factory=lambda: HeaderRules())
     websocket: bool = False
+    canary: tuple[Canary, ...] = ()
     plugins: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("canary", mode="before")
+    @classmethod
+    def _one_canary(cls, value: Any) -> Any:
+        return (value,) if isinstance(value, dict) else value
 
     @model_validator(mode="after")
     def _action(self) -> Route:
-        _exactly_one(self, ACTIONS, "action")
+        exactly_one(self, ACTIONS, "action")
         if self.split is not None:
             if not self.split:
                 raise ValueError("split: list at least one upstream")
             if sum(target.weight for target in self.split) == 0:
                 raise ValueError("split: the weights add up to 0")
+        if self.canary:
+            if self.upstream is None and self.split is None:
+                raise ValueError(
+                    "canary: needs an upstream or a split to fall back to (not a redirect or direct_response)"
+                )
+            stages = [canary.stage for canary in self.canary]
+            if len(stages) != len(set(stages)):
+                raise ValueError("canary: each stage may appear once")
         return self
 
     @property
-    def upstream_refs(self) -> tuple[str, ...]:
+    def stable_upstream(self) -> str | None:
+        """Where requests of no canary stage go when there is one place: `upstream`, else the split's heaviest
+        target (the first of equals); canary fallbacks go there."""
         if self.upstream is not None:
-            return (self.upstream,)
-        return tuple(target.upstream for target in self.split or ())
+            return self.upstream
+        if self.split:
+            return max(self.split, key=lambda target: target.weight).upstream
+        return None
+
+    @property
+    def upstream_refs(self) -> tuple[str, ...]:
+        canaries = tuple(canary.upstream for canary in self.canary)
+        if self.upstream is not None:
+            return (self.upstream, *canaries)
+        return tuple(target.upstream for target in self.split or ()) + canaries
 
 
 # -- listeners ---------------------------------------------------------------------------------------------

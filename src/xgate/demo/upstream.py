@@ -35,13 +35,22 @@ class DemoUpstream:
         await self._runner.cleanup()
 
 
+def _headers(request: web.Request) -> dict[str, str]:
+    """Lower-case name -> value; a header sent more than once shows all its values joined with ","."""
+    joined: dict[str, str] = {}
+    for key, value in request.headers.items():
+        name = key.lower()
+        joined[name] = f"{joined[name]},{value}" if name in joined else value
+    return joined
+
+
 def _echo(request: web.Request, status: int = 200) -> web.Response:
     name = request.app[_NAME_KEY]
     body = {
         "upstream": name,
         "method": request.method,
         "path": request.path_qs,
-        "headers": {key.lower(): value for key, value in request.headers.items()},
+        "headers": _headers(request),
     }
     # json.dumps + a prebuilt Response is cheaper than web.json_response's extra indirection.
     return web.Response(

@@ -72,6 +72,10 @@ class RouteContext:
                     )
                     if issue not in found:
                         found.append(issue)
+            dyeing = own["dyeing"] if "dyeing" in own else inherited.get("dyeing")
+            if route.canary and dyeing is None:
+                message = f"no request carries a stage: the dyeing plugin is off on listener {listener_name}"
+                found.append(self.config.issue("route", route.name, "canary", message))
         return found
 
     def attach(self, route: Route, own: Mapping[str, Model | None]) -> dict[str, RouteIR]:
@@ -157,15 +161,32 @@ def _route_checks(
     for index, ref in enumerate(route.listeners):
         if ref not in listeners:
             issues.append(config.issue("route", route.name, f"listeners.{index}", f"listener {ref!r} does not exist"))
+    if route.canary:
+        _canary_checks(config, route, issues)
     if not route.plugins:
         return {}
     return _validated_plugins(config, "route", route.name, route.plugins, "plugins", issues)
 
 
 def _upstream_refs(route: Route) -> list[tuple[str, str]]:
+    canaries = [(f"canary.{index}.upstream", canary.upstream) for index, canary in enumerate(route.canary)]
     if route.upstream is not None:
-        return [("upstream", route.upstream)]
-    return [(f"split.{index}.upstream", target.upstream) for index, target in enumerate(route.split or ())]
+        return [("upstream", route.upstream), *canaries]
+    return [(f"split.{index}.upstream", target.upstream) for index, target in enumerate(route.split or ())] + canaries
+
+
+def _canary_checks(config: ConfigSet, route: Route, issues: list[ConfigIssue]) -> None:
+    """A canary that falls back needs health checks on its upstream: without them its endpoints never count
+    as unhealthy, so the fallback could never happen."""
+    upstreams = {upstream.name: upstream for upstream in config.upstreams}
+    for index, canary in enumerate(route.canary):
+        upstream = upstreams.get(canary.upstream)
+        if canary.fallback and upstream is not None and upstream.health_check is None:
+            message = (
+                f"upstream {canary.upstream!r} has no health_check, so the fallback to "
+                f"{route.stable_upstream!r} would never happen: add one, or set fallback: false"
+            )
+            issues.append(config.issue("route", route.name, f"canary.{index}.fallback", message))
 
 
 _NO_PLUGINS: Mapping[str, Model] = {}

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from envoy.config.cluster.v3 import cluster_pb2 as cluster_v3
+from envoy.config.core.v3 import health_check_pb2 as health_check_v3
 from envoy.config.core.v3 import protocol_pb2 as protocol_v3
 from envoy.config.endpoint.v3 import endpoint_components_pb2 as endpoint_components_v3
 from envoy.config.endpoint.v3 import endpoint_pb2 as endpoint_v3
+from envoy.extensions.clusters.aggregate.v3 import cluster_pb2 as aggregate_v3
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2 as http_options_v3
 from google.protobuf import wrappers_pb2
 
-from xgate.config.schema import Upstream
+from xgate.config.schema import HealthCheck, Route, Upstream
 from xgate.translate import names
 from xgate.translate.plugins.base import pack
 from xgate.translate.protos import ads_source, duration, socket_address
@@ -40,6 +42,8 @@ def translate_cluster(upstream: Upstream) -> cluster_v3.Cluster:
         cluster.type = cluster_v3.Cluster.STRICT_DNS
         cluster.dns_lookup_family = cluster_v3.Cluster.V4_PREFERRED
         cluster.load_assignment.CopyFrom(translate_endpoints(upstream))
+    if upstream.health_check is not None:
+        cluster.health_checks.append(_health_check(upstream.health_check))
     if upstream.protocol == "http2":
         options = http_options_v3.HttpProtocolOptions(
             explicit_http_config=http_options_v3.HttpProtocolOptions.ExplicitHttpConfig(
@@ -62,3 +66,39 @@ def translate_endpoints(upstream: Upstream) -> endpoint_v3.ClusterLoadAssignment
         cluster_name=names.cluster(upstream.name),
         endpoints=[endpoint_components_v3.LocalityLbEndpoints(lb_endpoints=lb_endpoints)],
     )
+
+
+def _health_check(check: HealthCheck) -> health_check_v3.HealthCheck:
+    # Envoy checks a cluster that has had no traffic only once a minute by default (no_traffic_interval); a
+    # canary may get none for a while, and its fallback must still know at once when it goes down.
+    return health_check_v3.HealthCheck(
+        timeout=duration(check.timeout),
+        interval=duration(check.interval),
+        no_traffic_interval=duration(check.interval),
+        unhealthy_threshold=wrappers_pb2.UInt32Value(value=check.unhealthy_threshold),
+        healthy_threshold=wrappers_pb2.UInt32Value(value=check.healthy_threshold),
+        http_health_check=health_check_v3.HealthCheck.HttpHealthCheck(path=check.path),
+    )
+
+
+AGGREGATE = "envoy.clusters.aggregate"
+
+
+def fallback_clusters(route: Route) -> list[cluster_v3.Cluster]:
+    """The aggregate clusters of a route's canaries that fall back: the canary upstream first, the stable one
+    second, so Envoy sends to the stable one only while the canary has no healthy endpoint."""
+    stable = route.stable_upstream
+    clusters = []
+    for canary in route.canary:
+        if not canary.fallback or stable is None:
+            continue
+        config = aggregate_v3.ClusterConfig(clusters=[names.cluster(canary.upstream), names.cluster(stable)])
+        clusters.append(
+            cluster_v3.Cluster(
+                name=names.fallback_cluster(canary.upstream, stable),
+                connect_timeout=duration(1.0),
+                lb_policy=cluster_v3.Cluster.CLUSTER_PROVIDED,
+                cluster_type=cluster_v3.Cluster.CustomClusterType(name=AGGREGATE, typed_config=pack(config)),
+            )
+        )
+    return clusters

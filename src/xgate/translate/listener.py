@@ -41,6 +41,8 @@ def translate_listener(ir: ListenerIR) -> listener_v3.Listener:
         merge_slashes=True,
         use_remote_address=wrappers_pb2.BoolValue(value=True),
     )
+    for name in ir.filters:
+        PLUGINS[name].patch_connection_manager(ir.defaults.get(name), manager)
     chain = listener_components_v3.FilterChain(
         filters=[listener_components_v3.Filter(name=HCM, typed_config=pack(manager))]
     )

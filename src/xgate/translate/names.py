@@ -5,6 +5,7 @@ from __future__ import annotations
 LISTENER = "listener/"
 ROUTES = "routes/"
 UPSTREAM = "upstream/"
+FALLBACK = "fallback/"
 
 
 def listener(name: str) -> str:
@@ -19,12 +20,20 @@ def cluster(upstream_name: str) -> str:
     return UPSTREAM + upstream_name
 
 
+def fallback_cluster(canary: str, stable: str) -> str:
+    """The aggregate cluster that sends to `canary` while it has healthy endpoints, else to `stable`."""
+    return f"{FALLBACK}{canary}/{stable}"
+
+
 def virtual_host(listener_name: str, hosts: tuple[str, ...]) -> str:
     return f"{listener_name}/{','.join(hosts)}"
 
 
 def origin(resource_name: str) -> str:
     """Name the config object behind an Envoy resource, for NACK reports ("upstream users")."""
+    if resource_name.startswith(FALLBACK):
+        canary, _, stable = resource_name.removeprefix(FALLBACK).partition("/")
+        return f"canary fallback from upstream {canary} to upstream {stable}"
     for prefix, kind in ((LISTENER, "listener"), (UPSTREAM, "upstream")):
         if resource_name.startswith(prefix):
             return f"{kind} {resource_name.removeprefix(prefix)}"

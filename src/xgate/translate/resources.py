@@ -12,7 +12,7 @@ from google.protobuf.message import Message
 from xgate.config.schema import Model, Route, Upstream
 from xgate.ir.model import GatewayIR, RouteIR
 from xgate.translate import names
-from xgate.translate.cluster import translate_cluster, translate_endpoints, uses_eds
+from xgate.translate.cluster import fallback_clusters, translate_cluster, translate_endpoints, uses_eds
 from xgate.translate.listener import translate_listener
 from xgate.translate.plugins import PLUGINS
 from xgate.translate.route import translate_route, translate_routes
@@ -47,7 +47,7 @@ class _Memo:
     route: Route
     filters: tuple[str, ...]
     plugins: Mapping[str, Model]
-    proto: route_components_v3.Route
+    protos: list[route_components_v3.Route]
 
 
 class Translator:
@@ -59,7 +59,7 @@ class Translator:
         self._current: dict[tuple[int, tuple[str, ...]], _Memo] = {}
         self._upstreams: dict[int, tuple[Upstream, list[Message]]] = {}
 
-    def _route(self, ir: RouteIR, filters: tuple[str, ...]) -> route_components_v3.Route:
+    def _route(self, ir: RouteIR, filters: tuple[str, ...]) -> list[route_components_v3.Route]:
         # Keyed by object identity: the config cache hands back the same object for unchanged input, and
         # the memo holds a reference, so an id cannot be reused by another object while it is stored.
         key = (id(ir.route), filters)
@@ -67,7 +67,7 @@ class Translator:
         if memo is None or memo.route is not ir.route or memo.plugins != ir.plugins:
             memo = _Memo(ir.route, filters, ir.plugins, translate_route(ir, filters))
         self._current[key] = memo
-        return memo.proto
+        return memo.protos
 
     def _upstream(self, upstream: Upstream) -> list[Message]:
         """The cluster, and its endpoints when they travel over EDS."""
@@ -101,6 +101,10 @@ class Translator:
             resources.listeners[proto.name] = proto
             routes = translate_routes(listener, self._route)
             resources.routes[routes.name] = routes
+            for route in listener.routes:
+                if route.route.canary:
+                    for extra in fallback_clusters(route.route):
+                        resources.clusters.setdefault(extra.name, extra)
             for name in listener.filters:
                 for extra in PLUGINS[name].clusters(listener.defaults.get(name)):
                     resources.clusters.setdefault(extra.name, extra)

@@ -28,7 +28,7 @@ _SET = base_v3.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
 _ADD = base_v3.HeaderValueOption.APPEND_IF_EXISTS_OR_ADD
 
 
-RouteBuilder = Callable[[RouteIR, tuple[str, ...]], route_components_v3.Route]
+RouteBuilder = Callable[[RouteIR, tuple[str, ...]], list[route_components_v3.Route]]
 
 
 def translate_routes(ir: ListenerIR, build: RouteBuilder | None = None) -> route_v3.RouteConfiguration:
@@ -44,7 +44,9 @@ def translate_routes(ir: ListenerIR, build: RouteBuilder | None = None) -> route
         route_components_v3.VirtualHost(
             name=names.virtual_host(ir.name, (host,)),
             domains=[host],
-            routes=[proto for route_hosts, proto in built if host in route_hosts or "*" in route_hosts],
+            routes=[
+                proto for route_hosts, protos in built if host in route_hosts or "*" in route_hosts for proto in protos
+            ],
         )
         for host in hosts
     ]
@@ -52,7 +54,7 @@ def translate_routes(ir: ListenerIR, build: RouteBuilder | None = None) -> route
         route_components_v3.VirtualHost(
             name=names.virtual_host(ir.name, ("*",)),
             domains=["*"],
-            routes=[proto for route_hosts, proto in built if "*" in route_hosts],
+            routes=[proto for route_hosts, protos in built if "*" in route_hosts for proto in protos],
         )
     )
     # Hosts in routes never carry a port; the Host header is matched without its port but kept intact,
@@ -62,7 +64,9 @@ def translate_routes(ir: ListenerIR, build: RouteBuilder | None = None) -> route
     )
 
 
-def translate_route(ir: RouteIR, listener_filters: tuple[str, ...]) -> route_components_v3.Route:
+def translate_route(ir: RouteIR, listener_filters: tuple[str, ...]) -> list[route_components_v3.Route]:
+    """The Envoy routes of one config route: one, unless a plugin expands it (dyeing: one per rule). They
+    all carry the config route's name."""
     route = ir.route
     proto = route_components_v3.Route(name=route.name, match=_match(route.match))
     if route.redirect is not None:
@@ -83,7 +87,12 @@ def translate_route(ir: RouteIR, listener_filters: tuple[str, ...]) -> route_com
             proto.typed_per_filter_config[filter_name].CopyFrom(pack(config))
         if settings is not None:
             plugin.patch_route(settings, proto)
-    return proto
+    protos = [proto]
+    for name in listener_filters:
+        settings = ir.plugins.get(name)
+        if settings is not None:
+            protos = [entry for each in protos for entry in PLUGINS[name].expand_route(settings, route, each)]
+    return protos
 
 
 def _string(exact: str | None = None, prefix: str | None = None, regex: str | None = None) -> string_v3.StringMatcher:

@@ -28,7 +28,7 @@ _ROUTES = 3  # VirtualHost.routes
 class _Entry:
     key: tuple[object, ...]
     hosts: tuple[str, ...]
-    wire: bytes  # the route as an element of VirtualHost.routes
+    wire: bytes  # the route's Envoy routes as elements of VirtualHost.routes
     ir: RouteIR
 
 
@@ -48,14 +48,13 @@ class RouteTable:
     def __contains__(self, name: str) -> bool:
         return name in self._entries
 
-    def put(self, ir: RouteIR, proto: route_components_v3.Route | None = None) -> None:
-        """Add or replace a route; `proto` is its translation when already at hand."""
+    def put(self, ir: RouteIR, protos: list[route_components_v3.Route] | None = None) -> None:
+        """Add or replace a route; `protos` is its translation when already at hand."""
         self.remove(ir.name)
-        proto = proto if proto is not None else translate_route(ir, self.filters)
+        protos = protos if protos else translate_route(ir, self.filters)
         key = (*precedence(ir.route), ir.name)
-        entry = _Entry(
-            key, ir.route.match.hosts, length_delimited(_ROUTES, proto.SerializeToString(deterministic=True)), ir
-        )
+        wire = b"".join(length_delimited(_ROUTES, proto.SerializeToString(deterministic=True)) for proto in protos)
+        entry = _Entry(key, ir.route.match.hosts, wire, ir)
         self._entries[ir.name] = entry
         index = bisect.bisect_left(self._order, (key, ir.name))
         self._order.insert(index, (key, ir.name))

@@ -13,7 +13,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 from google.protobuf import any_pb2
 from google.protobuf.message import Message
 
-from xgate.config.schema import Model
+from xgate.config.schema import Model, Route
 
 
 def pack(message: Message) -> any_pb2.Any:
@@ -28,7 +28,9 @@ class Plugin(ABC):
     Translation calls `http_filters` once per listener that has at least one route using the plugin, in the
     order of `FILTER_ORDER` (see plugins/__init__.py); `route_configs` and `patch_route` once per route that
     enables it; `disabled_route_configs` for a route on such a listener that switched the plugin off;
-    `clusters` for resources the plugin needs beyond the routes (e.g. the cluster of an external service).
+    `clusters` for resources the plugin needs beyond the routes (e.g. the cluster of an external service);
+    `expand_route` when one config route becomes several Envoy routes; `patch_connection_manager` for what
+    must happen before routing.
     A plugin with one filter implements the singular methods; the plural ones default to them.
     """
 
@@ -69,6 +71,19 @@ class Plugin(ABC):
     def patch_route(self, settings: Model, route: route_components_v3.Route) -> None:
         """Change the route itself where per-filter config cannot (e.g. rate limit actions); none by default."""
         del settings, route
+
+    def expand_route(
+        self, settings: Model, route: Route, proto: route_components_v3.Route
+    ) -> list[route_components_v3.Route]:
+        """The Envoy routes that serve one translated route, in match order (e.g. one per dye rule); the
+        route itself by default."""
+        del settings, route
+        return [proto]
+
+    def patch_connection_manager(self, defaults: Model | None, manager: hcm_v3.HttpConnectionManager) -> None:
+        """Change the listener's connection manager beyond its filters (given the global/listener settings);
+        nothing by default."""
+        del defaults, manager
 
     def clusters(self, defaults: Model | None) -> list[cluster_v3.Cluster]:
         """Extra clusters a listener using the plugin needs (given its global/listener settings); none by

@@ -1,0 +1,338 @@
+"""Traffic dyeing through a real Envoy and three echo upstreams that say which version answered.
+
+The same rules run natively (route matches) on one listener and in the ext_proc service on another; every
+request must get the same stage and version from both.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sys
+import textwrap
+import time
+from collections import Counter
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import jwt
+import pytest
+
+from xgate.demo.upstream import DemoUpstream, start_upstream
+from xgate.dyeing.rules import sticky_bucket
+from xgate.pipeline import revision_of
+from xgate.testing import free_port, run_gateway
+from xgate.testing.gateway import Gateway, write_atomic
+
+pytestmark = pytest.mark.integration
+
+SECRET = "a-test-secret-of-32-bytes-length"
+STAGE = "x-xgate-stage"
+
+
+@pytest.fixture
+async def versions() -> AsyncIterator[dict[str, DemoUpstream]]:
+    started = {name: await start_upstream(name) for name in ("v1", "v2", "v3")}
+    try:
+        yield started
+    finally:
+        for upstream in started.values():
+            await upstream.stop()
+
+
+@contextlib.asynccontextmanager
+async def dyeing_service(config_path: Path, port: int) -> AsyncIterator[None]:
+    """`xgate dyeing` in its own process, as deployed (in this process it would share the test's event loop
+    with the clients)."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "xgate", "dyeing", "-f", str(config_path), "--listen", f"127.0.0.1:{port}",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    assert process.stdout is not None
+    try:
+        line = await asyncio.wait_for(process.stdout.readline(), 20)
+        while line and b"dyeing ready" not in line:
+            line = await asyncio.wait_for(process.stdout.readline(), 20)
+        assert b"dyeing ready" in line, "xgate dyeing exited before it was ready"
+        drain = asyncio.create_task(process.stdout.read())  # a full pipe would stall the service
+        yield
+        drain.cancel()
+    finally:
+        if process.returncode is None:
+            process.terminate()
+        await asyncio.wait_for(process.wait(), 10)
+
+
+def upstreams_yaml(versions: dict[str, DemoUpstream], health: str = "") -> str:
+    return "\n".join(
+        f'  - {{name: {name}, endpoints: ["127.0.0.1:{upstream.port}"]{health if name == "v2" else ""}}}'
+        for name, upstream in versions.items()
+    )
+
+
+def token(**claims: object) -> str:
+    payload = {"iss": "https://issuer.test", "exp": int(time.time()) + 600, **claims}
+    return jwt.encode(payload, SECRET, algorithm="HS256")
+
+
+NATIVE_RULES = """\
+- {stage: canary, header: {name: x-canary, exact: "1"}}
+- {stage: beta, cookie: {name: release, exact: beta}}
+- {stage: canary, query: {name: canary, present: true}}
+- {stage: beta, header: {name: x-beta, regex: "ye[sp]"}}
+"""
+
+
+def two_paths_config(versions: dict[str, DemoUpstream], native: int, service: int, dyeing: int) -> str:
+    return f"""
+plugins:
+  dyeing:
+    service: "127.0.0.1:{dyeing}"
+    rules:
+{textwrap.indent(NATIVE_RULES, " " * 6)}
+listeners:
+  - {{name: native, address: 127.0.0.1, port: {native}}}
+  - name: service
+    address: 127.0.0.1
+    port: {service}
+    plugins:
+      dyeing:
+        mode: ext_proc
+        service: "127.0.0.1:{dyeing}"
+        rules:
+{textwrap.indent(NATIVE_RULES, " " * 10)}
+upstreams:
+{upstreams_yaml(versions)}
+routes:
+  - name: users
+    match: {{path: {{prefix: /users}}}}
+    upstream: v1
+    canary: [{{stage: canary, upstream: v2, fallback: false}}, {{stage: beta, upstream: v3, fallback: false}}]
+  - {{name: plain, match: {{path: {{prefix: /plain}}}}, upstream: v1, plugins: {{dyeing: false}}}}
+"""
+
+
+def stage_of(response: httpx.Response) -> tuple[int, str, str | None, str | None]:
+    """(status, version that answered, stage header it got, our baggage member it got)."""
+    if response.status_code != 200:
+        return response.status_code, "", None, None
+    body = response.json()
+    headers = body["headers"]
+    members = [m.strip() for m in headers.get("baggage", "").split(",") if m.strip().startswith("xgate-stage=")]
+    return 200, body["upstream"], headers.get(STAGE), members[-1] if members else None
+
+
+REQUESTS: list[tuple[str, dict[str, str], str, str]] = [
+    # (path, headers, expected version, expected stage)
+    ("/users", {}, "v1", "stable"),
+    ("/users", {"x-canary": "1"}, "v2", "canary"),
+    ("/users", {"x-canary": "2"}, "v1", "stable"),
+    ("/users", {"cookie": "a=1; release=beta; b=2"}, "v3", "beta"),
+    ("/users", {"cookie": "release=betamax"}, "v1", "stable"),
+    ("/users", {"cookie": "xrelease=beta"}, "v1", "stable"),
+    ("/users?canary", {}, "v2", "canary"),
+    ("/users?x=1&canary=0", {}, "v2", "canary"),
+    ("/users", {"x-beta": "yes"}, "v3", "beta"),
+    ("/users", {"x-beta": "yes!"}, "v1", "stable"),
+    ("/users", {"x-canary": "1", "cookie": "release=beta"}, "v2", "canary"),  # first rule wins
+    ("/users", {"cookie": "release=beta", "x-canary": "0"}, "v3", "beta"),
+    ("/users", {STAGE: "canary"}, "v1", "stable"),  # forged by an untrusted client: overwritten
+    ("/users", {STAGE: "beta", "x-canary": "1"}, "v2", "canary"),
+    ("/users", {"baggage": "xgate-stage=canary,other=1"}, "v1", "stable"),
+]
+
+
+async def test_native_and_ext_proc_give_the_same_stage(versions: dict[str, DemoUpstream], tmp_path: Path) -> None:
+    native, service, dyeing = free_port(), free_port(), free_port()
+    async with run_gateway(two_paths_config(versions, native, service, dyeing), tmp_path / "gw") as gateway:
+        assert gateway.config_path is not None
+        async with (
+            dyeing_service(gateway.config_path, dyeing),
+            httpx.AsyncClient(base_url=f"http://127.0.0.1:{native}") as by_route,
+            httpx.AsyncClient(base_url=f"http://127.0.0.1:{service}") as by_service,
+        ):
+            for path, headers, version, stage in REQUESTS:
+                for client in (by_route, by_service):
+                    got = stage_of(await client.get(path, headers=headers))
+                    assert got == (200, version, stage, f"xgate-stage={stage}"), (client.base_url, path, headers)
+            # The service also drops the forged baggage member; the native path can only add its own after it.
+            forged = await by_service.get("/users", headers={"baggage": "xgate-stage=canary,other=1"})
+            assert forged.json()["headers"]["baggage"] == "other=1,xgate-stage=stable"
+            # A route with dyeing off gets no stage, and a forged one is removed.
+            for client in (by_route, by_service):
+                plain = (await client.get("/plain", headers={STAGE: "canary"})).json()
+                assert (plain["upstream"], plain["headers"].get(STAGE)) == ("v1", None)
+
+            # Hostile input: a correct answer, never a 5xx.
+            for client in (by_route, by_service):
+                huge = await client.get("/users", headers={"x-canary": "1" + "a" * 65536})
+                assert huge.status_code == 431  # Envoy's header limit answers before any dyeing
+                bad_cookie = await client.get("/users", headers=[(b"cookie", b"release=\xff\xfe; x=\xc3")])
+                assert stage_of(bad_cookie) == (200, "v1", "stable", "xgate-stage=stable")
+                long_stage = await client.get("/users", headers={STAGE: "c" * 8000})
+                assert stage_of(long_stage) == (200, "v1", "stable", "xgate-stage=stable")
+
+
+async def test_service_rules_sticky_claims_and_trust(versions: dict[str, DemoUpstream], tmp_path: Path) -> None:
+    port, trusted_port, dyeing = free_port(), free_port(), free_port()
+    key = "YS10ZXN0LXNlY3JldC1vZi0zMi1ieXRlcy1sZW5ndGg"  # base64url of SECRET
+    text = f"""
+plugins:
+  jwt:
+    providers: [{{name: main, issuer: https://issuer.test, jwks: {{keys: [{{kty: oct, alg: HS256, k: "{key}"}}]}}}}]
+  dyeing:
+    service: "127.0.0.1:{dyeing}"
+    rules:
+      - {{stage: beta, claim: {{name: groups, contains: testers}}}}
+      - {{stage: internal, source: [192.0.2.0/24]}}
+      - {{stage: canary, sticky: {{percent: 20, key: {{header: x-user-id}}}}}}
+listeners:
+  - {{name: public, address: 127.0.0.1, port: {port}}}
+  - name: mesh
+    address: 127.0.0.1
+    port: {trusted_port}
+    plugins:
+      dyeing: {{service: "127.0.0.1:{dyeing}", trust: [127.0.0.0/8], rules: []}}
+upstreams:
+{upstreams_yaml(versions)}
+routes:
+  - name: users
+    upstream: v1
+    canary: [{{stage: canary, upstream: v2, fallback: false}}, {{stage: beta, upstream: v3, fallback: false}}]
+    plugins: {{jwt: {{provider: main, optional: true}}}}
+"""
+    async with run_gateway(text, tmp_path / "gw") as gateway:
+        assert gateway.config_path is not None
+        async with (
+            httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client,
+            httpx.AsyncClient(base_url=f"http://127.0.0.1:{trusted_port}") as mesh,
+        ):
+            # The service is not running: requests pass on undyed (no stage, the default entry), never fail.
+            down = await client.get("/users", headers={"x-user-id": "u1", STAGE: "canary"})
+            assert stage_of(down) == (200, "v1", None, None), (down.headers, down.text)
+            async with dyeing_service(gateway.config_path, dyeing):
+                tester = {"authorization": f"Bearer {token(sub='ada', groups=['staff', 'testers'])}"}
+                assert stage_of(await client.get("/users", headers=tester))[:3] == (200, "v3", "beta")
+                other = {"authorization": f"Bearer {token(sub='bob', groups=['staff'])}"}
+                assert stage_of(await client.get("/users", headers=other))[:3] == (200, "v1", "stable")
+                # A trusted hop keeps its stage (and its baggage); the public listener trusts nobody.
+                kept = await mesh.get("/users", headers={STAGE: "canary", "baggage": "xgate-stage=canary"})
+                assert stage_of(kept) == (200, "v2", "canary", "xgate-stage=canary")
+                assert stage_of(await mesh.get("/users"))[:3] == (200, "v1", "stable")
+
+                users = [f"user-{index}" for index in range(2000)]
+                answers = await fetch_all(client, [{"x-user-id": user} for user in users])
+                canary = {user for user, answer in zip(users, answers, strict=True) if answer[1] == "v2"}
+                assert all(answer[0] == 200 for answer in answers)
+                assert Counter(answer[2] for answer in answers).keys() <= {"stable", "canary"}, Counter(
+                    answer[2] for answer in answers
+                )
+                # Exactly the users whose bucket is under 20%, and about 20% of them.
+                assert canary == {user for user in users if sticky_bucket("canary", user) < 2000}
+                assert 17.0 <= len(canary) / len(users) * 100 <= 23.0
+                repeats = await fetch_all(client, [{"x-user-id": user} for user in users[:300] for _ in range(5)])
+                for index, user in enumerate(users[:300]):
+                    seen = {answer[1] for answer in repeats[index * 5 : index * 5 + 5]}
+                    assert seen == {"v2" if user in canary else "v1"}, user
+
+
+async def fetch_all(
+    client: httpx.AsyncClient, headers: list[dict[str, str]], path: str = "/users", concurrency: int = 32
+) -> list[tuple[int, str, str | None, str | None]]:
+    answers: list[tuple[int, str, str | None, str | None]] = [(0, "", None, None)] * len(headers)
+    queue = iter(enumerate(headers))
+
+    async def worker() -> None:
+        for index, each in queue:
+            answers[index] = stage_of(await client.get(path, headers=each))
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return answers
+
+
+def split_config(versions: dict[str, DemoUpstream], port: int, weights: tuple[int, int, int], percent: int) -> str:
+    v1, v2, v3 = weights
+    return f"""
+plugins:
+  dyeing:
+    rules: [{{stage: canary, header: {{name: x-canary, exact: "1"}}}}]
+listeners: [{{name: public, address: 127.0.0.1, port: {port}}}]
+upstreams:
+{upstreams_yaml(versions, ", health_check: {path: /healthz, interval: 200ms, timeout: 200ms, unhealthy_threshold: 1}")}
+routes:
+  - name: split
+    match: {{path: {{prefix: /split}}}}
+    split: [{{upstream: v1, weight: {v1}}}, {{upstream: v2, weight: {v2}}}, {{upstream: v3, weight: {v3}}}]
+  - name: canary
+    match: {{path: {{prefix: /canary}}}}
+    upstream: v1
+    canary: {{stage: canary, upstream: v2}}
+  - name: ramp
+    match: {{path: {{prefix: /ramp}}}}
+    split: [{{upstream: v1, weight: {100 - percent}}}, {{upstream: v2, weight: {percent}}}]
+"""
+
+
+async def test_weighted_split_changes_live_and_canary_falls_back(
+    versions: dict[str, DemoUpstream], tmp_path: Path
+) -> None:
+    port = free_port()
+    async with (
+        run_gateway(split_config(versions, port, (70, 30, 0), 0), tmp_path / "gw") as gateway,
+        httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client,
+    ):
+        answers = await fetch_all(client, [{}] * 1000, path="/split")
+        counts = Counter(answer[1] for answer in answers)
+        assert counts["v3"] == 0 and sum(counts.values()) == 1000
+        assert 65 <= counts["v1"] / 10 <= 75 and 25 <= counts["v2"] / 10 <= 35, counts
+
+        # Ramp the weights up while clients keep sending: no request fails, the last weights hold.
+        failures = await ramp_under_load(gateway, client, versions, port)
+        assert failures == 0
+        final = Counter(answer[1] for answer in await fetch_all(client, [{}] * 200, path="/ramp"))
+        assert final == {"v2": 200}
+
+        # The canary upstream goes down: dyed requests fall back to the stable upstream once health
+        # checks notice, and come back when it returns.
+        assert stage_of(await client.get("/canary", headers={"x-canary": "1"}))[1] == "v2"
+        canary_port = versions["v2"].port
+        await versions["v2"].stop()
+        await wait_until(client, "v1")
+        versions["v2"] = await start_upstream("v2", port=canary_port)
+        await wait_until(client, "v2")
+
+
+async def ramp_under_load(
+    gateway: Gateway, client: httpx.AsyncClient, versions: dict[str, DemoUpstream], port: int
+) -> int:
+    failures = 0
+    done = asyncio.Event()
+
+    async def send() -> None:
+        nonlocal failures
+        while not done.is_set():
+            response = await client.get("/ramp")
+            failures += response.status_code != 200
+
+    senders = [asyncio.create_task(send()) for _ in range(4)]
+    assert gateway.config_path is not None
+    for percent in (10, 50, 100):
+        text = split_config(versions, port, (70, 30, 0), percent)
+        write_atomic(gateway.config_path, text)
+        await gateway.wait_synced(revision_of(text))
+    done.set()
+    await asyncio.gather(*senders)
+    return failures
+
+
+async def wait_until(client: httpx.AsyncClient, version: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        response = await client.get("/canary", headers={"x-canary": "1"})
+        # Until health checks notice (interval 200 ms), a request may still meet the stopped canary.
+        assert response.status_code in (200, 503)
+        if stage_of(response)[1] == version:
+            return
+        assert time.monotonic() < deadline, f"dyed requests never reached {version}"
+        await asyncio.sleep(0.05)
