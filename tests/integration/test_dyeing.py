@@ -236,6 +236,42 @@ routes:
                     seen = {answer[1] for answer in repeats[index * 5 : index * 5 + 5]}
                     assert seen == {"v2" if user in canary else "v1"}, user
 
+                # 20% -> 40% while clients keep sending: no request fails, and nobody leaves the canary.
+                assert gateway.config_path is not None
+                sending = asyncio.create_task(
+                    fetch_all(client, [{"x-user-id": u} for u in users[:1000]], concurrency=4)
+                )
+                text = text.replace("percent: 20", "percent: 40")
+                write_atomic(gateway.config_path, text)
+                await gateway.wait_synced(revision_of(text))
+                during = await sending
+                assert all(answer[0] == 200 for answer in during)
+                newcomer = next(u for u in users if 2000 <= sticky_bucket("canary", u) < 4000)
+                await wait_for_version(client, {"x-user-id": newcomer}, "v2")  # the service has the new rules
+                after = await fetch_all(client, [{"x-user-id": user} for user in users])
+                raised = {user for user, answer in zip(users, after, strict=True) if answer[1] == "v2"}
+                assert canary < raised
+                assert raised == {user for user in users if sticky_bucket("canary", user) < 4000}
+
+
+async def wait_for_version(
+    client: httpx.AsyncClient,
+    headers: dict[str, str],
+    version: str,
+    path: str = "/users",
+    statuses: tuple[int, ...] = (200,),
+    timeout: float = 10.0,
+) -> None:
+    """Until a request with `headers` reaches `version`; every answer meanwhile has one of `statuses`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        response = await client.get(path, headers=headers)
+        assert response.status_code in statuses, response.status_code
+        if stage_of(response)[1] == version:
+            return
+        assert time.monotonic() < deadline, f"{headers} never reached {version}"
+        await asyncio.sleep(0.02)
+
 
 async def fetch_all(
     client: httpx.AsyncClient, headers: list[dict[str, str]], path: str = "/users", concurrency: int = 32
@@ -298,9 +334,10 @@ async def test_weighted_split_changes_live_and_canary_falls_back(
         assert stage_of(await client.get("/canary", headers={"x-canary": "1"}))[1] == "v2"
         canary_port = versions["v2"].port
         await versions["v2"].stop()
-        await wait_until(client, "v1")
+        # Until health checks notice (interval 200 ms), a request may still meet the stopped canary.
+        await wait_for_version(client, {"x-canary": "1"}, "v1", "/canary", statuses=(200, 503))
         versions["v2"] = await start_upstream("v2", port=canary_port)
-        await wait_until(client, "v2")
+        await wait_for_version(client, {"x-canary": "1"}, "v2", "/canary", statuses=(200, 503))
 
 
 async def ramp_under_load(
@@ -324,15 +361,3 @@ async def ramp_under_load(
     done.set()
     await asyncio.gather(*senders)
     return failures
-
-
-async def wait_until(client: httpx.AsyncClient, version: str, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        response = await client.get("/canary", headers={"x-canary": "1"})
-        # Until health checks notice (interval 200 ms), a request may still meet the stopped canary.
-        assert response.status_code in (200, 503)
-        if stage_of(response)[1] == version:
-            return
-        assert time.monotonic() < deadline, f"dyed requests never reached {version}"
-        await asyncio.sleep(0.05)

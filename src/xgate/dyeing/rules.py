@@ -122,7 +122,14 @@ def _fullmatch(pattern: str) -> Callable[[str], bool]:
     options = re2.Options()
     options.log_errors = False
     compiled = re2.compile(pattern, options)
-    return lambda value: compiled.fullmatch(value) is not None
+
+    def matches(value: str) -> bool:
+        try:
+            return compiled.fullmatch(value) is not None
+        except UnicodeEncodeError:  # a lone surrogate is no text Envoy could have sent: no match
+            return False
+
+    return matches
 
 
 def _text(value: Any) -> str | None:
