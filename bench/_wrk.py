@@ -6,8 +6,10 @@ import re
 import shutil
 import subprocess
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 _RPS = re.compile(r"Requests/sec:\s+([\d.]+)")
+_P50 = re.compile(r"50%\s+([\d.]+)(us|ms|s)")
 _P99 = re.compile(r"99%\s+([\d.]+)(us|ms|s)")
 _UNIT = {"us": 0.001, "ms": 1.0, "s": 1000.0}
 
@@ -16,15 +18,35 @@ def have_wrk() -> bool:
     return shutil.which("wrk") is not None
 
 
-def wrk(url: str, seconds: int, connections: int, threads: int, headers: Sequence[str] = ()) -> tuple[float, float]:
-    """(requests per second, p99 in ms) of one bounded wrk run."""
+@dataclass(frozen=True)
+class WrkRun:
+    """One wrk run: requests per second, median and p99 latency in ms, and whether wrk saw errors
+    (non-2xx answers or socket errors)."""
+
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    errors: bool
+    output: str
+
+
+def wrk_run(url: str, seconds: int, connections: int, threads: int, headers: Sequence[str] = ()) -> WrkRun:
+    """One bounded wrk run against `url` with extra `headers` ("name: value")."""
     argv = ["wrk", "--latency", f"-t{threads}", f"-c{connections}", f"-d{seconds}s"]
     for header in headers:
         argv += ["-H", header]
     result = subprocess.run([*argv, url], capture_output=True, text=True, timeout=seconds + 30, check=True)
-    rps, p99 = _RPS.search(result.stdout), _P99.search(result.stdout)
-    assert rps and p99, result.stdout
-    return float(rps.group(1)), float(p99.group(1)) * _UNIT[p99.group(2)]
+    rps, p50, p99 = _RPS.search(result.stdout), _P50.search(result.stdout), _P99.search(result.stdout)
+    assert rps and p50 and p99, result.stdout
+    p50_ms, p99_ms = (float(found.group(1)) * _UNIT[found.group(2)] for found in (p50, p99))
+    errors = "Non-2xx" in result.stdout or "Socket errors" in result.stdout
+    return WrkRun(float(rps.group(1)), p50_ms, p99_ms, errors, result.stdout)
+
+
+def wrk(url: str, seconds: int, connections: int, threads: int, headers: Sequence[str] = ()) -> tuple[float, float]:
+    """(requests per second, p99 in ms) of one bounded wrk run."""
+    run = wrk_run(url, seconds, connections, threads, headers)
+    return run.rps, run.p99_ms
 
 
 def best_table(results: dict[str, list[tuple[float, float]]], baseline: str) -> str:

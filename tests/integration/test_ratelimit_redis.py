@@ -97,7 +97,9 @@ async def test_redis_and_memory_backends_decide_alike(redis_server: RedisProcess
 @pytest.mark.parametrize("limit", [Limit(20, 60.0), Limit(20, 60.0, "gcra", burst=20)], ids=["token_bucket", "gcra"])
 async def test_two_instances_share_one_limit(redis_server: RedisProcess, limit: Limit) -> None:
     table = LimitTable({PER_IP: limit})
-    (one, one_port), (two, two_port) = [await serve(table, redis_url=redis_server.url) for _ in range(2)]
+    # A generous backend timeout: this test is about sharing; on a loaded machine 50 ms can pass and the
+    # service would fail open (let extra requests through), which is the failure test's business.
+    (one, one_port), (two, two_port) = [await serve(table, redis_url=redis_server.url, timeout=2.0) for _ in range(2)]
     try:
         ip = f"10.0.0.{limit.burst}"
         answers = await asyncio.gather(ask(one_port, [request(ip)] * 20), ask(two_port, [request(ip)] * 20))

@@ -15,7 +15,7 @@ runner = CliRunner()
 def test_validate_accepts_the_bundled_example() -> None:
     result = runner.invoke(app, ["validate", "-f", str(default_config())])
     assert result.exit_code == 0, result.output
-    assert result.output.startswith("valid: 1 listeners, 5 routes, 2 upstreams")
+    assert result.output.startswith("valid: 1 listeners, 6 routes, 2 upstreams")
 
 
 def test_validate_lists_every_issue_and_exits_1(tmp_path: Path) -> None:
@@ -39,7 +39,8 @@ def test_translate_prints_envoy_resources_and_ir() -> None:
     assert xds.exit_code == 0, xds.output
     data = yaml.safe_load(xds.output)
     assert sorted(data) == ["clusters", "endpoints", "listeners", "routes"]
-    assert sorted(data["clusters"]) == ["upstream/demo-v1", "upstream/demo-v2"]
+    # The example's canary falls back from demo-v2 to demo-v1 through an aggregate cluster.
+    assert sorted(data["clusters"]) == ["fallback/demo-v2/demo-v1", "upstream/demo-v1", "upstream/demo-v2"]
     ir = runner.invoke(app, ["translate", "-f", str(default_config()), "--to", "ir"])
     assert ir.exit_code == 0
     routes = yaml.safe_load(ir.output)["listeners"][0]["routes"]

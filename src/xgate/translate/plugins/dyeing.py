@@ -321,6 +321,8 @@ class DyeingPlugin(Plugin):
 
 def expand(settings: DyeingSettings, route: Route, proto: route_components_v3.Route) -> list[route_components_v3.Route]:
     """The Envoy routes of one dyed route, in match order (see the module docstring)."""
+    if not proto.HasField("route"):
+        return [proto]  # a redirect or direct response: no upstream sees a stage, no stage changes the answer
     canaries = {canary.stage: canary for canary in route.canary}
     entries: list[route_components_v3.Route] = []
     if settings.uses_service or settings.trust == "all":
@@ -353,7 +355,7 @@ def _entry(
             entry.match.query_parameters.append(condition)
         else:
             entry.match.headers.append(condition)
-    if canary is not None and entry.HasField("route"):
+    if canary is not None:
         entry.route.ClearField("weighted_clusters")
         entry.route.cluster = (
             names.fallback_cluster(canary.upstream, route.stable_upstream or canary.upstream)
