@@ -81,8 +81,8 @@ def token(**claims: object) -> str:
 NATIVE_RULES = """\
 - {stage: canary, header: {name: x-canary, exact: "1"}}
 - {stage: beta, cookie: {name: release, exact: beta}}
-- {stage: canary, query: {name: canary, present: true}}
 - {stage: beta, header: {name: x-beta, regex: "ye[sp]"}}
+- {stage: canary, query: {name: canary, present: true}}
 """
 
 
@@ -112,6 +112,10 @@ routes:
     upstream: v1
     canary: [{{stage: canary, upstream: v2, fallback: false}}, {{stage: beta, upstream: v3, fallback: false}}]
   - {{name: plain, match: {{path: {{prefix: /plain}}}}, upstream: v1, plugins: {{dyeing: false}}}}
+  - name: beta-only
+    match: {{path: {{prefix: /only}}, headers: [{{name: x-xgate-stage, exact: beta}}]}}
+    upstream: v3
+  - {{name: not-beta, match: {{path: {{prefix: /only}}}}, upstream: v2}}
 """
 
 
@@ -148,6 +152,14 @@ REQUESTS: list[tuple[str, dict[str, str], str, str]] = [
     ("/users", {STAGE: "canary"}, "v1", "stable"),  # forged by an untrusted client: overwritten
     ("/users", {STAGE: "beta", "x-canary": "1"}, "v2", "canary"),
     ("/users", {"baggage": "xgate-stage=canary,other=1"}, "v1", "stable"),
+    # A route that matches on the stage itself (natively: decided at translation, earlier rules inverted).
+    ("/only", {"cookie": "release=beta"}, "v3", "beta"),
+    ("/only", {"x-beta": "yep"}, "v3", "beta"),
+    ("/only", {"x-canary": "1", "cookie": "release=beta"}, "v2", "canary"),
+    ("/only", {"x-canary": "0", "x-beta": "yes"}, "v3", "beta"),
+    ("/only", {}, "v2", "stable"),
+    ("/only?canary", {"x-beta": "yes"}, "v3", "beta"),
+    ("/only", {STAGE: "beta"}, "v2", "stable"),
 ]
 
 

@@ -19,7 +19,7 @@ from xgate.sources.etcd.client import EtcdSettings
 from xgate.sources.etcd.layout import DEFAULT_PREFIX
 from xgate.sources.follow import follow
 from xgate.sources.revision import Revision
-from xgate.translate.plugins.dyeing import DyeingSettings, settings_key
+from xgate.translate.plugins.dyeing_settings import DyeingSettings, settings_key
 
 log = logging.getLogger("xgate.dyeing")
 

@@ -66,7 +66,11 @@ class RouteContext:
                 settings = own[name] if name in own else inherited[name]
                 if settings is None:
                     continue
-                for message in PLUGINS[name].check(settings, inherited.get(name), name not in own):
+                plugin = PLUGINS[name]
+                messages = plugin.check(settings, inherited.get(name), name not in own) + plugin.check_route(
+                    settings, route
+                )
+                for message in messages:
                     issue = self.config.issue(
                         "route", route.name, f"plugins.{name}", f"{message} (listener {listener_name})"
                     )

@@ -68,6 +68,11 @@ class Plugin(ABC):
         del settings, defaults, inherited
         return []
 
+    def check_route(self, settings: Model, route: Route) -> list[str]:
+        """Problems of the plugin's settings with this particular route (its match or action); none by default."""
+        del settings, route
+        return []
+
     def patch_route(self, settings: Model, route: route_components_v3.Route) -> None:
         """Change the route itself where per-filter config cannot (e.g. rate limit actions); none by default."""
         del settings, route

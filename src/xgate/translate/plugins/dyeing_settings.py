@@ -1,0 +1,186 @@
+"""Settings of the dyeing plugin (rules, trust, where the stage goes) and what Envoy's config and the
+ext_proc service share: the settings key, the cookie pattern, the sticky scale."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import ipaddress
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import BeforeValidator, Field, StringConstraints, field_validator, model_validator
+
+from xgate.config.schema import Model, Stage, exactly_one
+from xgate.config.types import Duration, Regex
+
+EXT_PROC_FILTER = "envoy.filters.http.ext_proc"
+DEFAULT_SERVICE = "127.0.0.1:18002"
+SOURCE_ATTRIBUTE = "source.address"
+SETTINGS_METADATA = "x-xgate-dyeing"
+_HEADER_NAME = r"^[a-z0-9!#$%&'*+.^_`|~-]+$"
+_COOKIE_NAME = r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$"
+SCALE = 10_000  # sticky buckets: percentages to 0.01
+
+
+def _lower(value: Any) -> Any:
+    return value.lower() if isinstance(value, str) else value
+
+
+LowerHeaderName = Annotated[str, BeforeValidator(_lower), StringConstraints(pattern=_HEADER_NAME)]
+
+
+class HeaderRule(Model):
+    """The request header `name` equals `exact`, fully matches `regex`, or is `present`."""
+
+    name: LowerHeaderName
+    exact: str | None = None
+    regex: Regex | None = None
+    present: Literal[True] | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> HeaderRule:
+        exactly_one(self, ("exact", "regex", "present"), f"header {self.name}")
+        return self
+
+
+class CookieRule(Model):
+    """The cookie `name` has the value `exact`, or is `present`."""
+
+    name: str = Field(pattern=_COOKIE_NAME)
+    exact: str | None = Field(default=None, pattern=r"^[^;,\s]*$")
+    present: Literal[True] | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> CookieRule:
+        exactly_one(self, ("exact", "present"), f"cookie {self.name}")
+        return self
+
+
+class QueryRule(Model):
+    """The first query parameter `name` (as sent, not decoded) equals `exact`, or is `present`."""
+
+    name: str = Field(min_length=1, pattern=r"^[^&=#\s]+$")
+    exact: str | None = Field(default=None, pattern=r"^[^&#\s]*$")
+    present: Literal[True] | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> QueryRule:
+        exactly_one(self, ("exact", "present"), f"query parameter {self.name}")
+        return self
+
+
+class ClaimRule(Model):
+    """A verified JWT claim `equals` a value, or `contains` one (a list claim holding it, or a space-separated
+    string claim such as `scope` listing it)."""
+
+    name: str = Field(min_length=1)
+    equals: str | int | bool | None = None
+    contains: str | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> ClaimRule:
+        exactly_one(self, ("equals", "contains"), f"claim {self.name}")
+        return self
+
+
+class StickyKey(Model):
+    """Who a request belongs to: a verified JWT claim, a header or a cookie."""
+
+    claim: str | None = None
+    header: LowerHeaderName | None = None
+    cookie: str | None = Field(default=None, pattern=_COOKIE_NAME)
+
+    @model_validator(mode="after")
+    def _one(self) -> StickyKey:
+        exactly_one(self, ("claim", "header", "cookie"), "key")
+        return self
+
+
+class StickyRule(Model):
+    """`percent` of the keys, always the same ones: a key's bucket is a hash of `seed` and the key, so a user
+    keeps their stage, and raising the percentage only adds users. A request without the key does not match."""
+
+    percent: float = Field(ge=0, le=100)
+    key: StickyKey
+    seed: str = ""
+
+
+class Rule(Model):
+    """One condition and the stage it gives."""
+
+    stage: Stage
+    header: HeaderRule | None = None
+    cookie: CookieRule | None = None
+    query: QueryRule | None = None
+    source: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] | None = None
+    claim: ClaimRule | None = None
+    sticky: StickyRule | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> Rule:
+        exactly_one(self, CONDITIONS, f"rule for stage {self.stage}")
+        return self
+
+    @property
+    def native(self) -> bool:
+        """Envoy can evaluate it as a route match."""
+        return self.header is not None or self.cookie is not None or self.query is not None
+
+
+CONDITIONS = ("header", "cookie", "query", "source", "claim", "sticky")
+
+
+class DyeingSettings(Model):
+    """Defaults (global or listener): the rules and where the stage goes. A route can only switch dyeing
+    off (`dyeing: false`). `mode`: auto (native when every rule allows it), native, or ext_proc.
+    `trust`: whose stage header is kept (none, all, or source ranges). `on_error`: what the ext_proc path
+    does when the service fails or is late: `pass` (undyed: the default stage's route, no stage header) or
+    `deny` (Envoy answers 500)."""
+
+    header: LowerHeaderName = "x-xgate-stage"
+    baggage: str | None = Field(default="xgate-stage", pattern=r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
+    default: Stage = "stable"
+    trust: Literal["none", "all"] | tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = "none"
+    rules: tuple[Rule, ...] = ()
+    mode: Literal["auto", "native", "ext_proc"] = "auto"
+    service: str = Field(default=DEFAULT_SERVICE, pattern=r"^[^:\s]+:\d{1,5}$")
+    timeout: Duration = 0.2
+    on_error: Literal["pass", "deny"] = "pass"
+
+    @field_validator("trust", mode="before")
+    @classmethod
+    def _ranges(cls, value: Any) -> Any:
+        return tuple(value) if isinstance(value, list) else value
+
+    @model_validator(mode="after")
+    def _native(self) -> DyeingSettings:
+        if self.mode == "native":
+            for index, rule in enumerate(self.rules):
+                if not rule.native:
+                    kind = next(name for name in CONDITIONS if getattr(rule, name) is not None)
+                    raise ValueError(f"rules.{index}: a {kind} rule needs mode ext_proc (or auto)")
+            if isinstance(self.trust, tuple):
+                raise ValueError("trust by source range needs mode ext_proc (or auto)")
+        return self
+
+    @property
+    def uses_service(self) -> bool:
+        """The rules run in the ext_proc service (else they compile to route matches)."""
+        if self.mode != "auto":
+            return self.mode == "ext_proc"
+        return isinstance(self.trust, tuple) or not all(rule.native for rule in self.rules)
+
+
+@functools.lru_cache(maxsize=256)
+def settings_key(settings: DyeingSettings) -> str:
+    """Names one version of the dyeing settings: Envoy sends it to the service with each request (gRPC
+    metadata `x-xgate-dyeing`), and the service keeps the rules of every version the config holds by it."""
+    return hashlib.sha256(settings.model_dump_json().encode()).hexdigest()[:16]
+
+
+def cookie_regex(rule: CookieRule) -> str:
+    """The RE2 pattern, matched against the whole Cookie header, of a cookie rule (shared with the service,
+    so both paths read cookies alike)."""
+    value = re.escape(rule.exact) if rule.exact is not None else "[^;]*"
+    return rf"(?:.*;\s*)?{re.escape(rule.name)}={value}(?:;.*)?"
