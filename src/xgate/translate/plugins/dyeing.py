@@ -147,4 +147,6 @@ class DyeingPlugin(Plugin):
         settings = defaults if isinstance(defaults, DyeingSettings) else _BUILT_IN
         if not settings.uses_service:
             return []
-        return [service_cluster(SERVICE_CLUSTER, settings.service, max_streams=100)]
+        # One stream per request and few per connection, so several `xgate dyeing` processes on one port
+        # (SO_REUSEPORT) share the load over Envoy's connections.
+        return [service_cluster(SERVICE_CLUSTER, settings.service, max_streams=8)]
