@@ -148,6 +148,17 @@ def serve_controlplane(config_path: str | None, etcd: EtcdSettings | None = None
 # -- in the benchmark process ---------------------------------------------------------------------------------
 
 
+def stop_process(proc: subprocess.Popen[Any]) -> None:
+    """Terminate a child this benchmark started (by its PID: Popen signals its own child), kill it after 5 s."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 class ControlPlaneChild:
     """The control plane child process (`argv`) and the events it reported, by config revision."""
 
@@ -202,13 +213,7 @@ class ControlPlaneChild:
             return dict(self._events.get(revision, {}))
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()  # by PID: Popen signals its own child
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
         self._reader.join(2)
         self._log.close()
 

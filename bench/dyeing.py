@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from _harness import stop_process
 from _wrk import have_wrk, wrk_run
 from xgate.proxy.process import EnvoyProcess
 from xgate.supervisor import die_with_parent
@@ -138,13 +139,7 @@ class DyeingService:
         return [line for line in lines if "dyeing ready" not in line]
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()  # by PID: Popen signals its own child
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
         self._log.close()
 
 
