@@ -6,6 +6,8 @@ import random
 from dataclasses import replace
 from typing import Any
 
+import pytest
+
 from xgate.config.load import parse_document
 from xgate.config.schema import Route
 from xgate.discovery import typeurls
@@ -48,7 +50,22 @@ def random_route(rng: random.Random, name: str) -> dict[str, Any]:
         route["listeners"] = [rng.choice(["edge", "admin"])]
     if rng.random() < 0.2:
         route["plugins"] = {"cors": {"allow_origins": [f"https://{name}.io"]}}
+    if rng.random() < 0.1:
+        route["plugins"] = {**route.get("plugins", {}), "dyeing": False}
     return route
+
+
+# Dyed: native rules on edge (each route becomes several Envoy routes), the ext_proc path on admin.
+DYED = BASE.replace(
+    'plugins: {cors: {allow_origins: ["*"]}}',
+    """plugins:
+  cors: {allow_origins: ["*"]}
+  dyeing:
+    rules: [{stage: canary, header: {name: x-canary, present: true}}, {stage: beta, query: {name: b, exact: "1"}}]""",
+).replace(
+    "plugins: {cors: false}}",
+    "plugins: {cors: false, dyeing: {rules: [{stage: canary, sticky: {percent: 5, key: {header: x-user}}}]}}}",
+)
 
 
 def serialized_routes(resources: Any) -> dict[str, bytes]:
@@ -56,9 +73,11 @@ def serialized_routes(resources: Any) -> dict[str, bytes]:
     return {name: resource.packed.value for name, resource in snapshot.resources[typeurls.ROUTE].items()}
 
 
-def test_random_route_changes_match_a_full_compile() -> None:
+@pytest.mark.parametrize("text", [BASE, DYED], ids=["plain", "dyed"])
+def test_random_route_changes_match_a_full_compile(text: str) -> None:
     rng = random.Random(20261127)
-    base = parse_document(BASE, "t")
+    base = parse_document(text, "t")
+    assert not base.issues
     routes: dict[str, Route] = {r.name: r for r in base.routes}
     compiled = compile_config(base, "0", lenient=True)
     incremental = IncrementalCompiler()
