@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import hashlib
 import hmac
 import json
@@ -26,9 +25,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
-from xgate.authz.config import run_authz
 from xgate.demo.upstream import DemoUpstream
-from xgate.testing import free_port, run_gateway
+from xgate.testing import free_port, run_authz_service, run_gateway
 
 pytestmark = pytest.mark.integration
 
@@ -140,20 +138,6 @@ def gateway_config(port: int, upstream: int, verify: str = "native", authz: int 
     })  # fmt: skip
 
 
-@contextlib.asynccontextmanager
-async def authz_service(config_path: Path | None, port: int) -> AsyncIterator[None]:
-    """`xgate authz` on the gateway's config file, until the block ends."""
-    stop = asyncio.Event()
-    ready: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-    task = asyncio.create_task(run_authz(config_path, listen=("127.0.0.1", port), on_ready=ready.set_result, stop=stop))
-    await asyncio.wait_for(ready, 10)
-    try:
-        yield
-    finally:
-        stop.set()
-        await task
-
-
 @pytest.fixture(params=["native", "python"])
 def verify(request: pytest.FixtureRequest) -> str:
     """Which path verifies: every test of this module runs once per path, with the same expectations."""
@@ -165,7 +149,7 @@ async def client(verify: str, upstreams: dict[str, DemoUpstream], tmp_path: Path
     port, authz = free_port(), free_port()
     async with (
         run_gateway(gateway_config(port, upstreams["v1"].port, verify, authz), tmp_path) as gateway,
-        authz_service(gateway.config_path, authz),
+        run_authz_service(gateway.config_path, authz),
         httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http,
     ):
         yield http

@@ -3,20 +3,16 @@ and allows or denies; a failing policy or a missing service denies (fail closed)
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import contextlib
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
 import jwt
 import pytest
 
-from xgate.authz.config import run_authz
 from xgate.demo.upstream import DemoUpstream
-from xgate.testing import free_port, run_gateway
+from xgate.testing import free_port, run_authz_service, run_gateway
 
 pytestmark = pytest.mark.integration
 
@@ -48,19 +44,6 @@ def token(**claims: object) -> str:
     return jwt.encode(payload, SECRET, algorithm="HS256")
 
 
-@contextlib.asynccontextmanager
-async def authz_service(config_path: Path, port: int) -> AsyncIterator[None]:
-    stop = asyncio.Event()
-    ready: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-    task = asyncio.create_task(run_authz(config_path, listen=("127.0.0.1", port), on_ready=ready.set_result, stop=stop))
-    await asyncio.wait_for(ready, 10)
-    try:
-        yield
-    finally:
-        stop.set()
-        await task
-
-
 async def test_policies_see_claims_and_fail_closed(
     upstreams: dict[str, DemoUpstream], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -76,7 +59,7 @@ async def test_policies_see_claims_and_fail_closed(
 
             # The service is not running yet: fail closed.
             assert (await client.get("/admin", headers=admin)).status_code == 403
-            async with authz_service(gateway.config_path, authz):
+            async with run_authz_service(gateway.config_path, authz):
                 allowed = await client.get("/admin", headers=admin)
                 assert allowed.status_code == 200
                 assert allowed.json()["headers"]["x-xgate-user"] == "ada"  # added by the policy from the claims

@@ -71,7 +71,7 @@ def https_cluster(name: str, host: str, port: int, ca_file: str | None) -> clust
         validation.system_root_certs.SetInParent()
     tls = tls_v3.UpstreamTlsContext(
         sni="" if _is_ip(host) else host,
-        common_tls_context=common_v3.CommonTlsContext(validation_context=validation),
+        common_tls_context=tls_v3.CommonTlsContext(validation_context=validation),
     )
     endpoint = endpoint_components_v3.LbEndpoint(
         endpoint=endpoint_components_v3.Endpoint(address=socket_address(host, port))
