@@ -19,6 +19,9 @@ from xgate.translate.plugins.base import pack
 from xgate.translate.protos import duration, socket_address
 
 HTTP_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+# Debian's (and Ubuntu's) CA bundle. Envoy's system_root_certs does not count as a trusted CA for SAN checks
+# on Linux ("SAN-based verification ... without trusted CA is insecure"), so the bundle is named.
+SYSTEM_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 
 
 def service_cluster(name: str, address: str, *, max_streams: int) -> cluster_v3.Cluster:
@@ -58,17 +61,14 @@ def _is_ip(host: str) -> bool:
 
 def https_cluster(name: str, host: str, port: int, ca_file: str | None) -> cluster_v3.Cluster:
     """TLS to `host:port` for a fetch Envoy makes itself (a remote JWKS): the server's certificate must chain to
-    `ca_file` (default: the system's roots) AND name `host` (DNS or IP SAN); SNI is `host` unless it is an IP."""
+    `ca_file` (default: the system's bundle) AND name `host` (DNS or IP SAN); SNI is `host` unless it is an IP."""
     san = common_v3.SubjectAltNameMatcher.IP_ADDRESS if _is_ip(host) else common_v3.SubjectAltNameMatcher.DNS
     validation = common_v3.CertificateValidationContext(
         match_typed_subject_alt_names=[
             common_v3.SubjectAltNameMatcher(san_type=san, matcher=string_v3.StringMatcher(exact=host))
         ]
     )
-    if ca_file is not None:
-        validation.trusted_ca.filename = ca_file
-    else:
-        validation.system_root_certs.SetInParent()
+    validation.trusted_ca.filename = ca_file or SYSTEM_CA_BUNDLE
     tls = tls_v3.UpstreamTlsContext(
         sni="" if _is_ip(host) else host,
         common_tls_context=tls_v3.CommonTlsContext(validation_context=validation),
