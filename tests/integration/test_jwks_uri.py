@@ -119,7 +119,7 @@ def config(port: int, upstream: int, authz: int, verify: str, jwks_port: int, ca
         "forward_claims": {"sub": "x-sub"},
     }  # fmt: skip
     return yaml.safe_dump({
-        "plugins": {"jwt": {"providers": [provider]}, "policy": {"service": f"127.0.0.1:{authz}"}},
+        "plugins": {"jwt": {"providers": [provider]}, "policy": {"service": f"127.0.0.1:{authz}", "timeout": "2s"}},
         "listeners": [{"name": "public", "address": "127.0.0.1", "port": port}],
         "upstreams": [{"name": "app", "endpoints": [f"127.0.0.1:{upstream}"]}],
         "routes": [{"name": "api", "upstream": "app"}],

@@ -130,8 +130,10 @@ def gateway_config(port: int, upstream: int, verify: str = "native", authz: int 
     ]  # fmt: skip
     routes.append({"name": "maybe", "match": {"path": {"prefix": "/maybe"}}, "upstream": "app",
                    "plugins": {"jwt": {"provider": "example", "optional": True}}})  # fmt: skip
+    # A generous authz timeout: the suite shares 2 cores with Envoys, and a timed-out check is a 403 without a
+    # challenge, which is not what this module tests.
     return yaml.safe_dump({
-        "plugins": {"jwt": {"providers": providers}, "policy": {"service": f"127.0.0.1:{authz}"}},
+        "plugins": {"jwt": {"providers": providers}, "policy": {"service": f"127.0.0.1:{authz}", "timeout": "2s"}},
         "listeners": [{"name": "public", "address": "127.0.0.1", "port": port}],
         "upstreams": [{"name": "app", "endpoints": [f"127.0.0.1:{upstream}"]}],
         "routes": routes,

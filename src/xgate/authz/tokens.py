@@ -8,9 +8,9 @@ provider's own key set only, signature, `exp` (required unless `require_exp: fal
 `WWW-Authenticate: Bearer realm=..., error="invalid_token", error_description=...` (RFC 6750; no error for a
 missing token) for a missing or invalid token, 403 for a valid token whose audience is not allowed.
 
-The cache holds tokens that passed every check, keyed by the provider and a SHA-256 of the whole token, until
-the earlier of `exp` + clock skew and `CACHE_TTL` after verification; it is bounded (least recently used out)
-and emptied when the provider's keys change, so a removed key stops verifying at once.
+Each provider has its own cache of tokens that passed every check, keyed by a SHA-256 of the whole token,
+trusted until the earlier of `exp` + clock skew and `CACHE_TTL` after verification; it is bounded (least
+recently used out) and emptied when the provider's keys change, so a removed key stops verifying at once.
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ class Refusal:
 
 @dataclass(slots=True)
 class TokenCache:
-    """Verified tokens: (provider, SHA-256 of the token) -> (trusted until, claims); LRU-bounded."""
+    """One provider's verified tokens: SHA-256 of the token -> (trusted until, claims); LRU-bounded."""
 
     max_entries: int = CACHE_ENTRIES
     ttl: float = CACHE_TTL
