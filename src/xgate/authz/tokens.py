@@ -15,10 +15,10 @@ recently used out) and emptied when the provider's keys change, so a removed key
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import logging
+import re
 import time
 import warnings
 from collections import OrderedDict
@@ -39,7 +39,7 @@ log = logging.getLogger("xgate.authz")
 MAX_TOKEN_BYTES = 16 * 1024  # Envoy refuses a whole header block over 60 KiB; a real token is < 4 KiB
 CACHE_ENTRIES = 10_000
 CACHE_TTL = 300.0  # seconds a verified token is trusted without verifying again, at most
-_JWT_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.")
+_JWT_RUN = re.compile(r"[A-Za-z0-9_.-]+")
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,7 +66,8 @@ class TokenCache:
     max_entries: int = CACHE_ENTRIES
     ttl: float = CACHE_TTL
     clock: Callable[[], float] = time.time
-    _entries: OrderedDict[bytes, tuple[float, dict[str, Any]]] = field(default_factory=OrderedDict)
+    # The claims are kept as JSON text: json.loads hands every request a fresh copy at a tenth of deepcopy's cost.
+    _entries: OrderedDict[bytes, tuple[float, str]] = field(default_factory=OrderedDict)
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -80,15 +81,17 @@ class TokenCache:
             del self._entries[key]
             return None
         self._entries.move_to_end(key)
-        return entry[1]
+        claims: dict[str, Any] = json.loads(entry[1])
+        return claims
 
     def put(self, token: str, claims: dict[str, Any], expires: float | None) -> None:
         """Trust `token` until `expires` (a Unix time; None: no exp) but never longer than `ttl` from now."""
         until = self.clock() + self.ttl
         if expires is not None:
             until = min(until, expires)
-        self._entries[_digest(token)] = (until, claims)
-        self._entries.move_to_end(_digest(token))
+        key = _digest(token)
+        self._entries[key] = (until, json.dumps(claims))
+        self._entries.move_to_end(key)
         while len(self._entries) > self.max_entries:
             self._entries.popitem(last=False)
 
@@ -145,13 +148,13 @@ class TokenVerifier:
         """The token's claims (a fresh copy) or why it is refused; never raises for any token."""
         cached = self.cache.get(token)
         if cached is not None:
-            return copy.deepcopy(cached)
+            return cached
         result = await self._verify(token)
         if isinstance(result, Refusal):
             return result
         exp = result.get("exp")
         self.cache.put(token, result, float(exp) + self.provider.clock_skew if isinstance(exp, int | float) else None)
-        return copy.deepcopy(result)
+        return result  # PyJWT's own fresh dict; the cache keeps its JSON text
 
     async def _verify(self, token: str) -> dict[str, Any] | Refusal:
         if len(token) > MAX_TOKEN_BYTES:
@@ -226,15 +229,8 @@ def _after_prefix(value: str, prefix: str) -> str:
         return ""
     if not prefix:
         return value
-    start = len(prefix)
-    while start < len(value) and value[start] not in _JWT_CHARS:
-        start += 1
-    if start == len(value):
-        return value
-    end = start
-    while end < len(value) and value[end] in _JWT_CHARS:
-        end += 1
-    return value[start:end]
+    found = _JWT_RUN.search(value, len(prefix))
+    return found.group() if found is not None else value
 
 
 def claim_headers(provider: Provider, claims: Mapping[str, Any]) -> tuple[dict[str, str], list[str]]:
