@@ -10,7 +10,8 @@ shows each run, the best rate with its p99, and each route's share of the bare r
 Part 2, fixed rate: the policy route at half of its best wrk rate for `--fixed-seconds`, with bench/_openloop.py
 (open loop, latency from each request's scheduled send time; see bench/README.md for why not wrk).
 All routes answer with a direct response, so the figures are Envoy's (and the authz service's) work. Every
-request carries the same valid token. The authz service runs in this process, the load generators in theirs.
+request carries the same valid token. `xgate authz` runs as a process of its own, as it is deployed, and so do
+the load generators.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import tempfile
 import time
@@ -29,7 +31,6 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import RSAAlgorithm
 
 from _wrk import best_table, have_wrk, wrk
-from xgate.authz.config import run_authz
 from xgate.testing import free_port, run_gateway
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "policies"
@@ -70,16 +71,14 @@ async def main(args: argparse.Namespace) -> int:
     if not have_wrk():
         print("wrk not found: apt-get install wrk", file=sys.stderr)
         return 2
-    sys.path.insert(0, str(EXAMPLES))
     jwks, token = setup()
     port, authz = free_port(), free_port()
-    stop = asyncio.Event()
     results: dict[str, list[tuple[float, float]]] = {"bare": [], "jwt": [], "jwt-py": [], "policy": []}
     with tempfile.TemporaryDirectory(prefix="xgate-bench-auth-") as work:
         text = config(port, authz, jwks)
         path = Path(work) / "auth.json"
         path.write_text(text)
-        service = asyncio.create_task(run_authz(path, listen=("127.0.0.1", authz), stop=stop))
+        service = await start_authz(path, authz)
         async with run_gateway(text, Path(work) / "gw"):
             headers = [f"Authorization: Bearer {token}"]
             for _ in range(args.rounds):
@@ -89,8 +88,8 @@ async def main(args: argparse.Namespace) -> int:
                     results[route].append(run)
             half = max(rps for rps, _ in results["policy"]) / 2
             fixed = await open_loop(f"http://127.0.0.1:{port}/policy", half, args.fixed_seconds, headers)
-        stop.set()
-        await service
+        service.terminate()
+        await service.wait()
     print(f"wrk -t{args.threads} -c{args.connections} -d{args.seconds}s, Envoy --concurrency 1, direct responses")
     print(best_table(results, "bare"))
     print(
@@ -99,6 +98,21 @@ async def main(args: argparse.Namespace) -> int:
         f"p99 {fixed['p99_ms']:.2f} ms, max {fixed['max_ms']:.2f} ms, failures {fixed['failures']:.0f}"
     )
     return 0
+
+
+async def start_authz(config_path: Path, port: int) -> asyncio.subprocess.Process:
+    """`xgate authz` on the config, with the example policies importable; returns once it serves."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(EXAMPLES), os.environ.get("PYTHONPATH")]))}
+    argv = [sys.executable, "-m", "xgate", "authz", "-f", str(config_path), "--listen", f"127.0.0.1:{port}"]
+    child = await asyncio.create_subprocess_exec(
+        *argv, "--log-level", "warning", env=env, stdout=asyncio.subprocess.PIPE
+    )
+    assert child.stdout is not None
+    line = await asyncio.wait_for(child.stdout.readline(), 30)
+    if b"ready" not in line:
+        child.terminate()
+        raise RuntimeError(f"xgate authz did not start: {line!r}")
+    return child
 
 
 async def open_loop(url: str, rate: float, seconds: float, headers: list[str]) -> dict[str, float]:
