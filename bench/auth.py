@@ -87,16 +87,22 @@ async def main(args: argparse.Namespace) -> int:
                     run = await asyncio.to_thread(wrk, url, args.seconds, args.connections, args.threads, headers)
                     results[route].append(run)
             half = max(rps for rps, _ in results["policy"]) / 2
-            fixed = await open_loop(f"http://127.0.0.1:{port}/policy", half, args.fixed_seconds, headers)
+            fixed = {
+                route: await open_loop(f"http://127.0.0.1:{port}/{route}", half, args.fixed_seconds, headers)
+                for route in ("policy", "bare")
+            }
         service.terminate()
         await service.wait()
     print(f"wrk -t{args.threads} -c{args.connections} -d{args.seconds}s, Envoy --concurrency 1, direct responses")
     print(best_table(results, "bare"))
-    print(
-        f"policy at half its best rate ({half:,.0f} rps, open loop, {args.fixed_seconds:g} s, 64 connections): "
-        f"achieved {fixed['achieved']:,.0f} rps, p50 {fixed['p50_ms']:.2f} ms, p90 {fixed['p90_ms']:.2f} ms, "
-        f"p99 {fixed['p99_ms']:.2f} ms, max {fixed['max_ms']:.2f} ms, failures {fixed['failures']:.0f}"
-    )
+    print(f"fixed rate {half:,.0f} rps = half the policy route's best (open loop, {args.fixed_seconds:g} s, 64 conns);")
+    print("bare at the same rate is the generator's and the machine's own floor")
+    for route, figures in fixed.items():
+        print(
+            f"{route:8} achieved {figures['achieved']:,.0f} rps  p50 {figures['p50_ms']:.2f} ms  "
+            f"p90 {figures['p90_ms']:.2f} ms  p99 {figures['p99_ms']:.2f} ms  max {figures['max_ms']:.2f} ms  "
+            f"failures {figures['failures']:.0f}"
+        )
     return 0
 
 
