@@ -347,3 +347,28 @@ async def test_key_urls_in_a_token_are_never_fetched(client: httpx.AsyncClient) 
             token = raw_token({"alg": "RS256", "kid": "evil", field: url}, own_claims(), rs256(ATTACKER_KEY))
             assert (await call(client, "/own", token)).status_code == 401, field
     assert hits == []
+
+
+async def test_a_key_removed_by_a_config_change_stops_verifying_at_once(
+    verify: str, upstreams: dict[str, DemoUpstream], tmp_path: Path
+) -> None:
+    """Both paths cache verified tokens; a config change that drops the key must not leave its tokens cached."""
+    port, authz = free_port(), free_port()
+    text = gateway_config(port, upstreams["v1"].port, verify, authz)
+    async with (
+        run_gateway(text, tmp_path) as gateway,
+        run_authz_service(gateway.config_path, authz),
+        httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client,
+    ):
+        good = own_token()
+        for _ in range(3):  # verified, then answered from the cache
+            assert (await call(client, "/own", good)).status_code == 200
+        changed = yaml.safe_load(text)
+        own = next(p for p in changed["plugins"]["jwt"]["providers"] if p["name"] == "own")
+        own["jwks"] = {"keys": [public_jwk(EC_KEY, "ec-1")]}
+        await gateway.apply(yaml.safe_dump(changed))
+        deadline = time.monotonic() + 5  # Envoy ACKed; the authz service follows the same file on its own
+        while (status := (await call(client, "/own", good)).status_code) == 200 and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert status == 401
+        assert (await call(client, "/own", own_token(key=EC_KEY, header={"kid": "ec-1"}))).status_code == 200

@@ -45,6 +45,7 @@ AUTHZ_FILTER = "envoy.filters.http.ext_authz"  # the policy plugin's filter, whi
 PROVIDER_KEY = "xgate_jwt"  # ext_authz context extension: the provider the authz service verifies with
 OPTIONAL_KEY = "xgate_jwt_optional"  # ext_authz context extension: "true" lets a request without a token pass
 ROUTE_KEY = "xgate_route"
+JWT_CACHE_SIZE = 10_000  # verified tokens Envoy keeps per provider, as many as the Python path
 JWKS_CLUSTER = "xgate-jwks/"  # + provider name: the cluster Envoy fetches a provider's jwks_uri through
 _KEY_TYPES = {"RSA", "EC", "OKP", "oct"}
 
@@ -260,11 +261,17 @@ def _provider(provider: Provider) -> jwt_v3.JwtProvider:
         clock_skew_seconds=int(provider.clock_skew),
         payload_in_metadata=PAYLOAD_METADATA,
     )
+    # Envoy's verified-token cache (per provider, LRU, honours exp; tokens over 4 KiB are not cached) saves the
+    # signature check on repeated tokens: jwt_authn's largest cost. Only for keys that come with the config:
+    # a key change is a new filter config and an empty cache. Envoy does not empty it when a remote JWKS
+    # changes, so with jwks_uri a token of a rotated-out key would keep passing: no cache there.
     if provider.jwks is not None:
         jwks = stamped_jwks(provider.jwks, provider.algorithms)
         proto.local_jwks.CopyFrom(base_v3.DataSource(inline_string=json.dumps(jwks, sort_keys=True)))
+        proto.jwt_cache_config.jwt_cache_size = JWT_CACHE_SIZE
     elif provider.jwks_file is not None:
         proto.local_jwks.CopyFrom(base_v3.DataSource(filename=provider.jwks_file))
+        proto.jwt_cache_config.jwt_cache_size = JWT_CACHE_SIZE
     else:
         assert provider.jwks_uri is not None
         proto.remote_jwks.CopyFrom(_remote(provider, provider.jwks_uri))
