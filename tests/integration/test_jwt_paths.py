@@ -372,3 +372,10 @@ async def test_a_key_removed_by_a_config_change_stops_verifying_at_once(
             await asyncio.sleep(0.05)
         assert status == 401
         assert (await call(client, "/own", own_token(key=EC_KEY, header={"kid": "ec-1"}))).status_code == 200
+
+
+async def test_cors_preflight_passes_without_a_token(client: httpx.AsyncClient) -> None:
+    """jwt_authn's bypass_cors_preflight, and the Python path does the same: a browser's preflight has no token."""
+    preflight = {"origin": "https://app.test", "access-control-request-method": "POST"}
+    assert (await client.options("/own", headers=preflight)).status_code == 200
+    assert (await client.options("/own", headers={"origin": "https://app.test"})).status_code == 401

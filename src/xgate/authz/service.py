@@ -152,7 +152,7 @@ class AuthorizationService(auth_grpc.AuthorizationServicer):  # type: ignore[mis
             return response(self.closed_answer)
         found = verifier.find(headers, http.path)
         if found is None:
-            if optional:
+            if optional or _cors_preflight(http.method, headers):  # jwt_authn's bypass_cors_preflight, as native
                 _, removed = claim_headers(verifier.provider, {})
                 return {}, {}, removed
             result: dict[str, Any] | Refusal = Refusal(401, "Jwt is missing", missing=True)
@@ -174,6 +174,10 @@ class AuthorizationService(auth_grpc.AuthorizationServicer):  # type: ignore[mis
         if counts is None:
             counts = self._counts[name] = Counter()
         counts[outcome] += 1
+
+
+def _cors_preflight(method: str, headers: Mapping[str, str]) -> bool:
+    return method == "OPTIONS" and "origin" in headers and "access-control-request-method" in headers
 
 
 def request_headers(http: attribute_v3.AttributeContext.HttpRequest) -> Mapping[str, str]:
