@@ -62,8 +62,13 @@ class KeySet:
         self.kids = frozenset(key.kid for key in keys if key.kid is not None)
 
     def candidates(self, kid: str | None, algorithm: str) -> list[jwt.PyJWK]:
-        """A token naming a kid is tried with that kid's keys only; one without with every key of its alg."""
-        return [key.key for key in self.keys if key.algorithm == algorithm and (kid is None or key.kid == kid)]
+        """The keys of the token's alg; a token naming a kid skips keys with another kid (keys without a kid
+        are still tried, as Envoy's jwt_verify_lib does)."""
+        return [
+            key.key
+            for key in self.keys
+            if key.algorithm == algorithm and (kid is None or key.kid is None or key.kid == kid)
+        ]
 
 
 class StaticKeys:

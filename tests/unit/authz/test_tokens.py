@@ -165,3 +165,12 @@ def test_claim_headers_forward_plain_values_and_remove_the_rest() -> None:
 async def test_garbage_is_a_401_never_an_exception(garbage: str) -> None:
     refused = await verifier().verify(garbage)
     assert isinstance(refused, Refusal) and refused.status == 401
+
+
+async def test_kid_matching_as_envoy_does() -> None:
+    rsa_jwk = json.loads(RSAAlgorithm.to_jwk(RSA_KEY.public_key()))  # no kid
+    check = TokenVerifier(Provider.model_validate({"name": "p", "verify": "python", "jwks": {"keys": [rsa_jwk]}}))
+    assert isinstance(await check.verify(token(kid="anything")), dict)  # a key without kid is tried for any kid
+    named = verifier()
+    refused = await named.verify(token(kid="ec"))  # the kid names the EC key: the RSA key is not tried
+    assert isinstance(refused, Refusal) and refused.status == 401
