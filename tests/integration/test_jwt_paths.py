@@ -247,6 +247,15 @@ async def test_optional_route_lets_a_missing_token_through_but_not_a_bad_one(cli
     assert (await call(client, "/example", None)).status_code == 401
 
 
+async def test_a_client_cannot_supply_forwarded_claim_headers(client: httpx.AsyncClient) -> None:
+    """x-user is forward_claims' header for sub: the client's own value never reaches the upstream."""
+    anonymous = await client.get("/maybe", headers={"x-user": "admin"})
+    assert anonymous.status_code == 200 and "x-user" not in anonymous.json()["headers"]
+    good = ENVOY["tokens"]["GoodToken"]["token"]
+    spoofed = await client.get("/example", headers={"x-user": "admin", "authorization": f"Bearer {good}"})
+    assert spoofed.json()["headers"]["x-user"] == "test@example.com"
+
+
 async def test_the_route_is_verified_by_the_configured_path(client: httpx.AsyncClient, verify: str) -> None:
     """The python path names the failure in error_description (RFC 6750); Envoy does not: proof of who answered."""
     challenge = (await call(client, "/own", "not-a-jwt")).headers["www-authenticate"]
