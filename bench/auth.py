@@ -1,12 +1,17 @@
-"""What authentication costs through a real Envoy, in one run, measured with wrk (Debian package) on loopback:
-a bare route, a route behind Envoy's own jwt_authn (native, RS256), and a route that also runs a Python
-policy in `xgate authz` (ext_authz over gRPC).
+"""What authentication costs through a real Envoy, in one run, on loopback: a bare route, a route behind Envoy's
+own jwt_authn (native, RS256), the same provider verified in Python by `xgate authz` (ext_authz over gRPC,
+verified-token cache), and a route with native jwt plus a Python policy in `xgate authz`.
 
-    .venv/bin/python bench/auth.py [--seconds 5] [--connections 32] [--threads 1] [--rounds 2]
+    flock /tmp/xgate-bench.lock .venv/bin/python bench/auth.py [--seconds 5] [--connections 32] [--threads 1]
+        [--rounds 2] [--fixed-seconds 10]
 
-All routes answer with a direct response, so the figures are Envoy's (and the policy service's) work. Routes
-are measured alternately, `--rounds` times each, on one Envoy; the table shows each run and each route's
-share of the bare route's best rate. Every request carries the same valid token.
+Part 1, wrk (Debian package, closed loop): the routes measured alternately, `--rounds` times each; the table
+shows each run, the best rate with its p99, and each route's share of the bare route's best rate.
+Part 2, fixed rate: the policy route at half of its best wrk rate for `--fixed-seconds`, with bench/_openloop.py
+(open loop, latency from each request's scheduled send time; see bench/README.md for why not wrk).
+All routes answer with a direct response, so the figures are Envoy's (and the authz service's) work. Every
+request carries the same valid token. `xgate authz` runs as a process of its own, as it is deployed, and so do
+the load generators.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import tempfile
 import time
@@ -25,7 +31,6 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import RSAAlgorithm
 
 from _wrk import best_table, have_wrk, wrk
-from xgate.authz.config import run_authz
 from xgate.testing import free_port, run_gateway
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "policies"
@@ -43,16 +48,21 @@ def setup() -> tuple[dict[str, Any], str]:
 def config(port: int, authz: int, jwks: dict[str, Any]) -> str:
     return json.dumps({
         "plugins": {
-            "jwt": {"providers": [{"name": "main", "issuer": "https://bench.test", "jwks": jwks}]},
+            "jwt": {"providers": [{"name": "main", "issuer": "https://bench.test", "jwks": jwks},
+                                  {"name": "py", "verify": "python", "issuer": "https://bench.test", "jwks": jwks}]},
             "policy": {"policies": {"admins": "xgate_example_policies:allow_admins"}, "service": f"127.0.0.1:{authz}"},
         },
         "listeners": [{"name": "public", "address": "127.0.0.1", "port": port}],
         "routes": [
             {"name": "bare", "match": {"path": {"exact": "/bare"}}, "direct_response": {"status": 200, "body": "ok"},
              "plugins": {"jwt": False}},
-            {"name": "jwt", "match": {"path": {"exact": "/jwt"}}, "direct_response": {"status": 200, "body": "ok"}},
+            {"name": "jwt", "match": {"path": {"exact": "/jwt"}}, "direct_response": {"status": 200, "body": "ok"},
+             "plugins": {"jwt": {"provider": "main"}}},
+            {"name": "jwt-py", "match": {"path": {"exact": "/jwt-py"}},
+             "direct_response": {"status": 200, "body": "ok"}, "plugins": {"jwt": {"provider": "py"}}},
             {"name": "policy", "match": {"path": {"exact": "/policy"}},
-             "direct_response": {"status": 200, "body": "ok"}, "plugins": {"policy": {"name": "admins"}}},
+             "direct_response": {"status": 200, "body": "ok"},
+             "plugins": {"jwt": {"provider": "main"}, "policy": {"name": "admins"}}},
         ],
     })  # fmt: skip
 
@@ -61,16 +71,14 @@ async def main(args: argparse.Namespace) -> int:
     if not have_wrk():
         print("wrk not found: apt-get install wrk", file=sys.stderr)
         return 2
-    sys.path.insert(0, str(EXAMPLES))
     jwks, token = setup()
     port, authz = free_port(), free_port()
-    stop = asyncio.Event()
-    results: dict[str, list[tuple[float, float]]] = {"bare": [], "jwt": [], "policy": []}
+    results: dict[str, list[tuple[float, float]]] = {"bare": [], "jwt": [], "jwt-py": [], "policy": []}
     with tempfile.TemporaryDirectory(prefix="xgate-bench-auth-") as work:
         text = config(port, authz, jwks)
         path = Path(work) / "auth.json"
         path.write_text(text)
-        service = asyncio.create_task(run_authz(path, listen=("127.0.0.1", authz), stop=stop))
+        service = await start_authz(path, authz)
         async with run_gateway(text, Path(work) / "gw"):
             headers = [f"Authorization: Bearer {token}"]
             for _ in range(args.rounds):
@@ -78,11 +86,51 @@ async def main(args: argparse.Namespace) -> int:
                     url = f"http://127.0.0.1:{port}/{route}"
                     run = await asyncio.to_thread(wrk, url, args.seconds, args.connections, args.threads, headers)
                     results[route].append(run)
-        stop.set()
-        await service
+            half = max(rps for rps, _ in results["policy"]) / 2
+            fixed = {
+                route: await open_loop(f"http://127.0.0.1:{port}/{route}", half, args.fixed_seconds, headers)
+                for route in ("policy", "bare")
+            }
+        service.terminate()
+        await service.wait()
     print(f"wrk -t{args.threads} -c{args.connections} -d{args.seconds}s, Envoy --concurrency 1, direct responses")
     print(best_table(results, "bare"))
+    print(f"fixed rate {half:,.0f} rps = half the policy route's best (open loop, {args.fixed_seconds:g} s, 64 conns);")
+    print("bare at the same rate is the generator's and the machine's own floor")
+    for route, figures in fixed.items():
+        print(
+            f"{route:8} achieved {figures['achieved']:,.0f} rps  p50 {figures['p50_ms']:.2f} ms  "
+            f"p90 {figures['p90_ms']:.2f} ms  p99 {figures['p99_ms']:.2f} ms  max {figures['max_ms']:.2f} ms  "
+            f"failures {figures['failures']:.0f}"
+        )
     return 0
+
+
+async def start_authz(config_path: Path, port: int) -> asyncio.subprocess.Process:
+    """`xgate authz` on the config, with the example policies importable; returns once it serves."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(EXAMPLES), os.environ.get("PYTHONPATH")]))}
+    argv = [sys.executable, "-m", "xgate", "authz", "-f", str(config_path), "--listen", f"127.0.0.1:{port}"]
+    child = await asyncio.create_subprocess_exec(
+        *argv, "--log-level", "warning", env=env, stdout=asyncio.subprocess.PIPE
+    )
+    assert child.stdout is not None
+    line = await asyncio.wait_for(child.stdout.readline(), 30)
+    if b"ready" not in line:
+        child.terminate()
+        raise RuntimeError(f"xgate authz did not start: {line!r}")
+    return child
+
+
+async def open_loop(url: str, rate: float, seconds: float, headers: list[str]) -> dict[str, float]:
+    """bench/_openloop.py in a child process (its own core time, not this event loop's, which serves authz)."""
+    argv = [sys.executable, str(Path(__file__).with_name("_openloop.py")), url, "--rate", f"{rate:.0f}"]
+    argv += ["--seconds", str(seconds), "--json", *(item for header in headers for item in ("-H", header))]
+    child = await asyncio.create_subprocess_exec(*argv, stdout=asyncio.subprocess.PIPE)
+    out, _ = await asyncio.wait_for(child.communicate(), seconds + 60)
+    if child.returncode != 0:
+        raise RuntimeError(f"_openloop.py exited with {child.returncode}")
+    result: dict[str, float] = json.loads(out)
+    return result
 
 
 if __name__ == "__main__":
@@ -91,4 +139,5 @@ if __name__ == "__main__":
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--fixed-seconds", type=float, default=10.0)
     sys.exit(asyncio.run(main(parser.parse_args())))

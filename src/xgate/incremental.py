@@ -53,7 +53,7 @@ class IncrementalCompiler:
             protos = _route_protos(resources.routes.get(names.route_config(listener.name)))
             for route in listener.routes:
                 table.put(route, protos.get(route.name))
-            plugin_use[listener.name] = Counter(name for route in listener.routes for name in route.plugins)
+            plugin_use[listener.name] = Counter(name for route in listener.routes for name in route.filters)
         route_issues: dict[str, list[ConfigIssue]] = {}
         other: list[ConfigIssue] = []
         for issue in ir.issues:
@@ -96,7 +96,7 @@ class IncrementalCompiler:
         for name, served, own, problems in checked:
             for listener, table in base.tables.items():
                 if (old := table.get(name)) is not None:
-                    base.plugin_use[listener].subtract(list(old.plugins))
+                    base.plugin_use[listener].subtract(list(old.filters))
                     table.remove(name)
                     touched.add(listener)
             base.route_issues.pop(name, None)
@@ -108,11 +108,11 @@ class IncrementalCompiler:
             base.served[name] = served
             for listener, route_ir in base.context.attach(served, own).items():
                 table = base.tables[listener]
-                if not set(route_ir.plugins) <= set(table.filters):
+                if not route_ir.filters <= set(table.filters):
                     self.clear()
                     return None  # the listener needs another filter: a full compile changes the listener
                 table.put(route_ir)
-                base.plugin_use[listener].update(list(route_ir.plugins))
+                base.plugin_use[listener].update(list(route_ir.filters))
                 touched.add(listener)
         for listener in touched:
             use = base.plugin_use[listener]

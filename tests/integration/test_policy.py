@@ -3,20 +3,16 @@ and allows or denies; a failing policy or a missing service denies (fail closed)
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import contextlib
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
 import jwt
 import pytest
 
-from xgate.authz.config import run_authz
 from xgate.demo.upstream import DemoUpstream
-from xgate.testing import free_port, run_gateway
+from xgate.testing import free_port, run_authz_service, run_gateway
 
 pytestmark = pytest.mark.integration
 
@@ -31,34 +27,28 @@ plugins:
   jwt:
     providers:
       - {{name: main, issuer: https://issuer.test, jwks: {{keys: [{{kty: oct, alg: HS256, k: "{key}"}}]}}}}
+      - {{name: py, verify: python, issuer: https://issuer.test, jwks: {{keys: [{{kty: oct, k: "{key}"}}]}},
+          algorithms: [HS256], required_claims: [sub], forward_claims: {{sub: x-sub}}}}
   policy:
     policies: {{admins: "xgate_example_policies:allow_admins", broken: "broken_policies:boom"}}
     service: "127.0.0.1:{authz}"
 listeners: [{{name: public, address: 127.0.0.1, port: {port}}}]
 upstreams: [{{name: app, endpoints: ["127.0.0.1:{upstream}"]}}]
 routes:
-  - {{name: admin, match: {{path: {{prefix: /admin}}}}, upstream: app, plugins: {{policy: {{name: admins}}}}}}
-  - {{name: broken, match: {{path: {{prefix: /broken}}}}, upstream: app, plugins: {{policy: {{name: broken}}}}}}
-  - {{name: signed-in, upstream: app}}
+  - {{name: admin, match: {{path: {{prefix: /admin}}}}, upstream: app,
+      plugins: {{jwt: {{provider: main}}, policy: {{name: admins}}}}}}
+  - {{name: broken, match: {{path: {{prefix: /broken}}}}, upstream: app,
+      plugins: {{jwt: {{provider: main}}, policy: {{name: broken}}}}}}
+  - {{name: py-admin, match: {{path: {{prefix: /py-admin}}}}, upstream: app,
+      plugins: {{jwt: {{provider: py}}, policy: {{name: admins}}}}}}
+  - {{name: py, match: {{path: {{prefix: /py}}}}, upstream: app, plugins: {{jwt: {{provider: py}}}}}}
+  - {{name: signed-in, upstream: app, plugins: {{jwt: {{provider: main}}}}}}
 """
 
 
 def token(**claims: object) -> str:
     payload = {"iss": "https://issuer.test", "exp": int(time.time()) + 600, **claims}
     return jwt.encode(payload, SECRET, algorithm="HS256")
-
-
-@contextlib.asynccontextmanager
-async def authz_service(config_path: Path, port: int) -> AsyncIterator[None]:
-    stop = asyncio.Event()
-    ready: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-    task = asyncio.create_task(run_authz(config_path, listen=("127.0.0.1", port), on_ready=ready.set_result, stop=stop))
-    await asyncio.wait_for(ready, 10)
-    try:
-        yield
-    finally:
-        stop.set()
-        await task
 
 
 async def test_policies_see_claims_and_fail_closed(
@@ -76,7 +66,7 @@ async def test_policies_see_claims_and_fail_closed(
 
             # The service is not running yet: fail closed.
             assert (await client.get("/admin", headers=admin)).status_code == 403
-            async with authz_service(gateway.config_path, authz):
+            async with run_authz_service(gateway.config_path, authz):
                 allowed = await client.get("/admin", headers=admin)
                 assert allowed.status_code == 200
                 assert allowed.json()["headers"]["x-xgate-user"] == "ada"  # added by the policy from the claims
@@ -87,3 +77,30 @@ async def test_policies_see_claims_and_fail_closed(
                 assert (await client.get("/admin")).status_code == 401  # no token: jwt answers, no policy runs
                 assert (await client.get("/broken", headers=admin)).status_code == 403  # a raising policy denies
                 assert (await client.get("/anything", headers=user)).status_code == 200  # jwt only
+
+
+async def test_tokens_verified_in_python_reach_the_policy_in_one_call(
+    upstreams: dict[str, DemoUpstream], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.syspath_prepend(str(EXAMPLES))
+    port, authz = free_port(), free_port()
+    async with run_gateway(config(port, upstreams["v1"].port, authz), tmp_path / "gw") as gateway:
+        assert gateway.config_path is not None
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+            admin = {"authorization": f"Bearer {token(sub='ada', roles=['admin'])}"}
+            user = {"authorization": f"Bearer {token(sub='bob', roles=['user'])}"}
+            assert (await client.get("/py", headers=user)).status_code == 403  # no service: fail closed
+            async with run_authz_service(gateway.config_path, authz):
+                allowed = await client.get("/py-admin", headers={**admin, "x-sub": "mallory"})
+                assert allowed.status_code == 200, allowed.text
+                seen = allowed.json()["headers"]
+                assert (seen["x-xgate-user"], seen["x-sub"]) == ("ada", "ada")  # policy header, claim header
+                assert "authorization" not in seen
+                denied = await client.get("/py-admin", headers=user)
+                assert (denied.status_code, denied.text) == (403, "admins only")
+                missing = await client.get("/py-admin")
+                assert (missing.status_code, missing.text) == (401, "Jwt is missing")  # before any policy runs
+                no_sub = {"authorization": f"Bearer {token(roles=['admin'])}"}
+                assert (await client.get("/py-admin", headers=no_sub)).status_code == 401  # required_claims
+                plain = await client.get("/py", headers=user)
+                assert (plain.status_code, plain.json()["headers"]["x-sub"]) == (200, "bob")

@@ -1,5 +1,5 @@
-"""The authz service's side of the one config: the policies named in the `policy` plugin's defaults, loaded
-(and reloaded) from the same config source the control plane follows."""
+"""The authz service's side of the one config: the policies named in the `policy` plugin's defaults and the jwt
+providers that verify in Python, loaded (and reloaded) from the same config source the control plane follows."""
 
 from __future__ import annotations
 
@@ -10,12 +10,14 @@ from pathlib import Path
 
 from xgate.authz.policy import PolicyRegistry
 from xgate.authz.service import serve
+from xgate.authz.tokens import JwtProviders
 from xgate.config.load import ConfigSet
 from xgate.controlplane import merge_inputs
 from xgate.sources.etcd.client import EtcdSettings
 from xgate.sources.etcd.layout import DEFAULT_PREFIX
 from xgate.sources.follow import follow
 from xgate.sources.revision import Revision
+from xgate.translate.plugins.jwt import JwtSettings, Provider
 from xgate.translate.plugins.policy import PolicySettings
 
 log = logging.getLogger("xgate.authz")
@@ -33,12 +35,36 @@ def policy_paths(config: ConfigSet) -> dict[str, str]:
         return {}
 
 
-class PolicyFeed:
-    """Merges what the sources say and reloads the registry; a policy that fails to load keeps its last good
-    version (the registry's rule) and is logged."""
+def python_providers(config: ConfigSet) -> dict[str, Provider]:
+    """The `verify: python` jwt providers of the global and listener defaults, by name. Invalid defaults are
+    skipped (the control plane reports them and routes cannot use them); a name defined twice differently
+    keeps its first definition, global before listeners, and is logged."""
+    found: dict[str, Provider] = {}
+    places = [("plugins", config.plugins.get("jwt"))]
+    places += [(f"listener {listener.name}", listener.plugins.get("jwt")) for listener in config.listeners]
+    for where, raw in places:
+        if not isinstance(raw, dict):
+            continue
+        try:
+            settings = JwtSettings.model_validate(raw)
+        except ValueError as exc:
+            log.error("jwt defaults of %s are invalid; not loaded: %s", where, exc)
+            continue
+        for provider in settings.providers:
+            if provider.verify != "python":
+                continue
+            if (known := found.setdefault(provider.name, provider)) != provider:
+                log.error("jwt provider %s of %s differs from the one defined before; keeping that", known.name, where)
+    return found
 
-    def __init__(self, registry: PolicyRegistry) -> None:
+
+class PolicyFeed:
+    """Merges what the sources say and reloads the registry and the jwt providers; a policy that fails to load
+    keeps its last good version (the registry's rule) and is logged."""
+
+    def __init__(self, registry: PolicyRegistry, providers: JwtProviders | None = None) -> None:
         self.registry = registry
+        self.providers = providers or JwtProviders()
         self._inputs: dict[str, Revision] = {}
 
     async def on_revision(self, revision: Revision, source: str = "file") -> None:
@@ -50,6 +76,8 @@ class PolicyFeed:
         failures = await asyncio.to_thread(self.registry.load, paths)  # imports run user code: off the loop
         for name, error in failures.items():
             log.error("policy %s not (re)loaded: %s", name, error)
+        providers = await asyncio.to_thread(python_providers, config)  # validation reads jwks files
+        await self.providers.load(providers)
         log.info("policies of revision %s: %s", revision.revision, ", ".join(sorted(paths)) or "none")
 
 
@@ -64,11 +92,15 @@ async def run_authz(
     on_ready: Callable[[int], None] | None = None,
     stop: asyncio.Event | None = None,
 ) -> None:
-    """Serve envoy.service.auth.v3 with the config's policies, following its changes, until `stop`."""
+    """Serve envoy.service.auth.v3 with the config's policies and Python-verified jwt providers, following its
+    changes, until `stop`."""
     stop = stop or asyncio.Event()
     registry = PolicyRegistry()
-    server, port = await serve(registry, host=listen[0], port=listen[1], timeout=timeout, fail_open=fail_open)
-    feed = PolicyFeed(registry)
+    providers = JwtProviders()
+    server, port = await serve(
+        registry, host=listen[0], port=listen[1], timeout=timeout, fail_open=fail_open, providers=providers
+    )
+    feed = PolicyFeed(registry, providers)
     try:
         started = (lambda: on_ready(port)) if on_ready is not None else None
         await follow(config_path, etcd, prefix, feed.on_revision, stop, started=started)

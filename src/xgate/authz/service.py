@@ -1,10 +1,13 @@
-"""envoy.service.auth.v3 Authorization on grpc.aio: CheckRequest -> the route's Python policy -> CheckResponse.
+"""envoy.service.auth.v3 Authorization on grpc.aio: CheckRequest -> JWT check and/or the route's Python policy.
 
-Envoy's ext_authz filter calls Check for routes with a Python policy. The route's per-route ext_authz config
-carries `context_extensions` {"xgate_policy": policy name, "xgate_route": route name}; the verified JWT payload
-arrives in `metadata_context` when the filter lists jwt_authn's namespace in `metadata_context_namespaces`.
-Every call gets a CheckResponse: an unknown policy and any internal error deny (fail closed); a failing policy
-gets the runner's failure answer. Nothing raises to gRPC.
+Envoy's ext_authz filter calls Check for routes with a Python policy or a jwt provider verified in Python. The
+route's per-route ext_authz config carries `context_extensions`: "xgate_policy" (policy name), "xgate_jwt"
+(provider name; "xgate_jwt_optional": "true" lets a request without a token pass), "xgate_route" (route name).
+A token verified here is answered like jwt_authn would (401/403, see tokens.py) before any policy runs; its
+claims go to the policy and `forward_claims` headers to the upstream. Without "xgate_jwt" the verified payload
+comes from jwt_authn in `metadata_context` (the filter lists jwt_authn's namespace in
+`metadata_context_namespaces`). Every call gets a CheckResponse: an unknown policy or provider and any internal
+error deny (fail closed); a failing policy gets the runner's failure answer. Nothing raises to gRPC.
 """
 
 from __future__ import annotations
@@ -27,11 +30,14 @@ from google.rpc import code_pb2, status_pb2  # type: ignore[import-untyped]  # n
 
 from xgate.authz.policy import Allow, Decision, Deny, PolicyRegistry, Request
 from xgate.authz.runner import OUTCOMES, Outcome, PolicyRunner
+from xgate.authz.tokens import JwtProviders, Refusal, claim_headers
 
 log = logging.getLogger("xgate.authz")
 
 POLICY_KEY = "xgate_policy"  # context_extensions key: the policy's name in the registry
 ROUTE_KEY = "xgate_route"  # context_extensions key: the xgate route's name, for logs and the policy
+PROVIDER_KEY = "xgate_jwt"  # context_extensions key: the jwt provider that verifies the token here
+OPTIONAL_KEY = "xgate_jwt_optional"  # context_extensions key: "true" when a missing token is allowed
 JWT_FILTER = "envoy.filters.http.jwt_authn"  # metadata namespace of Envoy's jwt_authn filter
 JWT_PAYLOAD_KEY = "jwt_payload"  # jwt_authn's payload_in_metadata, as the jwt plugin sets it
 NO_POLICY = "(none)"  # metrics name for calls without an xgate_policy extension
@@ -58,8 +64,10 @@ class AuthorizationService(auth_grpc.AuthorizationServicer):  # type: ignore[mis
         failure_status: int = 403,
         fail_open: bool = False,
         threads: int | None = None,
+        providers: JwtProviders | None = None,
     ) -> None:
         self.registry = registry
+        self.providers = providers or JwtProviders()
         self.closed_answer = Deny(failure_status)
         failure: Decision = Allow() if fail_open else self.closed_answer
         self.runner = PolicyRunner(timeout=timeout, failure=failure, threads=threads)
@@ -86,6 +94,19 @@ class AuthorizationService(auth_grpc.AuthorizationServicer):  # type: ignore[mis
         extensions = attributes.context_extensions
         name = extensions.get(POLICY_KEY, "")
         route = extensions.get(ROUTE_KEY, "")
+        http = attributes.request.http
+        headers = request_headers(http)
+        forwarded: Mapping[str, str] = {}
+        removed: list[str] = []
+        if provider_name := extensions.get(PROVIDER_KEY, ""):
+            outcome = await self._verify(provider_name, route, extensions.get(OPTIONAL_KEY) == "true", http, headers)
+            if isinstance(outcome, auth_v3.CheckResponse):
+                return outcome
+            claims, forwarded, removed = outcome
+            if not name:
+                return response(Allow(), forwarded, removed)
+        else:
+            claims = jwt_claims(attributes.metadata_context)
         policy = self.registry.get(name)
         if policy is None:
             self._count(name or NO_POLICY, "errors")
@@ -98,26 +119,65 @@ class AuthorizationService(auth_grpc.AuthorizationServicer):  # type: ignore[mis
                 else f"no {POLICY_KEY} in the route's ext_authz context_extensions",
             )  # fmt: skip
             return response(self.closed_answer)
-        http = attributes.request.http
         verdict = await self.runner.run(
             policy,
             Request(
                 method=http.method,
                 path=http.path,
-                headers=request_headers(http),
+                headers=headers,
                 source=attributes.source.address.socket_address.address,
                 route=route,
             ),
-            jwt_claims(attributes.metadata_context),
+            claims,
         )
         self._count(name, verdict.outcome)
+        if isinstance(verdict.decision, Allow):
+            return response(verdict.decision, forwarded, removed)
         return response(verdict.decision)
+
+    async def _verify(
+        self,
+        provider_name: str,
+        route: str,
+        optional: bool,
+        http: attribute_v3.AttributeContext.HttpRequest,
+        headers: Mapping[str, str],
+    ) -> tuple[dict[str, Any], Mapping[str, str], list[str]] | auth_v3.CheckResponse:
+        """(claims, claim headers to set, headers to remove) of a good token, or the answer refusing it."""
+        verifier = self.providers.get(provider_name)
+        counted = f"jwt:{provider_name}"
+        if verifier is None:
+            log.error("route %s: jwt provider %r is not loaded; denying", route or "(unnamed)", provider_name)
+            self._count(counted, "errors")
+            return response(self.closed_answer)
+        found = verifier.find(headers, http.path)
+        if found is None:
+            if optional or _cors_preflight(http.method, headers):  # jwt_authn's bypass_cors_preflight, as native
+                _, removed = claim_headers(verifier.provider, {})
+                return {}, {}, removed
+            result: dict[str, Any] | Refusal = Refusal(401, "Jwt is missing", missing=True)
+        else:
+            result = await verifier.verify(found[0])
+        if isinstance(result, Refusal):
+            self._count(counted, "denied")
+            realm = f"{http.scheme or 'http'}://{http.host}{http.path.split('?', 1)[0]}"
+            body = result.description if not result.missing else "Jwt is missing"
+            return response(Deny(result.status, body, {"www-authenticate": result.challenge(realm)}))
+        self._count(counted, "allowed")
+        forwarded, removed = claim_headers(verifier.provider, result)
+        if found is not None and found[1] is not None:
+            removed.append(found[1])  # jwt_authn removes the token's header before the upstream (forward: false)
+        return result, forwarded, removed
 
     def _count(self, name: str, outcome: Outcome) -> None:
         counts = self._counts.get(name)
         if counts is None:
             counts = self._counts[name] = Counter()
         counts[outcome] += 1
+
+
+def _cors_preflight(method: str, headers: Mapping[str, str]) -> bool:
+    return method == "OPTIONS" and "origin" in headers and "access-control-request-method" in headers
 
 
 def request_headers(http: attribute_v3.AttributeContext.HttpRequest) -> Mapping[str, str]:
@@ -169,11 +229,19 @@ def _header_options(headers: Mapping[str, str]) -> list[core_v3.HeaderValueOptio
     ]
 
 
-def response(decision: Decision) -> auth_v3.CheckResponse:
-    """The CheckResponse for a decision: ok_response with headers to set, or denied_response."""
+def response(
+    decision: Decision, claims: Mapping[str, str] | None = None, remove: list[str] | None = None
+) -> auth_v3.CheckResponse:
+    """The CheckResponse for a decision: ok_response with headers to set (verified `claims` headers first, the
+    policy's own win) and to remove, or denied_response."""
     if isinstance(decision, Allow):
+        headers = {**claims, **decision.headers} if claims else decision.headers
         return auth_v3.CheckResponse(
-            status=_OK_STATUS, ok_response=auth_v3.OkHttpResponse(headers=_header_options(decision.headers))
+            status=_OK_STATUS,
+            ok_response=auth_v3.OkHttpResponse(
+                headers=_header_options(headers),
+                headers_to_remove=[name for name in remove or () if name not in headers],
+            ),
         )
     return auth_v3.CheckResponse(
         status=_DENIED_STATUS,
@@ -194,9 +262,11 @@ class AuthzServer:
     port: int
 
     async def stop(self, grace: float | None = 1.0) -> None:
-        """Stop serving (running calls get `grace` seconds) and shut the policy thread pool down."""
+        """Stop serving (running calls get `grace` seconds), shut the policy thread pool down and stop the
+        providers' JWKS refreshes."""
         await self.grpc_server.stop(grace)
         self.service.close()
+        await self.service.providers.close()
 
     async def wait_for_termination(self) -> None:
         await self.grpc_server.wait_for_termination()
@@ -211,14 +281,22 @@ async def serve(
     fail_open: bool = False,
     timeout: float = 0.1,
     threads: int | None = None,
+    providers: JwtProviders | None = None,
 ) -> tuple[AuthzServer, int]:
-    """Start the Authorization service on `host:port` (0: any free port) answering from `registry`.
+    """Start the Authorization service on `host:port` (0: any free port) answering from `registry` and
+    `providers`.
 
-    Returns the running server and the port it bound; stop with `await server.stop()`. `registry.load` may be
-    called at any time while serving. Errors: RuntimeError from grpc when the port cannot be bound.
+    Returns the running server and the port it bound; stop with `await server.stop()`. `registry.load` and
+    `providers.load` may be called at any time while serving. Errors: RuntimeError from grpc when the port
+    cannot be bound.
     """
     service = AuthorizationService(
-        registry, timeout=timeout, failure_status=failure_status, fail_open=fail_open, threads=threads
+        registry,
+        timeout=timeout,
+        failure_status=failure_status,
+        fail_open=fail_open,
+        threads=threads,
+        providers=providers,
     )
     server = grpc.aio.server()
     auth_grpc.add_AuthorizationServicer_to_server(service, server)

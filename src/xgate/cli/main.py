@@ -165,7 +165,8 @@ def authz(
     fail_open: Annotated[bool, typer.Option(help="a failing policy allows instead of denying")] = False,
     log_level: Annotated[str, typer.Option()] = "info",
 ) -> None:
-    """Run the ext_authz service (envoy.service.auth.v3) on the Python policies the config names."""
+    """Run the ext_authz service (envoy.service.auth.v3): the config's Python policies and `verify: python` jwt
+    providers."""
     from xgate.authz.config import run_authz
 
     _setup_logging(log_level)

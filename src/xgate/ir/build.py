@@ -200,13 +200,18 @@ def _route_ir(route: Route, inherited: Mapping[str, Model | None], own: Mapping[
     if not inherited and not own:
         return RouteIR(route=route, plugins=_NO_PLUGINS)
     merged = {**inherited, **own}
-    enabled = {name: settings for name, settings in merged.items() if settings is not None}
+    enabled = {
+        name: PLUGINS[name].resolve(settings, inherited.get(name)) if name in own else settings
+        for name, settings in merged.items()
+        if settings is not None
+    }
     disabled = frozenset(name for name, settings in merged.items() if settings is None)
-    return RouteIR(route=route, plugins=enabled, disabled=disabled)
+    needs = frozenset(need for name, settings in enabled.items() for need in PLUGINS[name].needs(settings))
+    return RouteIR(route=route, plugins=enabled, disabled=disabled, needs=needs)
 
 
 def _listener_ir(listener: Listener, routes: tuple[RouteIR, ...], plugins: Mapping[str, Model | None]) -> ListenerIR:
-    used = {name for route in routes for name in route.plugins}
+    used = {name for route in routes for name in route.filters}
     defaults = {name: settings for name, settings in plugins.items() if settings is not None}
     return ListenerIR(
         listener=listener, routes=routes, filters=tuple(n for n in FILTER_ORDER if n in used), defaults=defaults

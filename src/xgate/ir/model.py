@@ -16,6 +16,12 @@ class RouteIR:
     route: Route
     plugins: Mapping[str, Model]
     disabled: frozenset[str] = frozenset()
+    needs: frozenset[str] = frozenset()  # filters of other plugins the route's plugins need (Plugin.needs)
+
+    @property
+    def filters(self) -> frozenset[str]:
+        """The plugins whose listener filters this route needs."""
+        return frozenset(self.plugins) | self.needs
 
     @property
     def name(self) -> str:

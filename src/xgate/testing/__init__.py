@@ -1,7 +1,9 @@
-"""Test helpers users may import: a whole gateway (control plane + real Envoy), etcd and Redis on loopback ports."""
+"""Test helpers users may import: a whole gateway (control plane + real Envoy), the authz service, etcd and Redis
+on loopback ports."""
 
 from __future__ import annotations
 
+from xgate.testing.authz import run_authz_service
 from xgate.testing.etcd import EtcdCluster, EtcdProcess, run_etcd
 from xgate.testing.gateway import Gateway, free_port, run_gateway, write_atomic
 from xgate.testing.redis import RedisProcess, run_redis
@@ -12,6 +14,7 @@ __all__ = [
     "Gateway",
     "RedisProcess",
     "free_port",
+    "run_authz_service",
     "run_etcd",
     "run_gateway",
     "run_redis",

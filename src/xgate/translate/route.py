@@ -84,6 +84,8 @@ def translate_route(ir: RouteIR, listener_filters: tuple[str, ...]) -> list[rout
         settings = ir.plugins.get(name)
         configs = plugin.route_configs(settings) if settings is not None else plugin.disabled_route_configs()
         for filter_name, config in configs.items():
+            if settings is None and filter_name in proto.typed_per_filter_config:
+                continue  # a filter two plugins share (ext_authz: jwt in Python, policy) stays on for the other
             proto.typed_per_filter_config[filter_name].CopyFrom(pack(config))
         if settings is not None:
             plugin.patch_route(settings, proto)

@@ -73,6 +73,18 @@ class Plugin(ABC):
         del settings, route
         return []
 
+    def resolve(self, settings: Model, defaults: Model | None) -> Model:
+        """A route's own settings completed from its listener's defaults where route translation needs them
+        (e.g. the jwt provider the route names); unchanged by default."""
+        del defaults
+        return settings
+
+    def needs(self, settings: Model) -> tuple[str, ...]:
+        """Other plugins whose listener filter a route with these (resolved) settings needs, e.g. the
+        ext_authz filter of `policy` for a token verified in Python; none by default."""
+        del settings
+        return ()
+
     def patch_route(self, settings: Model, route: route_components_v3.Route) -> None:
         """Change the route itself where per-filter config cannot (e.g. rate limit actions); none by default."""
         del settings, route

@@ -105,15 +105,18 @@ class PolicyPlugin(Plugin):
         return []
 
     def patch_route(self, settings: Model, route: route_components_v3.Route) -> None:
+        """The route's check names its policy; a check the jwt plugin already put there (a token verified in
+        Python) is extended, so one call verifies and runs the policy."""
         assert isinstance(settings, PolicySettings)
+        shared = route.typed_per_filter_config.get(self.filter_name)
         if settings.name is None:
-            route.typed_per_filter_config[self.filter_name].CopyFrom(pack(self.disabled_route_config()))
+            if shared is None:
+                route.typed_per_filter_config[self.filter_name].CopyFrom(pack(self.disabled_route_config()))
             return
-        per_route = ext_authz_v3.ExtAuthzPerRoute(
-            check_settings=ext_authz_v3.CheckSettings(
-                context_extensions={POLICY_KEY: settings.name, ROUTE_KEY: route.name}
-            )
-        )
+        per_route = ext_authz_v3.ExtAuthzPerRoute()
+        if shared is not None:
+            shared.Unpack(per_route)
+        per_route.check_settings.context_extensions.update({POLICY_KEY: settings.name, ROUTE_KEY: route.name})
         route.typed_per_filter_config[self.filter_name].CopyFrom(pack(per_route))
 
     def clusters(self, defaults: Model | None) -> list[cluster_v3.Cluster]:
