@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import re
 import shutil
 import subprocess
@@ -12,6 +13,16 @@ _RPS = re.compile(r"Requests/sec:\s+([\d.]+)")
 _P50 = re.compile(r"50%\s+([\d.]+)(us|ms|s)")
 _P99 = re.compile(r"99%\s+([\d.]+)(us|ms|s)")
 _UNIT = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+
+
+def wrk_parser(doc: str | None) -> argparse.ArgumentParser:
+    """The command line every wrk benchmark shares: run length, connections, threads, alternated rounds."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=int, default=5, help="seconds per wrk run (default 5)")
+    parser.add_argument("--connections", type=int, default=32, help="wrk connections (default 32)")
+    parser.add_argument("--threads", type=int, default=1, help="wrk threads (default 1)")
+    parser.add_argument("--rounds", type=int, default=2, help="runs per route, alternated (default 2)")
+    return parser
 
 
 def have_wrk() -> bool:

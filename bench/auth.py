@@ -30,7 +30,7 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import RSAAlgorithm
 
-from _wrk import best_table, have_wrk, wrk
+from _wrk import best_table, have_wrk, wrk, wrk_parser
 from xgate.testing import free_port, run_gateway
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "policies"
@@ -134,10 +134,6 @@ async def open_loop(url: str, rate: float, seconds: float, headers: list[str]) -
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seconds", type=int, default=5)
-    parser.add_argument("--connections", type=int, default=32)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--rounds", type=int, default=2)
+    parser = wrk_parser(__doc__)
     parser.add_argument("--fixed-seconds", type=float, default=10.0)
     sys.exit(asyncio.run(main(parser.parse_args())))

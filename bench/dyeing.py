@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from _harness import stop_process
-from _wrk import have_wrk, wrk_run
+from _wrk import have_wrk, wrk_parser, wrk_run
 from xgate.proxy.process import EnvoyProcess
 from xgate.supervisor import die_with_parent
 from xgate.testing import free_port, run_gateway
@@ -308,9 +308,5 @@ async def main(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seconds", type=int, default=5)
-    parser.add_argument("--connections", type=int, default=32)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--rounds", type=int, default=2)
+    parser = wrk_parser(__doc__)
     sys.exit(asyncio.run(main(parser.parse_args())))

@@ -16,7 +16,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from _wrk import best_table, have_wrk, wrk
+from _wrk import best_table, have_wrk, wrk, wrk_parser
 from xgate.demo.upstream import start_upstream
 from xgate.ratelimit.config import run_ratelimit
 from xgate.testing import free_port, run_gateway
@@ -72,9 +72,5 @@ async def main(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seconds", type=int, default=5)
-    parser.add_argument("--connections", type=int, default=32)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--rounds", type=int, default=2)
+    parser = wrk_parser(__doc__)
     sys.exit(asyncio.run(main(parser.parse_args())))

@@ -7,8 +7,6 @@ request must get the same stage and version from both.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import sys
 import textwrap
 import time
 from collections import Counter
@@ -24,7 +22,7 @@ import pytest
 from xgate.demo.upstream import DemoUpstream, start_upstream
 from xgate.dyeing.rules import sticky_bucket
 from xgate.pipeline import revision_of
-from xgate.testing import free_port, run_gateway
+from xgate.testing import free_port, run_dyeing_service, run_gateway
 from xgate.testing.gateway import Gateway, write_atomic
 
 pytestmark = pytest.mark.integration
@@ -41,29 +39,6 @@ async def versions() -> AsyncIterator[dict[str, DemoUpstream]]:
     finally:
         for upstream in started.values():
             await upstream.stop()
-
-
-@contextlib.asynccontextmanager
-async def dyeing_service(config_path: Path, port: int) -> AsyncIterator[None]:
-    """`xgate dyeing` in its own process, as deployed (in this process it would share the test's event loop
-    with the clients)."""
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "xgate", "dyeing", "-f", str(config_path), "--listen", f"127.0.0.1:{port}",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-    )  # fmt: skip
-    assert process.stdout is not None
-    try:
-        line = await asyncio.wait_for(process.stdout.readline(), 20)
-        while line and b"dyeing ready" not in line:
-            line = await asyncio.wait_for(process.stdout.readline(), 20)
-        assert b"dyeing ready" in line, "xgate dyeing exited before it was ready"
-        drain = asyncio.create_task(process.stdout.read())  # a full pipe would stall the service
-        yield
-        drain.cancel()
-    finally:
-        if process.returncode is None:
-            process.terminate()
-        await asyncio.wait_for(process.wait(), 10)
 
 
 def upstreams_yaml(versions: dict[str, DemoUpstream], health: str = "") -> str:
@@ -168,7 +143,7 @@ async def test_native_and_ext_proc_give_the_same_stage(versions: dict[str, DemoU
     async with run_gateway(two_paths_config(versions, native, service, dyeing), tmp_path / "gw") as gateway:
         assert gateway.config_path is not None
         async with (
-            dyeing_service(gateway.config_path, dyeing),
+            run_dyeing_service(gateway.config_path, dyeing),
             httpx.AsyncClient(base_url=f"http://127.0.0.1:{native}") as by_route,
             httpx.AsyncClient(base_url=f"http://127.0.0.1:{service}") as by_service,
         ):
@@ -232,7 +207,7 @@ routes:
             # The service is not running: requests pass on undyed (no stage, the default entry), never fail.
             down = await client.get("/users", headers={"x-user-id": "u1", STAGE: "canary"})
             assert stage_of(down) == (200, "v1", None, None), (down.headers, down.text)
-            async with dyeing_service(gateway.config_path, dyeing):
+            async with run_dyeing_service(gateway.config_path, dyeing):
                 tester = {"authorization": f"Bearer {token(sub='ada', groups=['staff', 'testers'])}"}
                 assert stage_of(await client.get("/users", headers=tester))[:3] == (200, "v3", "beta")
                 other = {"authorization": f"Bearer {token(sub='bob', groups=['staff'])}"}

@@ -12,10 +12,9 @@ from xgate.authz.policy import PolicyRegistry
 from xgate.authz.service import serve
 from xgate.authz.tokens import JwtProviders
 from xgate.config.load import ConfigSet
-from xgate.controlplane import merge_inputs
 from xgate.sources.etcd.client import EtcdSettings
 from xgate.sources.etcd.layout import DEFAULT_PREFIX
-from xgate.sources.follow import follow
+from xgate.sources.follow import Merged, follow
 from xgate.sources.revision import Revision
 from xgate.translate.plugins.jwt import JwtSettings, Provider
 from xgate.translate.plugins.policy import PolicySettings
@@ -59,19 +58,16 @@ def python_providers(config: ConfigSet) -> dict[str, Provider]:
 
 
 class PolicyFeed:
-    """Merges what the sources say and reloads the registry and the jwt providers; a policy that fails to load
-    keeps its last good version (the registry's rule) and is logged."""
+    """Reloads the registry and the jwt providers from the merged config; a policy that fails to load keeps
+    its last good version (the registry's rule) and is logged."""
 
     def __init__(self, registry: PolicyRegistry, providers: JwtProviders | None = None) -> None:
         self.registry = registry
         self.providers = providers or JwtProviders()
-        self._inputs: dict[str, Revision] = {}
+        self.on_revision = Merged(self._load).on_revision
 
-    async def on_revision(self, revision: Revision, source: str = "file") -> None:
-        if revision.config is None:
-            return
-        self._inputs = {**self._inputs, source: revision}
-        config, _ = merge_inputs(self._inputs)
+    async def _load(self, config: ConfigSet, revision: Revision, lenient: bool) -> bool:
+        del lenient
         paths = policy_paths(config)
         failures = await asyncio.to_thread(self.registry.load, paths)  # imports run user code: off the loop
         for name, error in failures.items():
@@ -79,6 +75,7 @@ class PolicyFeed:
         providers = await asyncio.to_thread(python_providers, config)  # validation reads jwks files
         await self.providers.load(providers)
         log.info("policies of revision %s: %s", revision.revision, ", ".join(sorted(paths)) or "none")
+        return True
 
 
 async def run_authz(

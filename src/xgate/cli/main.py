@@ -10,6 +10,7 @@ import sys
 import tempfile
 import urllib.error
 import urllib.request
+from collections.abc import Awaitable, Callable
 from importlib import resources as package_files
 from pathlib import Path
 from typing import Annotated
@@ -21,6 +22,7 @@ from xgate.cli.store import CaFile, CertFile, KeyFile, Password, Prefix, User, s
 from xgate.cli.store import register as register_store_commands
 from xgate.config.load import load_path
 from xgate.errors import ConfigError
+from xgate.sources.etcd.client import EtcdSettings
 from xgate.sources.etcd.layout import DEFAULT_PREFIX
 
 app = typer.Typer(
@@ -153,80 +155,82 @@ def controlplane(
     asyncio.run(main())
 
 
+ServiceFile = Annotated[Path | None, typer.Option("--file", "-f", help="config file (the same as the control plane's)")]
+ServiceEtcd = Annotated[str | None, typer.Option("--etcd", envvar="XGATE_ETCD", help="etcd HOST:PORT[,...]")]
+LogLevel = Annotated[str, typer.Option()]
+# (config file, etcd settings, report the bound port, stop) -> the service, until stop
+ServiceRun = Callable[[Path | None, EtcdSettings | None, Callable[[int], None], asyncio.Event], Awaitable[None]]
+
+
+def _run_service(name: str, file: Path | None, etcd: str | None, listen: str, run: ServiceRun, ready: str = "") -> None:
+    """What every service command does around its service: the config sources (the bundled example when none
+    is given), SIGINT/SIGTERM to stop, and the ready line `xgate NAME ready: grpc HOST:PORT` (+ `ready`)."""
+    path = file if file is not None or etcd else default_config()
+    store = settings(etcd, None, None, None, None, None) if etcd else None
+
+    def announce(port: int) -> None:
+        print(f"xgate {name} ready: grpc {listen.rpartition(':')[0]}:{port}{ready}", flush=True)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (2, 15):
+            loop.add_signal_handler(signum, stop.set)
+        await run(path, store, announce, stop)
+
+    asyncio.run(main())
+
+
 @app.command()
 def authz(
-    file: Annotated[
-        Path | None, typer.Option("--file", "-f", help="config file (the same as the control plane's)")
-    ] = None,
-    etcd: Annotated[str | None, typer.Option("--etcd", envvar="XGATE_ETCD", help="etcd HOST:PORT[,...]")] = None,
+    file: ServiceFile = None,
+    etcd: ServiceEtcd = None,
     prefix: Prefix = DEFAULT_PREFIX,
     listen: Annotated[str, typer.Option(help="gRPC address Envoy calls")] = "127.0.0.1:18001",
     timeout: Annotated[float, typer.Option(help="seconds a policy may take; later it denies")] = 0.1,
     fail_open: Annotated[bool, typer.Option(help="a failing policy allows instead of denying")] = False,
-    log_level: Annotated[str, typer.Option()] = "info",
+    log_level: LogLevel = "info",
 ) -> None:
     """Run the ext_authz service (envoy.service.auth.v3): the config's Python policies and `verify: python` jwt
     providers."""
     from xgate.authz.config import run_authz
 
     _setup_logging(log_level)
-    path = file if file is not None or etcd else default_config()
-    store = settings(etcd, None, None, None, None, None) if etcd else None
-
-    def ready(port: int) -> None:
-        print(f"xgate authz ready: grpc {listen.rpartition(':')[0]}:{port}", flush=True)
-
-    async def main() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (2, 15):
-            loop.add_signal_handler(signum, stop.set)
-        await run_authz(
-            path, etcd=store, prefix=prefix, listen=_host_port(listen, "--listen"), timeout=timeout,
-            fail_open=fail_open, on_ready=ready, stop=stop,
-        )  # fmt: skip
-
-    asyncio.run(main())
+    address = _host_port(listen, "--listen")
+    _run_service(
+        "authz", file, etcd, listen,
+        lambda path, store, ready, stop: run_authz(
+            path, etcd=store, prefix=prefix, listen=address, timeout=timeout, fail_open=fail_open, on_ready=ready,
+            stop=stop,
+        ),
+    )  # fmt: skip
 
 
 @app.command()
 def dyeing(
-    file: Annotated[
-        Path | None, typer.Option("--file", "-f", help="config file (the same as the control plane's)")
-    ] = None,
-    etcd: Annotated[str | None, typer.Option("--etcd", envvar="XGATE_ETCD", help="etcd HOST:PORT[,...]")] = None,
+    file: ServiceFile = None,
+    etcd: ServiceEtcd = None,
     prefix: Prefix = DEFAULT_PREFIX,
     listen: Annotated[str, typer.Option(help="gRPC address Envoy calls")] = "127.0.0.1:18002",
-    log_level: Annotated[str, typer.Option()] = "info",
+    log_level: LogLevel = "info",
 ) -> None:
     """Run the ext_proc service (envoy.service.ext_proc.v3) that dyes requests with the config's rules."""
     from xgate.dyeing.config import run_dyeing
 
     _setup_logging(log_level)
-    path = file if file is not None or etcd else default_config()
-    store = settings(etcd, None, None, None, None, None) if etcd else None
-
-    def ready(port: int) -> None:
-        print(f"xgate dyeing ready: grpc {listen.rpartition(':')[0]}:{port}", flush=True)
-
-    async def main() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (2, 15):
-            loop.add_signal_handler(signum, stop.set)
-        await run_dyeing(
-            path, etcd=store, prefix=prefix, listen=_host_port(listen, "--listen"), on_ready=ready, stop=stop
-        )
-
-    asyncio.run(main())
+    address = _host_port(listen, "--listen")
+    _run_service(
+        "dyeing", file, etcd, listen,
+        lambda path, store, ready, stop: run_dyeing(
+            path, etcd=store, prefix=prefix, listen=address, on_ready=ready, stop=stop
+        ),
+    )  # fmt: skip
 
 
 @app.command()
 def ratelimit(
-    file: Annotated[
-        Path | None, typer.Option("--file", "-f", help="config file (the same as the control plane's)")
-    ] = None,
-    etcd: Annotated[str | None, typer.Option("--etcd", envvar="XGATE_ETCD", help="etcd HOST:PORT[,...]")] = None,
+    file: ServiceFile = None,
+    etcd: ServiceEtcd = None,
     prefix: Prefix = DEFAULT_PREFIX,
     listen: Annotated[str, typer.Option(help="gRPC address Envoy calls")] = "127.0.0.1:18003",
     redis: Annotated[
@@ -235,7 +239,7 @@ def ratelimit(
     failure_mode: Annotated[str, typer.Option(help="when Redis fails: open (allow) or closed (deny)")] = "open",
     timeout: Annotated[float, typer.Option(help="seconds one decision may take before the failure mode")] = 0.05,
     status: Annotated[str, typer.Option(help="HTTP address of GET /metrics (per-limit counters)")] = "127.0.0.1:18083",
-    log_level: Annotated[str, typer.Option()] = "info",
+    log_level: LogLevel = "info",
 ) -> None:
     """Run the global rate-limit service (envoy.service.ratelimit.v3) on the limits the config's routes set."""
     from xgate.ratelimit.config import run_ratelimit
@@ -243,25 +247,16 @@ def ratelimit(
     if failure_mode not in ("open", "closed"):
         raise typer.BadParameter("use open or closed", param_hint="--failure-mode")
     _setup_logging(log_level)
-    path = file if file is not None or etcd else default_config()
-    store = settings(etcd, None, None, None, None, None) if etcd else None
-
-    def ready(port: int) -> None:
-        backend = redis or "memory"
-        print(f"xgate ratelimit ready: grpc {listen.rpartition(':')[0]}:{port} counters {backend}", flush=True)
-
-    async def main() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (2, 15):
-            loop.add_signal_handler(signum, stop.set)
-        await run_ratelimit(
-            path, etcd=store, prefix=prefix, listen=_host_port(listen, "--listen"), redis_url=redis,
-            failure_mode="open" if failure_mode == "open" else "closed", timeout=timeout,
-            status=_host_port(status, "--status"), on_ready=ready, stop=stop,
-        )  # fmt: skip
-
-    asyncio.run(main())
+    address, status_address = _host_port(listen, "--listen"), _host_port(status, "--status")
+    _run_service(
+        "ratelimit", file, etcd, listen,
+        lambda path, store, ready, stop: run_ratelimit(
+            path, etcd=store, prefix=prefix, listen=address, redis_url=redis,
+            failure_mode="open" if failure_mode == "open" else "closed", timeout=timeout, status=status_address,
+            on_ready=ready, stop=stop,
+        ),
+        ready=f" counters {redis or 'memory'}",
+    )  # fmt: skip
 
 
 @app.command()

@@ -12,12 +12,11 @@ from typing import Any
 from pydantic import ValidationError
 
 from xgate.config.load import ConfigSet
-from xgate.controlplane import merge_inputs
 from xgate.dyeing.rules import Dyer
 from xgate.dyeing.service import DyerRegistry, serve
 from xgate.sources.etcd.client import EtcdSettings
 from xgate.sources.etcd.layout import DEFAULT_PREFIX
-from xgate.sources.follow import follow
+from xgate.sources.follow import Merged, follow
 from xgate.sources.revision import Revision
 from xgate.translate.plugins.dyeing_settings import DyeingSettings, settings_key
 
@@ -42,19 +41,17 @@ def dyers(config: ConfigSet) -> dict[str, Dyer]:
 
 
 class DyeingFeed:
-    """Merges what the sources say and replaces the registry's rules."""
+    """Replaces the registry's rules with those of the merged config."""
 
     def __init__(self, registry: DyerRegistry) -> None:
         self.registry = registry
-        self._inputs: dict[str, Revision] = {}
+        self.on_revision = Merged(self._load).on_revision
 
-    async def on_revision(self, revision: Revision, source: str = "file") -> None:
-        if revision.config is None:
-            return
-        self._inputs = {**self._inputs, source: revision}
-        config, _ = merge_inputs(self._inputs)
+    async def _load(self, config: ConfigSet, revision: Revision, lenient: bool) -> bool:
+        del lenient
         self.registry.replace(dyers(config))
         log.info("dyeing settings of revision %s: %s", revision.revision, ", ".join(self.registry.keys()) or "none")
+        return True
 
 
 async def run_dyeing(

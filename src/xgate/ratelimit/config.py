@@ -10,14 +10,14 @@ from pathlib import Path
 
 from aiohttp import web
 
-from xgate.controlplane import merge_inputs
+from xgate.config.load import ConfigSet
 from xgate.errors import ConfigError
 from xgate.ir import GatewayIR, build_ir
 from xgate.ratelimit.limits import Entries, Limit, LimitTable
 from xgate.ratelimit.service import FailureMode, RateLimitServer, serve
 from xgate.sources.etcd.client import EtcdSettings
 from xgate.sources.etcd.layout import DEFAULT_PREFIX
-from xgate.sources.follow import follow
+from xgate.sources.follow import Merged, follow
 from xgate.sources.revision import Revision
 from xgate.translate.plugins.rate_limit import DOMAIN, ROUTE_KEY, RateLimitSettings, descriptor_key
 
@@ -48,28 +48,24 @@ def limit_table(ir: GatewayIR) -> LimitTable:
 
 
 class LimitFeed:
-    """Merges what the sources say (as the control plane does) and swaps the service's table."""
+    """Swaps the service's table for the merged config's limits; an invalid revision changes nothing."""
 
     def __init__(self, server: RateLimitServer) -> None:
         self.server = server
-        self._inputs: dict[str, Revision] = {}
         self.revision: str | None = None
+        self.on_revision = Merged(self._load).on_revision
 
-    async def on_revision(self, revision: Revision, source: str = "file") -> None:
-        if revision.config is None:
-            return
-        inputs = {**self._inputs, source: revision}
-        config, _ = merge_inputs(inputs)
+    async def _load(self, config: ConfigSet, revision: Revision, lenient: bool) -> bool:
         try:
-            ir = build_ir(config, revision.revision, lenient=source == "etcd" or len(inputs) > 1)
+            ir = build_ir(config, revision.revision, lenient=lenient)
         except ConfigError as exc:
             log.error("limits not updated: revision %s is invalid\n%s", revision.revision, exc)
-            return
-        self._inputs = inputs
+            return False
         table = limit_table(ir)
         self.server.service.set_limits(table)
         self.revision = revision.revision
         log.info("limits of revision %s: %d global limits", revision.revision, len(table.limits))
+        return True
 
 
 async def run_ratelimit(

@@ -9,12 +9,34 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+from xgate.config.load import ConfigSet
+from xgate.controlplane import merge_inputs
 from xgate.sources.etcd.client import EtcdClient, EtcdSettings
 from xgate.sources.etcd.source import EtcdSource
 from xgate.sources.file import FileSource
 from xgate.sources.revision import Revision
 
 Consumer = Callable[[Revision, str], Awaitable[None]]
+# (the merged config, the revision that changed it, lenient: etcd is among the sources) -> accepted
+MergedConsumer = Callable[[ConfigSet, Revision, bool], Awaitable[bool]]
+
+
+class Merged:
+    """Each source's latest accepted revision, merged as the control plane merges them (the file over etcd),
+    for a service that reads the same config. A revision the consumer refuses leaves the last accepted
+    revision of its source in place."""
+
+    def __init__(self, consume: MergedConsumer) -> None:
+        self._consume = consume
+        self._inputs: dict[str, Revision] = {}
+
+    async def on_revision(self, revision: Revision, source: str = "file") -> None:
+        if revision.config is None:
+            return
+        inputs = {**self._inputs, source: revision}
+        config, _ = merge_inputs(inputs)
+        if await self._consume(config, revision, "etcd" in inputs):
+            self._inputs = inputs
 
 
 async def follow(

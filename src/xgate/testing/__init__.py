@@ -1,9 +1,10 @@
-"""Test helpers users may import: a whole gateway (control plane + real Envoy), the authz service, etcd and Redis
-on loopback ports."""
+"""Test helpers users may import: a whole gateway (control plane + real Envoy), the authz and dyeing services,
+etcd and Redis on loopback ports."""
 
 from __future__ import annotations
 
 from xgate.testing.authz import run_authz_service
+from xgate.testing.dyeing import run_dyeing_service
 from xgate.testing.etcd import EtcdCluster, EtcdProcess, run_etcd
 from xgate.testing.gateway import Gateway, free_port, run_gateway, write_atomic
 from xgate.testing.redis import RedisProcess, run_redis
@@ -15,6 +16,7 @@ __all__ = [
     "RedisProcess",
     "free_port",
     "run_authz_service",
+    "run_dyeing_service",
     "run_etcd",
     "run_gateway",
     "run_redis",
