@@ -3,7 +3,7 @@ own jwt_authn (native, RS256), the same provider verified in Python by `xgate au
 verified-token cache), and a route with native jwt plus a Python policy in `xgate authz`.
 
     flock /tmp/xgate-bench.lock .venv/bin/python bench/auth.py [--seconds 5] [--connections 32] [--threads 1]
-        [--rounds 2] [--fixed-seconds 10]
+        [--rounds 2] [--fixed-seconds 10] [--pin]
 
 Part 1, wrk (Debian package, closed loop): the routes measured alternately, `--rounds` times each; the table
 shows each run, the best rate with its p99, and each route's share of the bare route's best rate.
@@ -68,6 +68,8 @@ def config(port: int, authz: int, jwks: dict[str, Any]) -> str:
 
 
 async def main(args: argparse.Namespace) -> int:
+    if args.pin:
+        os.sched_setaffinity(0, {0})  # this process and what it starts (Envoy, wrk, the generator); authz: CPU 1
     if not have_wrk():
         print("wrk not found: apt-get install wrk", file=sys.stderr)
         return 2
@@ -78,7 +80,7 @@ async def main(args: argparse.Namespace) -> int:
         text = config(port, authz, jwks)
         path = Path(work) / "auth.json"
         path.write_text(text)
-        service = await start_authz(path, authz)
+        service = await start_authz(path, authz, pin=args.pin)
         async with run_gateway(text, Path(work) / "gw"):
             headers = [f"Authorization: Bearer {token}"]
             for _ in range(args.rounds):
@@ -93,7 +95,10 @@ async def main(args: argparse.Namespace) -> int:
             }
         service.terminate()
         await service.wait()
-    print(f"wrk -t{args.threads} -c{args.connections} -d{args.seconds}s, Envoy --concurrency 1, direct responses")
+    pinned = "; pinned: xgate authz on CPU 1, the rest on CPU 0" if args.pin else ""
+    print(
+        f"wrk -t{args.threads} -c{args.connections} -d{args.seconds}s, Envoy --concurrency 1, direct responses{pinned}"
+    )
     print(best_table(results, "bare"))
     print(f"fixed rate {half:,.0f} rps = half the policy route's best (open loop, {args.fixed_seconds:g} s, 64 conns);")
     print("bare at the same rate is the generator's and the machine's own floor")
@@ -106,13 +111,16 @@ async def main(args: argparse.Namespace) -> int:
     return 0
 
 
-async def start_authz(config_path: Path, port: int) -> asyncio.subprocess.Process:
-    """`xgate authz` on the config, with the example policies importable; returns once it serves."""
+async def start_authz(config_path: Path, port: int, *, pin: bool = False) -> asyncio.subprocess.Process:
+    """`xgate authz` on the config, with the example policies importable (on CPU 1 alone with `pin`); returns
+    once it serves."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(EXAMPLES), os.environ.get("PYTHONPATH")]))}
     argv = [sys.executable, "-m", "xgate", "authz", "-f", str(config_path), "--listen", f"127.0.0.1:{port}"]
     child = await asyncio.create_subprocess_exec(
         *argv, "--log-level", "warning", env=env, stdout=asyncio.subprocess.PIPE
     )
+    if pin:
+        os.sched_setaffinity(child.pid, {1})  # before it starts its threads, which inherit it
     assert child.stdout is not None
     line = await asyncio.wait_for(child.stdout.readline(), 30)
     if b"ready" not in line:
@@ -136,4 +144,7 @@ async def open_loop(url: str, rate: float, seconds: float, headers: list[str]) -
 if __name__ == "__main__":
     parser = wrk_parser(__doc__)
     parser.add_argument("--fixed-seconds", type=float, default=10.0)
+    parser.add_argument(
+        "--pin", action="store_true", help="xgate authz alone on CPU 1, everything else on CPU 0 (as on its own host)"
+    )
     sys.exit(asyncio.run(main(parser.parse_args())))
