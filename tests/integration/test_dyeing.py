@@ -207,7 +207,7 @@ routes:
             # The service is not running: requests pass on undyed (no stage, the default entry), never fail.
             down = await client.get("/users", headers={"x-user-id": "u1", STAGE: "canary"})
             assert stage_of(down) == (200, "v1", None, None), (down.headers, down.text)
-            async with run_dyeing_service(gateway.config_path, dyeing):
+            async with run_dyeing_service(gateway.config_path, dyeing) as metrics_port:
                 tester = {"authorization": f"Bearer {token(sub='ada', groups=['staff', 'testers'])}"}
                 assert stage_of(await client.get("/users", headers=tester))[:3] == (200, "v3", "beta")
                 other = {"authorization": f"Bearer {token(sub='bob', groups=['staff'])}"}
@@ -231,6 +231,11 @@ routes:
                 # Exactly the users whose bucket is under 20%, and about 20% of them.
                 assert canary == {user for user in users if sticky_bucket("canary", user) < 2000}
                 assert 17.0 <= len(canary) / len(users) * 100 <= 23.0
+                # The service's own counters agree with what the upstreams saw.
+                metrics = (await client.get(f"http://127.0.0.1:{metrics_port}/metrics")).json()
+                assert metrics["stages"]["canary"] == 5 * len(canary) + 1  # + the trusted hop's, kept
+                assert metrics["stages"]["stable"] >= 5 * (len(users) - len(canary))
+                assert len(metrics["settings"]) == 2  # the global rules and the mesh listener's
 
                 # 20% -> 40% while clients keep sending: no request fails, and nobody leaves the canary.
                 assert gateway.config_path is not None

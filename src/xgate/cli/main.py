@@ -212,17 +212,18 @@ def dyeing(
     etcd: ServiceEtcd = None,
     prefix: Prefix = DEFAULT_PREFIX,
     listen: Annotated[str, typer.Option(help="gRPC address Envoy calls")] = "127.0.0.1:18002",
+    status: Annotated[str, typer.Option(help="HTTP address of GET /metrics (requests per stage)")] = "127.0.0.1:18084",
     log_level: LogLevel = "info",
 ) -> None:
     """Run the ext_proc service (envoy.service.ext_proc.v3) that dyes requests with the config's rules."""
     from xgate.dyeing.config import run_dyeing
 
     _setup_logging(log_level)
-    address = _host_port(listen, "--listen")
+    address, status_address = _host_port(listen, "--listen"), _host_port(status, "--status")
     _run_service(
         "dyeing", file, etcd, listen,
         lambda path, store, ready, stop: run_dyeing(
-            path, etcd=store, prefix=prefix, listen=address, on_ready=ready, stop=stop
+            path, etcd=store, prefix=prefix, listen=address, status=status_address, on_ready=ready, stop=stop
         ),
     )  # fmt: skip
 

@@ -14,6 +14,7 @@ from pydantic import ValidationError
 from xgate.config.load import ConfigSet
 from xgate.dyeing.rules import Dyer
 from xgate.dyeing.service import DyerRegistry, serve
+from xgate.metricsapi import serve_metrics
 from xgate.sources.etcd.client import EtcdSettings
 from xgate.sources.etcd.layout import DEFAULT_PREFIX
 from xgate.sources.follow import Merged, follow
@@ -60,16 +61,24 @@ async def run_dyeing(
     etcd: EtcdSettings | None = None,
     prefix: str = DEFAULT_PREFIX,
     listen: tuple[str, int] = ("127.0.0.1", 18002),
+    status: tuple[str, int] | None = None,
     on_ready: Callable[[int], None] | None = None,
     stop: asyncio.Event | None = None,
 ) -> None:
-    """Serve envoy.service.ext_proc.v3 with the config's dye rules, following its changes, until `stop`."""
+    """Serve envoy.service.ext_proc.v3 with the config's dye rules, following its changes, until `stop`.
+    With `status`, GET /metrics there answers the requests dyed per stage, those passed on undyed, and the
+    settings keys the service holds."""
     stop = stop or asyncio.Event()
     registry = DyerRegistry()
     server = await serve(registry, host=listen[0], port=listen[1])
     feed = DyeingFeed(registry)
+    runner = None
+    if status is not None:
+        runner = await serve_metrics(*status, lambda: {"settings": registry.keys(), "stages": server.service.metrics()})
     try:
         started = (lambda: on_ready(server.port)) if on_ready is not None else None
         await follow(config_path, etcd, prefix, feed.on_revision, stop, started=started)
     finally:
         await server.stop(1.0)
+        if runner is not None:
+            await runner.cleanup()

@@ -13,6 +13,7 @@ from aiohttp import web
 from xgate.config.load import ConfigSet
 from xgate.errors import ConfigError
 from xgate.ir import GatewayIR, build_ir
+from xgate.metricsapi import serve_metrics
 from xgate.ratelimit.limits import Entries, Limit, LimitTable
 from xgate.ratelimit.service import FailureMode, RateLimitServer, serve
 from xgate.sources.etcd.client import EtcdSettings
@@ -91,7 +92,9 @@ async def run_ratelimit(
     feed = LimitFeed(server)
     runner: web.AppRunner | None = None
     if status is not None:
-        runner = await _status_api(feed, *status)
+        runner = await serve_metrics(
+            *status, lambda: {"revision": feed.revision, "limits": feed.server.service.metrics()}
+        )
     try:
         started = (lambda: on_ready(port)) if on_ready is not None else None
         await follow(config_path, etcd, prefix, feed.on_revision, stop, started=started)
@@ -99,15 +102,3 @@ async def run_ratelimit(
         await server.stop(1.0)
         if runner is not None:
             await runner.cleanup()
-
-
-async def _status_api(feed: LimitFeed, host: str, port: int) -> web.AppRunner:
-    async def metrics(_request: web.Request) -> web.Response:
-        return web.json_response({"revision": feed.revision, "limits": feed.server.service.metrics()})
-
-    app = web.Application()
-    app.router.add_get("/metrics", metrics)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, host, port).start()
-    return runner
