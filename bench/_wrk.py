@@ -8,6 +8,7 @@ import shutil
 import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 _RPS = re.compile(r"Requests/sec:\s+([\d.]+)")
 _P50 = re.compile(r"50%\s+([\d.]+)(us|ms|s)")
@@ -41,11 +42,15 @@ class WrkRun:
     output: str
 
 
-def wrk_run(url: str, seconds: int, connections: int, threads: int, headers: Sequence[str] = ()) -> WrkRun:
-    """One bounded wrk run against `url` with extra `headers` ("name: value")."""
+def wrk_run(
+    url: str, seconds: int, connections: int, threads: int, headers: Sequence[str] = (), script: Path | None = None
+) -> WrkRun:
+    """One bounded wrk run against `url` with extra `headers` ("name: value") and a Lua `script`, if any."""
     argv = ["wrk", "--latency", f"-t{threads}", f"-c{connections}", f"-d{seconds}s"]
     for header in headers:
         argv += ["-H", header]
+    if script is not None:
+        argv += ["-s", str(script)]
     result = subprocess.run([*argv, url], capture_output=True, text=True, timeout=seconds + 30, check=True)
     rps, p50, p99 = _RPS.search(result.stdout), _P50.search(result.stdout), _P99.search(result.stdout)
     assert rps and p50 and p99, result.stdout
@@ -54,9 +59,11 @@ def wrk_run(url: str, seconds: int, connections: int, threads: int, headers: Seq
     return WrkRun(float(rps.group(1)), p50_ms, p99_ms, errors, result.stdout)
 
 
-def wrk(url: str, seconds: int, connections: int, threads: int, headers: Sequence[str] = ()) -> tuple[float, float]:
+def wrk(
+    url: str, seconds: int, connections: int, threads: int, headers: Sequence[str] = (), script: Path | None = None
+) -> tuple[float, float]:
     """(requests per second, p99 in ms) of one bounded wrk run."""
-    run = wrk_run(url, seconds, connections, threads, headers)
+    run = wrk_run(url, seconds, connections, threads, headers, script)
     return run.rps, run.p99_ms
 
 

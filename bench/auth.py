@@ -3,15 +3,16 @@ own jwt_authn (native, RS256), the same provider verified in Python by `xgate au
 verified-token cache), and a route with native jwt plus a Python policy in `xgate authz`.
 
     flock /tmp/xgate-bench.lock .venv/bin/python bench/auth.py [--seconds 5] [--connections 32] [--threads 1]
-        [--rounds 2] [--fixed-seconds 10] [--pin]
+        [--rounds 2] [--fixed-seconds 10] [--pin] [--distinct-tokens N]
 
 Part 1, wrk (Debian package, closed loop): the routes measured alternately, `--rounds` times each; the table
 shows each run, the best rate with its p99, and each route's share of the bare route's best rate.
 Part 2, fixed rate: the policy route at half of its best wrk rate for `--fixed-seconds`, with bench/_openloop.py
 (open loop, latency from each request's scheduled send time; see bench/README.md for why not wrk).
 All routes answer with a direct response, so the figures are Envoy's (and the authz service's) work. Every
-request carries the same valid token. `xgate authz` runs as a process of its own, as it is deployed, and so do
-the load generators.
+request carries the same valid token, so verified-token caches always hit; with `--distinct-tokens N` wrk sends
+N tokens in turn instead (N > 10,000: every verification is a cold one). `xgate authz` runs as a process of
+its own, as it is deployed, and so do the load generators.
 """
 
 from __future__ import annotations
@@ -36,13 +37,40 @@ from xgate.testing import free_port, run_gateway
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "policies"
 
 
-def setup() -> tuple[dict[str, Any], str]:
-    """An RSA key pair: the public JWKS for the config, and a token signed with the private key."""
+def setup(distinct: int) -> tuple[dict[str, Any], list[str]]:
+    """An RSA key pair: the public JWKS for the config, and `distinct` tokens (at least one) signed with the
+    private key, each for another subject."""
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     jwk = json.loads(RSAAlgorithm.to_jwk(key.public_key()))
     jwk.update(alg="RS256", kid="bench")
-    claims = {"iss": "https://bench.test", "sub": "bench", "roles": ["admin"], "exp": int(time.time()) + 3600}
-    return {"keys": [jwk]}, jwt.encode(claims, key, algorithm="RS256", headers={"kid": "bench"})
+    exp = int(time.time()) + 3600
+    tokens = [
+        jwt.encode(
+            {"iss": "https://bench.test", "sub": f"user-{index}", "roles": ["admin"], "exp": exp},
+            key,
+            algorithm="RS256",
+            headers={"kid": "bench"},
+        )
+        for index in range(max(distinct, 1))
+    ]
+    return {"keys": [jwk]}, tokens
+
+
+def token_script(work: Path, tokens: list[str]) -> Path:
+    """A wrk Lua script sending the tokens in turn, one per request, so no verified-token cache can hold them
+    all when there are more than its 10,000 entries."""
+    (work / "tokens.txt").write_text("\n".join(tokens) + "\n")
+    script = work / "tokens.lua"
+    script.write_text(
+        f"local tokens = {{}}\n"
+        f"for line in io.lines({json.dumps(str(work / 'tokens.txt'))}) do tokens[#tokens + 1] = line end\n"
+        "local i = 0\n"
+        "request = function()\n"
+        "  i = i % #tokens + 1\n"
+        '  return wrk.format(nil, nil, {["Authorization"] = "Bearer " .. tokens[i]})\n'
+        "end\n"
+    )
+    return script
 
 
 def config(port: int, authz: int, jwks: dict[str, Any]) -> str:
@@ -73,7 +101,7 @@ async def main(args: argparse.Namespace) -> int:
     if not have_wrk():
         print("wrk not found: apt-get install wrk", file=sys.stderr)
         return 2
-    jwks, token = setup()
+    jwks, tokens = setup(args.distinct_tokens)
     port, authz = free_port(), free_port()
     results: dict[str, list[tuple[float, float]]] = {"bare": [], "jwt": [], "jwt-py": [], "policy": []}
     with tempfile.TemporaryDirectory(prefix="xgate-bench-auth-") as work:
@@ -81,12 +109,15 @@ async def main(args: argparse.Namespace) -> int:
         path = Path(work) / "auth.json"
         path.write_text(text)
         service = await start_authz(path, authz, pin=args.pin)
+        script = token_script(Path(work), tokens) if args.distinct_tokens else None
         async with run_gateway(text, Path(work) / "gw"):
-            headers = [f"Authorization: Bearer {token}"]
+            headers = [f"Authorization: Bearer {tokens[0]}"]
             for _ in range(args.rounds):
                 for route in results:
                     url = f"http://127.0.0.1:{port}/{route}"
-                    run = await asyncio.to_thread(wrk, url, args.seconds, args.connections, args.threads, headers)
+                    run = await asyncio.to_thread(
+                        wrk, url, args.seconds, args.connections, args.threads, [] if script else headers, script
+                    )
                     results[route].append(run)
             half = max(rps for rps, _ in results["policy"]) / 2
             fixed = {
@@ -144,6 +175,13 @@ async def open_loop(url: str, rate: float, seconds: float, headers: list[str]) -
 if __name__ == "__main__":
     parser = wrk_parser(__doc__)
     parser.add_argument("--fixed-seconds", type=float, default=10.0)
+    parser.add_argument(
+        "--distinct-tokens",
+        type=int,
+        default=0,
+        metavar="N",
+        help="wrk sends N different tokens in turn (more than 10,000: no verified-token cache holds them)",
+    )
     parser.add_argument(
         "--pin", action="store_true", help="xgate authz alone on CPU 1, everything else on CPU 0 (as on its own host)"
     )
