@@ -20,12 +20,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import statistics
 import sys
 import time
-from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -33,11 +29,11 @@ from envoy.service.auth.v3 import external_auth_pb2 as auth_v3
 from envoy.service.auth.v3 import external_auth_pb2_grpc as auth_grpc
 from google.protobuf import struct_pb2
 
+from _service_load import cpu_seconds, drive, latency_ms, print_table, serve_bare, serve_started, start_child
 from xgate.authz import Allow, AuthorizationService, PolicyRegistry, Request, inline, serve
 from xgate.authz.service import JWT_FILTER, JWT_PAYLOAD_KEY, POLICY_KEY, ROUTE_KEY
-from xgate.supervisor import die_with_parent, terminate
+from xgate.supervisor import terminate
 
-WARMUP = 500
 MODES = ("inline", "async", "thread")
 
 
@@ -75,18 +71,9 @@ class BareService(auth_grpc.AuthorizationServicer):  # type: ignore[misc]
 
 async def serve_child(kind: str) -> None:
     if kind == "grpc-bare":
-        bare = grpc.aio.server()
-        auth_grpc.add_AuthorizationServicer_to_server(BareService(), bare)
-        print(f"port {bare.add_insecure_port('127.0.0.1:0')}", flush=True)
-        await bare.start()
-        await bare.wait_for_termination()
+        await serve_bare(lambda server: auth_grpc.add_AuthorizationServicer_to_server(BareService(), server))
         return
-    server, port = await serve(registry("__main__"))
-    print(f"port {port}", flush=True)
-    try:
-        await server.wait_for_termination()
-    finally:
-        await server.stop(0)
+    await serve_started(*await serve(registry("__main__")))
 
 
 # -- the client ---------------------------------------------------------------------------------------------
@@ -117,61 +104,6 @@ def check_request(policy: str) -> auth_v3.CheckRequest:
     return request
 
 
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of `pid` so far (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-async def start_child(kind: str) -> tuple[asyncio.subprocess.Process, int]:
-    argv = [sys.executable, __file__, "--serve", kind]
-    proc = await asyncio.create_subprocess_exec(
-        *die_with_parent(argv), stdout=asyncio.subprocess.PIPE, start_new_session=True
-    )
-    assert proc.stdout is not None
-    line = await asyncio.wait_for(proc.stdout.readline(), 15)
-    if not line.startswith(b"port "):
-        await terminate(proc, 2)
-        raise RuntimeError(f"service child did not start: {line!r}")
-    return proc, int(line.split()[1])
-
-
-Call = Callable[[auth_v3.CheckRequest], Awaitable[auth_v3.CheckResponse]]
-
-
-async def drive(
-    call: Call, request: auth_v3.CheckRequest, calls: int, seconds: float, concurrency: int
-) -> tuple[list[float], int, float]:
-    """`concurrency` callers after the warm-up; returns (latencies in s, answers that were not OK, wall s)."""
-    latencies: list[float] = []
-    refused = 0
-    sent = 0
-
-    async def caller(budget: int, deadline: float, record: bool) -> None:
-        nonlocal sent, refused
-        while sent < budget and time.monotonic() < deadline:
-            sent += 1
-            started = time.perf_counter()
-            answer = await call(request)
-            if record:
-                latencies.append(time.perf_counter() - started)
-                refused += not answer.HasField("ok_response")
-
-    await asyncio.gather(*(caller(WARMUP, time.monotonic() + 10, False) for _ in range(concurrency)))
-    sent = 0
-    started = time.monotonic()
-    await asyncio.gather(*(caller(calls, started + seconds, True) for _ in range(concurrency)))
-    return latencies, refused, time.monotonic() - started
-
-
-def percentile(values: list[float], share: float) -> float:
-    ordered = sorted(values)
-    position = (len(ordered) - 1) * share
-    low = int(position)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
-
-
 def row(name: str, latencies: list[float], refused: int, wall: float, cpu: float) -> dict[str, Any]:
     done = len(latencies)
     return {
@@ -182,20 +114,20 @@ def row(name: str, latencies: list[float], refused: int, wall: float, cpu: float
         "calls_per_s": round(done / wall),
         "service_cpu_s": round(cpu, 2),
         "per_service_core": round(done / cpu) if cpu else None,
-        "p50_ms": round(statistics.median(latencies) * 1e3, 3),
-        "p99_ms": round(percentile(latencies, 0.99) * 1e3, 3),
+        **latency_ms(latencies),
     }
 
 
 async def measure(kind: str, policy: str, args: argparse.Namespace) -> dict[str, Any]:
-    proc, port = await start_child(kind)
+    proc, port = await start_child(__file__, kind)
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
             stub = auth_grpc.AuthorizationStub(channel)
             cpu_before = cpu_seconds(proc.pid)
             latencies, refused, wall = await drive(
                 lambda request: stub.Check(request, timeout=5),
-                check_request(policy),
+                [check_request(policy)],
+                _refused,
                 args.calls,
                 args.seconds,
                 args.concurrency,
@@ -211,12 +143,16 @@ async def measure_direct(policy: str, args: argparse.Namespace) -> dict[str, Any
     try:
         cpu_before = time.process_time()
         latencies, refused, wall = await drive(
-            service.check, check_request(policy), args.calls, args.seconds, args.concurrency
+            service.check, [check_request(policy)], _refused, args.calls, args.seconds, args.concurrency
         )
         cpu = time.process_time() - cpu_before
     finally:
         service.close()
     return row(f"{policy}/direct", latencies, refused, wall, cpu)
+
+
+def _refused(answer: auth_v3.CheckResponse) -> bool:
+    return not answer.HasField("ok_response")
 
 
 def report(rows: list[dict[str, Any]]) -> None:
@@ -230,10 +166,7 @@ def report(rows: list[dict[str, Any]]) -> None:
         ("p99_ms", "p99 ms"),
         ("refused", "refused"),
     ]
-    widths = [max(len(title), *(len(str(row[key])) for row in rows)) for key, title in columns]
-    print("  ".join(title.rjust(width) for (_, title), width in zip(columns, widths, strict=True)))
-    for row in rows:
-        print("  ".join(str(row[key]).rjust(width) for (key, _), width in zip(columns, widths, strict=True)))
+    print_table(rows, columns)
 
 
 async def main(args: argparse.Namespace) -> int:

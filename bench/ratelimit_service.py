@@ -19,25 +19,21 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 import grpc
 from envoy.service.ratelimit.v3 import rls_pb2 as rls_v3
 from envoy.service.ratelimit.v3 import rls_pb2_grpc
 
+from _service_load import cpu_seconds, drive, latency_ms, print_table, serve_bare, serve_started, start_child
 from xgate.ratelimit import Backend, Limit, LimitTable, MemoryBackend, RateLimitService, RedisBackend, serve
-from xgate.supervisor import die_with_parent, terminate
+from xgate.supervisor import terminate
 from xgate.testing.redis import run_redis
 
 IPS = 1000
-WARMUP = 500
 DOMAIN = "bench"
 
 
@@ -59,89 +55,35 @@ class BareService(rls_pb2_grpc.RateLimitServiceServicer):  # type: ignore[misc]
 
 async def serve_child(backend: str, algorithm: str) -> None:
     if backend == "grpc-bare":
-        bare = grpc.aio.server()
-        rls_pb2_grpc.add_RateLimitServiceServicer_to_server(BareService(), bare)
-        print(f"port {bare.add_insecure_port('127.0.0.1:0')}", flush=True)
-        await bare.start()
-        await bare.wait_for_termination()
+        await serve_bare(lambda server: rls_pb2_grpc.add_RateLimitServiceServicer_to_server(BareService(), server))
         return
     redis_url = None if backend == "memory" else backend
-    server, port = await serve(table(algorithm), redis_url=redis_url, timeout=1.0)
-    print(f"port {port}", flush=True)
-    try:
-        await server.wait_for_termination()
-    finally:
-        await server.stop(0)
+    await serve_started(*await serve(table(algorithm), redis_url=redis_url, timeout=1.0))
 
 
 # -- the client -----------------------------------------------------------------------------------------------
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of `pid` so far (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-async def start_child(backend: str, algorithm: str) -> tuple[asyncio.subprocess.Process, int]:
-    argv = [sys.executable, __file__, "--serve", backend, "--algorithm", algorithm]
-    proc = await asyncio.create_subprocess_exec(
-        *die_with_parent(argv), stdout=asyncio.subprocess.PIPE, start_new_session=True
-    )
-    assert proc.stdout is not None
-    line = await asyncio.wait_for(proc.stdout.readline(), 15)
-    if not line.startswith(b"port "):
-        await terminate(proc, 2)
-        raise RuntimeError(f"service child did not start: {line!r}")
-    return proc, int(line.split()[1])
-
-
-Call = Callable[[rls_v3.RateLimitRequest], Awaitable[rls_v3.RateLimitResponse]]
 
 
 async def load(port: int, calls: int, seconds: float, concurrency: int) -> tuple[list[float], int, float]:
     """Send calls over gRPC; returns (latencies of the measured calls in s, how many were OVER_LIMIT, wall s)."""
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
         stub = rls_pb2_grpc.RateLimitServiceStub(channel)
-        return await drive(lambda request: stub.ShouldRateLimit(request, timeout=5), calls, seconds, concurrency)
+        call = stub.ShouldRateLimit
+        return await drive(lambda request: call(request, timeout=5), requests(), _over, calls, seconds, concurrency)
 
 
-async def drive(call: Call, calls: int, seconds: float, concurrency: int) -> tuple[list[float], int, float]:
-    """`concurrency` callers sending through `call` after the warm-up; returns what `load` returns."""
-    requests = []
+def requests() -> list[rls_v3.RateLimitRequest]:
+    """One request per client IP (IPS of them), each with the one descriptor the limit counts."""
+    made = []
     for index in range(IPS):
         request = rls_v3.RateLimitRequest(domain=DOMAIN)
         request.descriptors.add().entries.add(key="client_ip", value=f"10.0.{index // 256}.{index % 256}")
-        requests.append(request)
-    latencies: list[float] = []
-    over = 0
-    sent = 0
-
-    async def caller(budget: int, deadline: float, record: bool) -> None:
-        nonlocal sent, over
-        while sent < budget and time.monotonic() < deadline:
-            request = requests[sent % IPS]
-            sent += 1
-            started = time.perf_counter()
-            answer = await call(request)
-            if record:
-                latencies.append(time.perf_counter() - started)
-                over += answer.overall_code == rls_v3.RateLimitResponse.OVER_LIMIT
-
-    warm_deadline = time.monotonic() + 10
-    await asyncio.gather(*(caller(WARMUP, warm_deadline, False) for _ in range(concurrency)))
-    sent = 0
-    started = time.monotonic()
-    await asyncio.gather(*(caller(calls, started + seconds, True) for _ in range(concurrency)))
-    return latencies, over, time.monotonic() - started
+        made.append(request)
+    return made
 
 
-def percentile(values: list[float], share: float) -> float:
-    ordered = sorted(values)
-    position = (len(ordered) - 1) * share
-    low = int(position)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+def _over(answer: rls_v3.RateLimitResponse) -> bool:
+    return bool(answer.overall_code == rls_v3.RateLimitResponse.OVER_LIMIT)
 
 
 def row(
@@ -158,8 +100,7 @@ def row(
         "service_cpu_s": round(cpu, 2),
         "redis_cpu_s": round(redis_cpu, 2),
         "per_service_core": round(done / cpu) if cpu else None,
-        "p50_ms": round(statistics.median(latencies) * 1e3, 2),
-        "p99_ms": round(percentile(latencies, 0.99) * 1e3, 2),
+        **latency_ms(latencies),
     }
 
 
@@ -167,7 +108,7 @@ async def measure(
     backend: str, algorithm: str, args: argparse.Namespace, redis_pid: int | None = None
 ) -> dict[str, Any]:
     """The service (or the bare gRPC server) in a child process, driven over gRPC."""
-    proc, port = await start_child(backend, algorithm)
+    proc, port = await start_child(__file__, backend, "--algorithm", algorithm)
     try:
         cpu_before = cpu_seconds(proc.pid)
         redis_before = cpu_seconds(redis_pid) if redis_pid else 0.0
@@ -189,7 +130,9 @@ async def measure_direct(
     try:
         cpu_before = time.process_time()
         redis_before = cpu_seconds(redis_pid) if redis_pid else 0.0
-        latencies, over, wall = await drive(service.should_rate_limit, args.calls, args.seconds, args.concurrency)
+        latencies, over, wall = await drive(
+            service.should_rate_limit, requests(), _over, args.calls, args.seconds, args.concurrency
+        )
         cpu = time.process_time() - cpu_before
         redis_cpu = (cpu_seconds(redis_pid) - redis_before) if redis_pid else 0.0
     finally:
@@ -211,10 +154,7 @@ def report(rows: list[dict[str, Any]]) -> None:
         ("p99_ms", "p99 ms"),
         ("over_limit", "over limit"),
     ]
-    widths = [max(len(title), *(len(str(row[key])) for row in rows)) for key, title in columns]
-    print("  ".join(title.rjust(width) for (_, title), width in zip(columns, widths, strict=True)))
-    for row in rows:
-        print("  ".join(str(row[key]).rjust(width) for (key, _), width in zip(columns, widths, strict=True)))
+    print_table(rows, columns)
 
 
 async def main(args: argparse.Namespace) -> int:
