@@ -12,6 +12,9 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+from xgate.errors import ProxyError
 
 _COLORS = ("36", "33", "35", "32", "34", "31")
 _POLL_INTERVAL = 0.05
@@ -81,6 +84,69 @@ async def terminate(proc: asyncio.subprocess.Process, grace: float) -> None:
         with contextlib.suppress(ProcessLookupError):
             proc.kill()
         await wait_exit(proc)
+
+
+def find_program(name: str, package: str) -> str:
+    """Path of `name` on PATH. Errors: ProxyError saying which Debian package to install."""
+    found = shutil.which(name)
+    if found is None:
+        raise ProxyError(f"{name} not found: install Debian's {package} (apt-get install {package})")
+    return found
+
+
+def log_tail(path: Path, lines: int = 20, head: int = 0) -> str:
+    """The last `lines` lines of a child's log (after its first `head` lines, where a program names a bad
+    flag before its usage text), indented for an error message; "" when there is none."""
+    with contextlib.suppress(OSError):
+        text = path.read_text(errors="replace").splitlines()
+        if len(text) > head + lines:
+            text = [*text[:head], "...", *text[-lines:]] if head else text[-lines:]
+        if text:
+            return "\n  " + "\n  ".join(text)
+    return ""
+
+
+class OwnedProcess:
+    """A server process this one started (etcd, redis-server in tests): its PID and exit code, and stopping or
+    killing it by that PID. Safe to use before the start and after the end."""
+
+    _proc: asyncio.subprocess.Process | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc else None
+
+    @property
+    def returncode(self) -> int | None:
+        return self._proc.returncode if self._proc else None
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.returncode is None
+
+    async def _spawn(self, argv: Sequence[str], stdout: Any) -> None:
+        """Start `argv` in its own session, dying with this process, stdin closed, stderr with stdout."""
+        self._proc = await asyncio.create_subprocess_exec(
+            *die_with_parent(argv),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=stdout,
+            stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    async def stop(self, grace: float = 5.0) -> int | None:
+        """SIGTERM it, SIGKILL it after `grace` seconds; returns its exit code. Safe to call twice."""
+        if self._proc is not None:
+            await terminate(self._proc, grace)
+        return self.returncode
+
+    async def kill(self) -> None:
+        """SIGKILL it and wait until it is gone (a crash, for fault tests)."""
+        proc = self._proc
+        if proc is not None and proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await wait_exit(proc)
 
 
 def _group_alive(pgid: int) -> bool:

@@ -20,7 +20,7 @@ from typing import Any
 import aiohttp
 
 from xgate.errors import ProxyError
-from xgate.supervisor import die_with_parent, terminate, wait_exit
+from xgate.supervisor import OwnedProcess, find_program, log_tail
 
 _POLL_INTERVAL = 0.05
 _PORT_CLASH = "address already in use"
@@ -34,14 +34,8 @@ QUOTA_BYTES = 128 * 1024 * 1024
 
 
 def find_etcd() -> str:
-    """Path of the `etcd` server binary on PATH.
-
-    Errors: ProxyError when there is none.
-    """
-    found = shutil.which("etcd")
-    if found is None:
-        raise ProxyError("etcd not found: install Debian's etcd-server (apt-get install etcd-server)")
-    return found
+    """Path of the `etcd` server binary on PATH. Errors: ProxyError when there is none."""
+    return find_program("etcd", "etcd-server")
 
 
 def free_ports(count: int) -> list[int]:
@@ -68,7 +62,7 @@ class EtcdGatewayError(ProxyError):
         self.code = code
 
 
-class EtcdProcess:
+class EtcdProcess(OwnedProcess):
     """One etcd member on 127.0.0.1; its data dir and log file are `<work_dir>/<name>.etcd` and `.log`.
 
     Alone it forms a one-member cluster; EtcdCluster passes `initial_cluster` and `cluster_token` to form more.
@@ -102,7 +96,6 @@ class EtcdProcess:
         self._etcd_path = etcd_path
         self._log_level = log_level
         self._extra_args = tuple(extra_args)
-        self._proc: asyncio.subprocess.Process | None = None
 
     @property
     def name(self) -> str:
@@ -128,18 +121,6 @@ class EtcdProcess:
     @property
     def log_path(self) -> Path:
         return self._work_dir / f"{self._name}.log"
-
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc else None
-
-    @property
-    def returncode(self) -> int | None:
-        return self._proc.returncode if self._proc else None
-
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.returncode is None
 
     def argv(self) -> list[str]:
         """The command line `start()` runs."""
@@ -173,13 +154,7 @@ class EtcdProcess:
             raise ProxyError(f"etcd member {self._name} is already running")
         self._work_dir.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as log:
-            self._proc = await asyncio.create_subprocess_exec(
-                *die_with_parent(self.argv()),
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=log,
-                stderr=asyncio.subprocess.STDOUT,
-                start_new_session=True,
-            )
+            await self._spawn(self.argv(), log)
 
     async def wait_ready(self, timeout: float = 10.0) -> None:
         """Wait until `/health` says true: this member has a leader and a quorum answers through it."""
@@ -220,20 +195,6 @@ class EtcdProcess:
                     return
             await asyncio.sleep(_POLL_INTERVAL)
 
-    async def stop(self, grace: float = 5.0) -> int | None:
-        """SIGTERM our etcd, SIGKILL it after `grace` seconds; returns its exit code. Safe to call twice."""
-        if self._proc is not None:
-            await terminate(self._proc, grace)
-        return self.returncode
-
-    async def kill(self) -> None:
-        """SIGKILL our etcd and wait until it is gone (a crash, for fault tests)."""
-        proc = self._proc
-        if proc is not None and proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            await wait_exit(proc)
-
     async def restart(self, grace: float = 5.0) -> None:
         """Stop if running, then start again on the same ports and data dir; `wait_ready()` waits."""
         await self.stop(grace)
@@ -261,14 +222,8 @@ class EtcdProcess:
         return answer
 
     def _log_tail(self, lines: int = 20) -> str:
-        """The log's first lines and last `lines` lines: etcd names a bad flag first, then prints its usage."""
-        with contextlib.suppress(OSError):
-            text = self.log_path.read_text(errors="replace").splitlines()
-            if len(text) > lines + 3:
-                text = [*text[:3], "...", *text[-lines:]]
-            if text:
-                return "\n  " + "\n  ".join(text)
-        return ""
+        # etcd names a bad flag first, then prints its usage: keep the first lines too.
+        return log_tail(self.log_path, lines, head=3)
 
 
 class EtcdCluster:

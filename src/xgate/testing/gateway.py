@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import socket
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,14 +18,12 @@ from xgate.proxy.process import EnvoyProcess
 from xgate.runtime import Bound, run_controlplane
 from xgate.sources.etcd.client import EtcdSettings
 from xgate.sources.etcd.layout import DEFAULT_PREFIX
+from xgate.testing.etcd import free_ports
 
 
 def free_port() -> int:
     """A TCP port that was free a moment ago on 127.0.0.1 (for config files that must name a port)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    return free_ports(1)[0]
 
 
 def write_atomic(path: Path, text: str) -> None:

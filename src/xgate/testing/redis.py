@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 from xgate.errors import ProxyError
-from xgate.supervisor import die_with_parent, terminate, wait_exit
+from xgate.supervisor import OwnedProcess, find_program, log_tail
 from xgate.testing.etcd import free_ports
 
 _POLL_INTERVAL = 0.02
@@ -22,13 +21,10 @@ _PORT_CLASH = "Address already in use"
 
 def find_redis_server() -> str:
     """Path of `redis-server` on PATH. Errors: ProxyError when there is none."""
-    found = shutil.which("redis-server")
-    if found is None:
-        raise ProxyError("redis-server not found: install Debian's redis-server (apt-get install redis-server)")
-    return found
+    return find_program("redis-server", "redis-server")
 
 
-class RedisProcess:
+class RedisProcess(OwnedProcess):
     """One redis-server on 127.0.0.1:`port`, no persistence, log in `<work_dir>/redis-<port>.log`.
 
     `kill()` and `start()` again on the same port simulate an outage and a restart (with empty memory).
@@ -40,7 +36,6 @@ class RedisProcess:
         self._work_dir = Path(work_dir)
         self.port = port or free_ports(1)[0]
         self._redis_path = redis_path
-        self._proc: asyncio.subprocess.Process | None = None
 
     @property
     def url(self) -> str:
@@ -49,14 +44,6 @@ class RedisProcess:
     @property
     def log_path(self) -> Path:
         return self._work_dir / f"redis-{self.port}.log"
-
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc else None
-
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.returncode is None
 
     def argv(self) -> list[str]:
         return [
@@ -75,13 +62,7 @@ class RedisProcess:
         if self.running:
             raise ProxyError(f"redis-server on port {self.port} is already running")
         self._work_dir.mkdir(parents=True, exist_ok=True)
-        self._proc = await asyncio.create_subprocess_exec(
-            *die_with_parent(self.argv()),
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.DEVNULL,
-            start_new_session=True,
-        )
+        await self._spawn(self.argv(), asyncio.subprocess.DEVNULL)  # it writes its own --logfile
         await self._wait_ready(timeout)
 
     async def _wait_ready(self, timeout: float) -> None:
@@ -89,7 +70,7 @@ class RedisProcess:
         deadline = loop.time() + timeout
         while not await self.ping():
             if not self.running:
-                raise ProxyError(f"redis-server exited with code {self._proc_code()}{self.log_tail()}")
+                raise ProxyError(f"redis-server exited with code {self.returncode}{self.log_tail()}")
             if loop.time() >= deadline:
                 raise ProxyError(f"redis-server on port {self.port} did not answer PING within {timeout} s")
             await asyncio.sleep(_POLL_INTERVAL)
@@ -108,28 +89,8 @@ class RedisProcess:
                         await writer.wait_closed()
         return False
 
-    async def stop(self, grace: float = 5.0) -> None:
-        """SIGTERM, then SIGKILL after `grace` seconds. Safe to call twice."""
-        if self._proc is not None:
-            await terminate(self._proc, grace)
-
-    async def kill(self) -> None:
-        """SIGKILL and wait until it is gone (a crash, for fault tests)."""
-        proc = self._proc
-        if proc is not None and proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            await wait_exit(proc)
-
     def log_tail(self, lines: int = 20) -> str:
-        with contextlib.suppress(OSError):
-            text = self.log_path.read_text(errors="replace").splitlines()[-lines:]
-            if text:
-                return "\n  " + "\n  ".join(text)
-        return ""
-
-    def _proc_code(self) -> int | None:
-        return self._proc.returncode if self._proc else None
+        return log_tail(self.log_path, lines)
 
 
 @contextlib.asynccontextmanager
