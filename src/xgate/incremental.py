@@ -4,7 +4,8 @@ This is the fast path for etcd (which says which routes changed) and for files (
 revision by object identity): a change to one route of 10,000 re-checks and re-serializes that route and
 joins the table's bytes again, where a full compile walks every object. It only takes route changes made
 while listeners, upstreams and plugin defaults stayed the same objects, and only when no listener needs
-its filter chain changed; anything else returns None and the caller compiles in full (and resets this).
+its filter chain changed and no canary fallback cluster appears or goes; anything else returns None and
+the caller compiles in full (and resets this).
 Its output equals a full compile's (tests compare the bytes).
 """
 
@@ -24,6 +25,7 @@ from xgate.errors import ConfigIssue
 from xgate.ir.build import RouteContext
 from xgate.ir.model import GatewayIR
 from xgate.translate import Resources, names
+from xgate.translate.cluster import fallback_clusters
 from xgate.translate.routetable import RouteTable
 
 
@@ -83,14 +85,15 @@ class IncrementalCompiler:
         checked: list[tuple[str, Route | None, dict[str, Model | None], list[ConfigIssue]]] = []
         for name, route in changes.items():
             previous = base.served.get(name)
-            if (route is not None and route.canary) or (previous is not None and previous.canary):
+            served: Route | None = None
+            own: dict[str, Model | None] = {}
+            problems: list[ConfigIssue] = []
+            if route is not None:
+                served, own, problems = base.context.check(route, previous)
+                if problems and not base.context.lenient:
+                    return None
+            if _fallbacks(served) != _fallbacks(previous):
                 return None  # canary fallbacks are clusters of their own: a full compile adds or drops them
-            if route is None:
-                checked.append((name, None, {}, []))
-                continue
-            served, own, problems = base.context.check(route, base.served.get(name))
-            if problems and not base.context.lenient:
-                return None
             checked.append((name, served, own, problems))
         touched: set[str] = set()
         for name, served, own, problems in checked:
@@ -144,6 +147,13 @@ def route_changes(before: ConfigSet, after: ConfigSet) -> dict[str, Route | None
             changes[route.name] = route
     changes.update(dict.fromkeys(old))
     return changes
+
+
+def _fallbacks(route: Route | None) -> frozenset[str]:
+    """The names of a route's canary fallback clusters (a cluster is fully named by its two upstreams)."""
+    if route is None or not route.canary:
+        return frozenset()
+    return frozenset(cluster.name for cluster in fallback_clusters(route))
 
 
 def _same_surroundings(before: ConfigSet, after: ConfigSet) -> bool:

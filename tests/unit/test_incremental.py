@@ -24,7 +24,7 @@ routes:
 """
 
 
-def random_route(rng: random.Random, name: str) -> dict[str, Any]:
+def random_route(rng: random.Random, name: str, canary: bool = False) -> dict[str, Any]:
     path = rng.choice(
         [
             {"prefix": f"/p{rng.randint(0, 30)}"},
@@ -52,19 +52,26 @@ def random_route(rng: random.Random, name: str) -> dict[str, Any]:
         route["plugins"] = {"cors": {"allow_origins": [f"https://{name}.io"]}}
     if rng.random() < 0.1:
         route["plugins"] = {**route.get("plugins", {}), "dyeing": False}
+    if canary and "upstream" in route and rng.random() < 0.2:
+        # Canaries: most changes keep the fallback cluster (fast path), some add or drop one (full compile).
+        route["canary"] = {"stage": "canary", "upstream": "b", "fallback": rng.random() < 0.5}
     return route
 
 
 # Dyed: native rules on edge (each route becomes several Envoy routes), the ext_proc path on admin.
-DYED = BASE.replace(
-    'plugins: {cors: {allow_origins: ["*"]}}',
-    """plugins:
+DYED = (
+    BASE.replace(
+        'plugins: {cors: {allow_origins: ["*"]}}',
+        """plugins:
   cors: {allow_origins: ["*"]}
   dyeing:
     rules: [{stage: canary, header: {name: x-canary, present: true}}, {stage: beta, query: {name: b, exact: "1"}}]""",
-).replace(
-    "plugins: {cors: false}}",
-    "plugins: {cors: false, dyeing: {rules: [{stage: canary, sticky: {percent: 5, key: {header: x-user}}}]}}}",
+    )
+    .replace(
+        "plugins: {cors: false}}",
+        "plugins: {cors: false, dyeing: {rules: [{stage: canary, sticky: {percent: 5, key: {header: x-user}}}]}}}",
+    )
+    .replace('{name: b, endpoints: ["127.0.0.1:2"]}', '{name: b, endpoints: ["127.0.0.1:2"], health_check: {}}')
 )
 
 
@@ -92,7 +99,7 @@ def test_random_route_changes_match_a_full_compile(text: str) -> None:
                 del routes[name]
                 changes[name] = None
             else:
-                routes[name] = Route.model_validate(random_route(rng, name))
+                routes[name] = Route.model_validate(random_route(rng, name, canary=text is DYED))
                 changes[name] = routes[name]
         config = replace(base, routes=tuple(routes[name] for name in sorted(routes)))
         result = incremental.apply(config, changes)
@@ -104,6 +111,7 @@ def test_random_route_changes_match_a_full_compile(text: str) -> None:
         fast += 1
         resources, issues = result
         assert serialized_routes(resources) == serialized_routes(full.resources), f"step {step}"
+        assert resources.clusters.keys() == full.resources.clusters.keys(), f"step {step}"
         assert sorted(map(str, issues)) == sorted(map(str, full.ir.issues)), f"step {step}"
         assert incremental.served == served
     assert fast > 200  # most changes took the fast path
