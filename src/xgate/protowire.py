@@ -21,9 +21,15 @@ def varint(value: int) -> bytes:
             return bytes(out)
 
 
+def field_head(field_number: int, length: int) -> bytes:
+    """The tag and length of a length-delimited field; its `length` bytes of payload follow. For joining a
+    big message from its parts in one copy instead of wrapping (and so copying) it once per level."""
+    return varint(field_number << 3 | 2) + varint(length)
+
+
 def length_delimited(field_number: int, payload: bytes) -> bytes:
     """One length-delimited field (bytes, string, message, or one element of a repeated one)."""
-    return varint(field_number << 3 | 2) + varint(len(payload)) + payload
+    return field_head(field_number, len(payload)) + payload
 
 
 def string_field(field_number: int, text: str) -> bytes:

@@ -7,24 +7,30 @@ import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+import xxhash
 from google.protobuf import any_pb2
 from google.protobuf.message import Message
 
 from xgate.discovery import typeurls
-from xgate.protowire import length_delimited, string_field
+from xgate.protowire import field_head, string_field
 from xgate.translate import Resources
 
 
 @dataclass(frozen=True)
 class Resource:
     """One Envoy resource, serialized once for every proxy; `version` is a digest of its bytes, so equal
-    content is an equal version. `wire` is the resource as a google.protobuf.Any, ready to send."""
+    content is an equal version. As a google.protobuf.Any it is `any_head` then `data`, kept apart so a
+    response copies a 600 KB route table once, when it joins its own bytes."""
 
     name: str
     version: str
     type_url: str
     data: bytes
-    wire: bytes
+    any_head: bytes
+
+    @property
+    def any_size(self) -> int:
+        return len(self.any_head) + len(self.data)
 
     @property
     def packed(self) -> any_pb2.Any:
@@ -74,9 +80,10 @@ def build_snapshot(resources: Resources, revision: str, serial: int, previous: S
 
 def _pack(name: str, message: Message | bytes, type_url: str, before: Resource | None) -> Resource:
     data = message if isinstance(message, bytes) else message.SerializeToString(deterministic=True)
-    # sha256 runs on the CPU's SHA instructions here: 0.4 ms for a 600 KB route table, blake2b 1 ms.
-    version = hashlib.sha256(data).hexdigest()[:16]
+    # XXH3-128: 15 us for a 600 KB route table, where sha256 took 400 us of every change's few milliseconds.
+    # A version only has to tell contents apart, and whoever could craft a collision can write the config.
+    version = xxhash.xxh3_128_hexdigest(data)
     if before is not None and before.version == version:
         return before
-    wire = string_field(1, type_url) + length_delimited(2, data)  # google.protobuf.Any
-    return Resource(name=name, version=version, type_url=type_url, data=data, wire=wire)
+    any_head = string_field(1, type_url) + field_head(2, len(data))  # google.protobuf.Any: type_url, value
+    return Resource(name=name, version=version, type_url=type_url, data=data, any_head=any_head)

@@ -18,13 +18,13 @@ from envoy.service.discovery.v3 import discovery_pb2 as discovery_v3
 from xgate.discovery import typeurls
 from xgate.discovery.snapshot import Resource, Snapshot
 from xgate.discovery.status import ProxyStatus, Rejection, TypeStatus
-from xgate.protowire import length_delimited, string_field
+from xgate.protowire import field_head, string_field
 
 
 @dataclass(frozen=True)
 class Response:
     """A DiscoveryResponse to send. `wire()` joins the resources' bytes, serialized once per snapshot for
-    every proxy, instead of copying them into a message (0.8 ms for a 600 KB route table)."""
+    every proxy, in one copy, instead of copying them into a message (0.8 ms for a 600 KB route table)."""
 
     version_info: str
     type_url: str
@@ -34,7 +34,8 @@ class Response:
     def wire(self) -> bytes:
         # DiscoveryResponse: version_info = 1, resources = 2, type_url = 4, nonce = 5.
         parts = [string_field(1, self.version_info)]
-        parts += [length_delimited(2, resource.wire) for resource in self.resources]
+        for resource in self.resources:
+            parts += (field_head(2, resource.any_size), resource.any_head, resource.data)
         parts += [string_field(4, self.type_url), string_field(5, self.nonce)]
         return b"".join(parts)
 
