@@ -16,7 +16,7 @@ from envoy.config.route.v3 import route_pb2 as route_v3
 
 from xgate.ir.build import precedence
 from xgate.ir.model import RouteIR
-from xgate.protowire import length_delimited
+from xgate.protowire import field_head, length_delimited
 from xgate.translate import names
 from xgate.translate.route import translate_route
 
@@ -32,6 +32,28 @@ class _Entry:
     ir: RouteIR
 
 
+Position = tuple[tuple[object, ...], str]  # (precedence key, route name): a route's place in the table
+
+# Routes per block, up to twice that before a block splits. A change rejoins one block, and assembling joins
+# about n/64 blocks: a join that touched each of 10,000 route pieces cost 0.4 ms per change in a running
+# control plane (their cache lines are cold by then), though 0.15 ms in a loop.
+_BLOCK = 64
+
+
+@dataclass
+class _Block:
+    """Consecutive routes of the table, in order, and their bytes joined (once, until the block changes)."""
+
+    positions: list[Position]
+    wires: list[bytes]
+    joined: bytes | None = None
+
+    def bytes(self) -> bytes:
+        if self.joined is None:
+            self.joined = b"".join(self.wires)
+        return self.joined
+
+
 class RouteTable:
     """The routes of one listener, in precedence order (ties broken by name, as etcd lists keys)."""
 
@@ -39,9 +61,9 @@ class RouteTable:
         self.listener = listener
         self.filters = filters
         self._entries: dict[str, _Entry] = {}
-        self._order: list[tuple[tuple[object, ...], str]] = []
-        # Kept in step with _order so the common case (no route names a host) is one bytes join.
-        self._wires: list[bytes] = []
+        self._blocks: list[_Block] = []
+        self._firsts: list[Position] = []  # each block's first position, for bisecting to a block
+        self._wire_size = 0  # the routes' bytes in all
         self._hosts: Counter[str] = Counter()  # host name -> routes naming it
         self._hosted = 0  # routes that name a host
 
@@ -56,18 +78,45 @@ class RouteTable:
         wire = b"".join(length_delimited(_ROUTES, proto.SerializeToString(deterministic=True)) for proto in protos)
         entry = _Entry(key, ir.route.match.hosts, wire, ir)
         self._entries[ir.name] = entry
-        index = bisect.bisect_left(self._order, (key, ir.name))
-        self._order.insert(index, (key, ir.name))
-        self._wires.insert(index, entry.wire)
+        self._insert((key, ir.name), wire)
+        self._wire_size += len(wire)
         self._count_hosts(entry.hosts, 1)
 
     def remove(self, name: str) -> None:
         entry = self._entries.pop(name, None)
         if entry is not None:
-            index = bisect.bisect_left(self._order, (entry.key, name))
-            del self._order[index]
-            del self._wires[index]
+            self._delete((entry.key, name))
+            self._wire_size -= len(entry.wire)
             self._count_hosts(entry.hosts, -1)
+
+    def _insert(self, position: Position, wire: bytes) -> None:
+        if not self._blocks:
+            self._blocks.append(_Block([position], [wire]))
+            self._firsts.append(position)
+            return
+        index = max(0, bisect.bisect_right(self._firsts, position) - 1)
+        block = self._blocks[index]
+        at = bisect.bisect_left(block.positions, position)
+        block.positions.insert(at, position)
+        block.wires.insert(at, wire)
+        block.joined = None
+        self._firsts[index] = block.positions[0]
+        if len(block.positions) > 2 * _BLOCK:
+            tail = _Block(block.positions[_BLOCK:], block.wires[_BLOCK:])
+            del block.positions[_BLOCK:], block.wires[_BLOCK:]
+            self._blocks.insert(index + 1, tail)
+            self._firsts.insert(index + 1, tail.positions[0])
+
+    def _delete(self, position: Position) -> None:
+        index = bisect.bisect_right(self._firsts, position) - 1
+        block = self._blocks[index]
+        at = bisect.bisect_left(block.positions, position)
+        del block.positions[at], block.wires[at]
+        block.joined = None
+        if block.positions:
+            self._firsts[index] = block.positions[0]
+        else:
+            del self._blocks[index], self._firsts[index]
 
     def _count_hosts(self, hosts: tuple[str, ...], step: int) -> None:
         specific = [host for host in hosts if host != "*"]
@@ -82,29 +131,35 @@ class RouteTable:
         entry = self._entries.get(name)
         return entry.ir if entry is not None else None
 
+    def _ordered(self) -> list[_Entry]:
+        return [self._entries[name] for block in self._blocks for _, name in block.positions]
+
     def routes(self) -> list[RouteIR]:
-        return [self._entries[name].ir for _, name in self._order]
+        return [entry.ir for entry in self._ordered()]
 
     def assemble(self) -> bytes:
-        """The serialized RouteConfiguration (see translate_routes for the virtual host layout)."""
-        if self._hosted:
-            ordered = [self._entries[name] for _, name in self._order]
-            virtual_hosts = [
-                self._virtual_host((host,), [e.wire for e in ordered if host in e.hosts or "*" in e.hosts])
-                for host in sorted(self._hosts)
-            ]
-            virtual_hosts.append(self._virtual_host(("*",), [e.wire for e in ordered if "*" in e.hosts]))
-        else:
-            virtual_hosts = [self._virtual_host(("*",), self._wires)]
+        """The serialized RouteConfiguration (see translate_routes for the virtual host layout), joined from
+        its parts in one copy: the routes' bytes are copied once, not once per enclosing message."""
         head: bytes = route_v3.RouteConfiguration(name=names.route_config(self.listener)).SerializeToString(
             deterministic=True
         )
         tail: bytes = route_v3.RouteConfiguration(ignore_port_in_host_matching=True).SerializeToString(
             deterministic=True
         )
-        return head + b"".join(length_delimited(_VIRTUAL_HOSTS, vh) for vh in virtual_hosts) + tail
+        if not self._hosted:
+            blocks = [block.bytes() for block in self._blocks]
+            return b"".join([head, *self._virtual_host_head(("*",), self._wire_size), *blocks, tail])
+        ordered = self._ordered()
+        parts = [head]
+        for hosts in [*((host,) for host in sorted(self._hosts)), ("*",)]:
+            wires = [e.wire for e in ordered if "*" in e.hosts or hosts[0] in e.hosts]
+            parts += self._virtual_host_head(hosts, sum(map(len, wires)))
+            parts += wires
+        parts.append(tail)
+        return b"".join(parts)
 
-    def _virtual_host(self, hosts: tuple[str, ...], routes: list[bytes]) -> bytes:
+    def _virtual_host_head(self, hosts: tuple[str, ...], routes_size: int) -> tuple[bytes, bytes]:
+        """RouteConfiguration.virtual_hosts' tag and length, and the VirtualHost's fields before its routes."""
         head = route_components_v3.VirtualHost(name=names.virtual_host(self.listener, hosts), domains=list(hosts))
         encoded: bytes = head.SerializeToString(deterministic=True)
-        return encoded + b"".join(routes)
+        return field_head(_VIRTUAL_HOSTS, len(encoded) + routes_size), encoded
