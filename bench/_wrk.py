@@ -70,9 +70,11 @@ def wrk(
 def best_table(results: dict[str, list[tuple[float, float]]], baseline: str) -> str:
     """Each route's runs, its best rate and that run's p99, and its share of the baseline's best rate."""
     best = {route: max(runs) for route, runs in results.items()}
-    lines = [f"{'route':8} {'rps (each run)':>28} {'best rps':>10} {'p99 ms (best run)':>18} {'of ' + baseline:>9}"]
+    width = max(8, *map(len, results))
+    head = f"{'route':{width}} {'rps (each run)':>28} {'best rps':>10} {'p99 ms (best run)':>18} {'of ' + baseline:>9}"
+    lines = [head]
     for route, runs in results.items():
         each = ", ".join(f"{rps:,.0f}" for rps, _ in runs)
         share = best[route][0] / best[baseline][0]
-        lines.append(f"{route:8} {each:>28} {best[route][0]:>10,.0f} {best[route][1]:>18.2f} {share:>9.1%}")
+        lines.append(f"{route:{width}} {each:>28} {best[route][0]:>10,.0f} {best[route][1]:>18.2f} {share:>9.1%}")
     return "\n".join(lines)

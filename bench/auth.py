@@ -1,14 +1,16 @@
 """What authentication costs through a real Envoy, in one run, on loopback: a bare route, a route behind Envoy's
 own jwt_authn (native, RS256), the same provider verified in Python by `xgate authz` (ext_authz over gRPC,
-verified-token cache), and a route with native jwt plus a Python policy in `xgate authz`.
+verified-token cache), and two routes with native jwt plus a Python policy in `xgate authz`: a plain function (run
+in the service's thread pool) and an `@inline` one (run on its event loop).
 
     flock /tmp/xgate-bench.lock .venv/bin/python bench/auth.py [--seconds 5] [--connections 32] [--threads 1]
         [--rounds 2] [--fixed-seconds 10] [--pin] [--distinct-tokens N]
 
 Part 1, wrk (Debian package, closed loop): the routes measured alternately, `--rounds` times each; the table
 shows each run, the best rate with its p99, and each route's share of the bare route's best rate.
-Part 2, fixed rate: the policy route at half of its best wrk rate for `--fixed-seconds`, with bench/_openloop.py
-(open loop, latency from each request's scheduled send time; see bench/README.md for why not wrk).
+Part 2, fixed rate: each policy route at half of its best wrk rate for `--fixed-seconds`, then the bare route at
+that rate, with bench/_openloop.py (open loop, latency from each request's scheduled send time; see
+bench/README.md for why not wrk).
 All routes answer with a direct response, so the figures are Envoy's (and the authz service's) work. Every
 request carries the same valid token, so verified-token caches always hit; with `--distinct-tokens N` wrk sends
 N tokens in turn instead (N > 10,000: every verification is a cold one). `xgate authz` runs as a process of
@@ -35,6 +37,9 @@ from _wrk import best_table, have_wrk, wrk, wrk_parser
 from xgate.testing import free_port, run_gateway
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "policies"
+# The example policies: allow_admins is a plain function (runs in the service's thread pool), read_only an
+# @inline one (runs on the event loop); both allow the benchmark's GET with an admin token.
+POLICY_ROUTES = ("policy", "policy-inline")
 
 
 def setup(distinct: int) -> tuple[dict[str, Any], list[str]]:
@@ -78,7 +83,9 @@ def config(port: int, authz: int, jwks: dict[str, Any]) -> str:
         "plugins": {
             "jwt": {"providers": [{"name": "main", "issuer": "https://bench.test", "jwks": jwks},
                                   {"name": "py", "verify": "python", "issuer": "https://bench.test", "jwks": jwks}]},
-            "policy": {"policies": {"admins": "xgate_example_policies:allow_admins"}, "service": f"127.0.0.1:{authz}"},
+            "policy": {"policies": {"admins": "xgate_example_policies:allow_admins",
+                                    "read-only": "xgate_example_policies:read_only"},
+                       "service": f"127.0.0.1:{authz}"},
         },
         "listeners": [{"name": "public", "address": "127.0.0.1", "port": port}],
         "routes": [
@@ -91,6 +98,9 @@ def config(port: int, authz: int, jwks: dict[str, Any]) -> str:
             {"name": "policy", "match": {"path": {"exact": "/policy"}},
              "direct_response": {"status": 200, "body": "ok"},
              "plugins": {"jwt": {"provider": "main"}, "policy": {"name": "admins"}}},
+            {"name": "policy-inline", "match": {"path": {"exact": "/policy-inline"}},
+             "direct_response": {"status": 200, "body": "ok"},
+             "plugins": {"jwt": {"provider": "main"}, "policy": {"name": "read-only"}}},
         ],
     })  # fmt: skip
 
@@ -103,7 +113,7 @@ async def main(args: argparse.Namespace) -> int:
         return 2
     jwks, tokens = setup(args.distinct_tokens)
     port, authz = free_port(), free_port()
-    results: dict[str, list[tuple[float, float]]] = {"bare": [], "jwt": [], "jwt-py": [], "policy": []}
+    results: dict[str, list[tuple[float, float]]] = {route: [] for route in ("bare", "jwt", "jwt-py", *POLICY_ROUTES)}
     with tempfile.TemporaryDirectory(prefix="xgate-bench-auth-") as work:
         text = config(port, authz, jwks)
         path = Path(work) / "auth.json"
@@ -119,11 +129,12 @@ async def main(args: argparse.Namespace) -> int:
                         wrk, url, args.seconds, args.connections, args.threads, [] if script else headers, script
                     )
                     results[route].append(run)
-            half = max(rps for rps, _ in results["policy"]) / 2
-            fixed = {
-                route: await open_loop(f"http://127.0.0.1:{port}/{route}", half, args.fixed_seconds, headers)
-                for route in ("policy", "bare")
-            }
+            fixed: list[tuple[str, float, dict[str, float]]] = []
+            for route in POLICY_ROUTES:
+                half = max(rps for rps, _ in results[route]) / 2
+                for measured in (route, "bare"):
+                    url = f"http://127.0.0.1:{port}/{measured}"
+                    fixed.append((measured, half, await open_loop(url, half, args.fixed_seconds, headers)))
         service.terminate()
         await service.wait()
     pinned = "; pinned: xgate authz on CPU 1, the rest on CPU 0" if args.pin else ""
@@ -131,11 +142,13 @@ async def main(args: argparse.Namespace) -> int:
         f"wrk -t{args.threads} -c{args.connections} -d{args.seconds}s, Envoy --concurrency 1, direct responses{pinned}"
     )
     print(best_table(results, "bare"))
-    print(f"fixed rate {half:,.0f} rps = half the policy route's best (open loop, {args.fixed_seconds:g} s, 64 conns);")
-    print("bare at the same rate is the generator's and the machine's own floor")
-    for route, figures in fixed.items():
+    print(
+        f"fixed rate: each policy route at half its best rps, then bare at that rate (the generator's and the "
+        f"machine's own floor); open loop, {args.fixed_seconds:g} s, 64 conns"
+    )
+    for route, rate, figures in fixed:
         print(
-            f"{route:8} achieved {figures['achieved']:,.0f} rps  p50 {figures['p50_ms']:.2f} ms  "
+            f"{route:13} {rate:>6,.0f} rps: achieved {figures['achieved']:,.0f}  p50 {figures['p50_ms']:.2f} ms  "
             f"p90 {figures['p90_ms']:.2f} ms  p99 {figures['p99_ms']:.2f} ms  max {figures['max_ms']:.2f} ms  "
             f"failures {figures['failures']:.0f}"
         )

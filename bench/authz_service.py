@@ -10,7 +10,8 @@ route's context_extensions, six headers, a seven-claim jwt_authn payload in meta
 calls or `seconds` seconds, whichever comes first, after 500 warm-up calls. "per core" divides the calls by the
 CPU seconds the service process used (from /proc).
 
-Rows: `grpc-bare` answers OK at once (the grpc.aio ceiling on this machine); `inline`, `async` and `thread` are
+Rows: `grpc-bare` answers OK at once (the grpc.aio ceiling on this machine), `grpc-sync` the same on grpcio's
+thread-pool server (the ceiling a synchronous service would have); `inline`, `async` and `thread` are
 the service with the same allow policy run each way (an `@inline` function, an `async def`, a plain function
 in the thread pool); `*/direct` call the servicer's `check` in this process without gRPC: xgate's own cost.
 """
@@ -22,6 +23,7 @@ import asyncio
 import json
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import grpc
@@ -67,6 +69,20 @@ def registry(module: str) -> PolicyRegistry:
 class BareService(auth_grpc.AuthorizationServicer):  # type: ignore[misc]
     async def Check(self, request: auth_v3.CheckRequest, context: grpc.aio.ServicerContext) -> auth_v3.CheckResponse:
         return auth_v3.CheckResponse(ok_response=auth_v3.OkHttpResponse())
+
+
+class SyncBareService(auth_grpc.AuthorizationServicer):  # type: ignore[misc]
+    def Check(self, request: auth_v3.CheckRequest, context: grpc.ServicerContext) -> auth_v3.CheckResponse:
+        return auth_v3.CheckResponse(ok_response=auth_v3.OkHttpResponse())
+
+
+def serve_sync_bare() -> None:
+    """Child: grpcio's thread-pool server answering OK at once (4 workers), for comparison with grpc.aio."""
+    server = grpc.server(ThreadPoolExecutor(max_workers=4))
+    auth_grpc.add_AuthorizationServicer_to_server(SyncBareService(), server)
+    print(f"port {server.add_insecure_port('127.0.0.1:0')}", flush=True)
+    server.start()
+    server.wait_for_termination()
 
 
 async def serve_child(kind: str) -> None:
@@ -135,7 +151,7 @@ async def measure(kind: str, policy: str, args: argparse.Namespace) -> dict[str,
             cpu = cpu_seconds(proc.pid) - cpu_before
     finally:
         await terminate(proc, 5)
-    return row(kind if kind == "grpc-bare" else policy, latencies, refused, wall, cpu)
+    return row(kind if kind.startswith("grpc-") else policy, latencies, refused, wall, cpu)
 
 
 async def measure_direct(policy: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -170,7 +186,7 @@ def report(rows: list[dict[str, Any]]) -> None:
 
 
 async def main(args: argparse.Namespace) -> int:
-    rows = [await measure("grpc-bare", "inline", args)]
+    rows = [await measure("grpc-bare", "inline", args), await measure("grpc-sync", "inline", args)]
     rows += [await measure("xgate", mode, args) for mode in MODES]
     rows += [await measure_direct(mode, args) for mode in MODES]
     if args.json:
@@ -187,13 +203,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--calls", type=int, default=20_000)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--json", action="store_true")
-    parser.add_argument("--serve", help=argparse.SUPPRESS)  # child: "grpc-bare" or "xgate"
+    parser.add_argument("--serve", help=argparse.SUPPRESS)  # child: "grpc-bare", "grpc-sync" or "xgate"
     return parser.parse_args(argv)
 
 
 if __name__ == "__main__":
     arguments = parse_args()
     if arguments.serve:
-        asyncio.run(serve_child(arguments.serve))
+        if arguments.serve == "grpc-sync":
+            serve_sync_bare()
+        else:
+            asyncio.run(serve_child(arguments.serve))
     else:
         sys.exit(asyncio.run(main(arguments)))
