@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -16,7 +15,7 @@ from xgate.discovery import SnapshotCache
 from xgate.errors import ConfigError, ConfigIssue
 from xgate.incremental import IncrementalCompiler, route_changes
 from xgate.ir.model import GatewayIR
-from xgate.pipeline import Compiled, compile_config, gc_paused
+from xgate.pipeline import Compiled, DeferredFreeze, compile_config, gc_paused
 from xgate.sources.revision import Revision
 from xgate.translate import Translator
 
@@ -73,7 +72,7 @@ class ControlPlane:
         self._rejections: dict[str, tuple[str, list[str]]] = {}
         self._served_routes: dict[str, Route] = {}
         self._incremental = IncrementalCompiler()
-        self._freeze_pending: asyncio.TimerHandle | None = None
+        self._freeze = DeferredFreeze(_FREEZE_DELAY)  # after full compiles: millions of objects at 10k routes
 
     async def on_revision(self, revision: Revision, source: str = "file") -> None:
         started = time.perf_counter()
@@ -100,24 +99,10 @@ class ControlPlane:
             self._incremental.reset(config, compiled.ir, compiled.context, compiled.resources)
         else:
             self._incremental.clear()
-        self._freeze_soon()
+        self._freeze.soon()
         warnings = [str(w) for rev in inputs.values() for w in rev.warnings]
         warnings += conflicts + [str(issue) for issue in compiled.ir.issues]
         self._publish(combined, warnings, compiled.ir, started, revision)
-
-    def _freeze_soon(self) -> None:
-        """Move what a full compile leaves alive (a big config is millions of objects) out of the collector's
-        reach, so later collections, during the millisecond path of small changes, walk only new objects.
-        Deferred: the collection takes ~150 ms at 10,000 routes and must not stand between the new snapshot
-        and the streams sending it."""
-        if self._freeze_pending is None:
-            self._freeze_pending = asyncio.get_running_loop().call_later(_FREEZE_DELAY, self._freeze)
-
-    def _freeze(self) -> None:
-        self._freeze_pending = None
-        gc.unfreeze()  # lets this collection free cycles that earlier revisions left behind
-        gc.collect()
-        gc.freeze()
 
     def _apply_changes(self, revision: Revision, source: str, started: float) -> bool:
         """The fast path for route-only changes; False: compile in full."""

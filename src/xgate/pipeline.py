@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import gc
 import hashlib
@@ -51,6 +52,34 @@ def gc_paused() -> Iterator[None]:
     finally:
         if was_enabled:
             gc.enable()
+
+
+class DeferredFreeze:
+    """Collect, then move what is left (modules, the loaded config: in a service that is most of the heap) out
+    of the cyclic collector's reach with gc.freeze, `delay` seconds after a (re)load.
+
+    Without it the collector's full passes walk that heap again and again: 30-45 ms pauses seen in
+    `xgate authz` under load, a stall for every request in flight, and 150 ms at 10,000 routes in the control
+    plane. Later collections walk only newer objects. Deferred, so the collection itself does not stand
+    between a new config and its first use; the unfreeze first lets it free what earlier loads left behind.
+    """
+
+    def __init__(self, delay: float = 0.5) -> None:
+        self.delay = delay
+        self._pending: asyncio.TimerHandle | None = None
+
+    def soon(self) -> None:
+        """Schedule the freeze on the running loop (once, however many loads come before it runs)."""
+        if self._pending is None:
+            self._pending = asyncio.get_running_loop().call_later(self.delay, self.now)
+
+    def now(self) -> None:
+        if self._pending is not None:
+            self._pending.cancel()
+            self._pending = None
+        gc.unfreeze()
+        gc.collect()
+        gc.freeze()
 
 
 def revision_of(text: str | bytes) -> str:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from xgate.config.load import ConfigSet
 from xgate.controlplane import merge_inputs
+from xgate.pipeline import DeferredFreeze
 from xgate.sources.etcd.client import EtcdClient, EtcdSettings
 from xgate.sources.etcd.source import EtcdSource
 from xgate.sources.file import FileSource
@@ -29,6 +30,8 @@ class Merged:
     def __init__(self, consume: MergedConsumer) -> None:
         self._consume = consume
         self._inputs: dict[str, Revision] = {}
+        # At most one full collection per 2 s while changes stream in: each walks the whole heap (~45 ms).
+        self._freeze = DeferredFreeze(2.0)
 
     async def on_revision(self, revision: Revision, source: str = "file") -> None:
         if revision.config is None:
@@ -37,6 +40,7 @@ class Merged:
         config, _ = merge_inputs(inputs)
         if await self._consume(config, revision, "etcd" in inputs):
             self._inputs = inputs
+            self._freeze.soon()  # what the service keeps per request is then all that its collections walk
 
 
 async def follow(
