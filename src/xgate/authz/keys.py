@@ -78,6 +78,9 @@ class StaticKeys:
         jwks = provider.jwks if provider.jwks is not None else json.loads(Path(str(provider.jwks_file)).read_text())
         self.keys = KeySet(jwks, provider.algorithms)
 
+    def may_refetch(self) -> bool:
+        return False
+
     async def refetch(self) -> bool:
         return False
 
@@ -116,6 +119,10 @@ class RemoteKeys:
                     await task
         if self._session is not None:
             await self._session.close()
+
+    def may_refetch(self) -> bool:
+        """Whether `refetch` would fetch (or wait for a fetch under way) rather than answer False at once."""
+        return self._inflight is not None or self._clock() - self._last_attempt >= self.provider.jwks_min_refetch
 
     async def refetch(self) -> bool:
         """For a token with an unknown kid: fetch now unless a fetch started less than `jwks_min_refetch` ago

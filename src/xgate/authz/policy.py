@@ -28,8 +28,9 @@ How a policy runs (see runner.py)
 - `async def` policies run on the service's event loop under the per-call timeout (default 100 ms); they must
   not block (no `time.sleep`, no blocking I/O).
 - Plain functions run in a bounded thread pool, so that one that hangs costs a thread, not the service.
-  Decorate a plain function with `@inline` to run it on the event loop instead (cheaper; for policies that only
-  look at the request and claims): an inline policy cannot be interrupted, so a late answer is discarded.
+  Decorate a plain function with `@inline` to run it in the thread handling the check instead (cheaper: no
+  hop to the pool and back; for policies that only look at the request and claims): an inline policy cannot
+  be interrupted, so a late answer is discarded, and one that hangs holds one of the server's threads.
 - A policy that raises, answers after the timeout, or returns anything but Allow/Deny gets the service's
   failure answer: `Deny(403)` unless the service was configured otherwise (another status, or fail open).
   Every such event is logged with the route and the policy's import path, and counted.
@@ -130,10 +131,11 @@ INLINE_ATTRIBUTE = "__xgate_inline__"
 
 
 def inline(policy: F) -> F:
-    """Mark a plain (non-async) policy to run on the event loop instead of the thread pool.
+    """Mark a plain (non-async) policy to run where the check is handled instead of in the thread pool.
 
-    For quick policies only: an inline policy cannot be interrupted, so one that hangs stalls every request of
-    the service. A late answer is still discarded (the request gets the failure answer) and logged.
+    For quick policies only: an inline policy cannot be interrupted, so one that hangs keeps one of the
+    service's threads for good (and with `PolicyRunner.run`, the event loop). A late answer is still discarded
+    (the request gets the failure answer) and logged.
     """
     setattr(policy, INLINE_ATTRIBUTE, True)
     return policy

@@ -1,13 +1,14 @@
 """Runs one policy for one request under a timeout and turns every failure into the failure answer.
 
-Where a policy runs (the choice is made once, at load time, by policy._mode):
+Where a policy runs (the choice is made once, at load time, by policy._mode). The service calls
+`run_blocking` from a thread of its gRPC server; `run` is the same from a coroutine.
 - `async def`: awaited on the event loop under `asyncio.timeout` (what `asyncio.wait_for` does, without the
   extra task per call). A coroutine that blocks the loop cannot be interrupted; that is the author's contract.
-- plain functions: in a bounded thread pool, awaited under the same timeout. A hung call keeps its thread
+- plain functions: in a bounded thread pool, waited for under the same timeout. A hung call keeps its thread
   (Python cannot kill a thread) but the request is answered at the deadline; when every thread hangs, later
   calls time out in the queue and get the failure answer, and the service keeps answering.
-- `@inline` plain functions: called on the event loop, timed, and a late answer is discarded. Measured in
-  bench/authz_service.py: the thread hop costs tens of microseconds per call.
+- `@inline` plain functions: called right where the request is (the server's thread, or the event loop for
+  `run`), timed, and a late answer is discarded: no hop to the pool and back.
 
 Outcomes, counted per policy by the service: `allowed` and `denied` are the policy's own answers; `errors`
 (raised, returned something else than Allow/Deny) and `timeouts` get the failure answer.
@@ -16,10 +17,13 @@ Outcomes, counted per policy by the service: `allowed` and `denied` are the poli
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import inspect
 import logging
 import os
+import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Literal, TypeAlias
@@ -30,6 +34,10 @@ log = logging.getLogger("xgate.authz")
 
 Outcome: TypeAlias = Literal["allowed", "denied", "errors", "timeouts"]
 OUTCOMES: tuple[Outcome, ...] = ("allowed", "denied", "errors", "timeouts")
+# run_blocking waits this much past the timeout for a coroutine policy: the loop cancels it at the timeout.
+_LOOP_GRACE = 0.05
+# How run_blocking waits for a policy running elsewhere: (future, timeout) -> its result.
+Wait: TypeAlias = Callable[[concurrent.futures.Future[Any], float], Any]
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +62,7 @@ class PolicyRunner:
         self.failure: Decision = failure if failure is not None else Deny(403)
         self._threads = threads or min(32, (os.cpu_count() or 1) + 4)
         self._pool: ThreadPoolExecutor | None = None
+        self._pool_lock = threading.Lock()
 
     def close(self) -> None:
         if self._pool is not None:
@@ -85,6 +94,43 @@ class PolicyRunner:
             return self._error(policy, request, exc)
         except (Exception, SystemExit) as exc:  # SystemExit: a policy calling exit() must not stop the service
             return self._error(policy, request, exc)
+        return self._verdict(policy, request, result, started)
+
+    def run_blocking(
+        self,
+        policy: LoadedPolicy,
+        request: Request,
+        claims: dict[str, Any],
+        loop: asyncio.AbstractEventLoop,
+        wait: Wait = concurrent.futures.Future.result,
+    ) -> Verdict:
+        """As `run`, from a thread of the synchronous gRPC server: an inline policy is called here, a plain one
+        in the policy pool, a coroutine on `loop`; `wait(future, timeout)` waits for those two."""
+        started = time.perf_counter()
+        try:
+            if policy.mode == "inline":
+                result = policy.call(request, claims)
+            elif policy.mode == "async":
+                future = asyncio.run_coroutine_threadsafe(self._awaited(policy, request, claims), loop)
+                try:
+                    result = wait(future, self.timeout + _LOOP_GRACE)
+                finally:
+                    future.cancel()  # a no-op once done; stops a call the loop was too busy to time out
+            else:
+                result = wait(self._executor().submit(policy.call, request, claims), self.timeout)
+        except (TimeoutError, concurrent.futures.CancelledError) as exc:
+            if time.perf_counter() - started >= self.timeout:
+                return self._timed_out(policy, request, started)
+            return self._error(policy, request, exc)
+        except (Exception, SystemExit) as exc:
+            return self._error(policy, request, exc)
+        return self._verdict(policy, request, result, started)
+
+    async def _awaited(self, policy: LoadedPolicy, request: Request, claims: dict[str, Any]) -> Any:
+        async with asyncio.timeout(self.timeout):
+            return await policy.call(request, claims)
+
+    def _verdict(self, policy: LoadedPolicy, request: Request, result: Any, started: float) -> Verdict:
         if time.perf_counter() - started > self.timeout:
             # An inline policy, or a coroutine that swallowed its cancellation: the answer came too late.
             if inspect.iscoroutine(result):
@@ -103,9 +149,10 @@ class PolicyRunner:
         return Verdict(self.failure, "errors")
 
     def _executor(self) -> ThreadPoolExecutor:
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(max_workers=self._threads, thread_name_prefix="xgate-policy")
-        return self._pool
+        with self._pool_lock:  # the gRPC server's threads may all ask at once
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max_workers=self._threads, thread_name_prefix="xgate-policy")
+            return self._pool
 
     def _timed_out(self, policy: LoadedPolicy, request: Request, started: float) -> Verdict:
         elapsed_ms = (time.perf_counter() - started) * 1e3

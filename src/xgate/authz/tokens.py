@@ -19,6 +19,7 @@ import hashlib
 import json
 import logging
 import re
+import threading
 import time
 import warnings
 from collections import OrderedDict
@@ -35,6 +36,11 @@ from xgate.authz.keys import KeySource, RemoteKeys, StaticKeys
 from xgate.translate.plugins.jwt import Provider
 
 log = logging.getLogger("xgate.authz")
+
+
+class NeedsKeys:
+    """Verifier.verify_now's answer when the provider's keys must be fetched again first."""
+
 
 MAX_TOKEN_BYTES = 16 * 1024  # Envoy refuses a whole header block over 60 KiB; a real token is < 4 KiB
 CACHE_ENTRIES = 10_000
@@ -61,26 +67,29 @@ class Refusal:
 
 @dataclass(slots=True)
 class TokenCache:
-    """One provider's verified tokens: SHA-256 of the token -> (trusted until, claims); LRU-bounded."""
+    """One provider's verified tokens: SHA-256 of the token -> (trusted until, claims); LRU-bounded. Safe to
+    share between the service's threads."""
 
     max_entries: int = CACHE_ENTRIES
     ttl: float = CACHE_TTL
     clock: Callable[[], float] = time.time
     # The claims are kept as JSON text: json.loads hands every request a fresh copy at a tenth of deepcopy's cost.
     _entries: OrderedDict[bytes, tuple[float, str]] = field(default_factory=OrderedDict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __len__(self) -> int:
         return len(self._entries)
 
     def get(self, token: str) -> dict[str, Any] | None:
         key = _digest(token)
-        entry = self._entries.get(key)
-        if entry is None:
-            return None
-        if self.clock() >= entry[0]:
-            del self._entries[key]
-            return None
-        self._entries.move_to_end(key)
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None:
+                return None
+            if self.clock() >= entry[0]:
+                del self._entries[key]
+                return None
+            self._entries.move_to_end(key)
         claims: dict[str, Any] = json.loads(entry[1])
         return claims
 
@@ -89,14 +98,16 @@ class TokenCache:
         until = self.clock() + self.ttl
         if expires is not None:
             until = min(until, expires)
-        key = _digest(token)
-        self._entries[key] = (until, json.dumps(claims))
-        self._entries.move_to_end(key)
-        while len(self._entries) > self.max_entries:
-            self._entries.popitem(last=False)
+        key, text = _digest(token), json.dumps(claims)
+        with self._lock:
+            self._entries[key] = (until, text)
+            self._entries.move_to_end(key)
+            while len(self._entries) > self.max_entries:
+                self._entries.popitem(last=False)
 
     def clear(self) -> None:
-        self._entries.clear()
+        with self._lock:
+            self._entries.clear()
 
 
 def _quoted(text: str) -> str:
@@ -146,17 +157,27 @@ class TokenVerifier:
 
     async def verify(self, token: str) -> dict[str, Any] | Refusal:
         """The token's claims (a fresh copy) or why it is refused; never raises for any token."""
+        result = self.verify_now(token)
+        if isinstance(result, NeedsKeys):
+            await self.keys.refetch()
+            result = self.verify_now(token, refetched=True)
+        assert not isinstance(result, NeedsKeys)
+        return result
+
+    def verify_now(self, token: str, refetched: bool = False) -> dict[str, Any] | Refusal | NeedsKeys:
+        """As `verify`, without waiting for anything, from any thread: NeedsKeys when the token names a key
+        the JWKS lacks and may be fetched again for; then `await keys.refetch()` and call again `refetched`."""
         cached = self.cache.get(token)
         if cached is not None:
             return cached
-        result = await self._verify(token)
-        if isinstance(result, Refusal):
+        result = self._verify(token, refetched)
+        if isinstance(result, Refusal | NeedsKeys):
             return result
         exp = result.get("exp")
         self.cache.put(token, result, float(exp) + self.provider.clock_skew if isinstance(exp, int | float) else None)
         return result  # PyJWT's own fresh dict; the cache keeps its JSON text
 
-    async def _verify(self, token: str) -> dict[str, Any] | Refusal:
+    def _verify(self, token: str, refetched: bool) -> dict[str, Any] | Refusal | NeedsKeys:
         if len(token) > MAX_TOKEN_BYTES:
             return Refusal(401, "Jwt is too large")
         try:
@@ -169,8 +190,9 @@ class TokenVerifier:
         if not isinstance(algorithm, str) or (kid is not None and not isinstance(kid, str)):
             return Refusal(401, "Jwt header alg or kid is not a string")
         keys = self.keys.keys.candidates(kid, algorithm)
-        if not keys and kid is not None and kid not in self.keys.keys.kids and await self.keys.refetch():
-            keys = self.keys.keys.candidates(kid, algorithm)
+        unknown_kid = kid is not None and kid not in self.keys.keys.kids
+        if not keys and unknown_kid and not refetched and self.keys.may_refetch():
+            return NeedsKeys()
         if not keys:
             return Refusal(401, "Jwks doesn't have key to match kid or alg from Jwt")
         claims: dict[str, Any] | None = None

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
 import textwrap
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -18,7 +20,7 @@ from envoy.service.auth.v3 import external_auth_pb2_grpc as auth_grpc
 from google.protobuf import struct_pb2
 
 from xgate.authz import AuthzServer, PolicyRegistry, serve
-from xgate.authz.service import JWT_FILTER, JWT_PAYLOAD_KEY, POLICY_KEY, ROUTE_KEY
+from xgate.authz.service import JWT_FILTER, JWT_PAYLOAD_KEY, POLICY_KEY, ROUTE_KEY, RUNNING
 from xgate.translate.plugins import policy as policy_plugin
 from xgate.translate.plugins.jwt import PAYLOAD_METADATA
 
@@ -27,8 +29,8 @@ OVERWRITE = core_v3.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
 PERMISSION_DENIED = 7
 
 POLICIES = """
-import asyncio, json
-from xgate.authz import Allow, Deny
+import asyncio, json, time
+from xgate.authz import Allow, Deny, inline
 
 def echo(request, claims):
     # Everything the policy saw, back as headers.
@@ -47,6 +49,14 @@ async def hangs(request, claims):
 
 def raises(request, claims):
     raise RuntimeError("policy bug")
+
+def sleeps(request, claims):  # a plain function that hangs: it holds a pool thread past the timeout
+    time.sleep(2)
+    return Allow()
+
+@inline
+def quick(request, claims):
+    return Allow({"x-quick": "yes"})
 """
 
 
@@ -64,7 +74,8 @@ def policies_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator
 @pytest.fixture
 def registry(policies_module: str) -> PolicyRegistry:
     registry = PolicyRegistry()
-    paths = {name: f"{policies_module}:{name}" for name in ("echo", "teapot", "hangs", "raises")}
+    names = ("echo", "teapot", "hangs", "raises", "sleeps", "quick")
+    paths = {name: f"{policies_module}:{name}" for name in names}
     paths["admins"] = "xgate_example_policies:allow_admins"
     assert registry.load(paths) == {}
     return registry
@@ -182,6 +193,23 @@ async def test_unknown_missing_failing_and_hanging_policies_deny(
     messages = [record.getMessage() for record in caplog.records]
     assert "route orders: unknown policy 'nope'; denying" in messages
     assert any("policy raises" in message and "on route orders raised RuntimeError" in message for message in messages)
+
+
+async def test_checks_waiting_on_hung_policies_leave_room_for_others(
+    service: tuple[AuthzServer, auth_grpc.AuthorizationStub],
+) -> None:
+    # Three times as many checks as may run Python at once, each waiting on a hung policy: the waits give
+    # their turn up, so a quick policy is answered at once, not after their 0.5 s timeout.
+    server, stub = service
+    hung = [asyncio.ensure_future(stub.Check(check_request("sleeps"))) for _ in range(3 * RUNNING)]
+    await asyncio.sleep(0.2)
+    started = time.monotonic()
+    quick = await stub.Check(check_request("quick"))
+    assert time.monotonic() - started < 0.25
+    assert added(quick) == {"x-quick": "yes"}
+    answers = await asyncio.gather(*hung)
+    assert {answer.denied_response.status.code for answer in answers} == {403}  # each timed out, closed
+    assert server.service.metrics()["sleeps"]["timeouts"] == 3 * RUNNING
 
 
 async def test_failure_status_and_fail_open(registry: PolicyRegistry) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import threading
 import time
 from typing import Any
 
@@ -67,6 +68,32 @@ def test_cache_respects_exp_and_its_own_ttl() -> None:
     assert cache.get("long") == {}
     clock.now += 290
     assert cache.get("long") is None  # never trusted longer than ttl without verifying again
+
+
+def test_cache_shared_by_threads_stays_consistent() -> None:
+    # The service's gRPC threads share one cache: puts evicting while others read and expire entries.
+    clock = Clock()
+    cache = TokenCache(max_entries=16, clock=clock)
+    errors: list[BaseException] = []
+
+    def work(seed: int) -> None:
+        try:
+            for i in range(3000):
+                token = f"t{(seed * 7 + i) % 40}"
+                cache.put(token, {"i": i}, clock.now + (i % 3))
+                cache.get(f"t{(seed + i) % 40}")
+                if i % 50 == 0:
+                    clock.now += 1  # entries expire under the readers
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(seed,)) for seed in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert len(cache) <= 16
 
 
 def test_cache_key_is_the_whole_token() -> None:
