@@ -107,7 +107,7 @@ def log_tail(path: Path, lines: int = 20, head: int = 0) -> str:
 
 
 class OwnedProcess:
-    """A server process this one started (etcd, redis-server in tests): its PID and exit code, and stopping or
+    """A server process this one started (Envoy; etcd, redis-server in tests): its PID and exit code, and stopping or
     killing it by that PID. Safe to use before the start and after the end."""
 
     _proc: asyncio.subprocess.Process | None = None

@@ -14,7 +14,7 @@ import yaml
 
 from xgate.errors import ProxyError
 from xgate.proxy.bootstrap import find_envoy
-from xgate.supervisor import die_with_parent, pump_lines, terminate
+from xgate.supervisor import OwnedProcess, die_with_parent, pump_lines
 
 # Where Envoy's merged stdout/stderr goes: None inherits ours, a callable gets each line, a file gets bytes.
 OutputSink = Callable[[str], None] | IO[Any] | None
@@ -22,7 +22,7 @@ OutputSink = Callable[[str], None] | IO[Any] | None
 _POLL_INTERVAL = 0.05
 
 
-class EnvoyProcess:
+class EnvoyProcess(OwnedProcess):
     """One Envoy process started from a bootstrap dict; stop it with `stop()` or use `async with`.
 
     Hot restart is always disabled, so several Envoys (tests, a fleet) can share a machine without
@@ -50,7 +50,6 @@ class EnvoyProcess:
         self._extra_args = tuple(extra_args)
         self._output = output
         self._envoy_path = envoy_path
-        self._proc: asyncio.subprocess.Process | None = None
         self._reader: asyncio.Task[None] | None = None
         self._session: aiohttp.ClientSession | None = None
         self._admin_url: str | None = None
@@ -62,14 +61,6 @@ class EnvoyProcess:
     @property
     def admin_address_path(self) -> Path:
         return self._work_dir / "envoy-admin-address.txt"
-
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc else None
-
-    @property
-    def returncode(self) -> int | None:
-        return self._proc.returncode if self._proc else None
 
     @property
     def admin_url(self) -> str:
@@ -213,8 +204,7 @@ class EnvoyProcess:
 
     async def stop(self, grace: float = 5.0) -> int | None:
         """SIGTERM Envoy, SIGKILL it after `grace` seconds; returns its exit code. Safe to call twice."""
-        if self._proc is not None:
-            await terminate(self._proc, grace)
+        await super().stop(grace)
         if self._reader is not None:
             await self._reader
             self._reader = None
