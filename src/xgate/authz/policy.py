@@ -134,8 +134,8 @@ def inline(policy: F) -> F:
     """Mark a plain (non-async) policy to run where the check is handled instead of in the thread pool.
 
     For quick policies only: an inline policy cannot be interrupted, so one that hangs keeps one of the
-    service's threads for good (and with `PolicyRunner.run`, the event loop). A late answer is still discarded
-    (the request gets the failure answer) and logged.
+    service's threads for good. A late answer is still discarded (the request gets the failure answer) and
+    logged.
     """
     setattr(policy, INLINE_ATTRIBUTE, True)
     return policy

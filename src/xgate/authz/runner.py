@@ -1,14 +1,14 @@
 """Runs one policy for one request under a timeout and turns every failure into the failure answer.
 
 Where a policy runs (the choice is made once, at load time, by policy._mode). The service calls
-`run_blocking` from a thread of its gRPC server; `run` is the same from a coroutine.
+`run_blocking` from a thread of its gRPC server; `run` calls it from a coroutine, through a worker thread.
 - `async def`: awaited on the event loop under `asyncio.timeout` (what `asyncio.wait_for` does, without the
   extra task per call). A coroutine that blocks the loop cannot be interrupted; that is the author's contract.
 - plain functions: in a bounded thread pool, waited for under the same timeout. A hung call keeps its thread
   (Python cannot kill a thread) but the request is answered at the deadline; when every thread hangs, later
   calls time out in the queue and get the failure answer, and the service keeps answering.
-- `@inline` plain functions: called right where the request is (the server's thread, or the event loop for
-  `run`), timed, and a late answer is discarded: no hop to the pool and back.
+- `@inline` plain functions: called in the calling thread, timed, and a late answer is discarded: no hop to
+  the pool and back.
 
 Outcomes, counted per policy by the service: `allowed` and `denied` are the policy's own answers; `errors`
 (raised, returned something else than Allow/Deny) and `timeouts` get the failure answer.
@@ -70,31 +70,8 @@ class PolicyRunner:
             self._pool = None
 
     async def run(self, policy: LoadedPolicy, request: Request, claims: dict[str, Any]) -> Verdict:
-        """The policy's decision, or the failure answer; never raises (except this task's own cancellation)."""
-        started = time.perf_counter()
-        deadline = asyncio.timeout(self.timeout)
-        try:
-            if policy.mode == "inline":
-                result = policy.call(request, claims)
-            elif policy.mode == "async":
-                async with deadline:
-                    result = await policy.call(request, claims)
-            else:
-                loop = asyncio.get_running_loop()
-                async with deadline:
-                    result = await loop.run_in_executor(self._executor(), policy.call, request, claims)
-        except TimeoutError as exc:
-            if deadline.expired():
-                return self._timed_out(policy, request, started)
-            return self._error(policy, request, exc)
-        except asyncio.CancelledError as exc:
-            task = asyncio.current_task()
-            if task is not None and task.cancelling():
-                raise  # the call itself is being cancelled (client gone, server stopping)
-            return self._error(policy, request, exc)
-        except (Exception, SystemExit) as exc:  # SystemExit: a policy calling exit() must not stop the service
-            return self._error(policy, request, exc)
-        return self._verdict(policy, request, result, started)
+        """`run_blocking` from a coroutine (in a worker thread, with this loop for async policies)."""
+        return await asyncio.to_thread(self.run_blocking, policy, request, claims, asyncio.get_running_loop())
 
     def run_blocking(
         self,
@@ -104,8 +81,9 @@ class PolicyRunner:
         loop: asyncio.AbstractEventLoop,
         wait: Wait = concurrent.futures.Future.result,
     ) -> Verdict:
-        """As `run`, from a thread of the synchronous gRPC server: an inline policy is called here, a plain one
-        in the policy pool, a coroutine on `loop`; `wait(future, timeout)` waits for those two."""
+        """The policy's decision, or the failure answer; never raises. Called from a thread that is not `loop`'s
+        (the service calls it from its gRPC server's): an inline policy is called here, a plain one in the
+        policy pool, a coroutine on `loop`; `wait(future, timeout)` waits for those two."""
         started = time.perf_counter()
         try:
             if policy.mode == "inline":
@@ -156,7 +134,7 @@ class PolicyRunner:
 
     def _timed_out(self, policy: LoadedPolicy, request: Request, started: float) -> Verdict:
         elapsed_ms = (time.perf_counter() - started) * 1e3
-        how = " (inline: it blocked the event loop)" if policy.mode == "inline" else ""
+        how = " (inline: it held the check's thread)" if policy.mode == "inline" else ""
         log.warning(
             "policy %s (%s) on route %s took %.0f ms, over its %.0f ms timeout%s; answering %s",
             policy.name, policy.path, request.route, elapsed_ms, self.timeout * 1e3, how, _answer(self.failure),
