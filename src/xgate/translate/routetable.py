@@ -62,7 +62,6 @@ class RouteTable:
         self.filters = filters
         self._entries: dict[str, _Entry] = {}
         self._blocks: list[_Block] = []
-        self._firsts: list[Position] = []  # each block's first position, for bisecting to a block
         self._wire_size = 0  # the routes' bytes in all
         self._hosts: Counter[str] = Counter()  # host name -> routes naming it
         self._hosted = 0  # routes that name a host
@@ -92,31 +91,30 @@ class RouteTable:
     def _insert(self, position: Position, wire: bytes) -> None:
         if not self._blocks:
             self._blocks.append(_Block([position], [wire]))
-            self._firsts.append(position)
             return
-        index = max(0, bisect.bisect_right(self._firsts, position) - 1)
+        index = max(0, self._block_of(position))
         block = self._blocks[index]
         at = bisect.bisect_left(block.positions, position)
         block.positions.insert(at, position)
         block.wires.insert(at, wire)
         block.joined = None
-        self._firsts[index] = block.positions[0]
         if len(block.positions) > 2 * _BLOCK:
             tail = _Block(block.positions[_BLOCK:], block.wires[_BLOCK:])
             del block.positions[_BLOCK:], block.wires[_BLOCK:]
             self._blocks.insert(index + 1, tail)
-            self._firsts.insert(index + 1, tail.positions[0])
 
     def _delete(self, position: Position) -> None:
-        index = bisect.bisect_right(self._firsts, position) - 1
+        index = self._block_of(position)
         block = self._blocks[index]
         at = bisect.bisect_left(block.positions, position)
         del block.positions[at], block.wires[at]
         block.joined = None
-        if block.positions:
-            self._firsts[index] = block.positions[0]
-        else:
-            del self._blocks[index], self._firsts[index]
+        if not block.positions:
+            del self._blocks[index]
+
+    def _block_of(self, position: Position) -> int:
+        """The last block starting at or before `position` (-1: before the first block)."""
+        return bisect.bisect_right(self._blocks, position, key=lambda block: block.positions[0]) - 1
 
     def _count_hosts(self, hosts: tuple[str, ...], step: int) -> None:
         specific = [host for host in hosts if host != "*"]
