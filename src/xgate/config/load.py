@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -39,7 +39,7 @@ class ConfigSet:
 
     listeners: tuple[Listener, ...] = ()
     upstreams: tuple[Upstream, ...] = ()
-    routes: tuple[Route, ...] = ()
+    routes: Sequence[Route] = ()  # a tuple, or a Chain sharing blocks with the source's (etcd)
     plugins: Mapping[str, Any] = field(default_factory=dict)
     source: str = ""
     paths: Mapping[tuple[str, str], FieldPath] = field(default_factory=dict)

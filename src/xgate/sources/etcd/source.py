@@ -9,7 +9,6 @@ again and watch from that read.
 from __future__ import annotations
 
 import asyncio
-import bisect
 import contextlib
 import logging
 import time
@@ -24,6 +23,7 @@ from xgate.errors import ConfigIssue
 from xgate.pipeline import gc_paused
 from xgate.sources.etcd.client import CompactedError, EtcdClient, EtcdRequestError, EtcdUnavailableError
 from xgate.sources.etcd.layout import KEY_KINDS, PLUGIN, decode, key_of, normalize_prefix, parse_key
+from xgate.sources.ordered import NameOrdered
 from xgate.sources.revision import Revision
 
 log = logging.getLogger("xgate.sources.etcd")
@@ -76,9 +76,7 @@ class EtcdSource:
         self._entries: dict[str, _Entry] = {}
         self._issue_keys: set[str] = set()
         self._good: dict[str, dict[str, Any]] = {kind: {} for kind in KEY_KINDS}
-        self._names: dict[str, list[str]] = {kind: [] for kind in KEY_KINDS}
-        # The objects in name order, kept in step with _names: a revision's tuples are copies, not lookups.
-        self._ordered: dict[str, list[Any]] = {kind: [] for kind in KEY_KINDS}
+        self._ordered: dict[str, NameOrdered[Any]] = {kind: NameOrdered() for kind in KEY_KINDS}
         self._route_changes: dict[str, Any] = {}
         self._others_changed = True
         self.revision = 0
@@ -127,16 +125,26 @@ class EtcdSource:
         await self._emit(self._revision(time.perf_counter()))
 
     async def _follow(self, stop: asyncio.Event) -> None:
-        watch = self.client.watch_prefix(self.prefix.encode(), self.revision + 1)
-        stopping = asyncio.create_task(stop.wait())
-        step: asyncio.Future[tuple[int, list[Event]]] | None = None
+        """Apply the watch until `stop` is set (returns) or the watch fails (raises its error)."""
+        following = asyncio.ensure_future(self._apply_watch())
+        stopping = asyncio.ensure_future(stop.wait())
         try:
-            while True:
-                step = asyncio.ensure_future(anext(watch))
-                done, _ = await asyncio.wait({step, stopping}, return_when=asyncio.FIRST_COMPLETED)
-                if step not in done:
-                    return
-                revision, events = step.result()
+            await asyncio.wait({following, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
+            if not following.done():
+                following.cancel()
+                with contextlib.suppress(BaseException):
+                    await following
+        if not following.cancelled():
+            following.result()
+
+    async def _apply_watch(self) -> None:
+        # One task reads and applies every response: a task and a wait per response cost two turns of the
+        # event loop between the response and its apply (0.15 ms a change at 10,000 routes).
+        watch = self.client.watch_prefix(self.prefix.encode(), self.revision + 1)
+        async with contextlib.aclosing(watch):
+            async for revision, events in watch:
                 seen_at = time.perf_counter()
                 self._connected()
                 if events:
@@ -147,13 +155,6 @@ class EtcdSource:
                     with gc_paused():
                         update = self._revision(seen_at)
                     await self._emit(update)
-        finally:
-            stopping.cancel()
-            if step is not None and not step.done():
-                step.cancel()
-                with contextlib.suppress(BaseException):
-                    await step
-            await watch.aclose()
 
     def _apply_events(self, events: list[Event]) -> None:
         for event in events:
@@ -193,16 +194,13 @@ class EtcdSource:
 
     def _set_good(self, kind: str, name: str, obj: Any) -> None:
         """Record the object served for (kind, name) (None: none) and what kind of change it was."""
-        good, names, ordered = self._good[kind], self._names[kind], self._ordered[kind]
-        index = bisect.bisect_left(names, name)
+        good, ordered = self._good[kind], self._ordered[kind]
         if obj is None:
-            del good[name], names[index], ordered[index]
-        elif name in good:
-            good[name] = ordered[index] = obj
+            del good[name]
+            ordered.delete(name)
         else:
             good[name] = obj
-            names.insert(index, name)
-            ordered.insert(index, obj)
+            ordered.set(name, obj)
         if kind == "route":
             self._route_changes[name] = obj
         else:
@@ -215,10 +213,10 @@ class EtcdSource:
             suffix = " (serving its last good version)" if entry.has_good else " (not served)"
             warnings += [replace(issue, message=issue.message + suffix) for issue in entry.issues]
         config = ConfigSet(
-            listeners=tuple(self._ordered["listener"]),
-            upstreams=tuple(self._ordered["upstream"]),
-            routes=tuple(self._ordered["route"]),
-            plugins={name: self._good[PLUGIN][name] for name in self._names[PLUGIN]},
+            listeners=self._ordered["listener"].snapshot().as_tuple(),
+            upstreams=self._ordered["upstream"].snapshot().as_tuple(),
+            routes=self._ordered["route"].snapshot(),
+            plugins=dict(sorted(self._good[PLUGIN].items())),
             source=f"etcd {self.prefix}",
             sources=_Keys(self.prefix),
         )
