@@ -16,6 +16,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import IO, Any, Protocol, TypeVar
 
+import _stalls
 from _harness import Change, dist, pair
 
 KINDS = ("all", "edit", "add")
@@ -66,6 +67,12 @@ def parse_args(
         action="store_true",
         help="control plane on CPU 0, everything else (Envoy, etcd, poller) on CPU 1, as on separate machines",
     )
+    parser.add_argument(
+        "--stall-seconds",
+        type=float,
+        default=2.0,
+        help="before each size and after the last, how long bench/_stalls.py probes the machine (0: not at all)",
+    )
     parser.add_argument("--serve-controlplane", metavar=serve_metavar, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -96,14 +103,28 @@ def main(
         os.sched_setaffinity(0, {1})
         os.environ[PIN_VARIABLE] = "0"
 
+    machine: list[tuple[str, list[_stalls.Stalls]]] = []
+
+    def probe(when: str) -> None:
+        if args.stall_seconds > 0:
+            machine.append((when, _stalls.measure(args.stall_seconds)))
+
     async def run_all() -> list[R]:
+        results = []
         with tempfile.TemporaryDirectory(prefix=work_prefix) as name:
-            work = Path(name)
-            return [await measure(routes, args.changes, args, work / f"routes-{routes}") for routes in args.routes]
+            for routes in args.routes:
+                probe(f"before {routes:,} routes")
+                results.append(await measure(routes, args.changes, args, Path(name) / f"routes-{routes}"))
+        probe("after")
+        return results
 
     results = asyncio.run(run_all())
     summaries = [summarize(result) for result in results]
-    data = {"summaries": summaries, "changes": {r.routes: [asdict(c) for c in r.changes] for r in results}}
+    data = {
+        "summaries": summaries,
+        "changes": {r.routes: [asdict(c) for c in r.changes] for r in results},
+        "machine_stalls": {when: [stall._asdict() for stall in stalls] for when, stalls in machine},
+    }
     if getattr(args, "save", None):
         args.save.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
     if args.json:
@@ -111,6 +132,10 @@ def main(
         out.write("\n")
     else:
         print_report(summaries, args, out)
+        if machine:
+            print(f"\nmachine: a busy thread per CPU for {args.stall_seconds:g} s (bench/_stalls.py), gaps", file=out)
+            for when, stalls in machine:
+                print(f"  {when:>20}: {_stalls.line(stalls)}", file=out)
     return 1 if any(s["by_kind"]["all"]["failures"] for s in summaries) else 0
 
 
