@@ -4,13 +4,14 @@ verified-token cache), and two routes with native jwt plus a Python policy in `x
 in the service's thread pool) and an `@inline` one (run on its event loop).
 
     flock /tmp/xgate-bench.lock .venv/bin/python bench/auth.py [--seconds 5] [--connections 32] [--threads 1]
-        [--rounds 2] [--fixed-seconds 10] [--pin] [--distinct-tokens N]
+        [--rounds 2] [--fixed-seconds 10] [--pin] [--distinct-tokens N] [--generator c|python]
 
 Part 1, wrk (Debian package, closed loop): the routes measured alternately, `--rounds` times each; the table
 shows each run, the best rate with its p99, and each route's share of the bare route's best rate.
 Part 2, fixed rate: each policy route at half of its best wrk rate for `--fixed-seconds`, then the bare route at
-that rate, with bench/_openloop.py (open loop, latency from each request's scheduled send time; see
-bench/README.md for why not wrk).
+that rate, with an open-loop generator (latency from each request's scheduled send time; see bench/README.md for
+why not wrk): bench/openloop.c, compiled on demand, or with `--generator python` bench/_openloop.py, its asyncio
+original. Each line shows the generator's own CPU time, spent on the CPU Envoy uses.
 All routes answer with a direct response, so the figures are Envoy's (and the authz service's) work. Every
 request carries the same valid token, so verified-token caches always hit; with `--distinct-tokens N` wrk sends
 N tokens in turn instead (N > 10,000: every verification is a cold one). `xgate authz` runs as a process of
@@ -23,6 +24,8 @@ import argparse
 import asyncio
 import json
 import os
+import resource
+import statistics
 import sys
 import tempfile
 import time
@@ -33,6 +36,8 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import RSAAlgorithm
 
+import _stalls
+from _openloop import GENERATORS, generator_argv
 from _wrk import best_table, have_wrk, wrk, wrk_parser
 from xgate.testing import free_port, run_gateway
 
@@ -111,6 +116,7 @@ async def main(args: argparse.Namespace) -> int:
     if not have_wrk():
         print("wrk not found: apt-get install wrk", file=sys.stderr)
         return 2
+    generator = generator_argv(args.generator)  # before anything starts: a failed compile ends the run here
     jwks, tokens = setup(args.distinct_tokens)
     port, authz = free_port(), free_port()
     results: dict[str, list[tuple[float, float]]] = {route: [] for route in ("bare", "jwt", "jwt-py", *POLICY_ROUTES)}
@@ -130,11 +136,15 @@ async def main(args: argparse.Namespace) -> int:
                     )
                     results[route].append(run)
             fixed: list[tuple[str, float, dict[str, float]]] = []
-            for route in POLICY_ROUTES:
-                half = max(rps for rps, _ in results[route]) / 2
-                for measured in (route, "bare"):
-                    url = f"http://127.0.0.1:{port}/{measured}"
-                    fixed.append((measured, half, await open_loop(url, half, args.fixed_seconds, headers)))
+            halves = {route: max(rps for rps, _ in results[route]) / 2 for route in POLICY_ROUTES}
+            machine = [("before", _stalls.measure())]
+            for _ in range(args.fixed_rounds):
+                for route, half in halves.items():
+                    for measured in (route, "bare"):
+                        url = f"http://127.0.0.1:{port}/{measured}"
+                        figures = await open_loop(generator, url, half, args.fixed_seconds, headers)
+                        fixed.append((measured, half, figures))
+            machine.append(("after", _stalls.measure()))
         service.terminate()
         await service.wait()
     pinned = "; pinned: xgate authz on CPU 1, the rest on CPU 0" if args.pin else ""
@@ -144,14 +154,23 @@ async def main(args: argparse.Namespace) -> int:
     print(best_table(results, "bare"))
     print(
         f"fixed rate: each policy route at half its best rps, then bare at that rate (the generator's and the "
-        f"machine's own floor); open loop, {args.fixed_seconds:g} s, 64 conns"
+        f"machine's own floor), {args.fixed_rounds} rounds; open loop ({args.generator} generator), "
+        f"{args.fixed_seconds:g} s, 64 conns"
     )
     for route, rate, figures in fixed:
         print(
             f"{route:13} {rate:>6,.0f} rps: achieved {figures['achieved']:,.0f}  p50 {figures['p50_ms']:.2f} ms  "
             f"p90 {figures['p90_ms']:.2f} ms  p99 {figures['p99_ms']:.2f} ms  max {figures['max_ms']:.2f} ms  "
-            f"failures {figures['failures']:.0f}"
+            f"failures {figures['failures']:.0f}  generator CPU {figures['cpu_s']:.2f} s"
         )
+    print("p99 per round (ms), and the median round:")
+    for route, rate in dict.fromkeys((route, rate) for route, rate, _ in fixed):
+        p99s = [figures["p99_ms"] for measured, at, figures in fixed if (measured, at) == (route, rate)]
+        each = ", ".join(f"{p99:.2f}" for p99 in p99s)
+        print(f"{route:13} {rate:>6,.0f} rps: {each}; median {statistics.median(p99s):.2f}")
+    print("machine (bench/_stalls.py, a busy thread per CPU for 2 s, gaps):")
+    for when, stalls in machine:
+        print(f"  {when:>6}: {_stalls.line(stalls)}")
     return 0
 
 
@@ -173,21 +192,29 @@ async def start_authz(config_path: Path, port: int, *, pin: bool = False) -> asy
     return child
 
 
-async def open_loop(url: str, rate: float, seconds: float, headers: list[str]) -> dict[str, float]:
-    """bench/_openloop.py in a child process (its own core time, not this event loop's, which serves authz)."""
-    argv = [sys.executable, str(Path(__file__).with_name("_openloop.py")), url, "--rate", f"{rate:.0f}"]
-    argv += ["--seconds", str(seconds), "--json", *(item for header in headers for item in ("-H", header))]
+async def open_loop(
+    generator: list[str], url: str, rate: float, seconds: float, headers: list[str]
+) -> dict[str, float]:
+    """One open-loop run of `generator` (`generator_argv`'s command) as a child process, not on this event loop
+    (the control plane's): its figures, plus `cpu_s`, the child's user + system CPU time."""
+    argv = [*generator, url, "--rate", f"{rate:.0f}", "--seconds", str(seconds), "--json"]
+    argv += [item for header in headers for item in ("-H", header)]
+    # The children reaped meanwhile are this one alone: Envoy and xgate authz run until the end.
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     child = await asyncio.create_subprocess_exec(*argv, stdout=asyncio.subprocess.PIPE)
     out, _ = await asyncio.wait_for(child.communicate(), seconds + 60)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if child.returncode != 0:
-        raise RuntimeError(f"_openloop.py exited with {child.returncode}")
+        raise RuntimeError(f"{argv[0]} exited with {child.returncode}")
     result: dict[str, float] = json.loads(out)
+    result["cpu_s"] = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
     return result
 
 
 if __name__ == "__main__":
     parser = wrk_parser(__doc__)
     parser.add_argument("--fixed-seconds", type=float, default=10.0)
+    parser.add_argument("--fixed-rounds", type=int, default=3, help="fixed-rate runs of each policy route and bare")
     parser.add_argument(
         "--distinct-tokens",
         type=int,
@@ -197,5 +224,11 @@ if __name__ == "__main__":
     )
     parser.add_argument(
         "--pin", action="store_true", help="xgate authz alone on CPU 1, everything else on CPU 0 (as on its own host)"
+    )
+    parser.add_argument(
+        "--generator",
+        choices=GENERATORS,
+        default="c",
+        help="the fixed-rate part's open-loop generator: bench/openloop.c (default) or bench/_openloop.py",
     )
     sys.exit(asyncio.run(main(parser.parse_args())))
