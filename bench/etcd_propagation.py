@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import functools
 import shutil
 import sys
+import tempfile
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from pathlib import Path
@@ -205,10 +207,16 @@ async def put(state: EtcdState, client: EtcdClient, index: int, kind: str, timeo
 async def measure(routes: int, count: int, args: argparse.Namespace, work: Path) -> SizeResult:
     """Start etcd, load a `routes`-route config, start a control plane child and an Envoy; time `count` puts."""
     work.mkdir()
+    with contextlib.ExitStack() as stack:
+        etcd_home = Path(stack.enter_context(tempfile.TemporaryDirectory(dir=args.etcd_dir))) if args.etcd_dir else work
+        return await _measure(routes, count, args, work, etcd_home / "etcd")
+
+
+async def _measure(routes: int, count: int, args: argparse.Namespace, work: Path, etcd_dir: Path) -> SizeResult:
     state = EtcdState(routes=routes, port=free_port())
     values = state.initial()
-    logs = [work / "controlplane.log", work / "envoy.log", work / "etcd" / "etcd0.log"]
-    async with run_etcd(work / "etcd") as cluster:
+    logs = [work / "controlplane.log", work / "envoy.log", etcd_dir / "etcd0.log"]
+    async with run_etcd(etcd_dir) as cluster:
         endpoint = cluster.endpoints[0]
         async with EtcdClient(EtcdSettings(endpoints=(endpoint,), timeout=args.timeout)) as client:
             started = now()
@@ -257,7 +265,8 @@ def print_report(summaries: list[dict[str, Any]], args: argparse.Namespace, out:
     write(
         f"etcd put -> first correct response through Envoy; {args.changes} changes per size ({WARMUP} warm-up "
         f"changes not counted), every {ADD_EVERY}th puts a new route key, the others put bench-probe with a new "
-        f"direct response; 1-member etcd; Envoy --concurrency {args.concurrency}; "
+        f"direct response; 1-member etcd (data dir in {args.etcd_dir or 'the temp dir'}); "
+        f"Envoy --concurrency {args.concurrency}; "
         f"{'pinned: control plane on CPU 0, the rest on CPU 1; ' if args.pin else ''}"
         f"poll interval {args.poll_interval_ms} ms"
     )
@@ -311,6 +320,12 @@ def print_report(summaries: list[dict[str, Any]], args: argparse.Namespace, out:
 def _options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--save", metavar="FILE", type=Path, help="also write that JSON to FILE")
     parser.add_argument("--keep-logs", metavar="DIR", type=Path, help="copy each size's logs into DIR")
+    parser.add_argument(
+        "--etcd-dir",
+        metavar="DIR",
+        type=Path,
+        help="put etcd's data dir under DIR (e.g. /dev/shm: no disk flush in the put) instead of the temp dir",
+    )
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
