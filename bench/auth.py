@@ -142,7 +142,9 @@ async def main(args: argparse.Namespace) -> int:
                 for route, half in halves.items():
                     for measured in (route, "bare"):
                         url = f"http://127.0.0.1:{port}/{measured}"
+                        before = scheduled(service.pid)
                         figures = await open_loop(generator, url, half, args.fixed_seconds, headers)
+                        figures |= per_check(before, scheduled(service.pid), figures["requests"])
                         fixed.append((measured, half, figures))
             machine.append(("after", _stalls.measure()))
         service.terminate()
@@ -163,6 +165,12 @@ async def main(args: argparse.Namespace) -> int:
             f"p90 {figures['p90_ms']:.2f} ms  p99 {figures['p99_ms']:.2f} ms  max {figures['max_ms']:.2f} ms  "
             f"failures {figures['failures']:.0f}  generator CPU {figures['cpu_s']:.2f} s"
         )
+        if route != "bare":
+            print(
+                f"{'':13} xgate authz per request: CPU {figures['authz_cpu_ms']:.2f} ms, "
+                f"{figures['authz_switches']:.1f} context switches, {figures['authz_wait_ms']:.2f} ms runnable "
+                f"but waiting for its CPU (/proc schedstat, all threads)"
+            )
     print("p99 per round (ms), and the median round:")
     for route, rate in dict.fromkeys((route, rate) for route, rate, _ in fixed):
         p99s = [figures["p99_ms"] for measured, at, figures in fixed if (measured, at) == (route, rate)]
@@ -190,6 +198,25 @@ async def start_authz(config_path: Path, port: int, *, pin: bool = False) -> asy
         child.terminate()
         raise RuntimeError(f"xgate authz did not start: {line!r}")
     return child
+
+
+def scheduled(pid: int) -> tuple[int, int, int]:
+    """A process's threads' CPU time and run-queue wait (ns) and time slices, summed (/proc/PID/task/*/schedstat)."""
+    totals = [0, 0, 0]
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            fields = (task / "schedstat").read_text().split()
+        except OSError:  # the thread ended meanwhile
+            continue
+        for index in range(3):
+            totals[index] += int(fields[index])
+    return totals[0], totals[1], totals[2]
+
+
+def per_check(before: tuple[int, int, int], after: tuple[int, int, int], requests: float) -> dict[str, float]:
+    cpu, wait, slices = (later - earlier for later, earlier in zip(after, before, strict=True))
+    count = max(requests, 1.0)
+    return {"authz_cpu_ms": cpu / 1e6 / count, "authz_wait_ms": wait / 1e6 / count, "authz_switches": slices / count}
 
 
 async def open_loop(
