@@ -4,9 +4,10 @@
 
 One busy thread per CPU (a child process pinned to it) reads the clock in a loop for `--seconds`; a gap of
 more than 1 ms between two reads is time the thread was not running although it never waited. On these 2-core
-VMs such gaps come and go in bursts (seen: none in 5 s, then 90 per second of more than 2.5 ms), and the guest's
-steal counter in /proc/stat does not show them. The benchmarks run it before and after their measurements,
-when nothing else of theirs runs, so the figures next to a p99 say how noisy the machine was.
+VMs such gaps come and go with the host's load (seen: none over 2.5 ms in 5 s, and 12-25 a second minutes
+later). /proc/stat's steal counter sums the lost time (seen: 180 ms in 10 s next to 8 gaps a second), but only
+as a total in 10 ms ticks; a p99 depends on how long each gap is. The benchmarks run it before and after their
+measurements, when nothing else of theirs runs, so the figures next to a p99 say how noisy the machine was.
 """
 
 from __future__ import annotations
