@@ -11,10 +11,11 @@ from xgate.config.load import parse_document
 from xgate.ir.build import precedence
 from xgate.ir.model import ListenerIR, RouteIR
 from xgate.pipeline import compile_config
+from xgate.sortedblocks import BLOCK
 from xgate.translate.route import translate_routes
-from xgate.translate.routetable import _BLOCK, RouteTable
+from xgate.translate.routetable import RouteTable
 
-NAMES = 6 * _BLOCK  # enough routes for blocks to split, empty out and be dropped
+NAMES = 6 * BLOCK  # enough routes for blocks to split, empty out and be dropped
 
 
 def route(rng: random.Random, name: str, hosted: float) -> dict[str, object]:
@@ -72,8 +73,8 @@ def test_blocks_split_and_empty_and_the_bytes_stay_exact(hosted: float) -> None:
     for step in range(15):  # grow: blocks split
         batch(60, 5)
         check(f"growing, step {step}")
-    assert len(current) > 4 * _BLOCK
-    assert max(len(block.positions) for block in table._blocks) <= 2 * _BLOCK  # split, not one long block
+    assert len(current) > 4 * BLOCK
+    assert max(len(block.keys) for block in table._blocks.blocks) <= 2 * BLOCK  # split, not one long block
     for step in range(150):  # one change at a time, as in a running control plane
         name = rng.choice(variants)
         if name in current and rng.random() < 0.5:
@@ -86,7 +87,7 @@ def test_blocks_split_and_empty_and_the_bytes_stay_exact(hosted: float) -> None:
     for step in range(20):  # drain: blocks empty and go
         batch(5, 60)
         check(f"draining, step {step}")
-    assert len(current) < _BLOCK
+    assert len(current) < BLOCK
 
 
 def test_an_empty_table_assembles_an_empty_virtual_host() -> None:

@@ -21,9 +21,9 @@ from aetcd.rpc.kv_pb2 import Event
 from xgate.config.load import ConfigSet
 from xgate.errors import ConfigIssue
 from xgate.pipeline import gc_paused
+from xgate.sortedblocks import SortedBlocks
 from xgate.sources.etcd.client import CompactedError, EtcdClient, EtcdRequestError, EtcdUnavailableError
 from xgate.sources.etcd.layout import KEY_KINDS, PLUGIN, decode, key_of, normalize_prefix, parse_key
-from xgate.sources.ordered import NameOrdered
 from xgate.sources.revision import Revision
 
 log = logging.getLogger("xgate.sources.etcd")
@@ -76,7 +76,8 @@ class EtcdSource:
         self._entries: dict[str, _Entry] = {}
         self._issue_keys: set[str] = set()
         self._good: dict[str, dict[str, Any]] = {kind: {} for kind in KEY_KINDS}
-        self._ordered: dict[str, NameOrdered[Any]] = {kind: NameOrdered() for kind in KEY_KINDS}
+        # Each kind's objects by name: a revision shares their blocks instead of copying every object.
+        self._ordered: dict[str, SortedBlocks[str, Any]] = {kind: SortedBlocks() for kind in KEY_KINDS}
         self._route_changes: dict[str, Any] = {}
         self._others_changed = True
         self.revision = 0

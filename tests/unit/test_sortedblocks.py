@@ -1,14 +1,14 @@
 import random
 
-from xgate.sources.ordered import BLOCK, Chain, NameOrdered
+from xgate.sortedblocks import BLOCK, Chain, SortedBlocks
 
 
 def test_snapshots_follow_name_order_and_never_change_afterwards() -> None:
     rng = random.Random(7)
-    ordered: NameOrdered[str] = NameOrdered()
+    ordered: SortedBlocks[str, str] = SortedBlocks()
     model: dict[str, str] = {}
     taken: list[tuple[Chain[str], tuple[str, ...]]] = []
-    names = [f"route-{n:05d}" for n in range(6 * BLOCK)]
+    names = [f"route-{n:05d}" for n in range(12 * BLOCK)]
     # Growth (blocks split), then churn (replace, add, delete), then a drain (blocks empty and go).
     steps = [("set", name) for name in rng.sample(names, len(names))]
     steps += [(rng.choice(("set", "set", "delete")), rng.choice(names)) for _ in range(3000)]
