@@ -70,7 +70,7 @@ def parse_args(
     parser.add_argument(
         "--stall-seconds",
         type=float,
-        default=2.0,
+        default=_stalls.SECONDS,
         help="before each size and after the last, how long bench/_stalls.py probes the machine (0: not at all)",
     )
     parser.add_argument("--serve-controlplane", metavar=serve_metavar, help=argparse.SUPPRESS)

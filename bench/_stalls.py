@@ -20,6 +20,8 @@ import sys
 import time
 from typing import NamedTuple
 
+SECONDS = 2.0  # how long a probe spins by default
+
 
 class Stalls(NamedTuple):
     cpu: int
@@ -53,7 +55,7 @@ def busy(seconds: float) -> dict[str, float]:
     return {"per_second": over_1 / elapsed, "over_2_5ms": over_2_5 / elapsed, "max_ms": longest * 1e3}
 
 
-def measure(seconds: float = 2.0) -> list[Stalls]:
+def measure(seconds: float = SECONDS) -> list[Stalls]:
     """One busy child per CPU, all at once; their figures."""
     children = []
     for cpu in range(os.cpu_count() or 1):
@@ -75,7 +77,7 @@ def line(stalls: list[Stalls]) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seconds", type=float, default=2.0)
+    parser.add_argument("--seconds", type=float, default=SECONDS)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:

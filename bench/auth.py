@@ -176,7 +176,7 @@ async def main(args: argparse.Namespace) -> int:
         p99s = [figures["p99_ms"] for measured, at, figures in fixed if (measured, at) == (route, rate)]
         each = ", ".join(f"{p99:.2f}" for p99 in p99s)
         print(f"{route:13} {rate:>6,.0f} rps: {each}; median {statistics.median(p99s):.2f}")
-    print("machine (bench/_stalls.py, a busy thread per CPU for 2 s, gaps):")
+    print(f"machine (bench/_stalls.py, a busy thread per CPU for {_stalls.SECONDS:g} s, gaps):")
     for when, stalls in machine:
         print(f"  {when:>6}: {_stalls.line(stalls)}")
     return 0
