@@ -20,6 +20,8 @@ import _stalls
 from _harness import Change, dist, pair
 
 KINDS = ("all", "edit", "add")
+# The line under each probe's: the floor those gaps put under the p99 of work of that length (Stalls.job).
+JOBS_TITLE = "so a job of N ms of CPU alone there takes, p50/p99 ms"
 
 
 class SizeResult(Protocol):
@@ -123,7 +125,7 @@ def main(
     data = {
         "summaries": summaries,
         "changes": {r.routes: [asdict(c) for c in r.changes] for r in results},
-        "machine_stalls": {when: [stall._asdict() for stall in stalls] for when, stalls in machine},
+        "machine_stalls": {when: [stall.summary() for stall in stalls] for when, stalls in machine},
     }
     if getattr(args, "save", None):
         args.save.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
@@ -136,6 +138,7 @@ def main(
             print(f"\nmachine: a busy thread per CPU for {args.stall_seconds:g} s (bench/_stalls.py), gaps", file=out)
             for when, stalls in machine:
                 print(f"  {when:>20}: {_stalls.line(stalls)}", file=out)
+                print(f"  {'':>20}  {JOBS_TITLE}: {_stalls.jobs_line(stalls)}", file=out)
     return 1 if any(s["by_kind"]["all"]["failures"] for s in summaries) else 0
 
 
