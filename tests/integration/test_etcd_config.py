@@ -11,6 +11,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 
 from xgate.config.load import parse_document
 from xgate.demo.upstream import DemoUpstream
@@ -108,6 +109,44 @@ async def test_cli_apply_diff_get_delete(etcd: EtcdCluster, upstreams: dict[str,
 
     code, _, err = await xgate("get", "route", "--etcd", "127.0.0.1:1")
     assert code == 4 and "etcd unreachable" in err
+
+
+async def test_cli_shows_repairs_and_deletes_a_stored_value_that_is_not_valid(
+    etcd: EtcdCluster, tmp_path: Path
+) -> None:
+    """A value written by another tool that is not a valid object is still the user's: `get` shows its problem
+    and text instead of hiding it, `diff` shows it as the old side, `apply` replaces it without warning about
+    it, and `delete` removes it."""
+    target = ",".join(etcd.endpoints)
+    await etcd.put("/xgate/route/broken", "{not json")
+    await etcd.put("/xgate/route/wrong-type", '{"match": {"path": {"exact": 5}}, "direct_response": {"status": 200}}')
+    await etcd.put("/xgate/route/fine", '{"direct_response": {"status": 204}}')
+
+    code, out, err = await xgate("get", "route", "broken", "--etcd", target)
+    assert (code, out) == (2, ""), err
+    assert "/xgate/route/broken: route broken: not valid YAML" in err and "stored value: '{not json'" in err
+    code, out, err = await xgate("get", "routes", "--etcd", target)  # the plural is accepted
+    assert code == 0 and yaml.safe_load(out) == {"fine": {"name": "fine", "direct_response": {"status": 204}}}
+    assert "/xgate/route/broken: route broken: not valid YAML" in err
+    assert "/xgate/route/wrong-type: route wrong-type field match.path.exact:" in err
+    code, _, err = await xgate("get", "route", "missing", "--etcd", target)
+    assert code == 2 and err.strip() == "route/missing not found under /xgate/"
+
+    config = tmp_path / "broken.yaml"
+    config.write_text("routes: [{name: broken, direct_response: {status: 200, body: repaired}}]\n")
+    code, out, err = await xgate("diff", "-f", str(config), "--etcd", target)
+    assert code == 1, out + err
+    assert "update route/broken" in out and "  -{not json" in out and "  +  body: repaired" in out
+    code, out, err = await xgate("apply", "-f", str(config), "--etcd", target)
+    assert code == 0 and "updated route/broken" in out, out + err
+    assert "route/broken" not in err  # replaced by this apply, so no warning about its old value
+    assert "not touched by this apply): /xgate/route/wrong-type" in err
+    code, out, _ = await xgate("get", "route", "broken", "--etcd", target, "-o", "json")
+    assert code == 0 and json.loads(out)["direct_response"]["body"] == "repaired"
+
+    code, out, err = await xgate("delete", "route", "wrong-type", "--etcd", target)
+    assert code == 0 and "deleted route/wrong-type" in out, err
+    assert await etcd.get("/xgate/route/wrong-type") is None
 
 
 async def test_apply_detects_a_concurrent_writer(etcd: EtcdCluster, settings: EtcdSettings) -> None:

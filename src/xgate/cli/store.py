@@ -3,7 +3,8 @@
 Exit codes scripts can rely on:
     0  done (apply, delete, get), or no differences (diff)
     1  diff: there are differences
-    2  invalid config, or a refused delete; nothing was written
+    2  invalid config, or a refused delete; nothing was written. get KIND NAME: no such object, or its stored
+       value is not a valid one (its problems and text go to stderr)
     3  another writer changed the keys meanwhile; nothing was written (read again and retry)
     4  etcd unreachable
 """
@@ -23,7 +24,7 @@ import yaml
 from xgate.config.load import load_path
 from xgate.errors import ConfigError
 from xgate.sources.etcd.client import EtcdClient, EtcdRequestError, EtcdSettings, EtcdUnavailableError
-from xgate.sources.etcd.layout import DEFAULT_PREFIX, KEY_KINDS, PLUGIN, object_data
+from xgate.sources.etcd.layout import DEFAULT_PREFIX, KEY_KINDS, PLUGIN, key_of, normalize_prefix, object_data
 from xgate.sources.etcd.store import (
     ConflictError,
     Plan,
@@ -144,6 +145,8 @@ def register(app: typer.Typer) -> None:
         plan = _plan(file, settings(etcd, ca, cert, key, user, password), prefix)
         for change in plan.pending:
             before = yaml.safe_dump(change.old, sort_keys=True).splitlines() if change.old is not None else []
+            if change.old is None and change.action == "update":  # stored, but not a valid object: its text
+                before = plan.stored.values[change.key][1].decode("utf-8", "replace").splitlines()
             after = yaml.safe_dump(change.new, sort_keys=True).splitlines()
             typer.echo(f"{change.action} {change.kind}/{change.name} ({change.key})")
             for line in difflib.unified_diff(before, after, "etcd", str(file), lineterm="", n=2):
@@ -181,16 +184,21 @@ def register(app: typer.Typer) -> None:
         user: User = None,
         password: Password = None,
     ) -> None:
-        """Print objects stored in etcd (all of KIND, or one)."""
-        _check_kind(kind)
+        """Print objects stored in etcd (all of KIND, or one). A stored value that is not a valid object is
+        reported on stderr with its problem and its raw text; asked for by name, it exits 2."""
+        kind = _check_kind(kind)
         stored = _run(settings(etcd, ca, cert, key, user, password), lambda client: read_stored(client, prefix))
         found = {
             obj_name: obj if kind == PLUGIN else object_data(obj)
             for (obj_kind, obj_name), obj in sorted(stored.objects.items())
             if obj_kind == kind and (name is None or obj_name == name)
         }
+        exact = key_of(prefix, kind, name).decode() if name is not None else None
+        folder = f"{normalize_prefix(prefix)}{kind}/"
+        invalid = _report_invalid(stored, lambda source: source == exact if exact else source.startswith(folder))
         if name is not None and name not in found:
-            typer.echo(f"{kind}/{name} not found (or invalid) under {prefix}", err=True)
+            if not invalid:
+                typer.echo(f"{kind}/{name} not found under {normalize_prefix(prefix)}", err=True)
             raise typer.Exit(EXIT_INVALID)
         data: Any = found[name] if name is not None else found
         typer.echo(json.dumps(data, indent=2, sort_keys=True) if output == "json" else yaml.safe_dump(data), nl=False)
@@ -209,7 +217,7 @@ def register(app: typer.Typer) -> None:
         password: Password = None,
     ) -> None:
         """Delete one object; an upstream or listener that routes still use is refused unless --force."""
-        _check_kind(kind)
+        kind = _check_kind(kind)
         target = settings(etcd, ca, cert, key, user, password)
 
         async def work(client: EtcdClient) -> tuple[Stored, int | None, list[str]]:
@@ -235,9 +243,31 @@ def register(app: typer.Typer) -> None:
             typer.echo(f"warning: {', '.join(users)} now refer to a missing {kind}", err=True)
 
 
-def _check_kind(kind: str) -> None:
-    if kind not in KEY_KINDS:
+def _check_kind(kind: str) -> str:
+    """The kind as keys spell it; the plural is accepted too (`get routes`)."""
+    singular = kind.removesuffix("s") if kind.removesuffix("s") in KEY_KINDS else kind
+    if singular not in KEY_KINDS:
         raise typer.BadParameter(f"use one of {', '.join(KEY_KINDS)}", param_hint="KIND")
+    return singular
+
+
+RAW_SHOWN = 400  # characters of an invalid stored value that `get` prints
+
+
+def _report_invalid(stored: Stored, wanted: Callable[[str], bool]) -> bool:
+    """On stderr, each problem of the stored values whose key is `wanted`, then (once) the value's start;
+    whether there was any."""
+    shown: set[str] = set()
+    for issue in stored.issues:
+        if not wanted(issue.source):
+            continue
+        typer.echo(str(issue), err=True)
+        if issue.source not in shown:
+            shown.add(issue.source)
+            text = stored.values[issue.source][1].decode("utf-8", "replace")
+            more = f" ... ({len(text):,} characters)" if len(text) > RAW_SHOWN else ""
+            typer.echo(f"  stored value: {text[:RAW_SHOWN]!r}{more}", err=True)
+    return bool(shown)
 
 
 def _model(change: Any) -> Any:

@@ -93,11 +93,12 @@ def plan_apply(stored: Stored, config: ConfigSet, prefix: str) -> Plan:
     blocking = [issue for issue in ir.issues if issue.obj in labels or issue.obj == "document"]
     if config.issues or blocking:
         raise ConfigError([*config.issues, *blocking])
+    keys = {key_of(prefix, kind, name).decode(): (kind, name) for kind, name in desired}
     warnings = [str(issue) for issue in ir.issues if issue not in blocking]
-    warnings += [str(issue) for issue in stored.issues]
+    warnings += [str(issue) for issue in stored.issues if issue.source not in keys]  # the others are replaced
     changes = []
-    for (kind, name), obj in desired.items():
-        key = key_of(prefix, kind, name).decode()
+    for key, (kind, name) in keys.items():
+        obj = desired[(kind, name)]
         new = obj if kind == PLUGIN else object_data(obj)
         old_raw = stored.values.get(key)
         if old_raw is None:
