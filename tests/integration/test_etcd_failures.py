@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -100,6 +101,17 @@ async def test_source_resumes_after_its_last_revision_and_rereads_after_compacti
             await task
 
 
+async def status_command(port: int) -> tuple[int, str]:
+    """`xgate status` against the control plane's status API: exit code and output."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "xgate", "status", "--url", f"http://127.0.0.1:{port}",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    out, _ = await asyncio.wait_for(process.communicate(), 30)
+    assert process.returncode is not None
+    return process.returncode, out.decode()
+
+
 async def test_etcd_outage_leaves_traffic_alone_and_recovery_applies_changes(tmp_path: Path) -> None:
     port = free_port()
     async with run_etcd(tmp_path / "etcd") as etcd:
@@ -125,6 +137,10 @@ async def test_etcd_outage_leaves_traffic_alone_and_recovery_applies_changes(tmp
             assert during > before * 0.5, (before, during)  # same client loop, same Envoy: no slowdown
             status = gateway.plane.report()["sources"]["etcd"]
             assert status["outage_since"] is not None and status["outages"] == 1
+            # "Has my change reached every Envoy?" cannot be answered yes while etcd is out of sight.
+            code, out = await status_command(gateway.status_port)
+            assert code == 1, out
+            assert "source etcd: UNREACHABLE for" in out and "have not reached any Envoy" in out
 
             await member.start()
             await member.wait_ready()
@@ -132,6 +148,8 @@ async def test_etcd_outage_leaves_traffic_alone_and_recovery_applies_changes(tmp
             await gateway.wait_etcd_revision(revision, timeout=15)
             assert await probe(port) == "after the outage"
             assert gateway.plane.report()["sources"]["etcd"]["connected"] is True
+            code, out = await status_command(gateway.status_port)
+            assert code == 0 and "source etcd: connected" in out, out
 
 
 async def test_leader_killed_while_applying_loses_no_acknowledged_write(tmp_path: Path) -> None:

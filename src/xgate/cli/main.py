@@ -8,6 +8,7 @@ import logging
 import os
 import sys
 import tempfile
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Awaitable, Callable
@@ -386,7 +387,8 @@ def status(
     url: Annotated[str, typer.Option(help="control plane status API")] = "http://127.0.0.1:18080",
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """Has the current config reached every Envoy? Exit 0 when every proxy ACKed it, 1 otherwise."""
+    """Has the current config reached every Envoy? Exit 0 when every proxy ACKed it, the last change was accepted
+    and every config source is reachable (while etcd is not, changes made there reach no Envoy); 1 otherwise."""
     try:
         with urllib.request.urlopen(url.rstrip("/") + "/status", timeout=5) as response:
             report = json.load(response)
@@ -398,7 +400,8 @@ def status(
     else:
         _print_status(report)
     config_ok = report["config"]["rejected_revision"] is None and not report["config"].get("objects_not_served")
-    raise typer.Exit(0 if report["all_in_sync"] and config_ok else 1)
+    sources_ok = all(health.get("connected") for health in (report.get("sources") or {}).values())
+    raise typer.Exit(0 if report["all_in_sync"] and config_ok and sources_ok else 1)
 
 
 def _print_status(report: dict[str, object]) -> None:
@@ -417,8 +420,13 @@ def _print_status(report: dict[str, object]) -> None:
     sources = report.get("sources") or {}
     assert isinstance(sources, dict)
     for name, health in sources.items():
-        state = "connected" if health.get("connected") else f"UNREACHABLE ({health.get('last_error')})"
-        typer.echo(f"source {name}: {state}, revision {health.get('revision')}")
+        if health.get("connected"):
+            typer.echo(f"source {name}: connected, revision {health.get('revision')}")
+            continue
+        since = health.get("outage_since")
+        when = f" for {time.time() - since:.0f} s" if isinstance(since, (int, float)) else ""
+        typer.echo(f"source {name}: UNREACHABLE{when} ({health.get('last_error')})")
+        typer.echo(f"  last revision read {health.get('revision')}; changes made since then have not reached any Envoy")
     proxies = report["proxies"]
     assert isinstance(proxies, list)
     if not proxies:
