@@ -144,12 +144,14 @@ async def test_etcd_outage_leaves_traffic_alone_and_recovery_applies_changes(tmp
 
             await member.start()
             await member.wait_ready()
+            # Back as soon as the watch is, not at the next change or progress notification (10 min by default).
+            await wait_for(lambda: gateway.plane.report()["sources"]["etcd"]["connected"], 10, "the reconnection")
+            code, out = await status_command(gateway.status_port)
+            assert code == 0 and "source etcd: connected" in out, out
             revision = await etcd.put("/xgate/route/probe", probe_route("after the outage"))
             await gateway.wait_etcd_revision(revision, timeout=15)
             assert await probe(port) == "after the outage"
             assert gateway.plane.report()["sources"]["etcd"]["connected"] is True
-            code, out = await status_command(gateway.status_port)
-            assert code == 0 and "source etcd: connected" in out, out
 
 
 async def test_leader_killed_while_applying_loses_no_acknowledged_write(tmp_path: Path) -> None:

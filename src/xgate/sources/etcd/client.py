@@ -178,7 +178,9 @@ class EtcdClient:
 
     async def watch_prefix(self, prefix: bytes, start_revision: int) -> AsyncGenerator[tuple[int, list[Event]], None]:
         """Yield (revision, events) from `start_revision` on; a batch without events is a progress
-        notification saying every change up to `revision` was sent. Raises CompactedError."""
+        notification saying every change up to `revision` was sent. The first batch, once etcd created the
+        watch, is (start_revision - 1, []): the watch is up, and it claims nothing not asked for (the events
+        up to the current revision may still follow). Raises CompactedError."""
         create = rpc_pb2.WatchCreateRequest(
             key=prefix, range_end=prefix_end(prefix), start_revision=start_revision, progress_notify=True
         )
@@ -197,6 +199,7 @@ class EtcdClient:
                 if response.canceled:
                     raise EtcdUnavailableError(f"etcd cancelled the watch: {response.cancel_reason}")
                 if response.created and not response.events:
+                    yield start_revision - 1, []
                     continue
                 events = list(response.events)
                 revision = max((event.kv.mod_revision for event in events), default=response.header.revision)
