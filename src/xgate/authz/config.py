@@ -69,9 +69,7 @@ class PolicyFeed:
     async def _load(self, config: ConfigSet, revision: Revision, lenient: bool) -> bool:
         del lenient
         paths = policy_paths(config)
-        failures = await asyncio.to_thread(self.registry.load, paths)  # imports run user code: off the loop
-        for name, error in failures.items():
-            log.error("policy %s not (re)loaded: %s", name, error)
+        await asyncio.to_thread(self.registry.load, paths)  # imports run user code: off the loop; it logs failures
         providers = await asyncio.to_thread(python_providers, config)  # validation reads jwks files
         await self.providers.load(providers)
         log.info("policies of revision %s: %s", revision.revision, ", ".join(sorted(paths)) or "none")
