@@ -12,6 +12,8 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
+from cryptography.hazmat.primitives.asymmetric import rsa
+from jwt.algorithms import RSAAlgorithm
 
 from xgate.config.load import parse_document
 from xgate.demo.upstream import DemoUpstream
@@ -147,6 +149,19 @@ async def test_cli_shows_repairs_and_deletes_a_stored_value_that_is_not_valid(
     code, out, err = await xgate("delete", "route", "wrong-type", "--etcd", target)
     assert code == 0 and "deleted route/wrong-type" in out, err
     assert await etcd.get("/xgate/route/wrong-type") is None
+
+
+async def test_apply_over_etcds_request_limit_says_which_limit(etcd: EtcdCluster, tmp_path: Path) -> None:
+    public = json.loads(
+        RSAAlgorithm.to_jwk(rsa.generate_private_key(public_exponent=65537, key_size=2048).public_key())
+    )
+    keys = [dict(public, kid=f"k{index}", alg="RS256") for index in range(4_500)]  # ~1.8 MB, over etcd's 1.5 MiB
+    provider = {"name": "main", "issuer": "https://big.test", "jwks": {"keys": keys}}
+    config = tmp_path / "big.json"
+    config.write_text(json.dumps({"plugins": {"jwt": {"providers": [provider]}}}))
+    code, _, err = await xgate("apply", "-f", str(config), "--etcd", ",".join(etcd.endpoints))
+    assert code == 2 and "request is too large" in err and "--max-request-bytes" in err, err
+    assert await etcd.get_prefix("/xgate/") == {}
 
 
 async def test_apply_detects_a_concurrent_writer(etcd: EtcdCluster, settings: EtcdSettings) -> None:

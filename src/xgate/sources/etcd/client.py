@@ -222,4 +222,7 @@ def _translate(exc: grpc.aio.AioRpcError) -> Exception:
         return EtcdUnavailableError(f"etcd unavailable: {exc.details()}")
     if "compacted" in (exc.details() or ""):
         return CompactedError(0)
-    return EtcdRequestError(f"etcd refused the request ({code.name}): {exc.details()}")
+    hint = ""
+    if "request is too large" in (exc.details() or ""):
+        hint = " (etcd's --max-request-bytes, 1.5 MiB unless set: apply fewer objects at once, or raise it)"
+    return EtcdRequestError(f"etcd refused the request ({code.name}): {exc.details()}{hint}")
