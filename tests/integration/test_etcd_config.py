@@ -3,9 +3,7 @@ file + etcd precedence."""
 
 from __future__ import annotations
 
-import asyncio
 import json
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -19,7 +17,7 @@ from xgate.config.load import parse_document
 from xgate.demo.upstream import DemoUpstream
 from xgate.sources.etcd.client import EtcdClient, EtcdSettings
 from xgate.sources.etcd.store import ConflictError, execute, plan_apply, read_stored
-from xgate.testing import EtcdCluster, Gateway, free_port, run_etcd, run_gateway
+from xgate.testing import EtcdCluster, Gateway, free_port, run_cli, run_etcd, run_gateway
 
 pytestmark = pytest.mark.integration
 
@@ -35,15 +33,6 @@ routes:
   - {{name: to-v2, match: {{path: {{prefix: /v2}}}}, upstream: v2}}
   - {{name: default, upstream: v1}}
 """
-
-
-async def xgate(*args: str, timeout: float = 30) -> tuple[int, str, str]:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "xgate", *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
-    )
-    out, err = await asyncio.wait_for(process.communicate(), timeout)
-    assert process.returncode is not None
-    return process.returncode, out.decode(), err.decode()
 
 
 @pytest.fixture
@@ -74,42 +63,42 @@ async def test_cli_apply_diff_get_delete(etcd: EtcdCluster, upstreams: dict[str,
     config.write_text(fleet_config(port, upstreams["v1"].port, upstreams["v2"].port))
     target = ",".join(etcd.endpoints)
 
-    code, out, err = await xgate("diff", "-f", str(config), "--etcd", target)
+    code, out, err = await run_cli("diff", "-f", str(config), "--etcd", target)
     assert code == 1, out + err
     assert "create route/default" in out and "envoy: + routes routes/public" in out
-    code, out, err = await xgate("apply", "-f", str(config), "--etcd", target)
+    code, out, err = await run_cli("apply", "-f", str(config), "--etcd", target)
     assert code == 0, out + err
     assert "created route/health" in out and "6 changed, 0 unchanged" in out
     stored = json.loads(await etcd.get("/xgate/route/to-v2") or "{}")
     assert stored == {"name": "to-v2", "match": {"path": {"prefix": "/v2"}}, "upstream": "v2"}
-    code, out, _ = await xgate("apply", "-f", str(config), "--etcd", target)
+    code, out, _ = await run_cli("apply", "-f", str(config), "--etcd", target)
     assert (code, out.strip().splitlines()[-1].split(" (")[0]) == (0, "0 changed, 6 unchanged")
-    code, out, _ = await xgate("diff", "-f", str(config), "--etcd", target)
+    code, out, _ = await run_cli("diff", "-f", str(config), "--etcd", target)
     assert code == 0 and "0 objects would change" in out
 
-    code, out, _ = await xgate("get", "route", "to-v2", "--etcd", target, "-o", "json")
+    code, out, _ = await run_cli("get", "route", "to-v2", "--etcd", target, "-o", "json")
     assert code == 0 and json.loads(out)["upstream"] == "v2"
-    code, out, _ = await xgate("get", "upstream", "--etcd", target)
+    code, out, _ = await run_cli("get", "upstream", "--etcd", target)
     assert code == 0 and "v1:" in out and "v2:" in out
 
     # An upstream still in use is not deleted, unless forced.
-    code, _, err = await xgate("delete", "upstream", "v2", "--etcd", target)
+    code, _, err = await run_cli("delete", "upstream", "v2", "--etcd", target)
     assert code == 2 and "route to-v2" in err
     assert await etcd.get("/xgate/upstream/v2") is not None
-    code, out, _ = await xgate("delete", "route", "to-v2", "--etcd", target)
+    code, out, _ = await run_cli("delete", "route", "to-v2", "--etcd", target)
     assert code == 0 and "deleted route/to-v2" in out
-    code, out, _ = await xgate("delete", "upstream", "v2", "--etcd", target)
+    code, out, _ = await run_cli("delete", "upstream", "v2", "--etcd", target)
     assert code == 0
 
     # Invalid config: every issue listed, nothing written.
     before = await etcd.get_prefix("/xgate/")
     config.write_text(fleet_config(port, 1, 2).replace("upstream: v2", "upstream: gone") + "  - {name: x}\n")
-    code, _, err = await xgate("apply", "-f", str(config), "--etcd", target)
+    code, _, err = await run_cli("apply", "-f", str(config), "--etcd", target)
     assert code == 2, err
     assert "upstream 'gone' does not exist" in err and "route x" in err and "nothing was written" in err
     assert await etcd.get_prefix("/xgate/") == before
 
-    code, _, err = await xgate("get", "route", "--etcd", "127.0.0.1:1")
+    code, _, err = await run_cli("get", "route", "--etcd", "127.0.0.1:1")
     assert code == 4 and "etcd unreachable" in err
 
 
@@ -124,29 +113,29 @@ async def test_cli_shows_repairs_and_deletes_a_stored_value_that_is_not_valid(
     await etcd.put("/xgate/route/wrong-type", '{"match": {"path": {"exact": 5}}, "direct_response": {"status": 200}}')
     await etcd.put("/xgate/route/fine", '{"direct_response": {"status": 204}}')
 
-    code, out, err = await xgate("get", "route", "broken", "--etcd", target)
+    code, out, err = await run_cli("get", "route", "broken", "--etcd", target)
     assert (code, out) == (2, ""), err
     assert "/xgate/route/broken: route broken: not valid YAML" in err and "stored value: '{not json'" in err
-    code, out, err = await xgate("get", "routes", "--etcd", target)  # the plural is accepted
+    code, out, err = await run_cli("get", "routes", "--etcd", target)  # the plural is accepted
     assert code == 0 and yaml.safe_load(out) == {"fine": {"name": "fine", "direct_response": {"status": 204}}}
     assert "/xgate/route/broken: route broken: not valid YAML" in err
     assert "/xgate/route/wrong-type: route wrong-type field match.path.exact:" in err
-    code, _, err = await xgate("get", "route", "missing", "--etcd", target)
+    code, _, err = await run_cli("get", "route", "missing", "--etcd", target)
     assert code == 2 and err.strip() == "route/missing not found under /xgate/"
 
     config = tmp_path / "broken.yaml"
     config.write_text("routes: [{name: broken, direct_response: {status: 200, body: repaired}}]\n")
-    code, out, err = await xgate("diff", "-f", str(config), "--etcd", target)
+    code, out, err = await run_cli("diff", "-f", str(config), "--etcd", target)
     assert code == 1, out + err
     assert "update route/broken" in out and "  -{not json" in out and "  +  body: repaired" in out
-    code, out, err = await xgate("apply", "-f", str(config), "--etcd", target)
+    code, out, err = await run_cli("apply", "-f", str(config), "--etcd", target)
     assert code == 0 and "updated route/broken" in out, out + err
     assert "route/broken" not in err  # replaced by this apply, so no warning about its old value
     assert "not touched by this apply): /xgate/route/wrong-type" in err
-    code, out, _ = await xgate("get", "route", "broken", "--etcd", target, "-o", "json")
+    code, out, _ = await run_cli("get", "route", "broken", "--etcd", target, "-o", "json")
     assert code == 0 and json.loads(out)["direct_response"]["body"] == "repaired"
 
-    code, out, err = await xgate("delete", "route", "wrong-type", "--etcd", target)
+    code, out, err = await run_cli("delete", "route", "wrong-type", "--etcd", target)
     assert code == 0 and "deleted route/wrong-type" in out, err
     assert await etcd.get("/xgate/route/wrong-type") is None
 
@@ -159,7 +148,7 @@ async def test_apply_over_etcds_request_limit_says_which_limit(etcd: EtcdCluster
     provider = {"name": "main", "issuer": "https://big.test", "jwks": {"keys": keys}}
     config = tmp_path / "big.json"
     config.write_text(json.dumps({"plugins": {"jwt": {"providers": [provider]}}}))
-    code, _, err = await xgate("apply", "-f", str(config), "--etcd", ",".join(etcd.endpoints))
+    code, _, err = await run_cli("apply", "-f", str(config), "--etcd", ",".join(etcd.endpoints))
     assert code == 2 and "request is too large" in err and "--max-request-bytes" in err, err
     assert await etcd.get_prefix("/xgate/") == {}
 
@@ -207,7 +196,7 @@ async def test_changes_in_etcd_reach_envoy_and_bad_values_are_rejected_per_key(
         assert "/xgate/upstream/v1" in warnings and "endpoints.0" in warnings
         assert "route to-v2 field upstream: upstream 'missing' does not exist" in warnings
 
-        code, out, _ = await xgate("status", "--url", f"http://127.0.0.1:{gateway.status_port}")
+        code, out, _ = await run_cli("status", "--url", f"http://127.0.0.1:{gateway.status_port}")
         assert code == 1 and "/xgate/route/health" in out
 
         # Fixing the keys clears the warnings.
@@ -252,7 +241,7 @@ async def test_large_apply_goes_in_guarded_batches(etcd: EtcdCluster, settings: 
     )
     config = tmp_path / "big.yaml"
     config.write_text("listeners: [{name: public, port: 1}]\nroutes:\n" + routes)
-    code, out, err = await xgate("apply", "-f", str(config), "--etcd", ",".join(etcd.endpoints))
+    code, out, err = await run_cli("apply", "-f", str(config), "--etcd", ",".join(etcd.endpoints))
     assert code == 0, err
     assert "301 changed, 0 unchanged" in out and "in 3 transactions" in out
     assert len(await etcd.get_prefix("/xgate/route/")) == 300

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -19,7 +18,7 @@ from xgate.sources.etcd.client import EtcdClient, EtcdSettings, EtcdUnavailableE
 from xgate.sources.etcd.source import EtcdSource
 from xgate.sources.etcd.store import ConflictError, execute, plan_apply, read_stored
 from xgate.sources.revision import Revision
-from xgate.testing import free_port, run_etcd, run_gateway
+from xgate.testing import free_port, run_cli, run_etcd, run_gateway
 from xgate.testing.gateway import wait_for
 
 pytestmark = pytest.mark.integration
@@ -101,17 +100,6 @@ async def test_source_resumes_after_its_last_revision_and_rereads_after_compacti
             await task
 
 
-async def status_command(port: int) -> tuple[int, str]:
-    """`xgate status` against the control plane's status API: exit code and output."""
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "xgate", "status", "--url", f"http://127.0.0.1:{port}",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-    )  # fmt: skip
-    out, _ = await asyncio.wait_for(process.communicate(), 30)
-    assert process.returncode is not None
-    return process.returncode, out.decode()
-
-
 async def test_etcd_outage_leaves_traffic_alone_and_recovery_applies_changes(tmp_path: Path) -> None:
     port = free_port()
     async with run_etcd(tmp_path / "etcd") as etcd:
@@ -138,7 +126,7 @@ async def test_etcd_outage_leaves_traffic_alone_and_recovery_applies_changes(tmp
             status = gateway.plane.report()["sources"]["etcd"]
             assert status["outage_since"] is not None and status["outages"] == 1
             # "Has my change reached every Envoy?" cannot be answered yes while etcd is out of sight.
-            code, out = await status_command(gateway.status_port)
+            code, out, _ = await run_cli("status", "--url", f"http://127.0.0.1:{gateway.status_port}")
             assert code == 1, out
             assert "source etcd: UNREACHABLE for" in out and "have not reached any Envoy" in out
 
@@ -146,7 +134,7 @@ async def test_etcd_outage_leaves_traffic_alone_and_recovery_applies_changes(tmp
             await member.wait_ready()
             # Back as soon as the watch is, not at the next change or progress notification (10 min by default).
             await wait_for(lambda: gateway.plane.report()["sources"]["etcd"]["connected"], 10, "the reconnection")
-            code, out = await status_command(gateway.status_port)
+            code, out, _ = await run_cli("status", "--url", f"http://127.0.0.1:{gateway.status_port}")
             assert code == 0 and "source etcd: connected" in out, out
             revision = await etcd.put("/xgate/route/probe", probe_route("after the outage"))
             await gateway.wait_etcd_revision(revision, timeout=15)

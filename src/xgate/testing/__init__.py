@@ -1,21 +1,24 @@
 """Test helpers users may import: a whole gateway (control plane + real Envoy), the authz and dyeing services,
-etcd and Redis on loopback ports."""
+etcd and Redis on loopback ports, and the command line as a child process."""
 
 from __future__ import annotations
 
 from xgate.testing.authz import run_authz_service
+from xgate.testing.cli import CliResult, run_cli
 from xgate.testing.dyeing import run_dyeing_service
 from xgate.testing.etcd import EtcdCluster, EtcdProcess, run_etcd
 from xgate.testing.gateway import Gateway, free_port, run_gateway, write_atomic
 from xgate.testing.redis import RedisProcess, run_redis
 
 __all__ = [
+    "CliResult",
     "EtcdCluster",
     "EtcdProcess",
     "Gateway",
     "RedisProcess",
     "free_port",
     "run_authz_service",
+    "run_cli",
     "run_dyeing_service",
     "run_etcd",
     "run_gateway",
