@@ -15,7 +15,7 @@ from aiohttp import web
 
 from xgate.controlplane import ControlPlane
 from xgate.discovery import SnapshotCache, add_to_server
-from xgate.sources.etcd.client import EtcdClient, EtcdSettings, EtcdUnavailableError
+from xgate.sources.etcd.client import EtcdClient, EtcdRequestError, EtcdSettings, EtcdUnavailableError
 from xgate.sources.etcd.layout import DEFAULT_PREFIX
 from xgate.sources.etcd.source import EtcdSource
 from xgate.sources.file import FileSource
@@ -101,7 +101,9 @@ async def run_controlplane(
 
         etcd_source = EtcdSource(client, emit, prefix=prefix)
         plane.health["etcd"] = etcd_source.health.to_dict
-        with contextlib.suppress(EtcdUnavailableError):
+        # Down, slow, or refusing us (a wrong password, a missing permission): start anyway; the source keeps
+        # trying, logs why, and status reports it (exit 1), as for an outage later on.
+        with contextlib.suppress(EtcdUnavailableError, EtcdRequestError, TimeoutError):
             await asyncio.wait_for(etcd_source.read_all(), etcd.timeout)
         tasks.append(etcd_source.run(stop))
     server, xds_port = await start_xds(plane.cache, *xds)

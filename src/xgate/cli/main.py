@@ -19,7 +19,7 @@ from typing import Annotated
 import typer
 import yaml
 
-from xgate.cli.store import CaFile, CertFile, KeyFile, Password, Prefix, User, settings
+from xgate.cli.store import ETCD_ENVIRONMENT, CaFile, CertFile, KeyFile, Password, Prefix, User, settings
 from xgate.cli.store import register as register_store_commands
 from xgate.config.load import load_path
 from xgate.errors import ConfigError
@@ -128,7 +128,7 @@ def controlplane(
 
     _setup_logging(log_level)
     path = file if file is not None or etcd else default_config()
-    store = settings(etcd, etcd_ca, etcd_cert, etcd_key, etcd_user, etcd_password) if etcd else None
+    store = _etcd(etcd, etcd_ca, etcd_cert, etcd_key, etcd_user, etcd_password)
     described = " + ".join(part for part in (str(path) if path else "", f"etcd {etcd}{prefix}" if etcd else "") if part)
 
     def ready(bound: Bound) -> None:
@@ -156,6 +156,12 @@ def controlplane(
     asyncio.run(main())
 
 
+def _etcd(
+    etcd: str | None, ca: Path | None, cert: Path | None, key: Path | None, user: str | None, password: str | None
+) -> EtcdSettings | None:
+    return settings(etcd, ca, cert, key, user, password) if etcd else None
+
+
 ServiceFile = Annotated[Path | None, typer.Option("--file", "-f", help="config file (the same as the control plane's)")]
 ServiceEtcd = Annotated[str | None, typer.Option("--etcd", envvar="XGATE_ETCD", help="etcd HOST:PORT[,...]")]
 LogLevel = Annotated[str, typer.Option()]
@@ -163,11 +169,12 @@ LogLevel = Annotated[str, typer.Option()]
 ServiceRun = Callable[[Path | None, EtcdSettings | None, Callable[[int], None], asyncio.Event], Awaitable[None]]
 
 
-def _run_service(name: str, file: Path | None, etcd: str | None, listen: str, run: ServiceRun, ready: str = "") -> None:
+def _run_service(
+    name: str, file: Path | None, store: EtcdSettings | None, listen: str, run: ServiceRun, ready: str = ""
+) -> None:
     """What every service command does around its service: the config sources (the bundled example when none
     is given), SIGINT/SIGTERM to stop, and the ready line `xgate NAME ready: grpc HOST:PORT` (+ `ready`)."""
-    path = file if file is not None or etcd else default_config()
-    store = settings(etcd, None, None, None, None, None) if etcd else None
+    path = file if file is not None or store else default_config()
 
     def announce(port: int) -> None:
         print(f"xgate {name} ready: grpc {listen.rpartition(':')[0]}:{port}{ready}", flush=True)
@@ -187,6 +194,11 @@ def authz(
     file: ServiceFile = None,
     etcd: ServiceEtcd = None,
     prefix: Prefix = DEFAULT_PREFIX,
+    etcd_ca: CaFile = None,
+    etcd_cert: CertFile = None,
+    etcd_key: KeyFile = None,
+    etcd_user: User = None,
+    etcd_password: Password = None,
     listen: Annotated[str, typer.Option(help="gRPC address Envoy calls")] = "127.0.0.1:18001",
     timeout: Annotated[float, typer.Option(help="seconds a policy may take; later it denies")] = 0.1,
     fail_open: Annotated[bool, typer.Option(help="a failing policy allows instead of denying")] = False,
@@ -199,7 +211,7 @@ def authz(
     _setup_logging(log_level)
     address = _host_port(listen, "--listen")
     _run_service(
-        "authz", file, etcd, listen,
+        "authz", file, _etcd(etcd, etcd_ca, etcd_cert, etcd_key, etcd_user, etcd_password), listen,
         lambda path, store, ready, stop: run_authz(
             path, etcd=store, prefix=prefix, listen=address, timeout=timeout, fail_open=fail_open, on_ready=ready,
             stop=stop,
@@ -212,6 +224,11 @@ def dyeing(
     file: ServiceFile = None,
     etcd: ServiceEtcd = None,
     prefix: Prefix = DEFAULT_PREFIX,
+    etcd_ca: CaFile = None,
+    etcd_cert: CertFile = None,
+    etcd_key: KeyFile = None,
+    etcd_user: User = None,
+    etcd_password: Password = None,
     listen: Annotated[str, typer.Option(help="gRPC address Envoy calls")] = "127.0.0.1:18002",
     status: Annotated[str, typer.Option(help="HTTP address of GET /metrics (requests per stage)")] = "127.0.0.1:18084",
     log_level: LogLevel = "info",
@@ -222,7 +239,7 @@ def dyeing(
     _setup_logging(log_level)
     address, status_address = _host_port(listen, "--listen"), _host_port(status, "--status")
     _run_service(
-        "dyeing", file, etcd, listen,
+        "dyeing", file, _etcd(etcd, etcd_ca, etcd_cert, etcd_key, etcd_user, etcd_password), listen,
         lambda path, store, ready, stop: run_dyeing(
             path, etcd=store, prefix=prefix, listen=address, status=status_address, on_ready=ready, stop=stop
         ),
@@ -234,6 +251,11 @@ def ratelimit(
     file: ServiceFile = None,
     etcd: ServiceEtcd = None,
     prefix: Prefix = DEFAULT_PREFIX,
+    etcd_ca: CaFile = None,
+    etcd_cert: CertFile = None,
+    etcd_key: KeyFile = None,
+    etcd_user: User = None,
+    etcd_password: Password = None,
     listen: Annotated[str, typer.Option(help="gRPC address Envoy calls")] = "127.0.0.1:18003",
     redis: Annotated[
         str | None, typer.Option(help="redis://HOST:PORT shared by every replica; default: memory")
@@ -251,7 +273,7 @@ def ratelimit(
     _setup_logging(log_level)
     address, status_address = _host_port(listen, "--listen"), _host_port(status, "--status")
     _run_service(
-        "ratelimit", file, etcd, listen,
+        "ratelimit", file, _etcd(etcd, etcd_ca, etcd_cert, etcd_key, etcd_user, etcd_password), listen,
         lambda path, store, ready, stop: run_ratelimit(
             path, etcd=store, prefix=prefix, listen=address, redis_url=redis,
             failure_mode="open" if failure_mode == "open" else "closed", timeout=timeout, status=status_address,
@@ -336,6 +358,11 @@ def up(
     file: Annotated[Path | None, typer.Option("--file", "-f", help="Config file; default: bundled example")] = None,
     etcd: Annotated[str | None, typer.Option("--etcd", envvar="XGATE_ETCD", help="etcd HOST:PORT[,...]")] = None,
     prefix: Prefix = DEFAULT_PREFIX,
+    etcd_ca: CaFile = None,
+    etcd_cert: CertFile = None,
+    etcd_key: KeyFile = None,
+    etcd_user: User = None,
+    etcd_password: Password = None,
     demo: Annotated[bool | None, typer.Option(help="start the demo upstreams (default: with the example)")] = None,
     xds: Annotated[str, typer.Option()] = "127.0.0.1:18000",
     status: Annotated[str, typer.Option()] = "127.0.0.1:18080",
@@ -343,9 +370,17 @@ def up(
 ) -> None:
     """Run the whole gateway on this machine: control plane, Envoy (and demo upstreams), supervised.
 
-    Config: the bundled example, a file (-f), etcd (--etcd; TLS and auth: run `xgate controlplane`), or both.
+    Config: the bundled example, a file (-f), etcd (--etcd, with its TLS and auth options), or both. The etcd
+    options reach the children as XGATE_ETCD_* environment variables, not in their command lines.
     """
     from xgate.supervisor import ChildSpec, Supervisor
+
+    given = {"ca": etcd_ca, "cert": etcd_cert, "key": etcd_key, "user": etcd_user, "password": etcd_password}
+    reach = {
+        ETCD_ENVIRONMENT[name]: str(value.absolute() if isinstance(value, Path) else value)
+        for name, value in given.items()
+        if value is not None
+    }
 
     path = (file or default_config()).absolute() if file or not etcd else None
     if path is not None and not path.exists():
@@ -368,13 +403,14 @@ def up(
             ),
         ]
     children += [
-        ChildSpec("authz", [*me, "authz", *sources], ready_line="authz ready"),
-        ChildSpec("dyeing", [*me, "dyeing", *sources], ready_line="dyeing ready"),
-        ChildSpec("ratelimit", [*me, "ratelimit", *sources], ready_line="ratelimit ready"),
+        ChildSpec("authz", [*me, "authz", *sources], ready_line="authz ready", env=reach),
+        ChildSpec("dyeing", [*me, "dyeing", *sources], ready_line="dyeing ready", env=reach),
+        ChildSpec("ratelimit", [*me, "ratelimit", *sources], ready_line="ratelimit ready", env=reach),
         ChildSpec(
             "controlplane",
             [*me, "controlplane", *sources, "--xds", xds, "--status", status],
             ready_line="control plane ready",
+            env=reach,
         ),
         ChildSpec("envoy", [*me, "envoy", "--xds", xds, "--admin-port", str(admin_port)]),
     ]

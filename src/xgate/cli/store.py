@@ -41,11 +41,24 @@ T = TypeVar("T")
 
 Etcd = Annotated[str, typer.Option("--etcd", envvar="XGATE_ETCD", help="etcd endpoints, HOST:PORT[,HOST:PORT...]")]
 Prefix = Annotated[str, typer.Option("--prefix", envvar="XGATE_PREFIX", help="key prefix")]
-CaFile = Annotated[Path | None, typer.Option("--etcd-ca", help="CA bundle: talk TLS to etcd")]
-CertFile = Annotated[Path | None, typer.Option("--etcd-cert", help="client certificate")]
-KeyFile = Annotated[Path | None, typer.Option("--etcd-key", help="client key")]
-User = Annotated[str | None, typer.Option("--etcd-user", envvar="XGATE_ETCD_USER")]
-Password = Annotated[str | None, typer.Option("--etcd-password", envvar="XGATE_ETCD_PASSWORD")]
+# How to reach etcd, for every command that does. Each option has an environment variable too: `xgate up`
+# hands them to its children that way (a password in an argv would show in `ps`).
+ETCD_ENVIRONMENT = {
+    "ca": "XGATE_ETCD_CA",
+    "cert": "XGATE_ETCD_CERT",
+    "key": "XGATE_ETCD_KEY",
+    "user": "XGATE_ETCD_USER",
+    "password": "XGATE_ETCD_PASSWORD",
+}
+CaFile = Annotated[
+    Path | None, typer.Option("--etcd-ca", envvar=ETCD_ENVIRONMENT["ca"], help="CA bundle: talk TLS to etcd")
+]
+CertFile = Annotated[
+    Path | None, typer.Option("--etcd-cert", envvar=ETCD_ENVIRONMENT["cert"], help="client certificate")
+]
+KeyFile = Annotated[Path | None, typer.Option("--etcd-key", envvar=ETCD_ENVIRONMENT["key"], help="client key")]
+User = Annotated[str | None, typer.Option("--etcd-user", envvar=ETCD_ENVIRONMENT["user"])]
+Password = Annotated[str | None, typer.Option("--etcd-password", envvar=ETCD_ENVIRONMENT["password"])]
 
 
 def settings(

@@ -241,7 +241,7 @@ class EtcdSource:
         if self.health.connected or self.health.outage_since is None:
             self.health.outages += 1
             self.health.outage_since = time.time()
-            log.error("etcd unreachable (%s); Envoy keeps the last config; retrying", error)
+            log.error("no config from etcd: %s; Envoy keeps the last config; retrying", error)
         self.health.connected = False
         self.health.last_error = error
 
