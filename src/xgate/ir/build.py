@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from pydantic import ValidationError
@@ -38,6 +38,9 @@ class RouteContext:
     listeners: set[str]
     listener_plugins: dict[str, dict[str, Model | None]]
     lenient: bool
+    # Per listener, the plugins whose defaults (document or listener) failed validation: reported already; a
+    # route's issue with such a plugin says so (else "provider 'a' is not defined" hides that 'a' had a typo).
+    invalid_defaults: dict[str, set[str]] = field(default_factory=dict)
 
     def check(
         self, route: Route, fallback: Route | None
@@ -67,9 +70,10 @@ class RouteContext:
                 if settings is None:
                     continue
                 plugin = PLUGINS[name]
-                messages = plugin.check(settings, inherited.get(name), name not in own) + plugin.check_route(
-                    settings, route
-                )
+                messages = plugin.check(settings, inherited.get(name), name not in own)
+                messages += plugin.check_route(settings, route)
+                if name in self.invalid_defaults.get(listener_name, ()):
+                    messages = [f"{text}; the {name} plugin's defaults are invalid (see them)" for text in messages]
                 for message in messages:
                     issue = self.config.issue(
                         "route", route.name, f"plugins.{name}", f"{message} (listener {listener_name})"
@@ -103,17 +107,21 @@ def build_ir_and_context(
     issues += clashes.values()
 
     defaults = _validated_plugins(config, "document", "plugins", config.plugins, "plugins", issues)
+    invalid_everywhere = {name for name in config.plugins if name in PLUGINS and name not in defaults}
     listener_plugins: dict[str, dict[str, Model | None]] = {}
+    invalid_defaults: dict[str, set[str]] = {}
     for listener in config.listeners:
         problems: list[ConfigIssue] = []
         own = _validated_plugins(config, "listener", listener.name, listener.plugins, "plugins", problems)
         issues += problems
+        invalid = {name for name in listener.plugins if name in PLUGINS and name not in own}
+        invalid_defaults[listener.name] = invalid | (invalid_everywhere - set(own))
         if not (lenient and (problems or listener.name in clashes)):
             listener_plugins[listener.name] = {**defaults, **own}
     known_listeners = set(listener_plugins) | {name for kind, name in config.broken if kind == "listener"}
     if lenient:
         known_listeners |= {listener.name for listener in config.listeners}  # dropped ones are reported already
-    context = RouteContext(config, known_upstreams, known_listeners, listener_plugins, lenient)
+    context = RouteContext(config, known_upstreams, known_listeners, listener_plugins, lenient, invalid_defaults)
     attached: dict[str, list[RouteIR]] = {name: [] for name in listener_plugins}
     checked: list[tuple[Route, dict[str, Model | None]]] = []
     for route in config.routes:
