@@ -193,6 +193,28 @@ async def test_native_path_fetches_over_verified_tls(
         assert await status(client, "k2") == 200  # the last good keys stay in use
 
 
+async def test_native_path_answers_at_once_while_the_jwks_endpoint_fails(
+    jwks_server: tuple[JwksServer, Path], upstreams: dict[str, DemoUpstream], tmp_path: Path
+) -> None:
+    """Without keys, Envoy fetches the JWKS for each request and holds it meanwhile: with retries and their
+    1 s backoff that was 1.4-2.6 s per request while the endpoint failed. Now a request is refused at once,
+    and the keys are used as soon as the endpoint answers again."""
+    server, ca_file = jwks_server
+    server.failing = True
+    port, authz = free_port(), free_port()
+    text = config(port, upstreams["v1"].port, authz, "native", server.port, ca_file, refresh="1h")
+    async with (
+        run_gateway(text, tmp_path / "gw"),
+        httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client,
+    ):
+        for _ in range(3):
+            started = time.monotonic()
+            assert await status(client, "k1") == 401
+            assert time.monotonic() - started < 0.5
+        server.failing, server.jwks = False, jwks("k1")
+        assert await eventually(lambda: _is(status(client, "k1"), 200), 5)
+
+
 async def _is(value: Awaitable[int], expected: int) -> bool:
     return await value == expected
 

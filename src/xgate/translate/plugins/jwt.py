@@ -29,7 +29,7 @@ from envoy.extensions.filters.http.jwt_authn.v3 import config_pb2 as jwt_v3
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_v3,
 )
-from google.protobuf import duration_pb2, wrappers_pb2
+from google.protobuf import duration_pb2
 from google.protobuf.message import Message
 from pydantic import Field, PrivateAttr, field_validator, model_validator
 
@@ -283,12 +283,15 @@ def _provider(provider: Provider) -> jwt_v3.JwtProvider:
 def _remote(provider: Provider, uri: str) -> jwt_v3.RemoteJwks:
     """Fetched by Envoy through the provider's own TLS cluster, before the listener takes traffic (so the first
     requests do not fail for want of keys), again every `jwks_refresh`, and after a failed fetch again after
-    `jwks_min_refetch`. Envoy has no refetch on an unknown `kid` (the Python path has)."""
+    `jwks_min_refetch`. Envoy has no refetch on an unknown `kid` (the Python path has).
+
+    No retry_policy: while Envoy has no keys it fetches for each request and holds the request meanwhile, so
+    retries (1 s backoff) held every request 1.4-2.6 s while the endpoint failed; without them it is refused
+    at once, and the next request's fetch (or the refetch above) picks the keys up when the endpoint is back."""
     return jwt_v3.RemoteJwks(
         http_uri=http_uri_v3.HttpUri(uri=uri, cluster=JWKS_CLUSTER + provider.name, timeout=duration(5.0)),
         cache_duration=duration(provider.jwks_refresh),
         async_fetch=jwt_v3.JwksAsyncFetch(
             fast_listener=False, failed_refetch_duration=duration(provider.jwks_min_refetch)
         ),
-        retry_policy=base_v3.RetryPolicy(num_retries=wrappers_pb2.UInt32Value(value=2)),
     )
