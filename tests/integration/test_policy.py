@@ -66,7 +66,8 @@ async def test_policies_see_claims_and_fail_closed(
 
             # The service is not running yet: fail closed.
             assert (await client.get("/admin", headers=admin)).status_code == 403
-            async with run_authz_service(gateway.config_path, authz):
+            metrics_port = free_port()
+            async with run_authz_service(gateway.config_path, authz, status_port=metrics_port):
                 allowed = await client.get("/admin", headers=admin)
                 assert allowed.status_code == 200
                 assert allowed.json()["headers"]["x-xgate-user"] == "ada"  # added by the policy from the claims
@@ -77,6 +78,11 @@ async def test_policies_see_claims_and_fail_closed(
                 assert (await client.get("/admin")).status_code == 401  # no token: jwt answers, no policy runs
                 assert (await client.get("/broken", headers=admin)).status_code == 403  # a raising policy denies
                 assert (await client.get("/anything", headers=user)).status_code == 200  # jwt only
+                metrics = (await client.get(f"http://127.0.0.1:{metrics_port}/metrics")).json()
+                counts = {"allowed": 2, "denied": 1, "errors": 0, "timeouts": 0}
+                assert metrics["checks"]["admins"] == counts  # what the operator sees of each policy
+                assert metrics["checks"]["broken"] == {"allowed": 0, "denied": 0, "errors": 1, "timeouts": 0}
+                assert metrics["not_loaded"] == {}
 
 
 async def test_tokens_verified_in_python_reach_the_policy_in_one_call(

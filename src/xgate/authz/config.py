@@ -7,11 +7,13 @@ import asyncio
 import logging
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from xgate.authz.policy import PolicyRegistry
-from xgate.authz.service import serve
+from xgate.authz.service import AuthorizationService, serve
 from xgate.authz.tokens import JwtProviders
 from xgate.config.load import ConfigSet
+from xgate.metricsapi import serve_metrics
 from xgate.sources.etcd.client import EtcdSettings
 from xgate.sources.etcd.layout import DEFAULT_PREFIX
 from xgate.sources.follow import Merged, follow
@@ -84,11 +86,14 @@ async def run_authz(
     listen: tuple[str, int] = ("127.0.0.1", 18001),
     timeout: float = 0.1,
     fail_open: bool = False,
+    status: tuple[str, int] | None = None,
     on_ready: Callable[[int], None] | None = None,
     stop: asyncio.Event | None = None,
 ) -> None:
     """Serve envoy.service.auth.v3 with the config's policies and Python-verified jwt providers, following its
-    changes, until `stop`."""
+    changes, until `stop`. With `status`, GET /metrics there answers the checks per policy (and per jwt
+    provider, as "jwt:<name>") and outcome (allowed, denied, errors, timeouts), and the policies that failed
+    to load with why."""
     stop = stop or asyncio.Event()
     registry = PolicyRegistry()
     providers = JwtProviders()
@@ -96,8 +101,18 @@ async def run_authz(
         registry, host=listen[0], port=listen[1], timeout=timeout, fail_open=fail_open, providers=providers
     )
     feed = PolicyFeed(registry, providers)
+    runner = None
     try:
+        if status is not None:
+            runner = await serve_metrics(*status, lambda: _metrics(server.service))
         started = (lambda: on_ready(port)) if on_ready is not None else None
         await follow(config_path, etcd, prefix, feed.on_revision, stop, started=started)
     finally:
+        if runner is not None:
+            await runner.cleanup()
         await server.stop(1.0)
+
+
+def _metrics(service: AuthorizationService) -> dict[str, Any]:
+    errors = service.registry.errors
+    return {"checks": service.metrics(), "not_loaded": {name: str(error) for name, error in errors.items()}}

@@ -202,6 +202,9 @@ def authz(
     listen: Annotated[str, typer.Option(help="gRPC address Envoy calls")] = "127.0.0.1:18001",
     timeout: Annotated[float, typer.Option(help="seconds a policy may take; later it denies")] = 0.1,
     fail_open: Annotated[bool, typer.Option(help="a failing policy allows instead of denying")] = False,
+    status: Annotated[
+        str, typer.Option(help="HTTP address of GET /metrics (checks per policy and outcome)")
+    ] = "127.0.0.1:18085",
     log_level: LogLevel = "info",
 ) -> None:
     """Run the ext_authz service (envoy.service.auth.v3): the config's Python policies and `verify: python` jwt
@@ -209,12 +212,12 @@ def authz(
     from xgate.authz.config import run_authz
 
     _setup_logging(log_level)
-    address = _host_port(listen, "--listen")
+    address, status_address = _host_port(listen, "--listen"), _host_port(status, "--status")
     _run_service(
         "authz", file, _etcd(etcd, etcd_ca, etcd_cert, etcd_key, etcd_user, etcd_password), listen,
         lambda path, store, ready, stop: run_authz(
-            path, etcd=store, prefix=prefix, listen=address, timeout=timeout, fail_open=fail_open, on_ready=ready,
-            stop=stop,
+            path, etcd=store, prefix=prefix, listen=address, timeout=timeout, fail_open=fail_open,
+            status=status_address, on_ready=ready, stop=stop,
         ),
     )  # fmt: skip
 
