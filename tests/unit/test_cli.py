@@ -28,6 +28,26 @@ def test_validate_lists_every_issue_and_exits_1(tmp_path: Path) -> None:
     assert f"{bad}:4: route b: action: set one of" in result.output
 
 
+def test_validate_a_directory_merges_its_files_and_lists_every_issue(tmp_path: Path) -> None:
+    (tmp_path / "a.yaml").write_text("listeners: [{name: l, port: 1}]\nroutes: [{name: r, upstream: u}]\n")
+    (tmp_path / "b.yml").write_text('upstreams: [{name: u, endpoints: ["127.0.0.1:1"]}]\n')
+    (tmp_path / "notes.txt").write_text("not config: ignored\n")
+    result = runner.invoke(app, ["validate", "-f", str(tmp_path)])
+    assert result.exit_code == 0 and result.output.startswith("valid: 1 listeners, 1 routes, 1 upstreams"), (
+        result.output
+    )
+
+    (tmp_path / "c.json").write_text('{"routes": [{"name": "r", "direct_response": {"status": 200}}]}')
+    (tmp_path / "d.yaml").write_text("routes: [\n")
+    result = runner.invoke(app, ["validate", "-f", str(tmp_path)])
+    assert result.exit_code == 1 and "invalid: 2 issues" in result.output, result.output
+    assert f"{tmp_path / 'd.yaml'}:1: document: not valid YAML" in result.output
+    # A file that does not parse does not hide the clash between two that do.
+    assert f"{tmp_path / 'c.json'}: route r field name: duplicate name: also defined in {tmp_path / 'a.yaml'}" in (
+        result.output
+    )
+
+
 def test_validate_missing_file(tmp_path: Path) -> None:
     result = runner.invoke(app, ["validate", "-f", str(tmp_path / "nope.yaml")])
     assert result.exit_code == 1

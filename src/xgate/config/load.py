@@ -226,8 +226,8 @@ def load_path(path: str | Path) -> ConfigSet:
             parts.append(load_file(file))
         except ConfigError as exc:
             errors += exc.issues
-    if errors:
-        raise ConfigError(errors)
+    if errors:  # with the clashes between the files that did load: every issue at once
+        raise ConfigError(errors + (list(_merge_files(parts).issues) if parts else []))
     return _merge_files(parts)
 
 
