@@ -1,4 +1,4 @@
-"""`GET /metrics` for the services (rate limit, dyeing): their counters as JSON, on a port of their own."""
+"""`GET /metrics` for the services (authz, rate limit, dyeing): their counters as JSON, on a port of their own."""
 
 from __future__ import annotations
 
@@ -8,10 +8,14 @@ from typing import Any
 from aiohttp import web
 
 
+class MetricsAddressError(OSError):
+    """The address of GET /metrics cannot be bound (in use: another process of the same service?)."""
+
+
 async def serve_metrics(host: str, port: int, read: Callable[[], dict[str, Any]]) -> web.AppRunner:
     """Answer GET /metrics with `read()` as JSON on `host:port` until `await runner.cleanup()`.
 
-    Errors: OSError when the address cannot be bound."""
+    Errors: MetricsAddressError when the address cannot be bound."""
 
     async def metrics(_request: web.Request) -> web.Response:
         return web.json_response(read())
@@ -22,6 +26,12 @@ async def serve_metrics(host: str, port: int, read: Callable[[], dict[str, Any]]
     await runner.setup()
     try:
         await web.TCPSite(runner, host, port).start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise MetricsAddressError(
+            f"cannot serve GET /metrics on {host}:{port} ({exc.strerror or exc}): processes sharing one gRPC port "
+            "need a --status each, or --status off"
+        ) from exc
     except BaseException:
         await runner.cleanup()
         raise

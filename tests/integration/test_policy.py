@@ -3,7 +3,9 @@ and allows or denies; a failing policy or a missing service denies (fail closed)
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import sys
 import time
 from pathlib import Path
 
@@ -12,7 +14,7 @@ import jwt
 import pytest
 
 from xgate.demo.upstream import DemoUpstream
-from xgate.testing import free_port, run_authz_service, run_gateway
+from xgate.testing import free_port, run_authz_service, run_cli, run_gateway
 
 pytestmark = pytest.mark.integration
 
@@ -110,3 +112,33 @@ async def test_tokens_verified_in_python_reach_the_policy_in_one_call(
                 assert (await client.get("/py-admin", headers=no_sub)).status_code == 401  # required_claims
                 plain = await client.get("/py", headers=user)
                 assert (plain.status_code, plain.json()["headers"]["x-sub"]) == (200, "bob")
+
+
+async def test_processes_sharing_a_port_need_a_metrics_port_each(tmp_path: Path) -> None:
+    """Several `xgate authz` on one gRPC port (SO_REUSEPORT) is how it scales; a second one on the same
+    --status is refused with what to do, and --status off starts it."""
+    config = tmp_path / "gw.yaml"
+    config.write_text("routes: [{name: a, direct_response: {status: 200}}]\n")
+    grpc_port, metrics_port = free_port(), free_port()
+    shared = ["authz", "-f", str(config), "--listen", f"127.0.0.1:{grpc_port}"]
+
+    async def start(*extra: str) -> asyncio.subprocess.Process:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "xgate", *shared, *extra,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+        )  # fmt: skip
+        assert process.stdout is not None
+        line = await asyncio.wait_for(process.stdout.readline(), 30)
+        assert b"authz ready" in line, line
+        return process
+
+    first = await start("--status", f"127.0.0.1:{metrics_port}")
+    try:
+        code, _, err = await run_cli(*shared, "--status", f"127.0.0.1:{metrics_port}")
+        assert code == 2 and "need a --status each, or --status off" in err, err
+        second = await start("--status", "off")
+        second.terminate()
+        assert await asyncio.wait_for(second.wait(), 20) == 0
+    finally:
+        first.terminate()
+        assert await asyncio.wait_for(first.wait(), 20) == 0

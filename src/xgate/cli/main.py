@@ -23,6 +23,7 @@ from xgate.cli.store import ETCD_ENVIRONMENT, CaFile, CertFile, KeyFile, Passwor
 from xgate.cli.store import register as register_store_commands
 from xgate.config.load import load_path
 from xgate.errors import ConfigError
+from xgate.metricsapi import MetricsAddressError
 from xgate.sources.etcd.client import EtcdSettings
 from xgate.sources.etcd.layout import DEFAULT_PREFIX
 
@@ -47,6 +48,11 @@ def _host_port(value: str, flag: str) -> tuple[str, int]:
     if not host or not port.isdigit():
         raise typer.BadParameter(f"{value!r} is not HOST:PORT", param_hint=flag)
     return host, int(port)
+
+
+def _metrics_address(value: str) -> tuple[str, int] | None:
+    """A service's --status: HOST:PORT, or "off" (several processes sharing one gRPC port need a port each)."""
+    return None if value == "off" else _host_port(value, "--status")
 
 
 def _print_issues(error: ConfigError) -> None:
@@ -186,7 +192,11 @@ def _run_service(
             loop.add_signal_handler(signum, stop.set)
         await run(path, store, announce, stop)
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    except MetricsAddressError as exc:
+        typer.echo(f"xgate {name}: {exc}", err=True)
+        raise typer.Exit(2) from None
 
 
 @app.command()
@@ -203,7 +213,7 @@ def authz(
     timeout: Annotated[float, typer.Option(help="seconds a policy may take; later it denies")] = 0.1,
     fail_open: Annotated[bool, typer.Option(help="a failing policy allows instead of denying")] = False,
     status: Annotated[
-        str, typer.Option(help="HTTP address of GET /metrics (checks per policy and outcome)")
+        str, typer.Option(help="HTTP address of GET /metrics (checks per policy and outcome), or off")
     ] = "127.0.0.1:18085",
     log_level: LogLevel = "info",
 ) -> None:
@@ -212,7 +222,7 @@ def authz(
     from xgate.authz.config import run_authz
 
     _setup_logging(log_level)
-    address, status_address = _host_port(listen, "--listen"), _host_port(status, "--status")
+    address, status_address = _host_port(listen, "--listen"), _metrics_address(status)
     _run_service(
         "authz", file, _etcd(etcd, etcd_ca, etcd_cert, etcd_key, etcd_user, etcd_password), listen,
         lambda path, store, ready, stop: run_authz(
@@ -233,14 +243,16 @@ def dyeing(
     etcd_user: User = None,
     etcd_password: Password = None,
     listen: Annotated[str, typer.Option(help="gRPC address Envoy calls")] = "127.0.0.1:18002",
-    status: Annotated[str, typer.Option(help="HTTP address of GET /metrics (requests per stage)")] = "127.0.0.1:18084",
+    status: Annotated[
+        str, typer.Option(help="HTTP address of GET /metrics (requests per stage), or off")
+    ] = "127.0.0.1:18084",
     log_level: LogLevel = "info",
 ) -> None:
     """Run the ext_proc service (envoy.service.ext_proc.v3) that dyes requests with the config's rules."""
     from xgate.dyeing.config import run_dyeing
 
     _setup_logging(log_level)
-    address, status_address = _host_port(listen, "--listen"), _host_port(status, "--status")
+    address, status_address = _host_port(listen, "--listen"), _metrics_address(status)
     _run_service(
         "dyeing", file, _etcd(etcd, etcd_ca, etcd_cert, etcd_key, etcd_user, etcd_password), listen,
         lambda path, store, ready, stop: run_dyeing(
@@ -265,7 +277,9 @@ def ratelimit(
     ] = None,
     failure_mode: Annotated[str, typer.Option(help="when Redis fails: open (allow) or closed (deny)")] = "open",
     timeout: Annotated[float, typer.Option(help="seconds one decision may take before the failure mode")] = 0.05,
-    status: Annotated[str, typer.Option(help="HTTP address of GET /metrics (per-limit counters)")] = "127.0.0.1:18083",
+    status: Annotated[
+        str, typer.Option(help="HTTP address of GET /metrics (per-limit counters), or off")
+    ] = "127.0.0.1:18083",
     log_level: LogLevel = "info",
 ) -> None:
     """Run the global rate-limit service (envoy.service.ratelimit.v3) on the limits the config's routes set."""
@@ -274,7 +288,7 @@ def ratelimit(
     if failure_mode not in ("open", "closed"):
         raise typer.BadParameter("use open or closed", param_hint="--failure-mode")
     _setup_logging(log_level)
-    address, status_address = _host_port(listen, "--listen"), _host_port(status, "--status")
+    address, status_address = _host_port(listen, "--listen"), _metrics_address(status)
     _run_service(
         "ratelimit", file, _etcd(etcd, etcd_ca, etcd_cert, etcd_key, etcd_user, etcd_password), listen,
         lambda path, store, ready, stop: run_ratelimit(
