@@ -5,16 +5,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import grpc
 from aiohttp import web
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from xgate.controlplane import ControlPlane
 from xgate.discovery import SnapshotCache, add_to_server
+from xgate.metricsapi import metrics_handler
 from xgate.sources.etcd.client import EtcdClient, EtcdRequestError, EtcdSettings, EtcdUnavailableError
 from xgate.sources.etcd.layout import DEFAULT_PREFIX
 from xgate.sources.etcd.source import EtcdSource
@@ -57,6 +59,7 @@ async def start_status(plane: ControlPlane, host: str, port: int) -> tuple[web.A
     app = web.Application()
     app.router.add_get("/status", status)
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics_handler(plane.report, lambda: status_families(plane.report())))
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
@@ -64,6 +67,43 @@ async def start_status(plane: ControlPlane, host: str, port: int) -> tuple[web.A
     # aiohttp has no public getter for the bound port; the runner's addresses hold it.
     addresses = runner.addresses
     return runner, int(addresses[0][1]) if addresses else port
+
+
+def status_families(report: dict[str, Any]) -> Iterator[Metric]:
+    """The status report as Prometheus metrics: what a fleet dashboard alerts on (an Envoy not in sync, a
+    rejected change, objects not served as configured, a config source out of reach)."""
+    proxies = report["proxies"]
+    yield GaugeMetricFamily("xgate_proxies", "Envoys connected over ADS", value=len(proxies))
+    in_sync = GaugeMetricFamily(
+        "xgate_proxy_in_sync", "1 when the Envoy ACKed the current revision of every type", labels=["node", "peer"]
+    )
+    rejected = GaugeMetricFamily(
+        "xgate_proxy_rejected", "1 while the Envoy's last answer for a type was a NACK", labels=["node", "type"]
+    )
+    for proxy in proxies:
+        in_sync.add_metric([proxy["node"], proxy["peer"]], 1 if proxy["in_sync"] else 0)
+        for kind, detail in proxy["types"].items():
+            rejected.add_metric([proxy["node"], kind], 1 if detail["rejection"] else 0)
+    yield in_sync
+    yield rejected
+    config = report["config"]
+    yield GaugeMetricFamily(
+        "xgate_config_rejected",
+        "1 while the last config change is rejected",
+        value=int(bool(config["rejected_revision"])),
+    )
+    yield GaugeMetricFamily(
+        "xgate_config_objects_not_served",
+        "Objects not served as configured (invalid, or overridden by another source)",
+        value=len(config.get("objects_not_served") or []),
+    )
+    connected = GaugeMetricFamily("xgate_source_connected", "1 while the config source is followed", labels=["source"])
+    outages = CounterMetricFamily("xgate_source_outages", "Times the config source was lost", labels=["source"])
+    for name, health in (report.get("sources") or {}).items():
+        connected.add_metric([name], 1 if health.get("connected") else 0)
+        outages.add_metric([name], health.get("outages", 0))
+    yield connected
+    yield outages
 
 
 async def run_controlplane(

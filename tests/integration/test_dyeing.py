@@ -22,7 +22,7 @@ import pytest
 from xgate.demo.upstream import DemoUpstream, start_upstream
 from xgate.dyeing.rules import sticky_bucket
 from xgate.pipeline import revision_of
-from xgate.testing import free_port, run_dyeing_service, run_gateway
+from xgate.testing import free_port, run_dyeing_service, run_gateway, scrape
 from xgate.testing.gateway import Gateway, write_atomic
 
 pytestmark = pytest.mark.integration
@@ -236,6 +236,8 @@ routes:
                 assert metrics["stages"]["canary"] == 5 * len(canary) + 1  # + the trusted hop's, kept
                 assert metrics["stages"]["stable"] >= 5 * (len(users) - len(canary))
                 assert len(metrics["settings"]) == 2  # the global rules and the mesh listener's
+                scraped = await scrape(f"http://127.0.0.1:{metrics_port}/metrics")
+                assert scraped['xgate_dyeing_requests_total{stage="canary"}'] == metrics["stages"]["canary"]
 
                 # 20% -> 40% while clients keep sending: no request fails, and nobody leaves the canary.
                 assert gateway.config_path is not None

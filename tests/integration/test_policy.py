@@ -14,7 +14,7 @@ import jwt
 import pytest
 
 from xgate.demo.upstream import DemoUpstream
-from xgate.testing import free_port, run_authz_service, run_cli, run_gateway
+from xgate.testing import free_port, run_authz_service, run_cli, run_gateway, scrape
 
 pytestmark = pytest.mark.integration
 
@@ -85,6 +85,9 @@ async def test_policies_see_claims_and_fail_closed(
                 assert metrics["checks"]["admins"] == counts  # what the operator sees of each policy
                 assert metrics["checks"]["broken"] == {"allowed": 0, "denied": 0, "errors": 1, "timeouts": 0}
                 assert metrics["not_loaded"] == {}
+                scraped = await scrape(f"http://127.0.0.1:{metrics_port}/metrics")  # what Prometheus reads
+                assert scraped['xgate_authz_checks_total{outcome="allowed",policy="admins"}'] == 2
+                assert scraped['xgate_authz_checks_total{outcome="errors",policy="broken"}'] == 1
 
 
 async def test_tokens_verified_in_python_reach_the_policy_in_one_call(

@@ -15,7 +15,7 @@ import pytest
 
 from xgate.demo.upstream import DemoUpstream
 from xgate.ratelimit.config import run_ratelimit
-from xgate.testing import Gateway, free_port, run_gateway, write_atomic
+from xgate.testing import Gateway, free_port, run_gateway, scrape, write_atomic
 from xgate.testing.gateway import wait_for
 from xgate.testing.redis import RedisProcess, run_redis
 
@@ -87,6 +87,8 @@ async def test_limit_headers_clients_and_live_changes(upstreams: dict[str, DemoU
                 metrics = (await client.get(f"http://127.0.0.1:{metrics_port}/metrics")).json()
                 assert metrics["limits"]["limited"]["limited"] >= 3, metrics
                 assert metrics["limits"]["limited"]["allowed"] == 5, metrics
+                scraped = await scrape(f"http://127.0.0.1:{metrics_port}/metrics")
+                assert scraped['xgate_ratelimit_decisions_total{limit="limited",outcome="allowed"}'] == 5
             async with (
                 httpx.AsyncClient(base_url=url, transport=httpx.AsyncHTTPTransport(local_address="127.0.0.1")) as a,
                 httpx.AsyncClient(base_url=url, transport=httpx.AsyncHTTPTransport(local_address="127.0.0.3")) as b,

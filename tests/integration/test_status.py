@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from xgate.testing import free_port, run_cli, run_gateway, write_atomic
+from xgate.testing import free_port, run_cli, run_gateway, scrape, write_atomic
 
 pytestmark = pytest.mark.integration
 
@@ -22,6 +22,10 @@ async def test_status_reports_every_envoy_and_a_rejected_change(
         assert code == 0, output
         assert output.count(": in sync, revision") == 2, output
         assert "test-envoy-0" in output and "test-envoy-1" in output
+        metrics_url = f"http://127.0.0.1:{gateway.status_port}/metrics"
+        scraped = await scrape(metrics_url)
+        assert scraped["xgate_proxies"] == 2 and scraped["xgate_config_rejected"] == 0
+        assert sorted(value for key, value in scraped.items() if key.startswith("xgate_proxy_in_sync")) == [1, 1]
 
         write_atomic(gateway.config_path, good.replace("upstream: v2\n", "upstream: missing\n"))
         await gateway.wait_for_rejection("upstream 'missing' does not exist")
@@ -31,3 +35,4 @@ async def test_status_reports_every_envoy_and_a_rejected_change(
         assert f"{gateway.config_path}:" in output and "route by-header field upstream" in output
         # Both Envoys still hold the last good revision.
         assert output.count(": in sync, revision") == 2, output
+        assert (await scrape(metrics_url))["xgate_config_rejected"] == 1

@@ -15,7 +15,7 @@ def test_public_api() -> None:
     assert sorted(xgate.__all__) == ["ConfigError", "ConfigIssue", "XgateError", "__version__"]
     assert sorted(xgate.testing.__all__) == [
         "CliResult", "EtcdCluster", "EtcdProcess", "Gateway", "RedisProcess", "free_port", "run_authz_service",
-        "run_cli", "run_dyeing_service", "run_etcd", "run_gateway", "run_redis", "write_atomic",
+        "run_cli", "run_dyeing_service", "run_etcd", "run_gateway", "run_redis", "scrape", "write_atomic",
     ]  # fmt: skip
     assert sorted(xgate.translate.__all__) == ["Resources", "Translator", "translate"]
     assert {"Snapshot", "SnapshotCache", "add_to_server"} <= set(xgate.discovery.__all__)

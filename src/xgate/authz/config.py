@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+
+from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 
 from xgate.authz.policy import PolicyRegistry
 from xgate.authz.service import AuthorizationService, serve
 from xgate.authz.tokens import JwtProviders
 from xgate.config.load import ConfigSet
-from xgate.metricsapi import serve_metrics
+from xgate.metricsapi import counters, serve_metrics
 from xgate.sources.etcd.client import EtcdSettings
 from xgate.sources.etcd.layout import DEFAULT_PREFIX
 from xgate.sources.follow import Merged, follow
@@ -104,7 +106,7 @@ async def run_authz(
     runner = None
     try:
         if status is not None:
-            runner = await serve_metrics(*status, lambda: _metrics(server.service))
+            runner = await serve_metrics(*status, lambda: _metrics(server.service), lambda: _families(server.service))
         started = (lambda: on_ready(port)) if on_ready is not None else None
         await follow(config_path, etcd, prefix, feed.on_revision, stop, started=started)
     finally:
@@ -116,3 +118,18 @@ async def run_authz(
 def _metrics(service: AuthorizationService) -> dict[str, Any]:
     errors = service.registry.errors
     return {"checks": service.metrics(), "not_loaded": {name: str(error) for name, error in errors.items()}}
+
+
+def _families(service: AuthorizationService) -> Iterator[Metric]:
+    yield counters(
+        "xgate_authz_checks",
+        "Checks answered, per policy (jwt:<provider> for tokens verified here) and outcome",
+        ("policy", "outcome"),
+        service.metrics(),
+    )
+    failed = GaugeMetricFamily(
+        "xgate_authz_policy_not_loaded", "1 for a policy whose current version failed to load", labels=["policy"]
+    )
+    for name in service.registry.errors:
+        failed.add_metric([name], 1)
+    yield failed

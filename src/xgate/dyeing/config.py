@@ -14,7 +14,7 @@ from pydantic import ValidationError
 from xgate.config.load import ConfigSet
 from xgate.dyeing.rules import Dyer
 from xgate.dyeing.service import DyerRegistry, serve
-from xgate.metricsapi import serve_metrics
+from xgate.metricsapi import counters, serve_metrics
 from xgate.sources.etcd.client import EtcdSettings
 from xgate.sources.etcd.layout import DEFAULT_PREFIX
 from xgate.sources.follow import Merged, follow
@@ -74,7 +74,18 @@ async def run_dyeing(
     feed = DyeingFeed(registry)
     runner = None
     if status is not None:
-        runner = await serve_metrics(*status, lambda: {"settings": registry.keys(), "stages": server.service.metrics()})
+        runner = await serve_metrics(
+            *status,
+            lambda: {"settings": registry.keys(), "stages": server.service.metrics()},
+            lambda: [
+                counters(
+                    "xgate_dyeing_requests",
+                    'Requests dyed, per stage ("(undyed)": passed on without one)',
+                    ("stage",),
+                    server.service.metrics(),
+                )
+            ],
+        )
     try:
         started = (lambda: on_ready(server.port)) if on_ready is not None else None
         await follow(config_path, etcd, prefix, feed.on_revision, stop, started=started)

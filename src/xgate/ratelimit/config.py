@@ -13,7 +13,7 @@ from aiohttp import web
 from xgate.config.load import ConfigSet
 from xgate.errors import ConfigError
 from xgate.ir import GatewayIR, build_ir
-from xgate.metricsapi import serve_metrics
+from xgate.metricsapi import counters, serve_metrics
 from xgate.ratelimit.limits import Entries, Limit, LimitTable
 from xgate.ratelimit.service import FailureMode, RateLimitServer, serve
 from xgate.sources.etcd.client import EtcdSettings
@@ -93,7 +93,16 @@ async def run_ratelimit(
     runner: web.AppRunner | None = None
     if status is not None:
         runner = await serve_metrics(
-            *status, lambda: {"revision": feed.revision, "limits": feed.server.service.metrics()}
+            *status,
+            lambda: {"revision": feed.revision, "limits": feed.server.service.metrics()},
+            lambda: [
+                counters(
+                    "xgate_ratelimit_decisions",
+                    "Descriptors decided, per limit and outcome",
+                    ("limit", "outcome"),
+                    feed.server.service.metrics(),
+                )
+            ],
         )
     try:
         started = (lambda: on_ready(port)) if on_ready is not None else None

@@ -1,5 +1,5 @@
 """Test helpers users may import: a whole gateway (control plane + real Envoy), the authz and dyeing services,
-etcd and Redis on loopback ports, and the command line as a child process."""
+etcd and Redis on loopback ports, the command line as a child process, and /metrics read as Prometheus does."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from xgate.testing.cli import CliResult, run_cli
 from xgate.testing.dyeing import run_dyeing_service
 from xgate.testing.etcd import EtcdCluster, EtcdProcess, run_etcd
 from xgate.testing.gateway import Gateway, free_port, run_gateway, write_atomic
+from xgate.testing.metrics import scrape
 from xgate.testing.redis import RedisProcess, run_redis
 
 __all__ = [
@@ -23,5 +24,6 @@ __all__ = [
     "run_etcd",
     "run_gateway",
     "run_redis",
+    "scrape",
     "write_atomic",
 ]
