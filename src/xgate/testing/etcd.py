@@ -12,7 +12,6 @@ import contextlib
 import json
 import secrets
 import shutil
-import socket
 from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ import aiohttp
 
 from xgate.errors import ProxyError
 from xgate.supervisor import OwnedProcess, find_program, log_tail
+from xgate.testing.ports import free_ports
 
 _POLL_INTERVAL = 0.05
 _PORT_CLASH = "address already in use"
@@ -36,21 +36,6 @@ QUOTA_BYTES = 128 * 1024 * 1024
 def find_etcd() -> str:
     """Path of the `etcd` server binary on PATH. Errors: ProxyError when there is none."""
     return find_program("etcd", "etcd-server")
-
-
-def free_ports(count: int) -> list[int]:
-    """`count` distinct TCP ports that were free a moment ago on 127.0.0.1.
-
-    All sockets stay bound until every port is picked, so the ports differ from each other; another process
-    may still take one before etcd binds it (run_etcd retries on that).
-    """
-    with contextlib.ExitStack() as stack:
-        ports = []
-        for _ in range(count):
-            sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
-            sock.bind(("127.0.0.1", 0))
-            ports.append(int(sock.getsockname()[1]))
-        return ports
 
 
 class EtcdGatewayError(ProxyError):

@@ -18,7 +18,7 @@ from xgate.proxy.process import EnvoyProcess
 from xgate.runtime import Bound, run_controlplane
 from xgate.sources.etcd.client import EtcdSettings
 from xgate.sources.etcd.layout import DEFAULT_PREFIX
-from xgate.testing.etcd import free_ports
+from xgate.testing.ports import free_ports
 
 
 def free_port() -> int:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from xgate.errors import ProxyError
 from xgate.supervisor import OwnedProcess, find_program, log_tail
-from xgate.testing.etcd import free_ports
+from xgate.testing.ports import free_ports
 
 _POLL_INTERVAL = 0.02
 _PORT_CLASH = "Address already in use"
