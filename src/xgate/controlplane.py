@@ -94,7 +94,7 @@ class ControlPlane:
         self._inputs = inputs
         self._rejections.pop(source, None)
         self._served_routes = {route.route.name: route.route for ir in compiled.ir.listeners for route in ir.routes}
-        self.cache.update(compiled.resources, combined)
+        self.cache.update(compiled.resources, combined, revision.seen_at)
         if len(inputs) == 1:
             self._incremental.reset(config, compiled.ir, compiled.context, compiled.resources)
         else:
@@ -123,7 +123,7 @@ class ControlPlane:
         self._inputs = {source: revision}
         self._rejections.pop(source, None)
         self._served_routes = self._incremental.served
-        self.cache.update(resources, revision.revision)
+        self.cache.update(resources, revision.revision, revision.seen_at)
         warnings = [str(w) for w in revision.warnings] + [str(issue) for issue in issues]
         self._publish(revision.revision, warnings, None, started, revision)
         return True

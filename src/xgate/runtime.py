@@ -59,7 +59,12 @@ async def start_status(plane: ControlPlane, host: str, port: int) -> tuple[web.A
     app = web.Application()
     app.router.add_get("/status", status)
     app.router.add_get("/healthz", healthz)
-    app.router.add_get("/metrics", metrics_handler(plane.report, lambda: status_families(plane.report())))
+    app.router.add_get(
+        "/metrics",
+        metrics_handler(
+            plane.report, lambda: [*status_families(plane.report()), *plane.cache.status.propagation.collect()]
+        ),
+    )
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host, port)

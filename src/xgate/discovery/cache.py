@@ -18,10 +18,11 @@ class SnapshotCache:
         self._serial = 0
         self.updated_at: float | None = None
 
-    def update(self, resources: Resources, revision: str) -> Snapshot:
-        """Make `resources` the current snapshot and wake the streams; unchanged resources keep their bytes."""
+    def update(self, resources: Resources, revision: str, seen_at: float = 0.0) -> Snapshot:
+        """Make `resources` the current snapshot and wake the streams; unchanged resources keep their bytes.
+        `seen_at`: time.perf_counter() when the change was seen, for the propagation histogram."""
         self._serial += 1
-        snapshot = build_snapshot(resources, revision, self._serial, self.snapshot)
+        snapshot = build_snapshot(resources, revision, self._serial, self.snapshot, seen_at)
         self.set(snapshot)
         return snapshot
 

@@ -45,6 +45,7 @@ class Snapshot:
     revision: str
     resources: Mapping[str, Mapping[str, Resource]]
     created: float = field(default_factory=time.time)
+    seen_at: float = 0.0  # time.perf_counter() when a source saw the change that made it (0: not known)
 
     def select(self, type_url: str, names: frozenset[str] | None) -> list[Resource]:
         """The resources of `type_url` a proxy asked for (None: all of them), sorted by name."""
@@ -65,7 +66,9 @@ class Snapshot:
         return digest.hexdigest()
 
 
-def build_snapshot(resources: Resources, revision: str, serial: int, previous: Snapshot | None = None) -> Snapshot:
+def build_snapshot(
+    resources: Resources, revision: str, serial: int, previous: Snapshot | None = None, seen_at: float = 0.0
+) -> Snapshot:
     """Pack every resource once; an unchanged resource keeps the very object of the previous snapshot."""
     by_type: dict[str, dict[str, Resource]] = {}
     for kind, protos in resources.by_kind().items():
@@ -75,7 +78,7 @@ def build_snapshot(resources: Resources, revision: str, serial: int, previous: S
         for name, message in protos.items():
             packed[name] = _pack(name, message, type_url, before.get(name))
         by_type[type_url] = packed
-    return Snapshot(serial=serial, revision=revision, resources=by_type)
+    return Snapshot(serial=serial, revision=revision, resources=by_type, seen_at=seen_at)
 
 
 def _pack(name: str, message: Message | bytes, type_url: str, before: Resource | None) -> Resource:
