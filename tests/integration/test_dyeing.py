@@ -22,7 +22,7 @@ import pytest
 from xgate.demo.upstream import DemoUpstream, start_upstream
 from xgate.dyeing.rules import sticky_bucket
 from xgate.pipeline import revision_of
-from xgate.testing import free_port, run_dyeing_service, run_gateway, scrape
+from xgate.testing import free_port, run_authz_service, run_dyeing_service, run_gateway, scrape
 from xgate.testing.gateway import Gateway, write_atomic
 
 pytestmark = pytest.mark.integration
@@ -370,3 +370,49 @@ async def ramp_under_load(
     done.set()
     await asyncio.gather(*senders)
     return failures
+
+
+async def test_claims_verified_in_python_reach_dyeing_rules_and_rate_limits(
+    versions: dict[str, DemoUpstream], tmp_path: Path
+) -> None:
+    """A token `xgate authz` verified (verify: python) leaves no jwt_authn metadata; its payload goes into
+    ext_authz's, where the dyeing service's claim rules and the rate-limit actions find it too."""
+    port, authz, dyeing = free_port(), free_port(), free_port()
+    key = "YS10ZXN0LXNlY3JldC1vZi0zMi1ieXRlcy1sZW5ndGg"  # base64url of SECRET
+    text = f"""
+plugins:
+  jwt:
+    providers: [{{name: py, verify: python, issuer: https://issuer.test, algorithms: [HS256],
+                  jwks: {{keys: [{{kty: oct, k: "{key}"}}]}}}}]
+  policy: {{service: "127.0.0.1:{authz}"}}
+  dyeing:
+    service: "127.0.0.1:{dyeing}"
+    rules: [{{stage: beta, claim: {{name: groups, contains: testers}}}}]
+listeners: [{{name: public, address: 127.0.0.1, port: {port}}}]
+upstreams:
+{upstreams_yaml(versions)}
+routes:
+  - name: users
+    match: {{path: {{prefix: /users}}}}
+    upstream: v1
+    canary: [{{stage: beta, upstream: v3, fallback: false}}]
+    plugins: {{jwt: {{provider: py}}}}
+  - name: me
+    match: {{path: {{prefix: /me}}}}
+    direct_response: {{status: 200, body: ok}}
+    plugins: {{jwt: {{provider: py}}, rate_limit: {{local: {{requests: 2, per: 10s, by: "claim:sub"}}}}}}
+"""
+    async with run_gateway(text, tmp_path / "gw") as gateway:
+        assert gateway.config_path is not None
+        async with (
+            run_authz_service(gateway.config_path, authz),
+            run_dyeing_service(gateway.config_path, dyeing),
+            httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client,
+        ):
+            tester = {"authorization": f"Bearer {token(sub='ada', groups=['testers'])}"}
+            other = {"authorization": f"Bearer {token(sub='bob', groups=['staff'])}"}
+            assert stage_of(await client.get("/users", headers=tester))[:3] == (200, "v3", "beta")
+            assert stage_of(await client.get("/users", headers=other))[:3] == (200, "v1", "stable")
+            ada = [(await client.get("/me", headers=tester)).status_code for _ in range(3)]
+            bob = [(await client.get("/me", headers=other)).status_code for _ in range(3)]
+            assert (ada, bob) == ([200, 200, 429], [200, 200, 429])  # a bucket per verified subject

@@ -49,6 +49,7 @@ ROUTE_KEY = "xgate_route"  # context_extensions key: the xgate route's name, for
 PROVIDER_KEY = "xgate_jwt"  # context_extensions key: the jwt provider that verifies the token here
 OPTIONAL_KEY = "xgate_jwt_optional"  # context_extensions key: "true" when a missing token is allowed
 JWT_FILTER = "envoy.filters.http.jwt_authn"  # metadata namespace of Envoy's jwt_authn filter
+EXT_AUTHZ_FILTER = "envoy.filters.http.ext_authz"  # where Envoy puts a CheckResponse's dynamic_metadata
 JWT_PAYLOAD_KEY = "jwt_payload"  # jwt_authn's payload_in_metadata, as the jwt plugin sets it
 NO_POLICY = "(none)"  # metrics name for calls without an xgate_policy extension
 INTERNAL = "(internal)"  # metrics name for errors of the service itself
@@ -140,10 +141,11 @@ class AuthorizationService(auth_grpc.AuthorizationServicer):  # type: ignore[mis
             if isinstance(outcome, auth_v3.CheckResponse):
                 return outcome
             claims, forwarded, removed = outcome
+            verified = claims  # for the plugins after this filter (dyeing, rate limits) as jwt_authn's would be
             if not name:
-                return response(Allow(), forwarded, removed)
+                return response(Allow(), forwarded, removed, verified)
         else:
-            claims = jwt_claims(attributes.metadata_context)
+            claims, verified = jwt_claims(attributes.metadata_context), {}
         policy = self.registry.get(name)
         if policy is None:
             self._count(name or NO_POLICY, "errors")
@@ -171,7 +173,7 @@ class AuthorizationService(auth_grpc.AuthorizationServicer):  # type: ignore[mis
         )
         self._count(name, verdict.outcome)
         if isinstance(verdict.decision, Allow):
-            return response(verdict.decision, forwarded, removed)
+            return response(verdict.decision, forwarded, removed, verified)
         return response(verdict.decision)
 
     def _verify(
@@ -246,14 +248,16 @@ def request_headers(http: attribute_v3.AttributeContext.HttpRequest) -> Mapping[
 
 
 def jwt_claims(metadata: core_v3.Metadata) -> dict[str, Any]:
-    """jwt_authn's verified payload as a dict (integral numbers as int), or {} when there is none."""
-    namespace = metadata.filter_metadata.get(JWT_FILTER)
-    if namespace is None or JWT_PAYLOAD_KEY not in namespace.fields:
-        return {}
-    payload = namespace.fields[JWT_PAYLOAD_KEY]
-    if payload.WhichOneof("kind") != "struct_value":
-        return {}
-    return {key: _plain(value) for key, value in payload.struct_value.fields.items()}
+    """The verified payload as a dict (integral numbers as int): jwt_authn's, else the one this service put in
+    ext_authz's namespace for a token it verified; {} when there is none."""
+    for filter_name in (JWT_FILTER, EXT_AUTHZ_FILTER):
+        namespace = metadata.filter_metadata.get(filter_name)
+        if namespace is None or JWT_PAYLOAD_KEY not in namespace.fields:
+            continue
+        payload = namespace.fields[JWT_PAYLOAD_KEY]
+        if payload.WhichOneof("kind") == "struct_value":
+            return {key: _plain(value) for key, value in payload.struct_value.fields.items()}
+    return {}
 
 
 def _plain(value: struct_v3.Value) -> Any:
@@ -283,19 +287,27 @@ def _header_options(headers: Mapping[str, str]) -> list[core_v3.HeaderValueOptio
 
 
 def response(
-    decision: Decision, claims: Mapping[str, str] | None = None, remove: list[str] | None = None
+    decision: Decision,
+    claims: Mapping[str, str] | None = None,
+    remove: list[str] | None = None,
+    payload: Mapping[str, Any] | None = None,
 ) -> auth_v3.CheckResponse:
     """The CheckResponse for a decision: ok_response with headers to set (verified `claims` headers first, the
-    policy's own win) and to remove, or denied_response."""
+    policy's own win) and to remove, or denied_response. A token's `payload` verified here goes into Envoy's
+    dynamic metadata as {"jwt_payload": payload} in ext_authz's namespace (EXT_AUTHZ_FILTER), where
+    `jwt_claims` and the rate-limit actions look after jwt_authn's."""
     if isinstance(decision, Allow):
         headers = {**claims, **decision.headers} if claims else decision.headers
-        return auth_v3.CheckResponse(
+        answer = auth_v3.CheckResponse(
             status=_OK_STATUS,
             ok_response=auth_v3.OkHttpResponse(
                 headers=_header_options(headers),
                 headers_to_remove=[name for name in remove or () if name not in headers],
             ),
         )
+        if payload:
+            answer.dynamic_metadata.update({JWT_PAYLOAD_KEY: dict(payload)})
+        return answer
     return auth_v3.CheckResponse(
         status=_DENIED_STATUS,
         denied_response=auth_v3.DeniedHttpResponse(

@@ -40,6 +40,7 @@ DOMAIN = "xgate"
 ROUTE_KEY = "xgate_route"
 DEFAULT_SERVICE = "127.0.0.1:18003"
 JWT_METADATA = "envoy.filters.http.jwt_authn"  # where the jwt plugin's filter keeps the verified payload
+EXT_AUTHZ_METADATA = "envoy.filters.http.ext_authz"  # where `xgate authz` keeps a payload it verified
 JWT_PAYLOAD = "jwt_payload"
 _ON = percent_v3.FractionalPercent(numerator=100, denominator=percent_v3.FractionalPercent.HUNDRED)
 _KEYS = {"client_ip": "remote_address"}
@@ -159,9 +160,11 @@ class RateLimitPlugin(Plugin):
                 )
             )
         ]
-        if settings.shared.by != "route":
-            actions.append(_descriptor(settings.shared.by)[1])
-        route.route.rate_limits.append(route_components_v3.RateLimit(actions=actions))
+        if settings.shared.by == "route":
+            route.route.rate_limits.append(route_components_v3.RateLimit(actions=actions))
+            return
+        for action in _descriptor(settings.shared.by)[1]:  # a claim: one per place a payload can be
+            route.route.rate_limits.append(route_components_v3.RateLimit(actions=[*actions, action]))
 
     def clusters(self, defaults: Model | None) -> list[cluster_v3.Cluster]:
         return [service_cluster(SERVICE_CLUSTER, _service_settings(defaults).service, max_streams=16)]
@@ -190,8 +193,8 @@ class RateLimitPlugin(Plugin):
         if settings.headers:
             config.enable_x_ratelimit_headers = ratelimit_v3.DRAFT_VERSION_03
         if limit.by != "route":
-            key, action = _descriptor(limit.by)
-            config.rate_limits.append(route_components_v3.RateLimit(actions=[action]))
+            key, actions = _descriptor(limit.by)
+            config.rate_limits.extend(route_components_v3.RateLimit(actions=[action]) for action in actions)
             # An empty value makes a dynamic descriptor: one bucket per distinct value, at most max_keys.
             config.descriptors.append(
                 ratelimit_v3.LocalRateLimitDescriptor(
@@ -216,32 +219,40 @@ def descriptor_key(by: str) -> str:
     return _descriptor(by)[0]
 
 
-def _descriptor(by: str) -> tuple[str, route_components_v3.RateLimit.Action]:
+def _descriptor(by: str) -> tuple[str, list[route_components_v3.RateLimit.Action]]:
+    """The descriptor key of `by`, and the actions that may produce its entry, each for a descriptor of its own."""
     if by.startswith("claim:"):
-        # A claim of the token the jwt plugin verified (its filter runs first): jwt_authn keeps the payload in
-        # dynamic metadata. A request without the claim is not counted by claim (the route's bucket applies).
+        # A claim of the token the jwt plugin verified (its filters run first): jwt_authn keeps the payload in
+        # dynamic metadata, and `xgate authz` (verify: python) in ext_authz's. A request without the claim is
+        # not counted by claim (the route's bucket applies): an action whose metadata is absent skips its whole
+        # descriptor, so each namespace gets one, and a request only ever has one of the two.
         claim = by.removeprefix("claim:")
         key = f"claim_{claim}"
-        return key, route_components_v3.RateLimit.Action(
-            metadata=route_components_v3.RateLimit.Action.MetaData(
-                descriptor_key=key,
-                metadata_key=metadata_v3.MetadataKey(
-                    key=JWT_METADATA,
-                    path=[
-                        metadata_v3.MetadataKey.PathSegment(key=JWT_PAYLOAD),
-                        metadata_v3.MetadataKey.PathSegment(key=claim),
-                    ],
-                ),
-                source=route_components_v3.RateLimit.Action.MetaData.DYNAMIC,
-                skip_if_absent=True,
+        return key, [
+            route_components_v3.RateLimit.Action(
+                metadata=route_components_v3.RateLimit.Action.MetaData(
+                    descriptor_key=key,
+                    metadata_key=metadata_v3.MetadataKey(
+                        key=namespace,
+                        path=[
+                            metadata_v3.MetadataKey.PathSegment(key=JWT_PAYLOAD),
+                            metadata_v3.MetadataKey.PathSegment(key=claim),
+                        ],
+                    ),
+                    source=route_components_v3.RateLimit.Action.MetaData.DYNAMIC,
+                    skip_if_absent=True,
+                )
             )
-        )
+            for namespace in (JWT_METADATA, EXT_AUTHZ_METADATA)
+        ]
     if by == "client_ip":
-        return "remote_address", route_components_v3.RateLimit.Action(
-            remote_address=route_components_v3.RateLimit.Action.RemoteAddress()
-        )
+        return "remote_address", [
+            route_components_v3.RateLimit.Action(remote_address=route_components_v3.RateLimit.Action.RemoteAddress())
+        ]
     header = by.removeprefix("header:").lower()
     key = f"header_{header}"
-    return key, route_components_v3.RateLimit.Action(
-        request_headers=route_components_v3.RateLimit.Action.RequestHeaders(header_name=header, descriptor_key=key)
-    )
+    return key, [
+        route_components_v3.RateLimit.Action(
+            request_headers=route_components_v3.RateLimit.Action.RequestHeaders(header_name=header, descriptor_key=key)
+        )
+    ]
