@@ -138,7 +138,9 @@ async def main(args: argparse.Namespace) -> int:
                     )
                     results[route].append(run)
             fixed: list[tuple[str, float, dict[str, float]]] = []
-            # The bare route at half its own best too: the target's criterion applied to Envoy alone.
+            # The bare route at half its own best too: the target's criterion applied to Envoy alone. Pinned,
+            # its generator runs on the authz service's CPU (idle then): at that rate it would take about a
+            # third of Envoy's.
             halves = {route: max(rps for rps, _ in results[route]) / 2 for route in (*POLICY_ROUTES, "bare")}
             machine = [("before", _stalls.measure())]
             for _ in range(args.fixed_rounds):
@@ -146,7 +148,8 @@ async def main(args: argparse.Namespace) -> int:
                     for measured in dict.fromkeys((route, "bare")):
                         url = f"http://127.0.0.1:{port}/{measured}"
                         before = scheduled(service.pid)
-                        figures = await open_loop(generator, url, half, args.fixed_seconds, headers)
+                        cpu = 1 if args.pin and route == "bare" else None
+                        figures = await open_loop(generator, url, half, args.fixed_seconds, headers, cpu)
                         figures |= per_check(before, scheduled(service.pid), figures["requests"])
                         fixed.append((measured, half, figures))
             machine.append(("after", _stalls.measure()))
@@ -159,7 +162,8 @@ async def main(args: argparse.Namespace) -> int:
     print(best_table(results, "bare"))
     print(
         f"fixed rate: each policy route at half its best rps, then bare at that rate (the generator's and the "
-        f"machine's own floor), and bare at half its own best rps (the same criterion met by Envoy alone, or not), "
+        f"machine's own floor), and bare at half its own best rps (the same criterion met by Envoy alone, or not"
+        f"{'; its generator on CPU 1, the others on CPU 0' if args.pin else ''}), "
         f"{args.fixed_rounds} rounds; open loop ({args.generator} generator), {args.fixed_seconds:g} s, 64 conns"
     )
     for route, rate, figures in fixed:
@@ -224,15 +228,18 @@ def per_check(before: tuple[int, int, int], after: tuple[int, int, int], request
 
 
 async def open_loop(
-    generator: list[str], url: str, rate: float, seconds: float, headers: list[str]
+    generator: list[str], url: str, rate: float, seconds: float, headers: list[str], cpu: int | None = None
 ) -> dict[str, float]:
     """One open-loop run of `generator` (`generator_argv`'s command) as a child process, not on this event loop
-    (the control plane's): its figures, plus `cpu_s`, the child's user + system CPU time."""
+    (the control plane's), on CPU `cpu` if given: its figures, plus `cpu_s`, the child's user + system CPU
+    time."""
     argv = [*generator, url, "--rate", f"{rate:.0f}", "--seconds", str(seconds), "--json"]
     argv += [item for header in headers for item in ("-H", header)]
     # The children reaped meanwhile are this one alone: Envoy and xgate authz run until the end.
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     child = await asyncio.create_subprocess_exec(*argv, stdout=asyncio.subprocess.PIPE)
+    if cpu is not None:
+        os.sched_setaffinity(child.pid, {cpu})  # before it has opened its connections
     out, _ = await asyncio.wait_for(child.communicate(), seconds + 60)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if child.returncode != 0:
