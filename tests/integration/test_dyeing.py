@@ -392,15 +392,10 @@ listeners: [{{name: public, address: 127.0.0.1, port: {port}}}]
 upstreams:
 {upstreams_yaml(versions)}
 routes:
-  - name: users
-    match: {{path: {{prefix: /users}}}}
-    upstream: v1
-    canary: [{{stage: beta, upstream: v3, fallback: false}}]
-    plugins: {{jwt: {{provider: py}}}}
-  - name: me
-    match: {{path: {{prefix: /me}}}}
-    direct_response: {{status: 200, body: ok}}
-    plugins: {{jwt: {{provider: py}}, rate_limit: {{local: {{requests: 2, per: 10s, by: "claim:sub"}}}}}}
+  - {{name: users, match: {{path: {{prefix: /users}}}}, upstream: v1, plugins: {{jwt: {{provider: py}}}},
+     canary: [{{stage: beta, upstream: v3, fallback: false}}]}}
+  - {{name: me, match: {{path: {{prefix: /me}}}}, direct_response: {{status: 200, body: ok}},
+     plugins: {{jwt: {{provider: py}}, rate_limit: {{local: {{requests: 2, per: 10s, by: "claim:sub"}}}}}}}}
 """
     async with run_gateway(text, tmp_path / "gw") as gateway:
         assert gateway.config_path is not None
