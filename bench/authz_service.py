@@ -34,8 +34,9 @@ from google.protobuf import struct_pb2
 
 from _service_load import cpu_seconds, drive, latency_ms, print_table, serve_bare, serve_started, start_child
 from xgate.authz import Allow, AuthorizationService, PolicyRegistry, Request, inline, serve
-from xgate.authz.service import JWT_FILTER, JWT_PAYLOAD_KEY, POLICY_KEY, ROUTE_KEY
+from xgate.authz.service import POLICY_KEY, ROUTE_KEY
 from xgate.supervisor import terminate
+from xgate.translate.plugins.jwt import JWT_FILTER, PAYLOAD_METADATA
 
 MODES = ("inline", "async", "thread")
 
@@ -117,7 +118,7 @@ def check_request(policy: str) -> auth_v3.CheckRequest:
             "iat": 1_700_000_000, "roles": ["admin", "dev"], "tenant": "acme",
         }
     )  # fmt: skip
-    attributes.metadata_context.filter_metadata[JWT_FILTER].fields[JWT_PAYLOAD_KEY].struct_value.CopyFrom(payload)
+    attributes.metadata_context.filter_metadata[JWT_FILTER].fields[PAYLOAD_METADATA].struct_value.CopyFrom(payload)
     return request
 
 

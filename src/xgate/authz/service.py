@@ -41,6 +41,7 @@ from google.rpc import code_pb2, status_pb2  # type: ignore[import-untyped]  # n
 from xgate.authz.policy import Allow, Decision, Deny, PolicyRegistry, Request
 from xgate.authz.runner import OUTCOMES, Outcome, PolicyRunner
 from xgate.authz.tokens import JwtProviders, NeedsKeys, Refusal, claim_headers
+from xgate.translate.plugins.jwt import PAYLOAD_METADATA, PAYLOAD_NAMESPACES
 
 log = logging.getLogger("xgate.authz")
 
@@ -48,9 +49,6 @@ POLICY_KEY = "xgate_policy"  # context_extensions key: the policy's name in the 
 ROUTE_KEY = "xgate_route"  # context_extensions key: the xgate route's name, for logs and the policy
 PROVIDER_KEY = "xgate_jwt"  # context_extensions key: the jwt provider that verifies the token here
 OPTIONAL_KEY = "xgate_jwt_optional"  # context_extensions key: "true" when a missing token is allowed
-JWT_FILTER = "envoy.filters.http.jwt_authn"  # metadata namespace of Envoy's jwt_authn filter
-EXT_AUTHZ_FILTER = "envoy.filters.http.ext_authz"  # where Envoy puts a CheckResponse's dynamic_metadata
-JWT_PAYLOAD_KEY = "jwt_payload"  # jwt_authn's payload_in_metadata, as the jwt plugin sets it
 NO_POLICY = "(none)"  # metrics name for calls without an xgate_policy extension
 INTERNAL = "(internal)"  # metrics name for errors of the service itself
 
@@ -250,11 +248,11 @@ def request_headers(http: attribute_v3.AttributeContext.HttpRequest) -> Mapping[
 def jwt_claims(metadata: core_v3.Metadata) -> dict[str, Any]:
     """The verified payload as a dict (integral numbers as int): jwt_authn's, else the one this service put in
     ext_authz's namespace for a token it verified; {} when there is none."""
-    for filter_name in (JWT_FILTER, EXT_AUTHZ_FILTER):
+    for filter_name in PAYLOAD_NAMESPACES:
         namespace = metadata.filter_metadata.get(filter_name)
-        if namespace is None or JWT_PAYLOAD_KEY not in namespace.fields:
+        if namespace is None or PAYLOAD_METADATA not in namespace.fields:
             continue
-        payload = namespace.fields[JWT_PAYLOAD_KEY]
+        payload = namespace.fields[PAYLOAD_METADATA]
         if payload.WhichOneof("kind") == "struct_value":
             return {key: _plain(value) for key, value in payload.struct_value.fields.items()}
     return {}
@@ -294,8 +292,8 @@ def response(
 ) -> auth_v3.CheckResponse:
     """The CheckResponse for a decision: ok_response with headers to set (verified `claims` headers first, the
     policy's own win) and to remove, or denied_response. A token's `payload` verified here goes into Envoy's
-    dynamic metadata as {"jwt_payload": payload} in ext_authz's namespace (EXT_AUTHZ_FILTER), where
-    `jwt_claims` and the rate-limit actions look after jwt_authn's."""
+    dynamic metadata as {"jwt_payload": payload}, which Envoy keeps in ext_authz's namespace: the second of
+    PAYLOAD_NAMESPACES, where `jwt_claims`, dyeing and the rate-limit actions look after jwt_authn's."""
     if isinstance(decision, Allow):
         headers = {**claims, **decision.headers} if claims else decision.headers
         answer = auth_v3.CheckResponse(
@@ -306,7 +304,7 @@ def response(
             ),
         )
         if payload:
-            answer.dynamic_metadata.update({JWT_PAYLOAD_KEY: dict(payload)})
+            answer.dynamic_metadata.update({PAYLOAD_METADATA: dict(payload)})
         return answer
     return auth_v3.CheckResponse(
         status=_DENIED_STATUS,

@@ -20,9 +20,9 @@ from envoy.service.auth.v3 import external_auth_pb2_grpc as auth_grpc
 from google.protobuf import struct_pb2
 
 from xgate.authz import AuthzServer, PolicyRegistry, serve
-from xgate.authz.service import JWT_FILTER, JWT_PAYLOAD_KEY, POLICY_KEY, ROUTE_KEY, RUNNING
+from xgate.authz.service import POLICY_KEY, ROUTE_KEY, RUNNING
 from xgate.translate.plugins import policy as policy_plugin
-from xgate.translate.plugins.jwt import PAYLOAD_METADATA
+from xgate.translate.plugins.jwt import JWT_FILTER, PAYLOAD_METADATA
 
 EXAMPLES = Path(__file__).resolve().parents[3] / "examples" / "policies"
 OVERWRITE = core_v3.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
@@ -116,7 +116,7 @@ def check_request(
     if claims is not None:
         payload = struct_pb2.Struct()
         payload.update(claims)
-        attributes.metadata_context.filter_metadata[JWT_FILTER].fields[JWT_PAYLOAD_KEY].struct_value.CopyFrom(payload)
+        attributes.metadata_context.filter_metadata[JWT_FILTER].fields[PAYLOAD_METADATA].struct_value.CopyFrom(payload)
     return request
 
 
@@ -126,11 +126,8 @@ def added(response: auth_v3.CheckResponse) -> dict[str, str]:
     return {option.header.key: option.header.value for option in options}
 
 
-def test_names_agree_with_the_jwt_and_policy_plugins() -> None:
-    assert JWT_PAYLOAD_KEY == PAYLOAD_METADATA
-    assert (POLICY_KEY, ROUTE_KEY, JWT_FILTER) == (
-        policy_plugin.POLICY_KEY, policy_plugin.ROUTE_KEY, policy_plugin.JWT_METADATA,
-    )  # fmt: skip
+def test_names_agree_with_the_policy_plugin() -> None:
+    assert (POLICY_KEY, ROUTE_KEY) == (policy_plugin.POLICY_KEY, policy_plugin.ROUTE_KEY)
 
 
 async def test_context_extensions_select_the_policy_and_it_sees_the_request(

@@ -47,13 +47,11 @@ from xgate.translate.plugins.dyeing_settings import (
     DyeingSettings,
     settings_key,
 )
+from xgate.translate.plugins.jwt import PAYLOAD_NAMESPACES
 from xgate.translate.plugins.services import service_cluster
 from xgate.translate.protos import duration
 
 SERVICE_CLUSTER = "xgate-dyeing"
-JWT_METADATA = "envoy.filters.http.jwt_authn"
-# A token `xgate authz` verified leaves its payload in ext_authz's namespace instead (authz/service.py).
-EXT_AUTHZ_METADATA = "envoy.filters.http.ext_authz"
 
 
 _BUILT_IN = DyeingSettings()
@@ -88,9 +86,7 @@ class DyeingPlugin(Plugin):
             message_timeout=duration(settings.timeout),
             request_attributes=[SOURCE_ATTRIBUTE],
             metadata_options=ext_proc_v3.MetadataOptions(
-                forwarding_namespaces=ext_proc_v3.MetadataOptions.MetadataNamespaces(
-                    untyped=[JWT_METADATA, EXT_AUTHZ_METADATA]
-                )
+                forwarding_namespaces=ext_proc_v3.MetadataOptions.MetadataNamespaces(untyped=list(PAYLOAD_NAMESPACES))
             ),
             # The service may only touch the stage and baggage headers.
             mutation_rules=mutation_rules_v3.HeaderMutationRules(

@@ -40,8 +40,12 @@ from xgate.translate.plugins.jwks import Algorithm, stamped_jwks
 from xgate.translate.plugins.services import https_cluster
 from xgate.translate.protos import duration
 
+JWT_FILTER = "envoy.filters.http.jwt_authn"
 PAYLOAD_METADATA = "jwt_payload"
 AUTHZ_FILTER = "envoy.filters.http.ext_authz"  # the policy plugin's filter, which the Python path goes through
+# Where a verified payload sits in Envoy's dynamic metadata, as {PAYLOAD_METADATA: payload}: jwt_authn's
+# namespace on the native path, ext_authz's for a token `xgate authz` verified (it returns it with its answer).
+PAYLOAD_NAMESPACES = (JWT_FILTER, AUTHZ_FILTER)
 PROVIDER_KEY = "xgate_jwt"  # ext_authz context extension: the provider the authz service verifies with
 OPTIONAL_KEY = "xgate_jwt_optional"  # ext_authz context extension: "true" lets a request without a token pass
 ROUTE_KEY = "xgate_route"
@@ -161,7 +165,7 @@ class JwtSettings(Model):
 
 class JwtPlugin(Plugin):
     name: ClassVar[str] = "jwt"
-    filter_name: ClassVar[str] = "envoy.filters.http.jwt_authn"
+    filter_name: ClassVar[str] = JWT_FILTER
     settings: ClassVar[type[Model]] = JwtSettings
 
     def http_filter(self) -> hcm_v3.HttpFilter:

@@ -26,12 +26,12 @@ from pydantic import Field, field_validator
 from xgate.config.schema import Model
 from xgate.config.types import Duration, Name
 from xgate.translate.plugins.base import Plugin, pack
+from xgate.translate.plugins.jwt import JWT_FILTER
 from xgate.translate.plugins.services import service_cluster
 from xgate.translate.protos import duration
 
 SERVICE_CLUSTER = "xgate-authz"
 DEFAULT_SERVICE = "127.0.0.1:18001"
-JWT_METADATA = "envoy.filters.http.jwt_authn"
 POLICY_KEY = "xgate_policy"
 ROUTE_KEY = "xgate_route"
 _IMPORT_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
@@ -78,7 +78,7 @@ class PolicyPlugin(Plugin):
             transport_api_version=config_source_v3.ApiVersion.V3,
             failure_mode_allow=settings.failure_mode == "open",
             status_on_error=http_status_v3.HttpStatus(code=settings.failure_status),
-            metadata_context_namespaces=[JWT_METADATA],
+            metadata_context_namespaces=[JWT_FILTER],
         )
         return [hcm_v3.HttpFilter(name=self.filter_name, typed_config=pack(config))]
 

@@ -30,6 +30,7 @@ from pydantic import ConfigDict, Field, field_validator, model_validator
 from xgate.config.schema import Model
 from xgate.config.types import Duration
 from xgate.translate.plugins.base import Plugin, pack
+from xgate.translate.plugins.jwt import PAYLOAD_METADATA, PAYLOAD_NAMESPACES
 from xgate.translate.plugins.services import service_cluster
 from xgate.translate.protos import duration
 
@@ -39,9 +40,6 @@ SERVICE_CLUSTER = "xgate-ratelimit"
 DOMAIN = "xgate"
 ROUTE_KEY = "xgate_route"
 DEFAULT_SERVICE = "127.0.0.1:18003"
-JWT_METADATA = "envoy.filters.http.jwt_authn"  # where the jwt plugin's filter keeps the verified payload
-EXT_AUTHZ_METADATA = "envoy.filters.http.ext_authz"  # where `xgate authz` keeps a payload it verified
-JWT_PAYLOAD = "jwt_payload"
 _ON = percent_v3.FractionalPercent(numerator=100, denominator=percent_v3.FractionalPercent.HUNDRED)
 _KEYS = {"client_ip": "remote_address"}
 
@@ -235,7 +233,7 @@ def _descriptor(by: str) -> tuple[str, list[route_components_v3.RateLimit.Action
                     metadata_key=metadata_v3.MetadataKey(
                         key=namespace,
                         path=[
-                            metadata_v3.MetadataKey.PathSegment(key=JWT_PAYLOAD),
+                            metadata_v3.MetadataKey.PathSegment(key=PAYLOAD_METADATA),
                             metadata_v3.MetadataKey.PathSegment(key=claim),
                         ],
                     ),
@@ -243,7 +241,7 @@ def _descriptor(by: str) -> tuple[str, list[route_components_v3.RateLimit.Action
                     skip_if_absent=True,
                 )
             )
-            for namespace in (JWT_METADATA, EXT_AUTHZ_METADATA)
+            for namespace in PAYLOAD_NAMESPACES
         ]
     if by == "client_ip":
         return "remote_address", [
