@@ -35,8 +35,8 @@ from google.protobuf import struct_pb2
 from _service_load import cpu_seconds, drive, latency_ms, print_table, serve_bare, serve_started, start_child
 from xgate.authz import Allow, AuthorizationService, PolicyRegistry, Request, inline, serve
 from xgate.authz.service import POLICY_KEY, ROUTE_KEY
+from xgate.plugins.jwt import JWT_FILTER, PAYLOAD_METADATA
 from xgate.supervisor import terminate
-from xgate.translate.plugins.jwt import JWT_FILTER, PAYLOAD_METADATA
 
 MODES = ("inline", "async", "thread")
 

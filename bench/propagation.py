@@ -35,7 +35,7 @@ from _harness import (
     run_changes,
     run_rig,
 )
-from xgate.pipeline import revision_of
+from xgate.sources.revision import revision_of
 from xgate.testing.gateway import free_port
 
 STAGES = ("watch", "parse", "compile", "push", "controlplane", "envoy", "envoy_ack")

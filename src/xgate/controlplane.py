@@ -13,9 +13,10 @@ from xgate.config.load import ConfigSet
 from xgate.config.schema import Route
 from xgate.discovery import SnapshotCache
 from xgate.errors import ConfigError, ConfigIssue
+from xgate.heap import DeferredFreeze, gc_paused
 from xgate.incremental import IncrementalCompiler, route_changes
 from xgate.ir.model import GatewayIR
-from xgate.pipeline import Compiled, DeferredFreeze, compile_config, gc_paused
+from xgate.pipeline import Compiled, compile_config
 from xgate.sources.revision import Revision
 from xgate.translate import Translator
 

@@ -21,7 +21,7 @@ import pytest
 
 from xgate.demo.upstream import DemoUpstream, start_upstream
 from xgate.dyeing.rules import sticky_bucket
-from xgate.pipeline import revision_of
+from xgate.sources.revision import revision_of
 from xgate.testing import free_port, run_authz_service, run_dyeing_service, run_gateway, scrape
 from xgate.testing.gateway import Gateway, write_atomic
 

@@ -11,7 +11,8 @@ import pytest
 
 from xgate.config.load import parse_document
 from xgate.controlplane import ControlPlane
-from xgate.pipeline import compile_config, revision_of
+from xgate.pipeline import compile_config
+from xgate.sources.revision import revision_of
 from xgate.testing import free_port, run_gateway, write_atomic
 from xgate.testing.gateway import wait_for
 

@@ -11,7 +11,7 @@ from unittest import mock
 
 import pytest
 
-from xgate.pipeline import DeferredFreeze
+from xgate.heap import DeferredFreeze
 
 
 class Node:

@@ -16,12 +16,12 @@ from xgate.authz.service import AuthorizationService, serve
 from xgate.authz.tokens import JwtProviders
 from xgate.config.load import ConfigSet
 from xgate.metricsapi import counters, serve_metrics
+from xgate.plugins.jwt import JwtSettings, Provider
+from xgate.plugins.policy import PolicySettings
 from xgate.sources.etcd.client import EtcdSettings
 from xgate.sources.etcd.layout import DEFAULT_PREFIX
 from xgate.sources.follow import Merged, follow
 from xgate.sources.revision import Revision
-from xgate.translate.plugins.jwt import JwtSettings, Provider
-from xgate.translate.plugins.policy import PolicySettings
 
 log = logging.getLogger("xgate.authz")
 

@@ -24,8 +24,8 @@ from typing import Any
 import aiohttp
 import jwt
 
-from xgate.translate.plugins.jwks import Algorithm, key_algorithms
-from xgate.translate.plugins.jwt import Provider
+from xgate.plugins.jwks import Algorithm, key_algorithms
+from xgate.plugins.jwt import Provider
 
 log = logging.getLogger("xgate.authz")
 

@@ -41,14 +41,11 @@ from google.rpc import code_pb2, status_pb2  # type: ignore[import-untyped]  # n
 from xgate.authz.policy import Allow, Decision, Deny, PolicyRegistry, Request
 from xgate.authz.runner import OUTCOMES, Outcome, PolicyRunner
 from xgate.authz.tokens import JwtProviders, NeedsKeys, Refusal, claim_headers
-from xgate.translate.plugins.jwt import PAYLOAD_METADATA, PAYLOAD_NAMESPACES
+from xgate.plugins.jwt import OPTIONAL_KEY, PAYLOAD_METADATA, PAYLOAD_NAMESPACES, PROVIDER_KEY
+from xgate.plugins.policy import POLICY_KEY, ROUTE_KEY
 
 log = logging.getLogger("xgate.authz")
 
-POLICY_KEY = "xgate_policy"  # context_extensions key: the policy's name in the registry
-ROUTE_KEY = "xgate_route"  # context_extensions key: the xgate route's name, for logs and the policy
-PROVIDER_KEY = "xgate_jwt"  # context_extensions key: the jwt provider that verifies the token here
-OPTIONAL_KEY = "xgate_jwt_optional"  # context_extensions key: "true" when a missing token is allowed
 NO_POLICY = "(none)"  # metrics name for calls without an xgate_policy extension
 INTERNAL = "(internal)"  # metrics name for errors of the service itself
 

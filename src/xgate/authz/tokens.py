@@ -33,7 +33,7 @@ import jwt
 from jwt.types import Options
 
 from xgate.authz.keys import KeySource, RemoteKeys, StaticKeys
-from xgate.translate.plugins.jwt import Provider
+from xgate.plugins.jwt import Provider
 
 log = logging.getLogger("xgate.authz")
 

@@ -15,11 +15,11 @@ from xgate.config.load import ConfigSet
 from xgate.dyeing.rules import Dyer
 from xgate.dyeing.service import DyerRegistry, serve
 from xgate.metricsapi import counters, serve_metrics
+from xgate.plugins.dyeing import DyeingSettings, settings_key
 from xgate.sources.etcd.client import EtcdSettings
 from xgate.sources.etcd.layout import DEFAULT_PREFIX
 from xgate.sources.follow import Merged, follow
 from xgate.sources.revision import Revision
-from xgate.translate.plugins.dyeing_settings import DyeingSettings, settings_key
 
 log = logging.getLogger("xgate.dyeing")
 

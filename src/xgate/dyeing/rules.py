@@ -17,7 +17,7 @@ from urllib.parse import quote
 
 import re2
 
-from xgate.translate.plugins.dyeing_settings import SCALE, DyeingSettings, Rule, StickyKey, cookie_regex
+from xgate.plugins.dyeing import SCALE, DyeingSettings, Rule, StickyKey, cookie_regex
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 MAX_BAGGAGE = 8192  # W3C baggage: a longer header may be dropped by the next hop, so ours replaces it

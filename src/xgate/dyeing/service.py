@@ -22,7 +22,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ext_proc_gr
 
 from xgate.authz.service import jwt_claims
 from xgate.dyeing.rules import Dyer, DyeRequest, baggage_with
-from xgate.translate.plugins.dyeing_settings import EXT_PROC_FILTER, SETTINGS_METADATA, SOURCE_ATTRIBUTE
+from xgate.plugins.dyeing import EXT_PROC_FILTER, SETTINGS_METADATA, SOURCE_ATTRIBUTE
 
 log = logging.getLogger("xgate.dyeing")
 

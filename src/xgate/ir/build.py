@@ -13,7 +13,7 @@ from xgate.config.load import ConfigSet
 from xgate.config.schema import Listener, Model, Route
 from xgate.errors import ConfigError, ConfigIssue
 from xgate.ir.model import GatewayIR, ListenerIR, RouteIR
-from xgate.translate.plugins import FILTER_ORDER, PLUGINS
+from xgate.plugins import FILTER_ORDER, PLUGINS
 
 
 def build_ir(
@@ -69,9 +69,7 @@ class RouteContext:
                 settings = own[name] if name in own else inherited[name]
                 if settings is None:
                     continue
-                plugin = PLUGINS[name]
-                messages = plugin.check(settings, inherited.get(name), name not in own)
-                messages += plugin.check_route(settings, route)
+                messages = PLUGINS[name].check(settings, inherited.get(name), name not in own, route)
                 if name in self.invalid_defaults.get(listener_name, ()):
                     messages = [f"{text}; the {name} plugin's defaults are invalid (see them)" for text in messages]
                 for message in messages:
@@ -247,7 +245,7 @@ def _validated_plugins(
             result[plugin_name] = None
             continue
         try:
-            result[plugin_name] = plugin.settings.model_validate({} if settings is True else settings)
+            result[plugin_name] = plugin.validate(settings)
         except ValidationError as exc:
             for err in exc.errors():
                 loc = ".".join(str(part) for part in err["loc"])

@@ -14,13 +14,13 @@ from xgate.config.load import ConfigSet
 from xgate.errors import ConfigError
 from xgate.ir import GatewayIR, build_ir
 from xgate.metricsapi import counters, serve_metrics
+from xgate.plugins.rate_limit import DOMAIN, ROUTE_KEY, RateLimitSettings, descriptor_key
 from xgate.ratelimit.limits import Entries, Limit, LimitTable
 from xgate.ratelimit.service import FailureMode, RateLimitServer, serve
 from xgate.sources.etcd.client import EtcdSettings
 from xgate.sources.etcd.layout import DEFAULT_PREFIX
 from xgate.sources.follow import Merged, follow
 from xgate.sources.revision import Revision
-from xgate.translate.plugins.rate_limit import DOMAIN, ROUTE_KEY, RateLimitSettings, descriptor_key
 
 log = logging.getLogger("xgate.ratelimit")
 

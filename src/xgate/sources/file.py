@@ -12,8 +12,8 @@ from asyncinotify import Inotify, Mask
 
 from xgate.config.load import ConfigSet, ObjectCache, parse_document
 from xgate.errors import ConfigError, ConfigIssue
-from xgate.pipeline import gc_paused, revision_of
-from xgate.sources.revision import Revision
+from xgate.heap import gc_paused
+from xgate.sources.revision import Revision, revision_of
 
 log = logging.getLogger("xgate.sources.file")
 

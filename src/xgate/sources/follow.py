@@ -11,7 +11,7 @@ from pathlib import Path
 
 from xgate.config.load import ConfigSet
 from xgate.controlplane import merge_inputs
-from xgate.pipeline import DeferredFreeze
+from xgate.heap import DeferredFreeze
 from xgate.sources.etcd.client import EtcdClient, EtcdSettings
 from xgate.sources.etcd.source import EtcdSource
 from xgate.sources.file import FileSource

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -26,3 +27,9 @@ class Revision:
     # Sources that know: the routes changed since their previous revision (name -> new version, None when
     # gone), when nothing else changed. None: anything may have changed.
     changes: Mapping[str, Route | None] | None = None
+
+
+def revision_of(text: str | bytes) -> str:
+    """A config revision id: a digest of the source content, so the same content is the same revision."""
+    data = text.encode() if isinstance(text, str) else text
+    return hashlib.sha256(data).hexdigest()[:12]

@@ -12,12 +12,12 @@ from typing import Any
 
 from xgate.controlplane import ControlPlane
 from xgate.discovery.snapshot import Snapshot
-from xgate.pipeline import revision_of
 from xgate.proxy.bootstrap import build_bootstrap
 from xgate.proxy.process import EnvoyProcess
 from xgate.runtime import Bound, run_controlplane
 from xgate.sources.etcd.client import EtcdSettings
 from xgate.sources.etcd.layout import DEFAULT_PREFIX
+from xgate.sources.revision import revision_of
 from xgate.testing.ports import free_ports
 
 

@@ -13,8 +13,7 @@ from google.protobuf import wrappers_pb2
 
 from xgate.config.schema import HealthCheck, Route, Upstream
 from xgate.translate import names
-from xgate.translate.plugins.base import pack
-from xgate.translate.protos import ads_source, duration, socket_address
+from xgate.translate.protos import ads_source, duration, pack, socket_address
 
 _LB = {
     "round_robin": cluster_v3.Cluster.ROUND_ROBIN,

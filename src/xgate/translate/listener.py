@@ -16,7 +16,7 @@ from google.protobuf import wrappers_pb2
 
 from xgate.ir.model import ListenerIR
 from xgate.translate import names
-from xgate.translate.plugins import PLUGINS, pack
+from xgate.translate.plugins import TRANSLATORS, pack
 from xgate.translate.protos import ads_source, socket_address
 
 HCM = "envoy.filters.network.http_connection_manager"
@@ -24,13 +24,10 @@ ROUTER = "envoy.filters.http.router"
 
 
 def translate_listener(ir: ListenerIR) -> listener_v3.Listener:
-    filters = [f for name in ir.filters for f in PLUGINS[name].http_filters(ir.defaults.get(name))]
-    filters.append(hcm_v3.HttpFilter(name=ROUTER, typed_config=pack(router_v3.Router())))
     manager = hcm_v3.HttpConnectionManager(
         stat_prefix=ir.name,
         codec_type=hcm_v3.HttpConnectionManager.AUTO,
         rds=hcm_v3.Rds(route_config_name=names.route_config(ir.name), config_source=ads_source()),
-        http_filters=filters,
         # Routes opt in to WebSocket one by one (route.websocket); the connection manager must know the type.
         upgrade_configs=[
             hcm_v3.HttpConnectionManager.UpgradeConfig(
@@ -42,7 +39,8 @@ def translate_listener(ir: ListenerIR) -> listener_v3.Listener:
         use_remote_address=wrappers_pb2.BoolValue(value=True),
     )
     for name in ir.filters:
-        PLUGINS[name].patch_connection_manager(ir.defaults.get(name), manager)
+        manager.http_filters.extend(TRANSLATORS[name].http_filters(ir.defaults.get(name), manager))
+    manager.http_filters.append(hcm_v3.HttpFilter(name=ROUTER, typed_config=pack(router_v3.Router())))
     chain = listener_components_v3.FilterChain(
         filters=[listener_components_v3.Filter(name=HCM, typed_config=pack(manager))]
     )

@@ -14,7 +14,7 @@ from xgate.ir.model import GatewayIR, RouteIR
 from xgate.translate import names
 from xgate.translate.cluster import fallback_clusters, translate_cluster, translate_endpoints, uses_eds
 from xgate.translate.listener import translate_listener
-from xgate.translate.plugins import PLUGINS
+from xgate.translate.plugins import TRANSLATORS
 from xgate.translate.route import translate_route, translate_routes
 
 
@@ -106,6 +106,6 @@ class Translator:
                     for extra in fallback_clusters(route.route):
                         resources.clusters.setdefault(extra.name, extra)
             for name in listener.filters:
-                for extra in PLUGINS[name].clusters(listener.defaults.get(name)):
+                for extra in TRANSLATORS[name].resources(listener.defaults.get(name)):
                     resources.clusters.setdefault(extra.name, extra)
         return resources

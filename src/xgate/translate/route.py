@@ -14,7 +14,7 @@ from google.protobuf import wrappers_pb2
 from xgate.config.schema import HeaderMatch, HeaderOps, Match, QueryMatch, Route
 from xgate.ir.model import ListenerIR, RouteIR
 from xgate.translate import names
-from xgate.translate.plugins import PLUGINS, pack
+from xgate.translate.plugins import TRANSLATORS
 from xgate.translate.protos import duration
 
 _REDIRECT_CODES = {
@@ -79,21 +79,10 @@ def translate_route(ir: RouteIR, listener_filters: tuple[str, ...]) -> list[rout
         proto.route.CopyFrom(_action(route))
     _headers(route.headers.request, proto.request_headers_to_add, proto.request_headers_to_remove)
     _headers(route.headers.response, proto.response_headers_to_add, proto.response_headers_to_remove)
+    protos: list[route_components_v3.Route] = [proto]
     for name in listener_filters:
-        plugin = PLUGINS[name]
-        settings = ir.plugins.get(name)
-        configs = plugin.route_configs(settings) if settings is not None else plugin.disabled_route_configs()
-        for filter_name, config in configs.items():
-            if settings is None and filter_name in proto.typed_per_filter_config:
-                continue  # a filter two plugins share (ext_authz: jwt in Python, policy) stays on for the other
-            proto.typed_per_filter_config[filter_name].CopyFrom(pack(config))
-        if settings is not None:
-            plugin.patch_route(settings, proto)
-    protos = [proto]
-    for name in listener_filters:
-        settings = ir.plugins.get(name)
-        if settings is not None:
-            protos = [entry for each in protos for entry in PLUGINS[name].expand_route(settings, route, each)]
+        translator, settings = TRANSLATORS[name], ir.plugins.get(name)
+        protos = [entry for each in protos for entry in translator.route(settings, route, each)]
     return protos
 
 

@@ -14,7 +14,7 @@ import pytest
 
 from xgate.authz.keys import KeySet
 from xgate.authz.tokens import Refusal, TokenVerifier
-from xgate.translate.plugins.jwt import Provider
+from xgate.plugins.jwt import Provider
 
 
 def _cookbook() -> Path:

@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
 from xgate.authz.tokens import Refusal, TokenCache, TokenVerifier, claim_headers
-from xgate.translate.plugins.jwt import Provider
+from xgate.plugins.jwt import Provider
 
 RSA_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
 EC_KEY = ec.generate_private_key(ec.SECP256R1())

@@ -8,7 +8,7 @@ import pytest
 from pydantic import ValidationError
 
 from xgate.dyeing.rules import Dye, Dyer, DyeRequest, baggage_with, cookie_value, first_query_value, sticky_bucket
-from xgate.translate.plugins.dyeing_settings import DyeingSettings
+from xgate.plugins.dyeing import DyeingSettings
 
 
 def dyer(**settings: Any) -> Dyer:

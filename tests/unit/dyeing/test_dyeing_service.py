@@ -9,7 +9,7 @@ from google.protobuf import struct_pb2
 from xgate.config.load import parse_document
 from xgate.dyeing.config import dyers
 from xgate.dyeing.service import UNDYED, DyeingService, DyerRegistry, source_address
-from xgate.translate.plugins.dyeing_settings import DyeingSettings, settings_key
+from xgate.plugins.dyeing import DyeingSettings, settings_key
 
 CONFIG = """
 plugins:

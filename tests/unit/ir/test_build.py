@@ -7,7 +7,7 @@ import pytest
 from xgate.config.load import parse_document
 from xgate.errors import ConfigError
 from xgate.ir import build_ir
-from xgate.translate.plugins.cors import CorsSettings
+from xgate.plugins.cors import CorsSettings
 
 TEXT = """
 plugins: {cors: {allow_origins: ["*"]}}

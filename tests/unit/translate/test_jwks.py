@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from xgate.translate.plugins.jwks import compatible, key_algorithms, stamped_jwks
-from xgate.translate.plugins.jwt import Provider
+from xgate.plugins.jwks import compatible, key_algorithms, stamped_jwks
+from xgate.plugins.jwt import Provider
 
 RSA: dict[str, Any] = {"kty": "RSA", "kid": "r", "n": "AQAB", "e": "AQAB"}
 EC: dict[str, Any] = {"kty": "EC", "kid": "e", "crv": "P-256", "x": "AA", "y": "AA"}

@@ -20,7 +20,7 @@ from aetcd.rpc.kv_pb2 import Event
 
 from xgate.config.load import ConfigSet
 from xgate.errors import ConfigIssue
-from xgate.pipeline import gc_paused
+from xgate.heap import gc_paused
 from xgate.sortedblocks import SortedBlocks
 from xgate.sources.etcd.client import CompactedError, EtcdClient, EtcdRequestError, EtcdUnavailableError
 from xgate.sources.etcd.layout import KEY_KINDS, PLUGIN, decode, key_of, normalize_prefix, parse_key

@@ -20,15 +20,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, TypeAlias
 
-import re2
 from envoy.config.core.v3 import base_pb2 as base_v3
 from envoy.config.route.v3 import route_components_pb2 as route_components_v3
 from envoy.type.matcher.v3 import regex_pb2 as regex_v3
 from envoy.type.matcher.v3 import string_pb2 as string_v3
 
-from xgate.config.schema import Canary, HeaderMatch, Route
+from xgate.config.schema import Canary, Route
+from xgate.plugins.dyeing import DyeingSettings, Rule, cookie_regex, satisfies, stage_matches
 from xgate.translate import names
-from xgate.translate.plugins.dyeing_settings import DyeingSettings, Rule, cookie_regex
 
 _SET = base_v3.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
 _ADD = base_v3.HeaderValueOption.APPEND_IF_EXISTS_OR_ADD
@@ -55,62 +54,15 @@ def expand(settings: DyeingSettings, route: Route, proto: route_components_v3.Ro
     base = _without_stage_matches(proto, settings) if wanted else proto
     dropped: list[Rule] = []
     for rule in settings.rules:
-        if all(_satisfies(match, rule.stage) for match in wanted):
+        if all(satisfies(match, rule.stage) for match in wanted):
             conditions = [*_negations(dropped), *_conditions(rule)]
             entries.append(_entry(base, route, canaries.get(rule.stage), conditions, rule.stage, settings))
         else:
             dropped.append(rule)
-    if all(_satisfies(match, settings.default) for match in wanted):
+    if all(satisfies(match, settings.default) for match in wanted):
         conditions = _negations(dropped)
         entries.append(_entry(base, route, canaries.get(settings.default), conditions, settings.default, settings))
     return entries
-
-
-def stage_matches(settings: DyeingSettings, route: Route) -> list[HeaderMatch]:
-    """The route's own matches on the stage header."""
-    return [match for match in route.match.headers if match.name.lower() == settings.header]
-
-
-def native_problems(settings: DyeingSettings, route: Route) -> list[str]:
-    """Why the native path cannot serve a route that matches on the stage header (empty: it can)."""
-    wanted = stage_matches(settings, route)
-    if not wanted or settings.uses_service:
-        return []
-    stages = [rule.stage for rule in settings.rules] + [settings.default]
-    kept = [all(_satisfies(match, stage) for match in wanted) for stage in stages]
-    problems = []
-    for index, rule in enumerate(settings.rules):
-        if kept[index] or not any(kept[index + 1 :]):
-            continue  # kept, or dropped with nothing after it that must rule it out
-        if rule.query is not None or (rule.header is not None and _matches_empty(rule)):
-            what = "a query rule" if rule.query is not None else "a header rule that matches an empty value"
-            problems.append(
-                f"matching on {settings.header} natively needs dye rule {index} ({what}) inverted, which Envoy "
-                "cannot do: use the dyeing plugin's mode: ext_proc on this listener"
-            )
-    return problems
-
-
-def _satisfies(match: HeaderMatch, stage: str) -> bool:
-    """Does a stage header with this value satisfy the route's match on it (decided here, not in Envoy)?"""
-    if match.present is not None:
-        result = match.present
-    elif match.exact is not None:
-        result = stage == match.exact
-    elif match.prefix is not None:
-        result = stage.startswith(match.prefix)
-    else:
-        result = re2.fullmatch(match.regex or "", stage) is not None
-    return result != match.invert
-
-
-def _matches_empty(rule: Rule) -> bool:
-    assert rule.header is not None
-    if rule.header.present:
-        return False
-    if rule.header.regex is not None:
-        return re2.fullmatch(rule.header.regex, "") is not None
-    return rule.header.exact == ""
 
 
 def _without_stage_matches(proto: route_components_v3.Route, settings: DyeingSettings) -> route_components_v3.Route:

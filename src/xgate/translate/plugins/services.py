@@ -15,8 +15,7 @@ from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2 as http
 from envoy.type.matcher.v3 import string_pb2 as string_v3
 from google.protobuf import wrappers_pb2
 
-from xgate.translate.plugins.base import pack
-from xgate.translate.protos import duration, socket_address
+from xgate.translate.protos import duration, pack, socket_address
 
 HTTP_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 # Debian's (and Ubuntu's) CA bundle. Envoy's system_root_certs does not count as a trusted CA for SAN checks

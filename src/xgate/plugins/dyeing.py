@@ -1,5 +1,10 @@
-"""Settings of the dyeing plugin (rules, trust, where the stage goes) and what Envoy's config and the
-ext_proc service share: the settings key, the cookie pattern, the sticky scale."""
+"""The dyeing plugin's settings and contract: rules, trust, where the stage goes, and what Envoy's config and
+the ext_proc service share (the settings key, the cookie pattern, the sticky scale).
+
+Rules live in the global or listener defaults, first match wins, the `default` stage when none matches. Rules on
+headers, cookies and query parameters compile to route matches (native, no Python per request); the others run
+in `xgate dyeing`, Envoy's ext_proc service. Both give the same answers (tests hold them to that).
+"""
 
 from __future__ import annotations
 
@@ -7,12 +12,14 @@ import functools
 import hashlib
 import ipaddress
 import re
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
+import re2
 from pydantic import BeforeValidator, Field, StringConstraints, field_validator, model_validator
 
-from xgate.config.schema import Model, Stage, exactly_one
+from xgate.config.schema import HeaderMatch, Model, Route, Stage, exactly_one
 from xgate.config.types import Duration, Regex
+from xgate.plugins.base import PluginSpec
 
 EXT_PROC_FILTER = "envoy.filters.http.ext_proc"
 DEFAULT_SERVICE = "127.0.0.1:18002"
@@ -184,3 +191,62 @@ def cookie_regex(rule: CookieRule) -> str:
     so both paths read cookies alike)."""
     value = re.escape(rule.exact) if rule.exact is not None else "[^;]*"
     return rf"(?:.*;\s*)?{re.escape(rule.name)}={value}(?:;.*)?"
+
+
+class DyeingSpec(PluginSpec[DyeingSettings]):
+    name: ClassVar[str] = "dyeing"
+    settings = DyeingSettings
+
+    def check(
+        self, settings: DyeingSettings, defaults: DyeingSettings | None, inherited: bool, route: Route
+    ) -> list[str]:
+        if not inherited:
+            return ["dyeing is set up in the global or listener plugin defaults; a route can only switch it off"]
+        return native_problems(settings, route)
+
+
+def stage_matches(settings: DyeingSettings, route: Route) -> list[HeaderMatch]:
+    """The route's own matches on the stage header."""
+    return [match for match in route.match.headers if match.name.lower() == settings.header]
+
+
+def native_problems(settings: DyeingSettings, route: Route) -> list[str]:
+    """Why the native path cannot serve a route that matches on the stage header (empty: it can)."""
+    wanted = stage_matches(settings, route)
+    if not wanted or settings.uses_service:
+        return []
+    stages = [rule.stage for rule in settings.rules] + [settings.default]
+    kept = [all(satisfies(match, stage) for match in wanted) for stage in stages]
+    problems = []
+    for index, rule in enumerate(settings.rules):
+        if kept[index] or not any(kept[index + 1 :]):
+            continue  # kept, or dropped with nothing after it that must rule it out
+        if rule.query is not None or (rule.header is not None and _matches_empty(rule)):
+            what = "a query rule" if rule.query is not None else "a header rule that matches an empty value"
+            problems.append(
+                f"matching on {settings.header} natively needs dye rule {index} ({what}) inverted, which Envoy "
+                "cannot do: use the dyeing plugin's mode: ext_proc on this listener"
+            )
+    return problems
+
+
+def satisfies(match: HeaderMatch, stage: str) -> bool:
+    """Does a stage header with this value satisfy the route's match on it (decided here, not in Envoy)?"""
+    if match.present is not None:
+        result = match.present
+    elif match.exact is not None:
+        result = stage == match.exact
+    elif match.prefix is not None:
+        result = stage.startswith(match.prefix)
+    else:
+        result = re2.fullmatch(match.regex or "", stage) is not None
+    return result != match.invert
+
+
+def _matches_empty(rule: Rule) -> bool:
+    assert rule.header is not None
+    if rule.header.present:
+        return False
+    if rule.header.regex is not None:
+        return re2.fullmatch(rule.header.regex, "") is not None
+    return rule.header.exact == ""

@@ -1,0 +1,32 @@
+"""Every plugin's settings and contract, shared by the IR, the translator and the services; the filter order.
+
+Each plugin has a module here (its settings model, the constants Envoy's config and its service agree on,
+and its config-level checks) and one in `xgate.translate.plugins` (its Envoy filters, per-route config and
+resources). Adding a plugin means one module in each and one line in each registry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from xgate.plugins.base import PluginSpec
+from xgate.plugins.cors import CorsSpec
+from xgate.plugins.dyeing import DyeingSpec
+from xgate.plugins.jwt import JwtSpec
+from xgate.plugins.policy import PolicySpec
+from xgate.plugins.rate_limit import RateLimitSpec
+
+# The order of HTTP filters on every listener. CORS answers preflight requests first, so a browser's
+# OPTIONS never needs a token; later plugins go after it in this order: authentication (jwt), Python
+# policy, dyeing (may need verified claims), rate limits (may key on claims or stage). The router is
+# always last and is added by the listener translator.
+FILTER_ORDER: tuple[str, ...] = ("cors", "jwt", "policy", "dyeing", "rate_limit")
+
+PLUGINS: Mapping[str, PluginSpec[Any]] = {
+    spec.name: spec for spec in (CorsSpec(), JwtSpec(), PolicySpec(), DyeingSpec(), RateLimitSpec())
+}
+
+assert tuple(PLUGINS) == FILTER_ORDER, "FILTER_ORDER and PLUGINS disagree"
+
+__all__ = ["FILTER_ORDER", "PLUGINS", "PluginSpec"]

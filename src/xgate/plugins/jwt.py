@@ -1,0 +1,175 @@
+"""The jwt plugin's settings and contract: providers, where a verified payload goes, the ext_authz keys.
+
+Tokens are verified by Envoy's own jwt_authn (`verify: native`, the default) or by `xgate authz` (`verify:
+python`). Providers (issuer, audiences, keys, where the token is) are defined once, in the global or listener
+defaults; a route names the provider it requires. What the native path cannot express is refused with a
+pointer to `verify: python`, never silently weakened: `required_claims` (jwt_authn has no such check), and
+`algorithms` with keys Envoy loads itself (`jwks_file`, `jwks_uri`; inline keys are stamped with their allowed
+`alg`, see plugins/jwks.py).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+from urllib.parse import urlsplit
+
+from pydantic import Field, PrivateAttr, field_validator, model_validator
+
+from xgate.config.schema import Model, Route
+from xgate.config.types import Duration, Name
+from xgate.plugins.base import PluginSpec
+from xgate.plugins.jwks import Algorithm, stamped_jwks
+
+JWT_FILTER = "envoy.filters.http.jwt_authn"
+PAYLOAD_METADATA = "jwt_payload"
+AUTHZ_FILTER = "envoy.filters.http.ext_authz"  # the policy plugin's filter, which the Python path goes through
+# Where a verified payload sits in Envoy's dynamic metadata, as {PAYLOAD_METADATA: payload}: jwt_authn's
+# namespace on the native path, ext_authz's for a token `xgate authz` verified (it returns it with its answer).
+PAYLOAD_NAMESPACES = (JWT_FILTER, AUTHZ_FILTER)
+PROVIDER_KEY = "xgate_jwt"  # ext_authz context extension: the provider the authz service verifies with
+OPTIONAL_KEY = "xgate_jwt_optional"  # ext_authz context extension: "true" lets a request without a token pass
+ROUTE_KEY = "xgate_route"  # ext_authz context extension: the config route's name
+_KEY_TYPES = {"RSA", "EC", "OKP", "oct"}
+
+
+class TokenHeader(Model):
+    name: str = Field(min_length=1)
+    prefix: str = ""
+
+
+class Provider(Model):
+    """Who issues tokens and with which keys: exactly one of `jwks` (a JWKS object), `jwks_file` (a path to
+    one) or `jwks_uri` (HTTPS, optionally trusting `jwks_ca_file`; refreshed every `jwks_refresh`, and on a token
+    with an unknown `kid` at most once per `jwks_min_refetch`). `algorithms` limits the signature algorithms
+    (default: each key's own `alg`, else every algorithm its type can verify); HS256 needs an `oct` key listed
+    in `jwks` or `jwks_file`: an RSA or EC key is never used as an HMAC secret, and a secret never comes over
+    the network. `required_claims` must be present in the token (Python path only). `verify`: who checks."""
+
+    name: Name
+    verify: Literal["native", "python"] = "native"
+    issuer: str | None = None
+    audiences: tuple[str, ...] = ()
+    jwks: dict[str, Any] | None = None
+    jwks_file: str | None = None
+    jwks_uri: str | None = None
+    jwks_ca_file: str | None = None
+    jwks_refresh: Duration = 300.0
+    jwks_min_refetch: Duration = 30.0
+    algorithms: tuple[Algorithm, ...] | None = Field(default=None, min_length=1)
+    required_claims: tuple[str, ...] = ()
+    headers: tuple[TokenHeader, ...] = (TokenHeader(name="authorization", prefix="Bearer "),)
+    cookies: tuple[str, ...] = ()
+    query: tuple[str, ...] = ()
+    forward_claims: dict[str, str] = Field(default_factory=dict)  # claim -> request header to the upstream
+    clock_skew: Duration = 60.0
+    require_exp: bool = True
+    max_lifetime: Duration | None = None
+
+    @field_validator("jwks")
+    @classmethod
+    def _jwks(cls, jwks: dict[str, Any] | None) -> dict[str, Any] | None:
+        if jwks is None:
+            return None
+        keys = jwks.get("keys")
+        if not isinstance(keys, list) or not keys:
+            raise ValueError("jwks must be a JWKS object with a non-empty 'keys' list")
+        for index, key in enumerate(keys):
+            if not isinstance(key, dict) or key.get("kty") not in _KEY_TYPES:
+                raise ValueError(f"jwks key {index}: kty must be one of {sorted(_KEY_TYPES)}")
+        return jwks
+
+    @field_validator("jwks_uri")
+    @classmethod
+    def _uri(cls, uri: str | None) -> str | None:
+        if uri is not None:
+            parts = urlsplit(uri)
+            if parts.scheme != "https" or not parts.hostname or parts.username or parts.password:
+                raise ValueError(f"jwks_uri {uri!r} must be an https:// URL with a host (and no credentials)")
+        return uri
+
+    @model_validator(mode="after")
+    def _keys(self) -> Provider:
+        if sum(source is not None for source in (self.jwks, self.jwks_file, self.jwks_uri)) != 1:
+            raise ValueError("set exactly one of jwks, jwks_file, jwks_uri")
+        for what in ("jwks_file", "jwks_ca_file"):
+            path = getattr(self, what)
+            if path is not None and not Path(path).is_file():
+                raise ValueError(f"{what} {path!r} does not exist")
+        if self.jwks_ca_file is not None and self.jwks_uri is None:
+            raise ValueError("jwks_ca_file only goes with jwks_uri")
+        hmac = self.algorithms is not None and "HS256" in self.algorithms
+        if hmac and (self.jwks_uri is not None or (self.jwks is not None and not _has_oct(self.jwks))):
+            raise ValueError("HS256 needs an explicit oct key in jwks or jwks_file (never from jwks_uri)")
+        if self.jwks is not None and not stamped_jwks(self.jwks, self.algorithms)["keys"]:
+            raise ValueError("no key in jwks may verify any of the allowed algorithms")
+        if self.verify == "native":
+            if self.required_claims:
+                raise ValueError("required_claims: Envoy's jwt_authn cannot require claims; set verify: python")
+            if self.algorithms is not None and self.jwks is None:
+                raise ValueError(
+                    "algorithms: Envoy loads jwks_file/jwks_uri keys itself and cannot be limited to them; "
+                    "list the keys inline in jwks, or set verify: python"
+                )
+        return self
+
+
+def _has_oct(jwks: dict[str, Any]) -> bool:
+    return any(key.get("kty") == "oct" for key in jwks["keys"])
+
+
+class JwtSettings(Model):
+    """Defaults (global or listener): `providers`. A route: `provider` (default: the only one defined) and
+    `optional` (a request without a token passes; one with a bad token does not)."""
+
+    providers: tuple[Provider, ...] = ()
+    provider: Name | None = None
+    optional: bool = False
+    _resolved: Provider | None = PrivateAttr(default=None)  # set by JwtSpec.resolve; not config, not dumped
+
+    @model_validator(mode="after")
+    def _unique(self) -> JwtSettings:
+        names = [provider.name for provider in self.providers]
+        if len(names) != len(set(names)):
+            raise ValueError("provider names must be unique")
+        return self
+
+    def required(self) -> Provider | None:
+        """The provider a route requires, once its settings were resolved against the defaults."""
+        if self._resolved is not None:
+            return self._resolved
+        name = self.provider or (self.providers[0].name if len(self.providers) == 1 else None)
+        return next((provider for provider in self.providers if provider.name == name), None)
+
+
+def providers_of(defaults: JwtSettings | None, verify: Literal["native", "python"]) -> tuple[Provider, ...]:
+    """The providers of some global/listener defaults that verify one way."""
+    providers = defaults.providers if defaults is not None else ()
+    return tuple(provider for provider in providers if provider.verify == verify)
+
+
+class JwtSpec(PluginSpec[JwtSettings]):
+    name: ClassVar[str] = "jwt"
+    settings = JwtSettings
+
+    def check(self, settings: JwtSettings, defaults: JwtSettings | None, inherited: bool, route: Route) -> list[str]:
+        defined = {p.name for p in defaults.providers} if defaults is not None else set()
+        if settings.providers and not inherited:
+            return ["define providers in the global or listener plugin defaults; a route names one with provider"]
+        if settings.provider is None and len(defined) != 1:
+            return [f"name the provider this route requires (defined: {', '.join(sorted(defined)) or 'none'})"]
+        if settings.provider is not None and settings.provider not in defined:
+            return [f"provider {settings.provider!r} is not defined (defined: {', '.join(sorted(defined)) or 'none'})"]
+        return []
+
+    def resolve(self, settings: JwtSettings, defaults: JwtSettings | None) -> JwtSettings:
+        """The route's settings knowing the provider they name, so route translation knows how it verifies."""
+        if settings.providers or defaults is None:
+            return settings
+        resolved = settings.model_copy()
+        resolved._resolved = defaults.model_copy(update={"provider": settings.provider}).required()
+        return resolved
+
+    def needs(self, settings: JwtSettings) -> tuple[str, ...]:
+        provider = settings.required()
+        return ("policy",) if provider is not None and provider.verify == "python" else ()

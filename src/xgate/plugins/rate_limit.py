@@ -1,0 +1,95 @@
+"""The rate_limit plugin's settings and contract: local limits (each Envoy's own token buckets) and global ones
+(counted by `xgate ratelimit`), and the descriptor keys the route's actions and the service's limits share."""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+from pydantic import ConfigDict, Field, field_validator, model_validator
+
+from xgate.config.schema import Model
+from xgate.config.types import Duration
+from xgate.plugins.base import PluginSpec
+
+DOMAIN = "xgate"  # the rate-limit domain of every descriptor Envoy sends
+ROUTE_KEY = "xgate_route"  # descriptor entry: the config route's name
+DEFAULT_SERVICE = "127.0.0.1:18003"
+
+
+def check_by(by: str) -> str:
+    """What a limit counts by: route, client_ip, header:<name> or claim:<name>."""
+    for prefix in ("header:", "claim:"):
+        if by.startswith(prefix) and len(by) > len(prefix):
+            return by
+    if by in ("route", "client_ip"):
+        return by
+    raise ValueError(f"by {by!r}: use route, client_ip, header:<name> or claim:<name>")
+
+
+def descriptor_key(by: str) -> str:
+    """The descriptor entry key a `by` other than `route` produces (Envoy's actions and the service agree on it)."""
+    if by.startswith("claim:"):
+        return f"claim_{by.removeprefix('claim:')}"
+    if by == "client_ip":
+        return "remote_address"
+    return f"header_{by.removeprefix('header:').lower()}"
+
+
+class LocalLimit(Model):
+    """`requests` per `per`, with bursts up to `burst` (default: `requests`), counted per `by`:
+    `route` (one bucket for the route), `client_ip`, `header:<name>` or `claim:<name>` (a claim of the token
+    the jwt plugin verified), one bucket per value; requests without the header or claim share the route's
+    bucket. Each Envoy counts on its own."""
+
+    requests: int = Field(ge=1, le=1_000_000_000)
+    per: Duration = 1.0
+    burst: int | None = Field(default=None, ge=1, le=1_000_000_000)
+    by: str = "route"
+    max_keys: int = Field(default=10_000, ge=1, le=1_000_000)
+
+    _by = field_validator("by")(classmethod(lambda cls, by: check_by(by)))
+
+    @model_validator(mode="after")
+    def _interval(self) -> LocalLimit:
+        if self.per < 0.05:
+            raise ValueError("per: Envoy refills buckets at most every 50ms")
+        return self
+
+
+class GlobalLimit(Model):
+    """`requests` per `per` across the whole fleet, counted by the rate-limit service. `algorithm`:
+    token_bucket (bursts up to `burst`, default `requests`) or gcra (smooth: at most `burst` requests back
+    to back, default 1). `shadow`: count and report, never deny."""
+
+    requests: int = Field(ge=1, le=1_000_000_000)
+    per: Duration = 1.0
+    algorithm: Literal["token_bucket", "gcra"] = "token_bucket"
+    burst: int = Field(default=0, ge=0, le=1_000_000_000)
+    by: str = "route"
+    shadow: bool = False
+
+    _by = field_validator("by")(classmethod(lambda cls, by: check_by(by)))
+
+
+class RateLimitSettings(Model):
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+    local: LocalLimit | None = None
+    shared: GlobalLimit | None = Field(default=None, alias="global")
+    headers: bool = True  # the draft IETF RateLimit headers (x-ratelimit-limit / -remaining / -reset)
+    # Where the rate-limit service listens, how long Envoy waits for it, and what it does when it cannot ask
+    # (open: allow). Read from the global or listener defaults; one service for the whole gateway.
+    service: str = Field(default=DEFAULT_SERVICE, pattern=r"^[^:\s]+:\d{1,5}$")
+    timeout: Duration = 0.05
+    failure_mode: Literal["open", "closed"] = "open"
+
+    @model_validator(mode="after")
+    def _some(self) -> RateLimitSettings:
+        if self.local is None and self.shared is None:
+            raise ValueError("set local, global or both")
+        return self
+
+
+class RateLimitSpec(PluginSpec[RateLimitSettings]):
+    name: ClassVar[str] = "rate_limit"
+    settings = RateLimitSettings
