@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from envoy.config.route.v3 import route_components_pb2 as route_components_v3
+from envoy.config.route.v3 import route_pb2 as route_v3
 from google.protobuf.message import Message
 
 from xgate.config.load import ConfigSet
@@ -172,7 +173,7 @@ def _same_objects(before: tuple[Any, ...], after: tuple[Any, ...]) -> bool:
 def _route_protos(config: Message | bytes | None) -> dict[str, list[route_components_v3.Route]]:
     """Each config route's Envoy routes, by name, from a translated RouteConfiguration (taken from the first
     virtual host that has the route: they are the same in every one)."""
-    if config is None or isinstance(config, bytes):
+    if not isinstance(config, route_v3.RouteConfiguration):
         return {}
     found: dict[str, list[route_components_v3.Route]] = {}
     for virtual_host in config.virtual_hosts:

@@ -10,6 +10,7 @@ import yaml
 from google.protobuf import json_format
 from pydantic import BaseModel
 
+from xgate.api import KINDS
 from xgate.ir import GatewayIR
 from xgate.translate import Resources
 
@@ -35,9 +36,13 @@ def ir_to_data(ir: GatewayIR) -> dict[str, Any]:
 
 
 def resources_to_data(resources: Resources) -> dict[str, dict[str, Any]]:
-    """Each kind as name -> proto JSON (Envoy's field names), defaults left out, sorted."""
+    """Each kind (Envoy's, then the services': "rate_limits", ...) as name -> the proto as data with the field
+    names of the API's docs (snake_case), defaults left out, sorted."""
     return {
-        kind: {name: json.loads(json_format.MessageToJson(message)) for name, message in sorted(protos.items())}
+        KINDS.get(kind, kind): {
+            name: json.loads(json_format.MessageToJson(message, preserving_proto_field_name=True))
+            for name, message in sorted(protos.items())
+        }
         for kind, protos in resources.by_kind().items()
     }
 

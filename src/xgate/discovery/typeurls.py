@@ -1,6 +1,9 @@
-"""xDS type URLs, and the order in which a change is pushed."""
+"""xDS type URLs, the order in which a change is pushed, and which consumer takes which types."""
 
 from __future__ import annotations
+
+from xgate.api import SERVICE_TYPES, SERVICES
+from xgate.api import SHORT as SERVICE_SHORT
 
 _PREFIX = "type.googleapis.com/"
 CLUSTER = _PREFIX + "envoy.config.cluster.v3.Cluster"
@@ -10,9 +13,23 @@ ROUTE = _PREFIX + "envoy.config.route.v3.RouteConfiguration"
 
 # The xDS rule for making before breaking: clusters, then their endpoints, then listeners, then routes.
 PUSH_ORDER: tuple[str, ...] = (CLUSTER, ENDPOINT, LISTENER, ROUTE)
+ENVOY_TYPES = frozenset(PUSH_ORDER)
 
-# Types Envoy subscribes to as a whole (wildcard); the others it asks for by name.
-WILDCARD_TYPES = frozenset({CLUSTER, LISTENER})
+# Types a consumer subscribes to as a whole (wildcard); Envoy asks for endpoints and routes by name.
+WILDCARD_TYPES = frozenset({CLUSTER, LISTENER}) | SERVICE_TYPES
 
-BY_KIND = {"clusters": CLUSTER, "endpoints": ENDPOINT, "listeners": LISTENER, "routes": ROUTE}
-SHORT = {CLUSTER: "CDS", ENDPOINT: "EDS", LISTENER: "LDS", ROUTE: "RDS"}
+# Translation's resource kinds -> type URLs (xgate's own resources come keyed by their type URL already).
+BY_KIND = {"clusters": CLUSTER, "endpoints": ENDPOINT, "listeners": LISTENER, "routes": ROUTE} | {
+    url: url for url in SERVICE_TYPES
+}
+SHORT = {CLUSTER: "CDS", ENDPOINT: "EDS", LISTENER: "LDS", ROUTE: "RDS"} | SERVICE_SHORT
+
+ENVOY = "envoy"
+# A consumer's role, from its node's user_agent_name: Envoy says "envoy", xgate's services "xgate-<service>".
+ROLES: dict[str, frozenset[str]] = {ENVOY: ENVOY_TYPES} | {name: frozenset(urls) for name, urls in SERVICES.items()}
+
+
+def role_of(user_agent_name: str) -> str:
+    """ "envoy", "authz", "dyeing" or "ratelimit" (an unknown agent is taken for an Envoy: it asks like one)."""
+    name = user_agent_name.removeprefix("xgate-")
+    return name if name in SERVICES else ENVOY

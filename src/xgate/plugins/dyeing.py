@@ -15,8 +15,10 @@ import re
 from typing import Annotated, Any, ClassVar, Literal
 
 import re2
+from google.protobuf import struct_pb2
 from pydantic import BeforeValidator, Field, StringConstraints, field_validator, model_validator
 
+from xgate.api import dyeing_pb2
 from xgate.config.schema import HeaderMatch, Model, Route, Stage, exactly_one
 from xgate.config.types import Duration, Regex
 from xgate.plugins.base import PluginSpec
@@ -250,3 +252,112 @@ def _matches_empty(rule: Rule) -> bool:
     if rule.header.regex is not None:
         return re2.fullmatch(rule.header.regex, "") is not None
     return rule.header.exact == ""
+
+
+def settings_resource(settings: DyeingSettings) -> dyeing_pb2.DyeingSettings:
+    """The settings as the dyeing service gets them (named by their key); what only Envoy needs (mode,
+    service, timeout, on_error) stays out."""
+    resource = dyeing_pb2.DyeingSettings(
+        name=settings_key(settings), header=settings.header, default_stage=settings.default
+    )
+    if settings.baggage is not None:
+        resource.baggage = settings.baggage
+    if isinstance(settings.trust, tuple):
+        resource.trust.ranges.cidrs.extend(str(network) for network in settings.trust)
+    elif settings.trust == "all":
+        resource.trust.all = True
+    else:
+        resource.trust.none = True
+    resource.rules.extend(_rule_resource(rule) for rule in settings.rules)
+    return resource
+
+
+def _rule_resource(rule: Rule) -> dyeing_pb2.DyeRule:
+    resource = dyeing_pb2.DyeRule(stage=rule.stage)
+    if rule.header is not None:
+        resource.header.name = rule.header.name
+        _match(resource.header, exact=rule.header.exact, regex=rule.header.regex, present=rule.header.present)
+    elif rule.cookie is not None:
+        resource.cookie.name = rule.cookie.name
+        _match(resource.cookie, exact=rule.cookie.exact, present=rule.cookie.present)
+    elif rule.query is not None:
+        resource.query.name = rule.query.name
+        _match(resource.query, exact=rule.query.exact, present=rule.query.present)
+    elif rule.source is not None:
+        resource.source.cidrs.extend(str(network) for network in rule.source)
+    elif rule.claim is not None:
+        resource.claim.name = rule.claim.name
+        if rule.claim.contains is not None:
+            resource.claim.contains = rule.claim.contains
+        elif isinstance(rule.claim.equals, bool):
+            resource.claim.equals.bool_value = rule.claim.equals
+        elif isinstance(rule.claim.equals, int):
+            resource.claim.equals.number_value = rule.claim.equals
+        else:
+            resource.claim.equals.string_value = rule.claim.equals or ""
+    elif rule.sticky is not None:
+        resource.sticky.percent = rule.sticky.percent
+        resource.sticky.seed = rule.sticky.seed
+        key = rule.sticky.key
+        if key.claim is not None:
+            resource.sticky.claim = key.claim
+        elif key.header is not None:
+            resource.sticky.header = key.header
+        elif key.cookie is not None:
+            resource.sticky.cookie = key.cookie
+    return resource
+
+
+def _match(resource: Any, **values: Any) -> None:
+    for field_name, value in values.items():
+        if value is not None:
+            setattr(resource, field_name, value)
+
+
+def settings_from_resource(resource: dyeing_pb2.DyeingSettings) -> DyeingSettings:
+    """The settings back from their resource (raises ValueError when the resource does not make valid settings),
+    checked to carry the key they are named by."""
+    trust: Any = "none"
+    kind = resource.trust.WhichOneof("kind")
+    if kind == "all":
+        trust = "all"
+    elif kind == "ranges":
+        trust = list(resource.trust.ranges.cidrs)
+    data: dict[str, Any] = {
+        "header": resource.header,
+        "baggage": resource.baggage if resource.HasField("baggage") else None,
+        "default": resource.default_stage,
+        "trust": trust,
+        "rules": [_rule_data(rule) for rule in resource.rules],
+        "mode": "ext_proc",
+    }
+    return DyeingSettings.model_validate(data)
+
+
+def _rule_data(rule: dyeing_pb2.DyeRule) -> dict[str, Any]:
+    condition = rule.WhichOneof("condition")
+    data: dict[str, Any] = {"stage": rule.stage}
+    if condition in ("header", "cookie", "query"):
+        part = getattr(rule, condition)
+        which = part.WhichOneof("match")
+        data[condition] = {"name": part.name, which: getattr(part, which)} if which else {"name": part.name}
+    elif condition == "source":
+        data["source"] = list(rule.source.cidrs)
+    elif condition == "claim":
+        which = rule.claim.WhichOneof("match")
+        value = _plain(rule.claim.equals) if which == "equals" else rule.claim.contains
+        data["claim"] = {"name": rule.claim.name, which or "equals": value}
+    elif condition == "sticky":
+        sticky = rule.sticky
+        key = sticky.WhichOneof("key")
+        data["sticky"] = {"percent": sticky.percent, "seed": sticky.seed, "key": {key: getattr(sticky, key)}}
+    return data
+
+
+def _plain(value: struct_pb2.Value) -> str | int | bool:
+    kind = value.WhichOneof("kind")
+    if kind == "bool_value":
+        return value.bool_value
+    if kind == "number_value":
+        return int(value.number_value)  # claim rules compare integers (a JSON number without a fraction)
+    return value.string_value

@@ -10,12 +10,14 @@ pointer to `verify: python`, never silently weakened: `required_claims` (jwt_aut
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, PrivateAttr, field_validator, model_validator
 
+from xgate.api import authz_pb2, duration, seconds
 from xgate.config.schema import Model, Route
 from xgate.config.types import Duration, Name
 from xgate.plugins.base import PluginSpec
@@ -173,3 +175,62 @@ class JwtSpec(PluginSpec[JwtSettings]):
     def needs(self, settings: JwtSettings) -> tuple[str, ...]:
         provider = settings.required()
         return ("policy",) if provider is not None and provider.verify == "python" else ()
+
+
+def provider_resource(provider: Provider) -> authz_pb2.JwtProvider:
+    """A `verify: python` provider as `xgate authz` gets it."""
+    resource = authz_pb2.JwtProvider(
+        name=provider.name,
+        audiences=provider.audiences,
+        jwks_ca_file=provider.jwks_ca_file or "",
+        jwks_refresh=duration(provider.jwks_refresh),
+        jwks_min_refetch=duration(provider.jwks_min_refetch),
+        algorithms=provider.algorithms or (),
+        required_claims=provider.required_claims,
+        headers=[authz_pb2.TokenHeader(name=header.name, prefix=header.prefix) for header in provider.headers],
+        cookies=provider.cookies,
+        query=provider.query,
+        forward_claims=provider.forward_claims,
+        clock_skew=duration(provider.clock_skew),
+        require_exp=provider.require_exp,
+    )
+    if provider.issuer is not None:
+        resource.issuer = provider.issuer
+    if provider.jwks is not None:
+        resource.jwks_json = json.dumps(provider.jwks, sort_keys=True)
+    elif provider.jwks_file is not None:
+        resource.jwks_file = provider.jwks_file
+    elif provider.jwks_uri is not None:
+        resource.jwks_uri = provider.jwks_uri
+    if provider.max_lifetime is not None:
+        resource.max_lifetime.CopyFrom(duration(provider.max_lifetime))
+    return resource
+
+
+def provider_from_resource(resource: authz_pb2.JwtProvider) -> Provider:
+    """The provider back from its resource; raises ValueError (a pydantic ValidationError among them) when it
+    does not make a valid one here, e.g. its jwks_file does not exist on this machine."""
+    keys = resource.WhichOneof("keys")
+    data: dict[str, Any] = {
+        "name": resource.name,
+        "verify": "python",
+        "issuer": resource.issuer if resource.HasField("issuer") else None,
+        "audiences": tuple(resource.audiences),
+        "jwks_ca_file": resource.jwks_ca_file or None,
+        "jwks_refresh": seconds(resource.jwks_refresh),
+        "jwks_min_refetch": seconds(resource.jwks_min_refetch),
+        "algorithms": tuple(resource.algorithms) or None,
+        "required_claims": tuple(resource.required_claims),
+        "headers": [{"name": header.name, "prefix": header.prefix} for header in resource.headers],
+        "cookies": tuple(resource.cookies),
+        "query": tuple(resource.query),
+        "forward_claims": dict(resource.forward_claims),
+        "clock_skew": seconds(resource.clock_skew),
+        "require_exp": resource.require_exp,
+        "max_lifetime": seconds(resource.max_lifetime) if resource.HasField("max_lifetime") else None,
+    }
+    if keys == "jwks_json":
+        data["jwks"] = json.loads(resource.jwks_json)
+    elif keys is not None:
+        data[keys] = getattr(resource, keys)
+    return Provider.model_validate(data)

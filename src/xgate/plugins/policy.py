@@ -12,6 +12,7 @@ from typing import ClassVar, Literal
 
 from pydantic import Field, field_validator
 
+from xgate.api import authz_pb2
 from xgate.config.schema import Model, Route
 from xgate.config.types import Duration, Name
 from xgate.plugins.base import PluginSpec
@@ -59,3 +60,9 @@ class PolicySpec(PluginSpec[PolicySettings]):
         if settings.name not in defined:
             return [f"policy {settings.name!r} is not defined (defined: {', '.join(sorted(defined)) or 'none'})"]
         return []
+
+
+def policy_resources(settings: PolicySettings | None) -> list[authz_pb2.Policy]:
+    """The policies some global/listener defaults define, as `xgate authz` gets them."""
+    policies = settings.policies if settings is not None else {}
+    return [authz_pb2.Policy(name=name, import_path=path) for name, path in sorted(policies.items())]

@@ -7,6 +7,7 @@ from typing import ClassVar, Literal
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
+from xgate.api import duration, ratelimit_pb2
 from xgate.config.schema import Model
 from xgate.config.types import Duration
 from xgate.plugins.base import PluginSpec
@@ -93,3 +94,20 @@ class RateLimitSettings(Model):
 class RateLimitSpec(PluginSpec[RateLimitSettings]):
     name: ClassVar[str] = "rate_limit"
     settings = RateLimitSettings
+
+
+def limit_resource(route: str, limit: GlobalLimit) -> ratelimit_pb2.RateLimit:
+    """The global limit of one route, keyed the way the route's actions describe its requests."""
+    entries = [ratelimit_pb2.RateLimit.Entry(key=ROUTE_KEY, value=route)]
+    if limit.by != "route":
+        entries.append(ratelimit_pb2.RateLimit.Entry(key=descriptor_key(limit.by)))
+    return ratelimit_pb2.RateLimit(
+        name=route,
+        domain=DOMAIN,
+        entries=entries,
+        requests=limit.requests,
+        per=duration(limit.per),
+        algorithm=ratelimit_pb2.RateLimit.GCRA if limit.algorithm == "gcra" else ratelimit_pb2.RateLimit.TOKEN_BUCKET,
+        burst=limit.burst,
+        shadow=limit.shadow,
+    )

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
+from envoy.config.cluster.v3 import cluster_pb2 as cluster_v3
 from envoy.config.route.v3 import route_components_pb2 as route_components_v3
 from google.protobuf.message import Message
 
+from xgate.api import type_url
 from xgate.config.schema import Model, Route, Upstream
 from xgate.ir.model import GatewayIR, RouteIR
 from xgate.translate import names
@@ -27,14 +29,26 @@ class Resources:
     listeners: dict[str, Message] = field(default_factory=dict)
     # A route configuration may come already serialized (the incremental compiler assembles bytes).
     routes: dict[str, Message | bytes] = field(default_factory=dict)
+    # xgate's own resources for its services (xgate.api), by type URL, then name.
+    services: dict[str, dict[str, Message]] = field(default_factory=dict)
 
     def by_kind(self) -> dict[str, dict[str, Any]]:
+        """Every resource by kind: Envoy's by name ("clusters", ...), the services' by type URL."""
         return {
             "clusters": self.clusters,
             "endpoints": self.endpoints,
             "listeners": self.listeners,
             "routes": self.routes,
+            **self.services,
         }
+
+    def add(self, message: Message) -> None:
+        """A plugin's extra resource: a cluster, or a resource of one of the services (the first of a name
+        wins: a name is the same object wherever it is defined, the IR checks that)."""
+        if isinstance(message, cluster_v3.Cluster):
+            self.clusters.setdefault(message.name, message)
+        else:
+            self.services.setdefault(type_url(message), {}).setdefault(cast(Any, message).name, message)
 
 
 def translate(ir: GatewayIR) -> Resources:
@@ -105,7 +119,10 @@ class Translator:
                 if route.route.canary:
                     for extra in fallback_clusters(route.route):
                         resources.clusters.setdefault(extra.name, extra)
+                for name, settings in route.plugins.items():
+                    for extra in TRANSLATORS[name].route_resources(settings, route.route):
+                        resources.add(extra)
             for name in listener.filters:
                 for extra in TRANSLATORS[name].resources(listener.defaults.get(name)):
-                    resources.clusters.setdefault(extra.name, extra)
+                    resources.add(extra)
         return resources

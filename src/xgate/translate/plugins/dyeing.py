@@ -40,6 +40,7 @@ from xgate.plugins.dyeing import (
     DyeingSettings,
     DyeingSpec,
     settings_key,
+    settings_resource,
 )
 from xgate.plugins.jwt import PAYLOAD_NAMESPACES
 from xgate.translate.plugins.base import PluginTranslator, pack
@@ -116,4 +117,4 @@ class DyeingTranslator(PluginTranslator[DyeingSettings]):
             return []
         # One stream per request and few per connection, so several `xgate dyeing` processes on one port
         # (SO_REUSEPORT) share the load over Envoy's connections.
-        return [service_cluster(SERVICE_CLUSTER, settings.service, max_streams=8)]
+        return [service_cluster(SERVICE_CLUSTER, settings.service, max_streams=8), settings_resource(settings)]

@@ -37,6 +37,7 @@ from xgate.plugins.jwt import (
     JwtSettings,
     JwtSpec,
     Provider,
+    provider_resource,
     providers_of,
 )
 from xgate.translate.plugins.base import PluginTranslator, pack
@@ -86,11 +87,13 @@ class JwtTranslator(PluginTranslator[JwtSettings]):
         return (proto,)
 
     def resources(self, defaults: JwtSettings | None) -> list[Message]:
-        return [
+        """The clusters Envoy fetches remote JWKS through, and the providers `xgate authz` verifies for."""
+        clusters: list[Message] = [
             https_cluster(JWKS_CLUSTER + provider.name, *_host_port(provider.jwks_uri), provider.jwks_ca_file)
             for provider in providers_of(defaults, "native")
             if provider.jwks_uri is not None
         ]
+        return clusters + [provider_resource(provider) for provider in providers_of(defaults, "python")]
 
 
 def _host_port(uri: str) -> tuple[str, int]:

@@ -17,7 +17,7 @@ from google.protobuf.message import Message
 
 from xgate.config.schema import Route
 from xgate.plugins.jwt import AUTHZ_FILTER, JWT_FILTER
-from xgate.plugins.policy import POLICY_KEY, ROUTE_KEY, PolicySettings, PolicySpec
+from xgate.plugins.policy import POLICY_KEY, ROUTE_KEY, PolicySettings, PolicySpec, policy_resources
 from xgate.translate.plugins.base import PluginTranslator, pack
 from xgate.translate.plugins.services import service_cluster
 from xgate.translate.protos import duration
@@ -66,4 +66,5 @@ class PolicyTranslator(PluginTranslator[PolicySettings]):
 
     def resources(self, defaults: PolicySettings | None) -> list[Message]:
         # Few streams per connection, so several authz processes on one port (SO_REUSEPORT) share the load.
-        return [service_cluster(SERVICE_CLUSTER, (defaults or _BUILT_IN).service, max_streams=4)]
+        cluster = service_cluster(SERVICE_CLUSTER, (defaults or _BUILT_IN).service, max_streams=4)
+        return [cluster, *policy_resources(defaults)]

@@ -28,7 +28,15 @@ from google.protobuf.message import Message
 
 from xgate.config.schema import Route
 from xgate.plugins.jwt import PAYLOAD_METADATA, PAYLOAD_NAMESPACES
-from xgate.plugins.rate_limit import DOMAIN, ROUTE_KEY, LocalLimit, RateLimitSettings, RateLimitSpec, descriptor_key
+from xgate.plugins.rate_limit import (
+    DOMAIN,
+    ROUTE_KEY,
+    LocalLimit,
+    RateLimitSettings,
+    RateLimitSpec,
+    descriptor_key,
+    limit_resource,
+)
 from xgate.translate.plugins.base import PluginTranslator, pack
 from xgate.translate.plugins.services import service_cluster
 from xgate.translate.protos import duration
@@ -100,6 +108,11 @@ class RateLimitTranslator(PluginTranslator[RateLimitSettings]):
 
     def resources(self, defaults: RateLimitSettings | None) -> list[Message]:
         return [service_cluster(SERVICE_CLUSTER, (defaults or _BUILT_IN).service, max_streams=16)]
+
+    def route_resources(self, settings: RateLimitSettings, route: Route) -> list[Message]:
+        if settings.shared is None or (route.upstream is None and route.split is None):
+            return []  # global limits count requests that go to an upstream (the actions are on RouteAction)
+        return [limit_resource(route.name, settings.shared)]
 
 
 def _local(limit: LocalLimit, headers: bool) -> local_v3.LocalRateLimit:
