@@ -12,6 +12,7 @@ from typing import Any
 from xgate.config.load import ConfigSet
 from xgate.config.schema import Route
 from xgate.discovery import SnapshotCache
+from xgate.discovery.rollout import Refusal, Rollout
 from xgate.errors import ConfigError, ConfigIssue
 from xgate.heap import DeferredFreeze, gc_paused
 from xgate.incremental import IncrementalCompiler, route_changes
@@ -39,14 +40,16 @@ def _log_applied(revision: str, what: str, compile_ms: float, total_ms: float, n
 class ConfigState:
     """What is served, and what is not: rejected revisions (per source) and objects held back."""
 
-    applied: str | None = None
+    applied: str | None = None  # the revision the Envoys are served
     applied_at: float | None = None
     rejected: str | None = None
     rejected_at: float | None = None
     issues: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    refusal: Refusal | None = None  # the last revision a service refused (so no Envoy got it), until one passes
 
     def to_dict(self) -> dict[str, Any]:
+        refusal = self.refusal
         return {
             "applied_revision": self.applied,
             "applied_at": self.applied_at,
@@ -54,6 +57,15 @@ class ConfigState:
             "rejected_at": self.rejected_at,
             "issues": self.issues,
             "objects_not_served": self.warnings,
+            "refused": None
+            if refusal is None
+            else {
+                "revision": refusal.revision,
+                "service": refusal.service,
+                "node": refusal.node,
+                "message": refusal.message,
+                "at": refusal.at,
+            },
         }
 
 
@@ -64,8 +76,11 @@ class ControlPlane:
     good version (or is left out) and is reported, the rest applies.
     """
 
-    def __init__(self, cache: SnapshotCache | None = None) -> None:
+    def __init__(self, cache: SnapshotCache | None = None, *, service_timeout: float = 5.0) -> None:
         self.cache = cache or SnapshotCache()
+        self.rollout = Rollout(
+            self.cache, service_timeout=service_timeout, on_served=self._served, on_refused=self._refused
+        )
         self.state = ConfigState()
         self.health: dict[str, Callable[[], dict[str, Any]]] = {}
         self._translator = Translator()
@@ -95,7 +110,7 @@ class ControlPlane:
         self._inputs = inputs
         self._rejections.pop(source, None)
         self._served_routes = {route.route.name: route.route for ir in compiled.ir.listeners for route in ir.routes}
-        self.cache.update(compiled.resources, combined, revision.seen_at)
+        self.rollout.publish(compiled.resources, combined, revision.seen_at)
         if len(inputs) == 1:
             self._incremental.reset(config, compiled.ir, compiled.context, compiled.resources)
         else:
@@ -124,7 +139,7 @@ class ControlPlane:
         self._inputs = {source: revision}
         self._rejections.pop(source, None)
         self._served_routes = self._incremental.served
-        self.cache.update(resources, revision.revision, revision.seen_at)
+        self.rollout.publish(resources, revision.revision, revision.seen_at)
         warnings = [str(w) for w in revision.warnings] + [str(issue) for issue in issues]
         self._publish(revision.revision, warnings, None, started, revision)
         return True
@@ -133,7 +148,7 @@ class ControlPlane:
         self, combined: str, warnings: list[str], ir: GatewayIR | None, started: float, revision: Revision
     ) -> None:
         previous_warnings = self.state.warnings
-        self.state = replace(self.state, applied=combined, applied_at=time.time(), warnings=warnings)
+        self.state = replace(self.state, warnings=warnings)
         self._refresh_rejections()
         now = time.perf_counter()
         if ir is not None:
@@ -158,6 +173,15 @@ class ControlPlane:
         if len(config.routes) > _THREAD_ABOVE_ROUTES:
             return await asyncio.to_thread(compile_config, *arguments)
         return compile_config(*arguments)
+
+    def _served(self, revision: str) -> None:
+        """The Envoys are being sent `revision` (the services have what it names)."""
+        self.state.applied, self.state.applied_at = revision, time.time()
+        if self.state.refusal is not None and self.state.refusal.revision != revision:
+            self.state.refusal = None
+
+    def _refused(self, refusal: Refusal) -> None:
+        self.state.refusal = refusal
 
     def _reject(self, source: str, revision: str, error: ConfigError) -> None:
         self._rejections[source] = (revision, [str(issue) for issue in error.issues])

@@ -63,12 +63,30 @@ def metrics_handler(
     return metrics
 
 
-async def serve_metrics(host: str, port: int, read: Callable[[], dict[str, Any]], families: Families) -> web.AppRunner:
-    """Answer GET /metrics (see the module) on `host:port` until `await runner.cleanup()`.
+async def serve_metrics(
+    host: str,
+    port: int,
+    read: Callable[[], dict[str, Any]],
+    families: Families,
+    ready: Callable[[], bool] | None = None,
+) -> tuple[web.AppRunner, int]:
+    """Answer GET /metrics (see the module), GET /healthz (200 while the process runs) and GET /readyz (200 once
+    `ready()` says so, else 503) on `host:port` until `await runner.cleanup()`; returns the runner and the port
+    bound (`port` 0: any).
 
     Errors: MetricsAddressError when the address cannot be bound."""
     app = web.Application()
     app.router.add_get("/metrics", metrics_handler(read, families))
+
+    async def healthz(_request: web.Request) -> web.Response:
+        return web.json_response({"ok": True})
+
+    async def readyz(_request: web.Request) -> web.Response:
+        is_ready = ready() if ready is not None else True
+        return web.json_response({"ready": is_ready}, status=200 if is_ready else 503)
+
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     try:
@@ -82,4 +100,5 @@ async def serve_metrics(host: str, port: int, read: Callable[[], dict[str, Any]]
     except BaseException:
         await runner.cleanup()
         raise
-    return runner
+    addresses = runner.addresses  # aiohttp has no public getter for the bound port; the runner's addresses hold it
+    return runner, int(addresses[0][1]) if addresses else port

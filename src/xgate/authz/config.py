@@ -1,135 +1,114 @@
-"""The authz service's side of the one config: the policies named in the `policy` plugin's defaults and the jwt
-providers that verify in Python, loaded (and reloaded) from the same config source the control plane follows."""
+"""`xgate authz` as a service of the skeleton: configured by the control plane with the policies and the
+Python-verified JWT providers (xgate.api Policy and JwtProvider resources)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterator
-from pathlib import Path
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import Any, ClassVar
 
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 
+from xgate.api import JWT_PROVIDER, POLICY, authz_pb2
 from xgate.authz.policy import PolicyRegistry
-from xgate.authz.service import AuthorizationService, serve
+from xgate.authz.service import AuthzServer, serve
 from xgate.authz.tokens import JwtProviders
-from xgate.config.load import ConfigSet
-from xgate.metricsapi import counters, serve_metrics
-from xgate.plugins.jwt import JwtSettings, Provider
-from xgate.plugins.policy import PolicySettings
-from xgate.sources.etcd.client import EtcdSettings
-from xgate.sources.etcd.layout import DEFAULT_PREFIX
-from xgate.sources.follow import Merged, follow
-from xgate.sources.revision import Revision
+from xgate.metricsapi import counters
+from xgate.plugins.jwt import Provider, provider_from_resource
+from xgate.service import Ready, ServiceOptions, run_service
+from xgate.xdsclient import Subscription
 
 log = logging.getLogger("xgate.authz")
 
 
-def policy_paths(config: ConfigSet) -> dict[str, str]:
-    """name -> import path, from the global `policy` plugin defaults; {} when none (or invalid)."""
-    raw = config.plugins.get("policy")
-    if not isinstance(raw, dict):
-        return {}
-    try:
-        return dict(PolicySettings.model_validate(raw).policies)
-    except ValueError as exc:
-        log.error("policy defaults are invalid; keeping the loaded policies: %s", exc)
-        return {}
+class AuthzService:
+    """Checks with the policies and providers the control plane sends; a policy that does not import, or a
+    provider whose keys cannot be read here, refuses the whole update (NACK) and the previous set keeps serving."""
+
+    name: ClassVar[str] = "authz"
+
+    def __init__(self, *, timeout: float = 0.1, fail_open: bool = False) -> None:
+        self.registry = PolicyRegistry()
+        self.providers = JwtProviders()
+        self._timeout, self._fail_open = timeout, fail_open
+        self.server: AuthzServer | None = None
+
+    async def start(self, host: str, port: int) -> int:
+        self.server, bound = await serve(
+            self.registry,
+            host=host,
+            port=port,
+            timeout=self._timeout,
+            fail_open=self._fail_open,
+            providers=self.providers,
+        )
+        return bound
+
+    def subscriptions(self) -> list[Subscription]:
+        return [
+            Subscription(POLICY, authz_pb2.Policy, self.apply_policies),
+            Subscription(JWT_PROVIDER, authz_pb2.JwtProvider, self.apply_providers),
+        ]
+
+    async def apply_policies(self, resources: dict[str, authz_pb2.Policy]) -> None:
+        paths = {name: resource.import_path for name, resource in resources.items()}
+        # Imports run user code: off the event loop, which serves async policies and JWKS fetches.
+        errors = await asyncio.to_thread(self.registry.load, paths, strict=True)
+        if errors:
+            raise ValueError("; ".join(f"policy {name}: {error.reason}" for name, error in sorted(errors.items())))
+        log.info("policies: %s", ", ".join(sorted(paths)) or "none")
+
+    async def apply_providers(self, resources: dict[str, authz_pb2.JwtProvider]) -> None:
+        providers: dict[str, Provider] = {}
+        problems: list[str] = []
+        for name, resource in resources.items():
+            try:
+                providers[name] = await asyncio.to_thread(provider_from_resource, resource)  # reads jwks files
+            except ValueError as exc:
+                problems.append(f"jwt provider {name}: {_first_line(exc)}")
+        if problems:
+            raise ValueError("; ".join(problems))
+        await self.providers.load(providers, strict=True)
+        log.info("jwt providers verified here: %s", ", ".join(sorted(providers)) or "none")
+
+    def metrics(self) -> dict[str, Any]:
+        service = self._service()
+        return {"checks": service.metrics() if service else {}, "policies": sorted(self.registry.policies)}
+
+    def families(self) -> Iterable[Metric]:
+        service = self._service()
+        yield counters(
+            "xgate_authz_checks",
+            "Checks answered, per policy (jwt:<provider> for tokens verified here) and outcome",
+            ("policy", "outcome"),
+            service.metrics() if service else {},
+        )
+        yield GaugeMetricFamily("xgate_authz_policies", "Policies loaded", value=len(self.registry.policies))
+
+    async def stop(self, grace: float) -> None:
+        if self.server is not None:
+            await self.server.stop(grace)
+
+    def _service(self) -> Any:
+        return self.server.service if self.server is not None else None
 
 
-def python_providers(config: ConfigSet) -> dict[str, Provider]:
-    """The `verify: python` jwt providers of the global and listener defaults, by name. Invalid defaults are
-    skipped (the control plane reports them and routes cannot use them); a name defined twice differently
-    keeps its first definition, global before listeners, and is logged."""
-    found: dict[str, Provider] = {}
-    places = [("plugins", config.plugins.get("jwt"))]
-    places += [(f"listener {listener.name}", listener.plugins.get("jwt")) for listener in config.listeners]
-    for where, raw in places:
-        if not isinstance(raw, dict):
-            continue
-        try:
-            settings = JwtSettings.model_validate(raw)
-        except ValueError as exc:
-            log.error("jwt defaults of %s are invalid; not loaded: %s", where, exc)
-            continue
-        for provider in settings.providers:
-            if provider.verify != "python":
-                continue
-            if (known := found.setdefault(provider.name, provider)) != provider:
-                log.error("jwt provider %s of %s differs from the one defined before; keeping that", known.name, where)
-    return found
-
-
-class PolicyFeed:
-    """Reloads the registry and the jwt providers from the merged config; a policy that fails to load keeps
-    its last good version (the registry's rule) and is logged."""
-
-    def __init__(self, registry: PolicyRegistry, providers: JwtProviders | None = None) -> None:
-        self.registry = registry
-        self.providers = providers or JwtProviders()
-        self.on_revision = Merged(self._load).on_revision
-
-    async def _load(self, config: ConfigSet, revision: Revision, lenient: bool) -> bool:
-        del lenient
-        paths = policy_paths(config)
-        await asyncio.to_thread(self.registry.load, paths)  # imports run user code: off the loop; it logs failures
-        providers = await asyncio.to_thread(python_providers, config)  # validation reads jwks files
-        await self.providers.load(providers)
-        log.info("policies of revision %s: %s", revision.revision, ", ".join(sorted(paths)) or "none")
-        return True
+def _first_line(error: Exception) -> str:
+    """A pydantic error's first issue in one line (the others are the same object seen another way)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return " ".join(lines[:3]) if lines else type(error).__name__
 
 
 async def run_authz(
-    config_path: str | Path | None,
+    options: ServiceOptions,
     *,
-    etcd: EtcdSettings | None = None,
-    prefix: str = DEFAULT_PREFIX,
-    listen: tuple[str, int] = ("127.0.0.1", 18001),
     timeout: float = 0.1,
     fail_open: bool = False,
-    status: tuple[str, int] | None = None,
-    on_ready: Callable[[int], None] | None = None,
+    on_ready: Callable[[Ready], None] | None = None,
     stop: asyncio.Event | None = None,
 ) -> None:
-    """Serve envoy.service.auth.v3 with the config's policies and Python-verified jwt providers, following its
-    changes, until `stop`. With `status`, GET /metrics there answers the checks per policy (and per jwt
-    provider, as "jwt:<name>") and outcome (allowed, denied, errors, timeouts), and the policies that failed
-    to load with why."""
-    stop = stop or asyncio.Event()
-    registry = PolicyRegistry()
-    providers = JwtProviders()
-    server, port = await serve(
-        registry, host=listen[0], port=listen[1], timeout=timeout, fail_open=fail_open, providers=providers
-    )
-    feed = PolicyFeed(registry, providers)
-    runner = None
-    try:
-        if status is not None:
-            runner = await serve_metrics(*status, lambda: _metrics(server.service), lambda: _families(server.service))
-        started = (lambda: on_ready(port)) if on_ready is not None else None
-        await follow(config_path, etcd, prefix, feed.on_revision, stop, started=started)
-    finally:
-        if runner is not None:
-            await runner.cleanup()
-        await server.stop(1.0)
-
-
-def _metrics(service: AuthorizationService) -> dict[str, Any]:
-    errors = service.registry.errors
-    return {"checks": service.metrics(), "not_loaded": {name: str(error) for name, error in errors.items()}}
-
-
-def _families(service: AuthorizationService) -> Iterator[Metric]:
-    yield counters(
-        "xgate_authz_checks",
-        "Checks answered, per policy (jwt:<provider> for tokens verified here) and outcome",
-        ("policy", "outcome"),
-        service.metrics(),
-    )
-    failed = GaugeMetricFamily(
-        "xgate_authz_policy_not_loaded", "1 for a policy whose current version failed to load", labels=["policy"]
-    )
-    for name in service.registry.errors:
-        failed.add_metric([name], 1)
-    yield failed
+    """Serve envoy.service.auth.v3 with what the control plane at `options.xds` sends, until `stop`. With
+    `options.status`, GET /metrics there answers the checks per policy (and per jwt provider, as
+    "jwt:<name>") and outcome (allowed, denied, errors, timeouts), and the config feed's state."""
+    await run_service(AuthzService(timeout=timeout, fail_open=fail_open), options, on_ready=on_ready, stop=stop)

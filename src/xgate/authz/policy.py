@@ -261,9 +261,10 @@ class PolicyRegistry:
         """The policies the last `load` could not load (those with a previous version still serve it)."""
         return self._errors
 
-    def load(self, paths: Mapping[str, str]) -> dict[str, PolicyLoadError]:
+    def load(self, paths: Mapping[str, str], *, strict: bool = False) -> dict[str, PolicyLoadError]:
         """Make `paths` ({name: "pkg.module:name"}) the set of policies; returns {name: error} of those that
-        failed to load, each also logged. Names absent from `paths` are dropped.
+        failed to load, each also logged. Names absent from `paths` are dropped. `strict`: when any fails,
+        nothing changes (the set as a whole is refused, as an xDS update is).
 
         A module already imported is re-imported when its source file changed; each module at most once per
         call. A policy whose path and module are unchanged keeps its object (a class's instance keeps its
@@ -279,13 +280,17 @@ class PolicyRegistry:
                 loaded[name] = self._load_one(name, path, previous, modules)
             except PolicyLoadError as exc:
                 errors[name] = exc
-                if previous is not None:
+                if strict:
+                    log.error("policy %s failed to load (%s)", name, exc)
+                elif previous is not None:
                     loaded[name] = previous
                     log.error("policy %s failed to load (%s); still serving %s", name, exc, previous.path)
                 else:
                     log.error("policy %s failed to load (%s); requests for it are denied", name, exc)
-        self._policies = MappingProxyType(loaded)
         self._errors = MappingProxyType(dict(errors))
+        if errors and strict:
+            return errors
+        self._policies = MappingProxyType(loaded)
         return errors
 
     def _load_one(

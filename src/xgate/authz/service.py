@@ -36,7 +36,7 @@ from envoy.service.auth.v3 import external_auth_pb2 as auth_v3
 from envoy.service.auth.v3 import external_auth_pb2_grpc as auth_grpc
 from envoy.type.v3 import http_status_pb2 as http_status_v3
 from google.protobuf import struct_pb2 as struct_v3
-from google.rpc import code_pb2, status_pb2  # type: ignore[import-untyped]  # not in the mypy overrides
+from google.rpc import code_pb2, status_pb2
 
 from xgate.authz.policy import Allow, Decision, Deny, PolicyRegistry, Request
 from xgate.authz.runner import OUTCOMES, Outcome, PolicyRunner

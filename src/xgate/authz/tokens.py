@@ -284,7 +284,9 @@ class JwtProviders:
     def get(self, name: str) -> TokenVerifier | None:
         return self._verifiers.get(name)
 
-    async def load(self, providers: Mapping[str, Provider]) -> None:
+    async def load(self, providers: Mapping[str, Provider], *, strict: bool = False) -> None:
+        """Swap in `providers`. A provider whose keys cannot be read (a jwks_file that went away or is not
+        JSON) is left out and logged; `strict`: it raises ValueError instead and nothing changes."""
         old = self._verifiers
         new: dict[str, TokenVerifier] = {}
         for name, provider in providers.items():
@@ -293,11 +295,14 @@ class JwtProviders:
                 new[name] = kept
                 continue
             try:
-                new[name] = verifier = TokenVerifier(provider)
-            except (OSError, ValueError) as exc:  # a jwks_file that went away or is not JSON
+                new[name] = TokenVerifier(provider)
+            except (OSError, ValueError) as exc:
+                if strict:
+                    raise ValueError(f"jwt provider {name}: {exc}") from exc
                 log.error("jwt provider %s not loaded: %s", name, exc)
                 continue
-            if isinstance(verifier.keys, RemoteKeys):
+        for verifier in new.values():
+            if verifier not in old.values() and isinstance(verifier.keys, RemoteKeys):
                 verifier.keys.start()
         self._verifiers = new
         for name, verifier in old.items():

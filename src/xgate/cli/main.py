@@ -14,7 +14,7 @@ import urllib.request
 from collections.abc import Awaitable, Callable
 from importlib import resources as package_files
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 import yaml
@@ -25,6 +25,9 @@ from xgate.config.load import load_path
 from xgate.errors import ConfigError
 from xgate.metricsapi import MetricsAddressError
 from xgate.sources.etcd.client import EtcdSettings
+
+if TYPE_CHECKING:
+    from xgate.service import Ready, ServiceOptions
 from xgate.sources.etcd.layout import DEFAULT_PREFIX
 
 app = typer.Typer(
@@ -168,29 +171,40 @@ def _etcd(
     return settings(etcd, ca, cert, key, user, password) if etcd else None
 
 
-ServiceFile = Annotated[Path | None, typer.Option("--file", "-f", help="config file (the same as the control plane's)")]
-ServiceEtcd = Annotated[str | None, typer.Option("--etcd", envvar="XGATE_ETCD", help="etcd HOST:PORT[,...]")]
+XdsServers = Annotated[
+    list[str] | None,
+    typer.Option("--xds", help=f"control plane HOST:PORT that configures it; repeat to fail over [{DEFAULT_XDS}]"),
+]
+NodeId = Annotated[str | None, typer.Option(help="its node id in `xgate status` [<service>-<host>-<pid>]")]
 LogLevel = Annotated[str, typer.Option()]
-# (config file, etcd settings, report the bound port, stop) -> the service, until stop
-ServiceRun = Callable[[Path | None, EtcdSettings | None, Callable[[int], None], asyncio.Event], Awaitable[None]]
+# (options, report ready, stop) -> the service, until stop
+ServiceRun = Callable[["ServiceOptions", Callable[["Ready"], None], asyncio.Event], Awaitable[None]]
 
 
 def _run_service(
-    name: str, file: Path | None, store: EtcdSettings | None, listen: str, run: ServiceRun, ready: str = ""
+    name: str, xds: list[str] | None, listen: str, status: str, node_id: str | None, run: ServiceRun, ready: str = ""
 ) -> None:
-    """What every service command does around its service: the config sources (the bundled example when none
-    is given), SIGINT/SIGTERM to stop, and the ready line `xgate NAME ready: grpc HOST:PORT` (+ `ready`)."""
-    path = file if file is not None or store else default_config()
+    """What every service command does around its service: its options, SIGINT/SIGTERM to stop, and the ready
+    line `xgate NAME ready: grpc HOST:PORT` (+ `ready`) once it has its first config from the control plane."""
+    from xgate.service import ServiceOptions
 
-    def announce(port: int) -> None:
-        print(f"xgate {name} ready: grpc {listen.rpartition(':')[0]}:{port}{ready}", flush=True)
+    options = ServiceOptions(
+        listen=_host_port(listen, "--listen"),
+        xds=tuple(_host_port(item, "--xds") for item in xds or [DEFAULT_XDS]),
+        status=_metrics_address(status),
+        node_id=node_id,
+    )
+
+    def announce(bound: Ready) -> None:
+        where = f" status http://{options.status[0]}:{bound.status_port}" if options.status else ""
+        print(f"xgate {name} ready: grpc {options.listen[0]}:{bound.grpc_port}{where}{ready}", flush=True)
 
     async def main() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (2, 15):
             loop.add_signal_handler(signum, stop.set)
-        await run(path, store, announce, stop)
+        await run(options, announce, stop)
 
     try:
         asyncio.run(main())
@@ -201,76 +215,53 @@ def _run_service(
 
 @app.command()
 def authz(
-    file: ServiceFile = None,
-    etcd: ServiceEtcd = None,
-    prefix: Prefix = DEFAULT_PREFIX,
-    etcd_ca: CaFile = None,
-    etcd_cert: CertFile = None,
-    etcd_key: KeyFile = None,
-    etcd_user: User = None,
-    etcd_password: Password = None,
+    xds: XdsServers = None,
     listen: Annotated[str, typer.Option(help="gRPC address Envoy calls")] = "127.0.0.1:18001",
     timeout: Annotated[float, typer.Option(help="seconds a policy may take; later it denies")] = 0.1,
     fail_open: Annotated[bool, typer.Option(help="a failing policy allows instead of denying")] = False,
     status: Annotated[
-        str, typer.Option(help="HTTP address of GET /metrics (checks per policy and outcome), or off")
+        str, typer.Option(help="HTTP address of GET /metrics, /healthz, /readyz, or off")
     ] = "127.0.0.1:18085",
+    node_id: NodeId = None,
     log_level: LogLevel = "info",
 ) -> None:
-    """Run the ext_authz service (envoy.service.auth.v3): the config's Python policies and `verify: python` jwt
-    providers."""
+    """Run the ext_authz service (envoy.service.auth.v3): the Python policies and `verify: python` jwt providers
+    the control plane sends it."""
     from xgate.authz.config import run_authz
 
     _setup_logging(log_level)
-    address, status_address = _host_port(listen, "--listen"), _metrics_address(status)
     _run_service(
-        "authz", file, _etcd(etcd, etcd_ca, etcd_cert, etcd_key, etcd_user, etcd_password), listen,
-        lambda path, store, ready, stop: run_authz(
-            path, etcd=store, prefix=prefix, listen=address, timeout=timeout, fail_open=fail_open,
-            status=status_address, on_ready=ready, stop=stop,
+        "authz", xds, listen, status, node_id,
+        lambda options, ready, stop: run_authz(
+            options, timeout=timeout, fail_open=fail_open, on_ready=ready, stop=stop
         ),
     )  # fmt: skip
 
 
 @app.command()
 def dyeing(
-    file: ServiceFile = None,
-    etcd: ServiceEtcd = None,
-    prefix: Prefix = DEFAULT_PREFIX,
-    etcd_ca: CaFile = None,
-    etcd_cert: CertFile = None,
-    etcd_key: KeyFile = None,
-    etcd_user: User = None,
-    etcd_password: Password = None,
+    xds: XdsServers = None,
     listen: Annotated[str, typer.Option(help="gRPC address Envoy calls")] = "127.0.0.1:18002",
     status: Annotated[
-        str, typer.Option(help="HTTP address of GET /metrics (requests per stage), or off")
+        str, typer.Option(help="HTTP address of GET /metrics, /healthz, /readyz, or off")
     ] = "127.0.0.1:18084",
+    node_id: NodeId = None,
     log_level: LogLevel = "info",
 ) -> None:
-    """Run the ext_proc service (envoy.service.ext_proc.v3) that dyes requests with the config's rules."""
+    """Run the ext_proc service (envoy.service.ext_proc.v3) that dyes requests with the rules the control plane
+    sends it."""
     from xgate.dyeing.config import run_dyeing
 
     _setup_logging(log_level)
-    address, status_address = _host_port(listen, "--listen"), _metrics_address(status)
     _run_service(
-        "dyeing", file, _etcd(etcd, etcd_ca, etcd_cert, etcd_key, etcd_user, etcd_password), listen,
-        lambda path, store, ready, stop: run_dyeing(
-            path, etcd=store, prefix=prefix, listen=address, status=status_address, on_ready=ready, stop=stop
-        ),
+        "dyeing", xds, listen, status, node_id,
+        lambda options, ready, stop: run_dyeing(options, on_ready=ready, stop=stop),
     )  # fmt: skip
 
 
 @app.command()
 def ratelimit(
-    file: ServiceFile = None,
-    etcd: ServiceEtcd = None,
-    prefix: Prefix = DEFAULT_PREFIX,
-    etcd_ca: CaFile = None,
-    etcd_cert: CertFile = None,
-    etcd_key: KeyFile = None,
-    etcd_user: User = None,
-    etcd_password: Password = None,
+    xds: XdsServers = None,
     listen: Annotated[str, typer.Option(help="gRPC address Envoy calls")] = "127.0.0.1:18003",
     redis: Annotated[
         str | None, typer.Option(help="redis://HOST:PORT shared by every replica; default: memory")
@@ -278,23 +269,22 @@ def ratelimit(
     failure_mode: Annotated[str, typer.Option(help="when Redis fails: open (allow) or closed (deny)")] = "open",
     timeout: Annotated[float, typer.Option(help="seconds one decision may take before the failure mode")] = 0.05,
     status: Annotated[
-        str, typer.Option(help="HTTP address of GET /metrics (per-limit counters), or off")
+        str, typer.Option(help="HTTP address of GET /metrics, /healthz, /readyz, or off")
     ] = "127.0.0.1:18083",
+    node_id: NodeId = None,
     log_level: LogLevel = "info",
 ) -> None:
-    """Run the global rate-limit service (envoy.service.ratelimit.v3) on the limits the config's routes set."""
+    """Run the global rate-limit service (envoy.service.ratelimit.v3) on the limits the control plane sends it."""
     from xgate.ratelimit.config import run_ratelimit
 
     if failure_mode not in ("open", "closed"):
         raise typer.BadParameter("use open or closed", param_hint="--failure-mode")
     _setup_logging(log_level)
-    address, status_address = _host_port(listen, "--listen"), _metrics_address(status)
     _run_service(
-        "ratelimit", file, _etcd(etcd, etcd_ca, etcd_cert, etcd_key, etcd_user, etcd_password), listen,
-        lambda path, store, ready, stop: run_ratelimit(
-            path, etcd=store, prefix=prefix, listen=address, redis_url=redis,
-            failure_mode="open" if failure_mode == "open" else "closed", timeout=timeout, status=status_address,
-            on_ready=ready, stop=stop,
+        "ratelimit", xds, listen, status, node_id,
+        lambda options, ready, stop: run_ratelimit(
+            options, redis_url=redis, failure_mode="open" if failure_mode == "open" else "closed",
+            timeout=timeout, on_ready=ready, stop=stop,
         ),
         ready=f" counters {redis or 'memory'}",
     )  # fmt: skip
@@ -419,16 +409,17 @@ def up(
                 ready_line="listening",
             ),
         ]
+    # The control plane first: the services are configured by it, and Envoy's routes name what they serve.
     children += [
-        ChildSpec("authz", [*me, "authz", *sources], ready_line="authz ready", env=reach),
-        ChildSpec("dyeing", [*me, "dyeing", *sources], ready_line="dyeing ready", env=reach),
-        ChildSpec("ratelimit", [*me, "ratelimit", *sources], ready_line="ratelimit ready", env=reach),
         ChildSpec(
             "controlplane",
             [*me, "controlplane", *sources, "--xds", xds, "--status", status],
             ready_line="control plane ready",
             env=reach,
         ),
+        ChildSpec("authz", [*me, "authz", "--xds", xds], ready_line="authz ready"),
+        ChildSpec("dyeing", [*me, "dyeing", "--xds", xds], ready_line="dyeing ready"),
+        ChildSpec("ratelimit", [*me, "ratelimit", "--xds", xds], ready_line="ratelimit ready"),
         ChildSpec("envoy", [*me, "envoy", "--xds", xds, "--admin-port", str(admin_port)]),
     ]
     code = asyncio.run(Supervisor().run(children))

@@ -39,13 +39,21 @@ class Resource:
 
 @dataclass(frozen=True)
 class Snapshot:
-    """Every resource of one config revision, by type URL."""
+    """Every resource served at one moment, by type URL: Envoy's of config revision `revision`, the services'
+    of `services_revision` (the same, except while a change waits for the services: see discovery.rollout)."""
 
     serial: int
     revision: str
     resources: Mapping[str, Mapping[str, Resource]]
     created: float = field(default_factory=time.time)
     seen_at: float = 0.0  # time.perf_counter() when a source saw the change that made it (0: not known)
+    services_revision: str | None = None
+
+    def revision_for(self, role: str) -> str:
+        """The config revision what a consumer of `role` is served comes from."""
+        if role == typeurls.ENVOY or self.services_revision is None:
+            return self.revision
+        return self.services_revision
 
     def select(self, type_url: str, names: frozenset[str] | None) -> list[Resource]:
         """The resources of `type_url` a proxy asked for (None: all of them), sorted by name."""

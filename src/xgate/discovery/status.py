@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import time
 from collections import deque
@@ -55,12 +56,15 @@ class ProxyStatus:
     connected_at: float
     node_id: str = ""
     cluster: str = ""
+    role: str = typeurls.ENVOY  # "envoy", or the xgate service it is ("authz", "dyeing", "ratelimit")
     types: dict[str, TypeStatus] = field(default_factory=dict)
     disconnected_at: float | None = None
     synced_revision: str | None = None
     synced_at: float | None = None
-    # Called with the seconds from a change being seen to this proxy ACKing all of it (StatusRegistry's).
-    on_synced: Callable[[float], None] | None = None
+    # Called with the role and the seconds from a change being seen to this consumer ACKing all of it.
+    on_synced: Callable[[str, float], None] | None = None
+    # Called after each ACK or NACK (StatusRegistry.answered), for whoever waits for consumers to answer.
+    on_answer: Callable[[], None] | None = None
 
     def in_sync(self, snapshot: Snapshot | None) -> bool:
         """True when this proxy holds every resource of the snapshot, each ACKed at the snapshot's content.
@@ -70,7 +74,10 @@ class ProxyStatus:
         """
         if snapshot is None:
             return False
+        wanted = typeurls.ROLES.get(self.role, typeurls.ENVOY_TYPES)
         for type_url, resources in snapshot.resources.items():
+            if type_url not in wanted:
+                continue
             state = self.types.get(type_url)
             if state is None:
                 if resources:
@@ -83,17 +90,21 @@ class ProxyStatus:
         return True
 
     def note_ack(self, snapshot: Snapshot | None) -> None:
-        if snapshot is not None and self.synced_revision != snapshot.revision and self.in_sync(snapshot):
-            self.synced_revision = snapshot.revision
+        if snapshot is None:
+            return
+        revision = snapshot.revision_for(self.role)
+        if self.synced_revision != revision and self.in_sync(snapshot):
+            self.synced_revision = revision
             self.synced_at = time.time()
             # A change reaching a proxy that was already there; a proxy's first sync is a connect, not that.
             if self.on_synced is not None and snapshot.seen_at and self.connected_at < snapshot.created:
-                self.on_synced(time.perf_counter() - snapshot.seen_at)
+                self.on_synced(self.role, time.perf_counter() - snapshot.seen_at)
 
     def to_dict(self, snapshot: Snapshot | None) -> dict[str, Any]:
         return {
             "node": self.node_id,
             "cluster": self.cluster,
+            "kind": self.role,
             "peer": self.peer,
             "connected_at": self.connected_at,
             "disconnected_at": self.disconnected_at,
@@ -126,17 +137,38 @@ class StatusRegistry:
     def __init__(self, keep_disconnected: int = 50) -> None:
         self._ids = itertools.count(1)
         self.connected: dict[int, ProxyStatus] = {}
+        self._waiters: set[asyncio.Event] = set()
         self.disconnected: deque[ProxyStatus] = deque(maxlen=keep_disconnected)
         self.propagation = Histogram(
             "xgate_config_propagation_seconds",
-            "From a config change seen by the control plane to an Envoy having ACKed all of it, per Envoy",
+            "From a config change seen by the control plane to a consumer having ACKed all of it, per consumer "
+            "(kind: envoy, authz, dyeing, ratelimit)",
+            ["kind"],
             buckets=PROPAGATION_BUCKETS,
             registry=None,
         )
 
+    def answered(self) -> None:
+        """A consumer ACKed or NACKed something, connected or went: wake whoever waits on `changed`."""
+        for waiter in self._waiters:
+            waiter.set()
+
+    def watch(self, waiter: asyncio.Event) -> None:
+        self._waiters.add(waiter)
+
+    def unwatch(self, waiter: asyncio.Event) -> None:
+        self._waiters.discard(waiter)
+
+    def consumers(self, role: str) -> list[ProxyStatus]:
+        return [proxy for proxy in self.connected.values() if proxy.role == role]
+
     def connect(self, peer: str) -> ProxyStatus:
         proxy = ProxyStatus(
-            stream_id=next(self._ids), peer=peer, connected_at=time.time(), on_synced=self.propagation.observe
+            stream_id=next(self._ids),
+            peer=peer,
+            connected_at=time.time(),
+            on_synced=lambda kind, seconds: self.propagation.labels(kind).observe(seconds),
+            on_answer=self.answered,
         )
         self.connected[proxy.stream_id] = proxy
         return proxy
@@ -145,13 +177,20 @@ class StatusRegistry:
         proxy.disconnected_at = time.time()
         self.connected.pop(proxy.stream_id, None)
         self.disconnected.append(proxy)
+        self.answered()
 
     def report(self, snapshot: Snapshot | None) -> dict[str, Any]:
-        proxies = [proxy.to_dict(snapshot) for proxy in self.connected.values()]
+        """Envoys under "proxies", xgate's service instances under "services"; "all_in_sync" when there is at
+        least one Envoy and every Envoy and service instance holds what it is served."""
+        consumers = [proxy.to_dict(snapshot) for proxy in self.connected.values()]
+        proxies = [entry for entry in consumers if entry["kind"] == typeurls.ENVOY]
+        services = [entry for entry in consumers if entry["kind"] != typeurls.ENVOY]
         return {
             "revision": snapshot.revision if snapshot else None,
+            "services_revision": snapshot.revision_for("services") if snapshot else None,
             "snapshot_serial": snapshot.serial if snapshot else None,
             "proxies": proxies,
-            "all_in_sync": bool(proxies) and all(proxy["in_sync"] for proxy in proxies),
+            "services": services,
+            "all_in_sync": bool(proxies) and all(entry["in_sync"] for entry in consumers),
             "recently_disconnected": [proxy.to_dict(snapshot) for proxy in self.disconnected],
         }

@@ -64,6 +64,7 @@ class AdsStream:
         if request.HasField("node") and request.node.id:
             self.proxy.node_id = request.node.id
             self.proxy.cluster = request.node.cluster
+            self.proxy.role = typeurls.role_of(request.node.user_agent_name)
         type_url = request.type_url
         state = self._types.get(type_url)
         if state is not None and request.response_nonce and request.response_nonce != state.nonce:
@@ -82,6 +83,8 @@ class AdsStream:
                 resources=tuple(sorted(state.sent)),
                 at=time.time(),
             )
+            if self.proxy.on_answer is not None:
+                self.proxy.on_answer()
         elif request.response_nonce:
             status.acked_version = request.version_info
             status.acked_revision = status.sent_revision
@@ -89,6 +92,8 @@ class AdsStream:
             if status.rejection is not None and status.rejection.version != request.version_info:
                 status.rejection = None
             self.proxy.note_ack(snapshot)
+            if self.proxy.on_answer is not None:
+                self.proxy.on_answer()
         elif (
             request.version_info
             and snapshot is not None
@@ -99,7 +104,7 @@ class AdsStream:
             state.version = request.version_info
             state.sent = {r.name: r for r in snapshot.select(type_url, state.names)}
             status.acked_version = status.sent_version = request.version_info
-            status.acked_revision = status.sent_revision = snapshot.revision
+            status.acked_revision = status.sent_revision = snapshot.revision_for(self.proxy.role)
 
     def responses(self, snapshot: Snapshot | None) -> list[Response]:
         """Everything this proxy must be sent to match `snapshot`, in push order."""
@@ -152,5 +157,6 @@ class AdsStream:
         state.sent = {resource.name: resource for resource in resources}
         state.resend = False
         status = self.proxy.types.setdefault(type_url, TypeStatus())
-        status.sent_version, status.sent_revision, status.sent_at = version, snapshot.revision, time.time()
+        status.sent_version, status.sent_revision = version, snapshot.revision_for(self.proxy.role)
+        status.sent_at = time.time()
         return Response(version_info=version, type_url=type_url, nonce=state.nonce, resources=tuple(resources))

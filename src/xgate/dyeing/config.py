@@ -1,95 +1,79 @@
-"""The dyeing service's side of the one config: every version of the dyeing settings it holds (global and
-per listener), followed from the same sources the control plane reads."""
+"""`xgate dyeing` as a service of the skeleton: configured by the control plane with each version of the dyeing
+settings the routes name (xgate.api DyeingSettings resources, by settings key)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
-from pathlib import Path
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import Any, ClassVar
 
-from pydantic import ValidationError
+from prometheus_client.metrics_core import Metric
 
-from xgate.config.load import ConfigSet
+from xgate.api import DYEING_SETTINGS, dyeing_pb2
 from xgate.dyeing.rules import Dyer
-from xgate.dyeing.service import DyerRegistry, serve
-from xgate.metricsapi import counters, serve_metrics
-from xgate.plugins.dyeing import DyeingSettings, settings_key
-from xgate.sources.etcd.client import EtcdSettings
-from xgate.sources.etcd.layout import DEFAULT_PREFIX
-from xgate.sources.follow import Merged, follow
-from xgate.sources.revision import Revision
+from xgate.dyeing.service import DyeingServer, DyerRegistry, serve
+from xgate.metricsapi import counters
+from xgate.plugins.dyeing import settings_from_resource
+from xgate.service import Ready, ServiceOptions, run_service
+from xgate.xdsclient import Subscription
 
 log = logging.getLogger("xgate.dyeing")
 
 
-def dyers(config: ConfigSet) -> dict[str, Dyer]:
-    """Key -> Dyer for the global dyeing settings and each listener's (invalid ones are the control plane's
-    to report, and are left out here)."""
-    found: dict[str, Dyer] = {}
-    raw: list[Any] = [config.plugins.get("dyeing")]
-    raw += [listener.plugins.get("dyeing") for listener in config.listeners]
-    for value in raw:
-        if not isinstance(value, dict):
-            continue
-        try:
-            settings = DyeingSettings.model_validate(value)
-        except ValidationError:
-            continue
-        found.setdefault(settings_key(settings), Dyer(settings))
-    return found
+class DyeingService:
+    """Dyes with the settings the control plane sends. It sends a version before any route names it and keeps
+    it until no Envoy's route does (discovery.rollout), so the registry holds exactly what it is sent."""
 
+    name: ClassVar[str] = "dyeing"
 
-class DyeingFeed:
-    """Replaces the registry's rules with those of the merged config."""
+    def __init__(self) -> None:
+        self.registry = DyerRegistry()
+        self.server: DyeingServer | None = None
 
-    def __init__(self, registry: DyerRegistry) -> None:
-        self.registry = registry
-        self.on_revision = Merged(self._load).on_revision
+    async def start(self, host: str, port: int) -> int:
+        self.server = await serve(self.registry, host=host, port=port)
+        return self.server.port
 
-    async def _load(self, config: ConfigSet, revision: Revision, lenient: bool) -> bool:
-        del lenient
-        self.registry.replace(dyers(config))
-        log.info("dyeing settings of revision %s: %s", revision.revision, ", ".join(self.registry.keys()) or "none")
-        return True
+    def subscriptions(self) -> list[Subscription]:
+        return [Subscription(DYEING_SETTINGS, dyeing_pb2.DyeingSettings, self.apply)]
+
+    async def apply(self, resources: dict[str, dyeing_pb2.DyeingSettings]) -> None:
+        dyers: dict[str, Dyer] = {}
+        problems: list[str] = []
+        for key, resource in resources.items():
+            try:
+                dyers[key] = Dyer(settings_from_resource(resource))
+            except ValueError as exc:
+                problems.append(f"dyeing settings {key}: {exc}")
+        if problems:
+            raise ValueError("; ".join(problems))
+        self.registry.replace(dyers)
+        log.info("dyeing settings: %s", ", ".join(sorted(dyers)) or "none")
+
+    def metrics(self) -> dict[str, Any]:
+        return {"settings": self.registry.keys(), "stages": self.server.service.metrics() if self.server else {}}
+
+    def families(self) -> Iterable[Metric]:
+        yield counters(
+            "xgate_dyeing_requests",
+            'Requests dyed, per stage ("(undyed)": passed on without one)',
+            ("stage",),
+            self.server.service.metrics() if self.server else {},
+        )
+
+    async def stop(self, grace: float) -> None:
+        if self.server is not None:
+            await self.server.stop(grace)
 
 
 async def run_dyeing(
-    config_path: str | Path | None,
+    options: ServiceOptions,
     *,
-    etcd: EtcdSettings | None = None,
-    prefix: str = DEFAULT_PREFIX,
-    listen: tuple[str, int] = ("127.0.0.1", 18002),
-    status: tuple[str, int] | None = None,
-    on_ready: Callable[[int], None] | None = None,
+    on_ready: Callable[[Ready], None] | None = None,
     stop: asyncio.Event | None = None,
 ) -> None:
-    """Serve envoy.service.ext_proc.v3 with the config's dye rules, following its changes, until `stop`.
-    With `status`, GET /metrics there answers the requests dyed per stage, those passed on undyed, and the
-    settings keys the service holds."""
-    stop = stop or asyncio.Event()
-    registry = DyerRegistry()
-    server = await serve(registry, host=listen[0], port=listen[1])
-    feed = DyeingFeed(registry)
-    runner = None
-    if status is not None:
-        runner = await serve_metrics(
-            *status,
-            lambda: {"settings": registry.keys(), "stages": server.service.metrics()},
-            lambda: [
-                counters(
-                    "xgate_dyeing_requests",
-                    'Requests dyed, per stage ("(undyed)": passed on without one)',
-                    ("stage",),
-                    server.service.metrics(),
-                )
-            ],
-        )
-    try:
-        started = (lambda: on_ready(server.port)) if on_ready is not None else None
-        await follow(config_path, etcd, prefix, feed.on_revision, stop, started=started)
-    finally:
-        await server.stop(1.0)
-        if runner is not None:
-            await runner.cleanup()
+    """Serve envoy.service.ext_proc.v3 with the dye rules the control plane at `options.xds` sends, until
+    `stop`. With `options.status`, GET /metrics there answers the requests dyed per stage, those passed on
+    undyed, the settings keys held and the config feed's state."""
+    await run_service(DyeingService(), options, on_ready=on_ready, stop=stop)

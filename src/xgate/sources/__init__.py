@@ -1,4 +1,4 @@
-"""Config sources: where config revisions come from (a YAML file now, etcd later), all feeding one pipeline."""
+"""Config sources: where config revisions come from (a YAML file or directory, etcd), all feeding the control plane."""
 
 from __future__ import annotations
 

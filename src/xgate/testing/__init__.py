@@ -1,15 +1,20 @@
-"""Test helpers users may import: a whole gateway (control plane + real Envoy), the authz and dyeing services,
-etcd and Redis on loopback ports, the command line as a child process, and /metrics read as Prometheus does."""
+"""Test helpers users may import: a whole gateway (control plane + real Envoy), the authz, dyeing and ratelimit
+services configured by it, etcd and Redis on loopback ports, the command line as a child process, and /metrics
+read as Prometheus does."""
 
 from __future__ import annotations
 
-from xgate.testing.authz import run_authz_service
 from xgate.testing.cli import CliResult, run_cli
-from xgate.testing.dyeing import run_dyeing_service
 from xgate.testing.etcd import EtcdCluster, EtcdProcess, run_etcd
 from xgate.testing.gateway import Gateway, free_port, run_gateway, write_atomic
 from xgate.testing.metrics import scrape
 from xgate.testing.redis import RedisProcess, run_redis
+from xgate.testing.services import (
+    ServiceProcess,
+    run_authz_service,
+    run_dyeing_service,
+    run_ratelimit_service,
+)
 
 __all__ = [
     "CliResult",
@@ -17,12 +22,14 @@ __all__ = [
     "EtcdProcess",
     "Gateway",
     "RedisProcess",
+    "ServiceProcess",
     "free_port",
     "run_authz_service",
     "run_cli",
     "run_dyeing_service",
     "run_etcd",
     "run_gateway",
+    "run_ratelimit_service",
     "run_redis",
     "scrape",
     "write_atomic",

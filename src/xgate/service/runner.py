@@ -1,0 +1,127 @@
+"""One way for every xgate service to start, bind, follow the control plane, report ready, expose /metrics
+and stop, so authz, dyeing and ratelimit behave alike on a good, an invalid or a failing update.
+
+A service only says what is its own: how it serves (`start`, `stop`), which resource types configure it and how
+it applies them (`subscriptions`: a response it cannot apply raises, is NACKed and changes nothing), and its
+metrics. It is ready (the ready callback, GET /readyz) once it has applied the first config of every type.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any, ClassVar, Protocol
+
+from aiohttp import web
+from envoy.config.core.v3 import base_pb2 as core_v3
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+import xgate
+from xgate.metricsapi import serve_metrics
+from xgate.xdsclient import Subscription, XdsClient
+
+
+class Service(Protocol):
+    """What a service brings to the skeleton."""
+
+    name: ClassVar[str]  # "authz", "dyeing", "ratelimit": its node says "xgate-<name>"
+
+    async def start(self, host: str, port: int) -> int:
+        """Bind and serve gRPC on host:port (0: any); return the port bound. Errors: RuntimeError from grpc."""
+        ...
+
+    def subscriptions(self) -> list[Subscription]: ...
+
+    def metrics(self) -> dict[str, Any]:
+        """The service's own figures as JSON (GET /metrics without a Prometheus Accept)."""
+        ...
+
+    def families(self) -> Iterable[Metric]:
+        """The same figures for Prometheus."""
+        ...
+
+    async def stop(self, grace: float) -> None: ...
+
+
+@dataclass(frozen=True)
+class ServiceOptions:
+    listen: tuple[str, int]
+    xds: tuple[tuple[str, int], ...]  # control planes, tried in order
+    status: tuple[str, int] | None = None  # GET /metrics, /healthz, /readyz; None: off
+    node_id: str | None = None  # default: <service>-<host name>-<pid>
+
+
+@dataclass(frozen=True)
+class Ready:
+    """Where a ready service serves: its gRPC port and its status port (None when off)."""
+
+    grpc_port: int
+    status_port: int | None
+
+
+def node(name: str, node_id: str | None) -> core_v3.Node:
+    return core_v3.Node(
+        id=node_id or f"{name}-{socket.gethostname()}-{os.getpid()}",
+        cluster=f"xgate-{name}",
+        user_agent_name=f"xgate-{name}",
+        user_agent_version=xgate.__version__,
+    )
+
+
+async def run_service(
+    service: Service,
+    options: ServiceOptions,
+    *,
+    on_ready: Callable[[Ready], None] | None = None,
+    stop: asyncio.Event | None = None,
+) -> None:
+    """Serve until `stop` is set (or the task is cancelled), then stop within a second.
+
+    Errors: RuntimeError when the gRPC address cannot be bound, MetricsAddressError when the status address
+    cannot."""
+    stop = stop or asyncio.Event()
+    client = XdsClient(options.xds, node(service.name, options.node_id), service.subscriptions())
+    port = await service.start(*options.listen)
+    runner: web.AppRunner | None = None
+    try:
+        status_port = None
+        if options.status is not None:
+            runner, status_port = await serve_metrics(
+                *options.status,
+                lambda: {"xds": client.health.to_dict(), **service.metrics()},
+                lambda: [*service.families(), *_feed_families(client)],
+                ready=client.ready.is_set,
+            )
+        async with asyncio.TaskGroup() as group:
+            group.create_task(client.run(stop))
+            ready = group.create_task(client.ready.wait())
+            stopping = group.create_task(stop.wait())
+            await asyncio.wait({ready, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            if client.ready.is_set() and on_ready is not None:
+                on_ready(Ready(port, status_port))
+            ready.cancel()
+    finally:
+        with contextlib.suppress(Exception):
+            await service.stop(1.0)
+        if runner is not None:
+            await runner.cleanup()
+
+
+def _feed_families(client: XdsClient) -> Iterator[Metric]:
+    health = client.health
+    yield GaugeMetricFamily(
+        "xgate_xds_connected", "1 while the service is connected to a control plane", value=int(health.connected)
+    )
+    resources = GaugeMetricFamily("xgate_xds_resources", "Resources of each type the service holds", labels=["type"])
+    answers = CounterMetricFamily("xgate_xds_answers", "Config responses ACKed and NACKed", labels=["type", "answer"])
+    for url, state in health.types.items():
+        short = url.rpartition(".")[2]
+        resources.add_metric([short], state.resources)
+        answers.add_metric([short, "ack"], state.acks)
+        answers.add_metric([short, "nack"], state.nacks)
+    yield resources
+    yield answers

@@ -1,0 +1,209 @@
+"""A state-of-the-world ADS client: subscribe to types, apply each response, ACK or NACK, fail over.
+
+xgate's services use it to be configured by the control plane the way Envoy is: each response is applied as a
+whole or not at all; a response the service cannot apply is NACKed with the reason and the service keeps what
+it had. Several control planes are tried in turn; after a lost stream the client reconnects with the versions
+it holds, so a control plane that still serves them sends nothing again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from envoy.config.core.v3 import base_pb2 as core_v3
+from envoy.service.discovery.v3 import ads_pb2_grpc
+from envoy.service.discovery.v3 import discovery_pb2 as discovery_v3
+from google.protobuf.message import Message
+from google.rpc import status_pb2
+
+log = logging.getLogger("xgate.xdsclient")
+
+# name -> resource. Raise to refuse the whole response (the message goes back in the NACK).
+Apply = Callable[[dict[str, Any]], Awaitable[None]]
+_INVALID_ARGUMENT = 3
+_CHANNEL_OPTIONS = [
+    ("grpc.keepalive_time_ms", 10_000),  # a control plane that went away without a FIN is noticed
+    ("grpc.keepalive_timeout_ms", 5_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+]
+
+
+@dataclass(frozen=True)
+class Subscription:
+    """One resource type (every resource of it), decoded as `message`, handed to `apply`."""
+
+    type_url: str
+    message: type[Message]
+    apply: Apply
+
+
+@dataclass
+class TypeHealth:
+    version: str = ""  # the version last applied
+    resources: int = 0
+    applied_at: float | None = None
+    acks: int = 0
+    nacks: int = 0
+    last_error: str | None = None  # the reason of the last NACK, until a response applies
+
+
+@dataclass
+class ClientHealth:
+    """What the service's /metrics and readiness say about its config feed."""
+
+    connected: bool = False
+    server: str | None = None
+    since: float | None = None  # connected (or disconnected) since
+    last_error: str | None = None
+    connects: int = 0
+    types: dict[str, TypeHealth] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "connected": self.connected,
+            "server": self.server,
+            "since": self.since,
+            "last_error": self.last_error,
+            "connects": self.connects,
+            "types": {
+                url: {
+                    "version": state.version,
+                    "resources": state.resources,
+                    "applied_at": state.applied_at,
+                    "acks": state.acks,
+                    "nacks": state.nacks,
+                    "last_error": state.last_error,
+                }
+                for url, state in self.types.items()
+            },
+        }
+
+
+class XdsClient:
+    """Follows `servers` (tried in order, then again) for `subscriptions` until `run`'s stop event is set.
+
+    `ready` is set once every subscription has applied a response (a service without its config has nothing
+    to serve). Errors: none escape `run`; a failing server is logged, reported in `health` and retried.
+    """
+
+    def __init__(
+        self,
+        servers: Sequence[tuple[str, int]],
+        node: core_v3.Node,
+        subscriptions: Sequence[Subscription],
+        *,
+        retry_initial: float = 0.1,
+        retry_max: float = 2.0,
+    ) -> None:
+        if not servers:
+            raise ValueError("an xDS client needs at least one control plane address")
+        self.servers = list(servers)
+        self.node = node
+        self.subscriptions = {subscription.type_url: subscription for subscription in subscriptions}
+        self.health = ClientHealth(types={url: TypeHealth() for url in self.subscriptions})
+        self.ready = asyncio.Event()
+        self._retry_initial, self._retry_max = retry_initial, retry_max
+
+    async def run(self, stop: asyncio.Event) -> None:
+        delay = self._retry_initial
+        index = 0
+        while not stop.is_set():
+            host, port = self.servers[index % len(self.servers)]
+            try:
+                await self._session(f"{host}:{port}", stop)
+                delay = self._retry_initial
+            except (grpc.aio.AioRpcError, OSError) as exc:
+                self._lost(f"{host}:{port}", _describe(exc))
+            if stop.is_set():
+                break
+            index += 1
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), delay)
+            delay = min(delay * 2, self._retry_max)
+
+    async def _session(self, target: str, stop: asyncio.Event) -> None:
+        async with grpc.aio.insecure_channel(target, options=_CHANNEL_OPTIONS) as channel:
+            call = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel).StreamAggregatedResources()
+            stopping = asyncio.ensure_future(stop.wait())
+            try:
+                for url in self.subscriptions:
+                    await call.write(self._request(url, version=self.health.types[url].version))
+                while True:
+                    reading = asyncio.ensure_future(call.read())
+                    done, _ = await asyncio.wait({reading, stopping}, return_when=asyncio.FIRST_COMPLETED)
+                    if reading not in done:
+                        reading.cancel()
+                        call.cancel()
+                        return
+                    response = reading.result()
+                    if response is grpc.aio.EOF:
+                        raise ConnectionResetError("the control plane ended the stream")
+                    self._connected(target)
+                    await call.write(await self._answer(response))
+            finally:
+                stopping.cancel()
+                call.cancel()
+
+    def _request(
+        self, type_url: str, *, version: str, nonce: str = "", error: str | None = None
+    ) -> discovery_v3.DiscoveryRequest:
+        request = discovery_v3.DiscoveryRequest(
+            node=self.node, type_url=type_url, version_info=version, response_nonce=nonce
+        )
+        if error is not None:
+            request.error_detail.CopyFrom(status_pb2.Status(code=_INVALID_ARGUMENT, message=error))
+        return request
+
+    async def _answer(self, response: discovery_v3.DiscoveryResponse) -> discovery_v3.DiscoveryRequest:
+        """Apply one response; the ACK, or the NACK saying why it was not applied."""
+        url = response.type_url
+        subscription = self.subscriptions.get(url)
+        if subscription is None:
+            message = f"not subscribed to {url}"
+            return self._request(url, version="", nonce=response.nonce, error=message)
+        state = self.health.types[url]
+        try:
+            resources: dict[str, Any] = {}
+            for packed in response.resources:
+                if packed.type_url != url:
+                    raise ValueError(f"a resource of type {packed.type_url} in a response of {url}")
+                resource = subscription.message.FromString(packed.value)
+                resources[getattr(resource, "name", "")] = resource
+            await subscription.apply(resources)
+        except Exception as exc:  # the service's refusal, or a bug of ours: either way the old config stays
+            state.nacks += 1
+            state.last_error = str(exc) or type(exc).__name__
+            log.error("refused %s version %s: %s; keeping version %s", url, response.version_info, exc, state.version)
+            return self._request(url, version=state.version, nonce=response.nonce, error=state.last_error)
+        state.version, state.resources, state.applied_at = response.version_info, len(resources), time.time()
+        state.acks += 1
+        state.last_error = None
+        if all(other.applied_at is not None for other in self.health.types.values()):
+            self.ready.set()
+        return self._request(url, version=state.version, nonce=response.nonce)
+
+    def _connected(self, target: str) -> None:
+        if not self.health.connected:
+            self.health.connected, self.health.server, self.health.since = True, target, time.time()
+            self.health.connects += 1
+            self.health.last_error = None
+            log.info("configured by the control plane at %s", target)
+
+    def _lost(self, target: str, error: str) -> None:
+        if self.health.connected or self.health.last_error is None:
+            log.warning("no config from the control plane at %s: %s; retrying", target, error)
+        self.health.connected, self.health.since, self.health.last_error = False, time.time(), error
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, grpc.aio.AioRpcError):
+        return f"{exc.code().name}: {exc.details()}"
+    return str(exc) or type(exc).__name__
