@@ -124,11 +124,10 @@ async def main(args: argparse.Namespace) -> int:
     results: dict[str, list[tuple[float, float]]] = {route: [] for route in ("bare", "jwt", "jwt-py", *POLICY_ROUTES)}
     with tempfile.TemporaryDirectory(prefix="xgate-bench-auth-") as work:
         text = config(port, authz, jwks)
-        path = Path(work) / "auth.json"
-        path.write_text(text)
-        service = await start_authz(path, authz, pin=args.pin)
         script = token_script(Path(work), tokens) if args.distinct_tokens else None
-        async with run_gateway(text, Path(work) / "gw"):
+        async with run_gateway(text, Path(work) / "gw") as gateway:
+            service = await start_authz(gateway.xds_port, authz, pin=args.pin)
+            await gateway.wait_synced(gateway.plane.state.applied or "")
             headers = [f"Authorization: Bearer {tokens[0]}"]
             for _ in range(args.rounds):
                 for route in results:
@@ -153,8 +152,8 @@ async def main(args: argparse.Namespace) -> int:
                         figures |= per_check(before, scheduled(service.pid), figures["requests"])
                         fixed.append((measured, half, figures))
             machine.append(("after", _stalls.measure()))
-        service.terminate()
-        await service.wait()
+            service.terminate()
+            await service.wait()
     pinned = "; pinned: xgate authz on CPU 1, the rest on CPU 0" if args.pin else ""
     print(
         f"wrk -t{args.threads} -c{args.connections} -d{args.seconds}s, Envoy --concurrency 1, direct responses{pinned}"
@@ -190,11 +189,11 @@ async def main(args: argparse.Namespace) -> int:
     return 0
 
 
-async def start_authz(config_path: Path, port: int, *, pin: bool = False) -> asyncio.subprocess.Process:
-    """`xgate authz` on the config, with the example policies importable (on CPU 1 alone with `pin`); returns
-    once it serves."""
+async def start_authz(xds_port: int, port: int, *, pin: bool = False) -> asyncio.subprocess.Process:
+    """`xgate authz` configured by the control plane on `xds_port`, with the example policies importable (on
+    CPU 1 alone with `pin`); returns once it serves."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(EXAMPLES), os.environ.get("PYTHONPATH")]))}
-    argv = [sys.executable, "-m", "xgate", "authz", "-f", str(config_path), "--listen", f"127.0.0.1:{port}"]
+    argv = [sys.executable, "-m", "xgate", "authz", "--xds", f"127.0.0.1:{xds_port}", "--listen", f"127.0.0.1:{port}"]
     child = await asyncio.create_subprocess_exec(
         *argv, "--log-level", "warning", env=env, stdout=asyncio.subprocess.PIPE
     )

@@ -114,10 +114,19 @@ def origin_bootstrap(origins: dict[str, int]) -> dict[str, Any]:
 class DyeingService:
     """`xgate dyeing` in its own process, as deployed (here it would share the control plane's event loop)."""
 
-    def __init__(self, config_path: Path, port: int, log_path: Path) -> None:
+    def __init__(self, xds_port: int, port: int, log_path: Path) -> None:
         self._log_path = log_path
         self._log = log_path.open("wb")
-        argv = [sys.executable, "-m", "xgate", "dyeing", "-f", str(config_path), "--listen", f"127.0.0.1:{port}"]
+        argv = [
+            sys.executable,
+            "-m",
+            "xgate",
+            "dyeing",
+            "--xds",
+            f"127.0.0.1:{xds_port}",
+            "--listen",
+            f"127.0.0.1:{port}",
+        ]
         self.proc = subprocess.Popen(
             die_with_parent([*argv, "--log-level", "warning"]),
             stdin=subprocess.DEVNULL,
@@ -275,8 +284,7 @@ async def main(args: argparse.Namespace) -> int:
             try:
                 await origin.wait_ready(20)
                 async with run_gateway(config(ports, dyeing, origins), work / "gw") as gateway:
-                    assert gateway.config_path is not None
-                    service = DyeingService(gateway.config_path, dyeing, work / "dyeing.log")
+                    service = DyeingService(gateway.xds_port, dyeing, work / "dyeing.log")
                     try:
                         await service.wait_ready()
                         await asyncio.to_thread(verify, ports)

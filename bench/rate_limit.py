@@ -18,8 +18,7 @@ from pathlib import Path
 
 from _wrk import best_table, have_wrk, wrk, wrk_parser
 from xgate.demo.upstream import start_upstream
-from xgate.ratelimit.config import run_ratelimit
-from xgate.testing import free_port, run_gateway
+from xgate.testing import free_port, run_gateway, run_ratelimit_service
 
 CONFIG = """
 plugins:
@@ -47,21 +46,18 @@ async def main(args: argparse.Namespace) -> int:
         return 2
     port, service_port = free_port(), free_port()
     upstream = await start_upstream("bench")
-    stop = asyncio.Event()
     with tempfile.TemporaryDirectory(prefix="xgate-bench-rl-") as work:
         text = CONFIG.format(port=port, service=service_port, upstream=upstream.port)
-        config_path = Path(work) / "limits.yaml"
-        config_path.write_text(text)
-        service = asyncio.create_task(run_ratelimit(config_path, listen=("127.0.0.1", service_port), stop=stop))
-        async with run_gateway(text, Path(work) / "gw"):
+        async with (
+            run_gateway(text, Path(work) / "gw") as gateway,
+            run_ratelimit_service(gateway.xds_port, service_port),
+        ):
             results: dict[str, list[tuple[float, float]]] = {"bare": [], "local": [], "global": []}
             for _ in range(args.rounds):
                 for route in results:
                     url = f"http://127.0.0.1:{port}/{route}"
                     measured = await asyncio.to_thread(wrk, url, args.seconds, args.connections, args.threads)
                     results[route].append(measured)
-        stop.set()
-        await service
     await upstream.stop()
     print(
         f"wrk -t{args.threads} -c{args.connections} -d{args.seconds}s, Envoy --concurrency 1, demo upstream (aiohttp)"

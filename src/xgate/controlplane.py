@@ -13,7 +13,7 @@ from xgate.config.load import ConfigSet
 from xgate.config.schema import Route
 from xgate.discovery import SnapshotCache
 from xgate.discovery.rollout import Refusal, Rollout
-from xgate.errors import ConfigError, ConfigIssue
+from xgate.errors import ConfigError
 from xgate.heap import DeferredFreeze, gc_paused
 from xgate.incremental import IncrementalCompiler, route_changes
 from xgate.ir.model import GatewayIR
@@ -252,4 +252,4 @@ def merge_inputs(inputs: Mapping[str, Revision]) -> tuple[ConfigSet, list[str]]:
     return merged, conflicts
 
 
-__all__ = ["ConfigIssue", "ConfigState", "ControlPlane", "merge_inputs"]
+__all__ = ["ConfigState", "ControlPlane", "merge_inputs"]

@@ -143,7 +143,7 @@ async def test_native_and_ext_proc_give_the_same_stage(versions: dict[str, DemoU
     async with run_gateway(two_paths_config(versions, native, service, dyeing), tmp_path / "gw") as gateway:
         assert gateway.config_path is not None
         async with (
-            run_dyeing_service(gateway.config_path, dyeing),
+            run_dyeing_service(gateway.xds_port, dyeing),
             httpx.AsyncClient(base_url=f"http://127.0.0.1:{native}") as by_route,
             httpx.AsyncClient(base_url=f"http://127.0.0.1:{service}") as by_service,
         ):
@@ -207,7 +207,7 @@ routes:
             # The service is not running: requests pass on undyed (no stage, the default entry), never fail.
             down = await client.get("/users", headers={"x-user-id": "u1", STAGE: "canary"})
             assert stage_of(down) == (200, "v1", None, None), (down.headers, down.text)
-            async with run_dyeing_service(gateway.config_path, dyeing) as metrics_port:
+            async with run_dyeing_service(gateway.xds_port, dyeing) as service:
                 tester = {"authorization": f"Bearer {token(sub='ada', groups=['staff', 'testers'])}"}
                 assert stage_of(await client.get("/users", headers=tester))[:3] == (200, "v3", "beta")
                 other = {"authorization": f"Bearer {token(sub='bob', groups=['staff'])}"}
@@ -232,11 +232,11 @@ routes:
                 assert canary == {user for user in users if sticky_bucket("canary", user) < 2000}
                 assert 17.0 <= len(canary) / len(users) * 100 <= 23.0
                 # The service's own counters agree with what the upstreams saw.
-                metrics = (await client.get(f"http://127.0.0.1:{metrics_port}/metrics")).json()
+                metrics = (await client.get(f"http://127.0.0.1:{service.status_port}/metrics")).json()
                 assert metrics["stages"]["canary"] == 5 * len(canary) + 1  # + the trusted hop's, kept
                 assert metrics["stages"]["stable"] >= 5 * (len(users) - len(canary))
                 assert len(metrics["settings"]) == 2  # the global rules and the mesh listener's
-                scraped = await scrape(f"http://127.0.0.1:{metrics_port}/metrics")
+                scraped = await scrape(f"http://127.0.0.1:{service.status_port}/metrics")
                 assert scraped['xgate_dyeing_requests_total{stage="canary"}'] == metrics["stages"]["canary"]
 
                 # 20% -> 40% while clients keep sending: no request fails, and nobody leaves the canary.
@@ -400,8 +400,8 @@ routes:
     async with run_gateway(text, tmp_path / "gw") as gateway:
         assert gateway.config_path is not None
         async with (
-            run_authz_service(gateway.config_path, authz),
-            run_dyeing_service(gateway.config_path, dyeing),
+            run_authz_service(gateway.xds_port, authz),
+            run_dyeing_service(gateway.xds_port, dyeing),
             httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client,
         ):
             tester = {"authorization": f"Bearer {token(sub='ada', groups=['testers'])}"}

@@ -151,7 +151,7 @@ async def test_python_path_rotation_and_failure(
     text = config(port, upstreams["v1"].port, authz, "python", server.port, ca_file, refresh="1h")
     async with (
         run_gateway(text, tmp_path / "gw") as gateway,
-        run_authz_service(gateway.config_path, authz),
+        run_authz_service(gateway.xds_port, authz),
         httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client,
     ):
         assert await eventually(lambda: _is(status(client, "k1"), 200), 5)

@@ -151,7 +151,7 @@ async def client(verify: str, upstreams: dict[str, DemoUpstream], tmp_path: Path
     port, authz = free_port(), free_port()
     async with (
         run_gateway(gateway_config(port, upstreams["v1"].port, verify, authz), tmp_path) as gateway,
-        run_authz_service(gateway.config_path, authz),
+        run_authz_service(gateway.xds_port, authz),
         httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http,
     ):
         yield http
@@ -366,7 +366,7 @@ async def test_a_key_removed_by_a_config_change_stops_verifying_at_once(
     text = gateway_config(port, upstreams["v1"].port, verify, authz)
     async with (
         run_gateway(text, tmp_path) as gateway,
-        run_authz_service(gateway.config_path, authz),
+        run_authz_service(gateway.xds_port, authz),
         httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client,
     ):
         good = own_token()

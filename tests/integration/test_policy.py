@@ -68,8 +68,7 @@ async def test_policies_see_claims_and_fail_closed(
 
             # The service is not running yet: fail closed.
             assert (await client.get("/admin", headers=admin)).status_code == 403
-            metrics_port = free_port()
-            async with run_authz_service(gateway.config_path, authz, status_port=metrics_port):
+            async with run_authz_service(gateway.xds_port, authz) as service:
                 allowed = await client.get("/admin", headers=admin)
                 assert allowed.status_code == 200
                 assert allowed.json()["headers"]["x-xgate-user"] == "ada"  # added by the policy from the claims
@@ -80,12 +79,12 @@ async def test_policies_see_claims_and_fail_closed(
                 assert (await client.get("/admin")).status_code == 401  # no token: jwt answers, no policy runs
                 assert (await client.get("/broken", headers=admin)).status_code == 403  # a raising policy denies
                 assert (await client.get("/anything", headers=user)).status_code == 200  # jwt only
-                metrics = (await client.get(f"http://127.0.0.1:{metrics_port}/metrics")).json()
+                metrics = (await client.get(service.metrics_url)).json()
                 counts = {"allowed": 2, "denied": 1, "errors": 0, "timeouts": 0}
                 assert metrics["checks"]["admins"] == counts  # what the operator sees of each policy
                 assert metrics["checks"]["broken"] == {"allowed": 0, "denied": 0, "errors": 1, "timeouts": 0}
                 assert metrics["not_loaded"] == {}
-                scraped = await scrape(f"http://127.0.0.1:{metrics_port}/metrics")  # what Prometheus reads
+                scraped = await scrape(service.metrics_url)  # what Prometheus reads
                 assert scraped['xgate_authz_checks_total{outcome="allowed",policy="admins"}'] == 2
                 assert scraped['xgate_authz_checks_total{outcome="errors",policy="broken"}'] == 1
 
@@ -101,7 +100,7 @@ async def test_tokens_verified_in_python_reach_the_policy_in_one_call(
             admin = {"authorization": f"Bearer {token(sub='ada', roles=['admin'])}"}
             user = {"authorization": f"Bearer {token(sub='bob', roles=['user'])}"}
             assert (await client.get("/py", headers=user)).status_code == 403  # no service: fail closed
-            async with run_authz_service(gateway.config_path, authz):
+            async with run_authz_service(gateway.xds_port, authz):
                 allowed = await client.get("/py-admin", headers={**admin, "x-sub": "mallory"})
                 assert allowed.status_code == 200, allowed.text
                 seen = allowed.json()["headers"]
@@ -120,10 +119,14 @@ async def test_tokens_verified_in_python_reach_the_policy_in_one_call(
 async def test_processes_sharing_a_port_need_a_metrics_port_each(tmp_path: Path) -> None:
     """Several `xgate authz` on one gRPC port (SO_REUSEPORT) is how it scales; a second one on the same
     --status is refused with what to do, and --status off starts it."""
-    config = tmp_path / "gw.yaml"
-    config.write_text("routes: [{name: a, direct_response: {status: 200}}]\n")
+    text = "routes: [{name: a, direct_response: {status: 200}}]\n"
+    async with run_gateway(text, tmp_path / "gw", envoys=0) as gateway:
+        await _share_a_port(gateway.xds_port)
+
+
+async def _share_a_port(xds_port: int) -> None:
     grpc_port, metrics_port = free_port(), free_port()
-    shared = ["authz", "-f", str(config), "--listen", f"127.0.0.1:{grpc_port}"]
+    shared = ["authz", "--xds", f"127.0.0.1:{xds_port}", "--listen", f"127.0.0.1:{grpc_port}"]
 
     async def start(*extra: str) -> asyncio.subprocess.Process:
         process = await asyncio.create_subprocess_exec(

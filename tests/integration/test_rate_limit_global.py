@@ -14,8 +14,7 @@ import httpx
 import pytest
 
 from xgate.demo.upstream import DemoUpstream
-from xgate.ratelimit.config import run_ratelimit
-from xgate.testing import Gateway, free_port, run_gateway, scrape, write_atomic
+from xgate.testing import Gateway, free_port, run_gateway, run_ratelimit_service, scrape, write_atomic
 from xgate.testing.gateway import wait_for
 from xgate.testing.redis import RedisProcess, run_redis
 
@@ -40,21 +39,11 @@ routes:
 
 
 @contextlib.asynccontextmanager
-async def service(config_path: Path, port: int, redis: RedisProcess | None = None) -> AsyncIterator[int]:
-    """Run the rate-limit service on `port`; yields the port of its /metrics API."""
-    stop = asyncio.Event()
-    ready: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-    status = free_port()
-    task = asyncio.create_task(
-        run_ratelimit(config_path, listen=("127.0.0.1", port), redis_url=redis.url if redis else None,
-                      timeout=0.05, status=("127.0.0.1", status), on_ready=ready.set_result, stop=stop)
-    )  # fmt: skip
-    await asyncio.wait_for(ready, 10)
-    try:
-        yield status
-    finally:
-        stop.set()
-        await task
+async def service(gateway: Gateway, port: int, redis: RedisProcess | None = None) -> AsyncIterator[int]:
+    """Run the rate-limit service on `port`, configured by the gateway; yields the port of its /metrics API."""
+    args = ["--timeout", "0.05", *(["--redis", redis.url] if redis else [])]
+    async with run_ratelimit_service(gateway.xds_port, port, args=args) as running:
+        yield running.status_port
 
 
 async def limited_until(gateway: Gateway, port: int, count: int) -> list[int]:
@@ -74,7 +63,7 @@ async def test_limit_headers_clients_and_live_changes(upstreams: dict[str, DemoU
 """
     async with run_gateway(text + extra, tmp_path / "gw") as gateway:
         assert gateway.config_path is not None
-        async with service(gateway.config_path, rls) as metrics_port:
+        async with service(gateway, rls) as metrics_port:
             url = f"http://127.0.0.1:{port}"
             async with httpx.AsyncClient(base_url=url) as client:
                 await wait_for(_limits_loaded(client), 10, "the service to have the limits")
@@ -126,7 +115,7 @@ async def test_two_envoys_share_one_limit_and_gcra_admits_no_burst(
     text = config(port, upstreams["v1"].port, rls, f"{{requests: {limit}, per: 1s, algorithm: gcra, burst: 2}}")
     async with run_redis(tmp_path / "redis") as redis, run_gateway(text, tmp_path / "gw", envoys=2) as gateway:
         assert gateway.config_path is not None
-        async with service(gateway.config_path, rls, redis):
+        async with service(gateway, rls, redis):
             ports = [await envoy.wait_listener_port("listener/public") for envoy in gateway.envoys]
             assert ports == [port, port]  # both Envoys bind the same port (reuse_port): the kernel spreads
             clients = [httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") for _ in range(12)]
@@ -167,7 +156,7 @@ async def test_redis_outage_fails_open_quickly_and_recovers(upstreams: dict[str,
     async with run_redis(tmp_path / "redis") as redis, run_gateway(text, tmp_path / "gw") as gateway:
         assert gateway.config_path is not None
         async with (
-            service(gateway.config_path, rls, redis),
+            service(gateway, rls, redis),
             httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http,
         ):
             await wait_for(_limits_loaded(http), 10, "the service to have the limits")

@@ -74,7 +74,11 @@ class AuthzService:
 
     def metrics(self) -> dict[str, Any]:
         service = self._service()
-        return {"checks": service.metrics() if service else {}, "policies": sorted(self.registry.policies)}
+        return {
+            "checks": service.metrics() if service else {},
+            "policies": sorted(self.registry.policies),
+            "not_loaded": {name: str(error) for name, error in self.registry.errors.items()},
+        }
 
     def families(self) -> Iterable[Metric]:
         service = self._service()
@@ -85,6 +89,14 @@ class AuthzService:
             service.metrics() if service else {},
         )
         yield GaugeMetricFamily("xgate_authz_policies", "Policies loaded", value=len(self.registry.policies))
+        failed = GaugeMetricFamily(
+            "xgate_authz_policy_not_loaded",
+            "1 for a policy of the last update that failed to load (the update was refused)",
+            labels=["policy"],
+        )
+        for name in self.registry.errors:
+            failed.add_metric([name], 1)
+        yield failed
 
     async def stop(self, grace: float) -> None:
         if self.server is not None:

@@ -271,6 +271,3 @@ def _merged(base: ByType, newer: ByType) -> dict[str, dict[str, Resource]]:
     for url, resources in newer.items():
         merged.setdefault(url, {}).update(resources)
     return merged
-
-
-__all__ = ["Refusal", "Rollout"]

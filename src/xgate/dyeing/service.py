@@ -20,9 +20,9 @@ from envoy.config.core.v3 import base_pb2 as core_v3
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ext_proc_v3
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ext_proc_grpc
 
-from xgate.authz.service import jwt_claims
 from xgate.dyeing.rules import Dyer, DyeRequest, baggage_with
 from xgate.plugins.dyeing import EXT_PROC_FILTER, SETTINGS_METADATA, SOURCE_ATTRIBUTE
+from xgate.plugins.jwt import jwt_claims
 
 log = logging.getLogger("xgate.dyeing")
 
@@ -31,21 +31,17 @@ UNDYED = "(undyed)"  # metrics: requests passed on without a stage
 
 
 class DyerRegistry:
-    """The rules of every settings version the config holds, by key (see plugins.dyeing.settings_key).
-    `replace` keeps the previous generation too: an Envoy still serving the routes of the last revision
-    asks with its keys until the new routes arrive."""
+    """The rules of every settings version the control plane sends, by key (see plugins.dyeing.settings_key).
+    It sends a version before any Envoy's route names it and keeps sending it until none does."""
 
     def __init__(self) -> None:
-        self._current: dict[str, Dyer] = {}
-        self._previous: dict[str, Dyer] = {}
+        self._current: Mapping[str, Dyer] = MappingProxyType({})
 
     def replace(self, dyers: Mapping[str, Dyer]) -> None:
-        if set(dyers) == set(self._current):
-            return
-        self._previous, self._current = self._current, dict(dyers)
+        self._current = MappingProxyType(dict(dyers))
 
     def get(self, key: str) -> Dyer | None:
-        return self._current.get(key) or self._previous.get(key)
+        return self._current.get(key)
 
     def keys(self) -> list[str]:
         return sorted(self._current)

@@ -42,6 +42,3 @@ class PluginSpec(Generic[S]):
         verified in Python goes through the policy plugin's ext_authz filter); none by default."""
         del settings
         return ()
-
-
-__all__ = ["PluginSpec"]

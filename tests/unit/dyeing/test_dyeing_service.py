@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+
+import pytest
 from envoy.config.core.v3 import base_pb2 as core_v3
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ext_proc_v3
 from google.protobuf import struct_pb2
 
+from xgate.api import DYEING_SETTINGS, dyeing_pb2
 from xgate.config.load import parse_document
-from xgate.dyeing.config import dyers
-from xgate.dyeing.service import UNDYED, DyeingService, DyerRegistry, source_address
-from xgate.plugins.dyeing import DyeingSettings, settings_key
+from xgate.dyeing.config import DyeingService as DyeingFeed
+from xgate.dyeing.service import UNDYED, DyeingService, source_address
+from xgate.pipeline import compile_config
 
 CONFIG = """
 plugins:
@@ -19,8 +23,9 @@ plugins:
       - {stage: beta, claim: {name: groups, contains: testers}}
 listeners:
   - {name: public, port: 10000}
-  - {name: mesh, port: 10001, plugins: {dyeing: {trust: all}}}
-  - {name: broken, port: 10002, plugins: {dyeing: {rules: nope}}}
+  - {name: mesh, port: 10001, plugins: {dyeing: {trust: all, mode: ext_proc}}}
+upstreams: [{name: app, endpoints: ["127.0.0.1:1"]}]
+routes: [{name: all, upstream: app}]
 """
 
 
@@ -48,16 +53,18 @@ def mutations(response: ext_proc_v3.ProcessingResponse) -> dict[str, str]:
     return {option.header.key: option.header.raw_value.decode() for option in options}
 
 
+def resources() -> dict[str, dyeing_pb2.DyeingSettings]:
+    """The dyeing settings the control plane sends for CONFIG (one version per listener here)."""
+    sent = compile_config(parse_document(CONFIG, "gateway.yaml")).resources.services[DYEING_SETTINGS]
+    return {name: resource for name, resource in sent.items() if isinstance(resource, dyeing_pb2.DyeingSettings)}
+
+
 def service() -> tuple[DyeingService, dict[str, str]]:
-    config = parse_document(CONFIG, "gateway.yaml")
-    found = dyers(config)  # the broken listener's settings are the control plane's to report; left out here
-    registry = DyerRegistry()
-    registry.replace(found)
-    keys = {
-        settings.settings.trust if isinstance(settings.settings.trust, str) else "": key
-        for key, settings in found.items()
-    }
-    return DyeingService(registry), keys
+    feed = DyeingFeed()
+    sent = resources()
+    asyncio.run(feed.apply(sent))
+    keys = {"all" if resource.trust.all else "none": key for key, resource in sent.items()}
+    return DyeingService(feed.registry), keys
 
 
 def test_stage_and_baggage_are_set_from_headers_and_claims() -> None:
@@ -83,18 +90,16 @@ def test_unknown_settings_and_other_messages_pass_undyed() -> None:
     assert dyeing.answer(body, "").WhichOneof("response") == "request_body"
 
 
-def test_registry_keeps_the_previous_generation() -> None:
-    registry = DyerRegistry()
-    first = dyers(parse_document(CONFIG, "a.yaml"))
-    registry.replace(first)
-    registry.replace({})
-    assert all(registry.get(key) is not None for key in first)  # an Envoy may still ask with the old key
-    registry.replace({})
-    registry.replace({})
-    assert all(registry.get(key) is not None for key in first)  # unchanged replacements do not age it
-    second = {settings_key(DyeingSettings()): next(iter(first.values()))}
-    registry.replace(second)
-    assert all(registry.get(key) is None for key in first)
+def test_an_update_it_cannot_apply_is_refused_whole() -> None:
+    feed = DyeingFeed()
+    sent = resources()
+    asyncio.run(feed.apply(sent))
+    bad = dyeing_pb2.DyeingSettings(name="bad", header="x-stage", default_stage="not a stage!")
+    with pytest.raises(ValueError, match="dyeing settings bad"):
+        asyncio.run(feed.apply({**sent, "bad": bad}))
+    assert feed.registry.keys() == sorted(sent)  # the previous set still serves, all of it
+    asyncio.run(feed.apply({}))
+    assert feed.registry.keys() == []
 
 
 def test_source_address_forms() -> None:

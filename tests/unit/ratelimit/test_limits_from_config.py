@@ -1,9 +1,9 @@
-"""The rate-limit service's table comes from the same config as the routes' actions, with the same keys."""
+"""The rate-limit service's table comes from the resources translated with the routes' actions, with the same keys."""
 
 from __future__ import annotations
 
+from xgate.api import RATE_LIMIT, ratelimit_pb2
 from xgate.config.load import parse_document
-from xgate.ir import build_ir
 from xgate.pipeline import compile_config
 from xgate.ratelimit.config import limit_table
 
@@ -25,7 +25,8 @@ routes:
 
 def test_limit_table_keys_match_the_route_actions() -> None:
     config = parse_document(CONFIG, "t")
-    table = limit_table(build_ir(config))
+    sent = compile_config(config).resources.services[RATE_LIMIT].values()
+    table = limit_table(resource for resource in sent if isinstance(resource, ratelimit_pb2.RateLimit))
     patterns = {entries: limit for (domain, entries), limit in table.limits.items() if domain == "xgate"}
     assert set(patterns) == {
         (("xgate_route", "route"),),

@@ -6,12 +6,13 @@ from collections.abc import Mapping
 from typing import Any
 
 from xgate.plugins import FILTER_ORDER
-from xgate.translate.plugins.base import PluginTranslator, pack
+from xgate.translate.plugins.base import PluginTranslator
 from xgate.translate.plugins.cors import CorsTranslator
 from xgate.translate.plugins.dyeing import DyeingTranslator
 from xgate.translate.plugins.jwt import JwtTranslator
 from xgate.translate.plugins.policy import PolicyTranslator
 from xgate.translate.plugins.rate_limit import RateLimitTranslator
+from xgate.translate.protos import pack
 
 TRANSLATORS: Mapping[str, PluginTranslator[Any]] = {
     translator.name: translator

@@ -20,9 +20,6 @@ from google.protobuf.message import Message
 
 from xgate.config.schema import Route
 from xgate.plugins.base import PluginSpec, S
-from xgate.translate.protos import pack
-
-__all__ = ["PluginTranslator", "pack"]
 
 
 class PluginTranslator(Generic[S]):

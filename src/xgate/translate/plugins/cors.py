@@ -16,7 +16,8 @@ from google.protobuf import wrappers_pb2
 
 from xgate.config.schema import Route
 from xgate.plugins.cors import CorsSettings, CorsSpec
-from xgate.translate.plugins.base import PluginTranslator, pack
+from xgate.translate.plugins.base import PluginTranslator
+from xgate.translate.protos import pack
 
 FILTER = "envoy.filters.http.cors"
 

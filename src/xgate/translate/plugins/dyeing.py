@@ -43,10 +43,10 @@ from xgate.plugins.dyeing import (
     settings_resource,
 )
 from xgate.plugins.jwt import PAYLOAD_NAMESPACES
-from xgate.translate.plugins.base import PluginTranslator, pack
+from xgate.translate.plugins.base import PluginTranslator
 from xgate.translate.plugins.dyeing_routes import expand
 from xgate.translate.plugins.services import service_cluster
-from xgate.translate.protos import duration
+from xgate.translate.protos import duration, pack
 
 SERVICE_CLUSTER = "xgate-dyeing"
 _BUILT_IN = DyeingSettings()

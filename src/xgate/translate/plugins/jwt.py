@@ -40,9 +40,9 @@ from xgate.plugins.jwt import (
     provider_resource,
     providers_of,
 )
-from xgate.translate.plugins.base import PluginTranslator, pack
+from xgate.translate.plugins.base import PluginTranslator
 from xgate.translate.plugins.services import https_cluster
-from xgate.translate.protos import duration
+from xgate.translate.protos import duration, pack
 
 JWT_CACHE_SIZE = 10_000  # verified tokens Envoy keeps per provider, as many as the Python path
 JWKS_CLUSTER = "xgate-jwks/"  # + provider name: the cluster Envoy fetches a provider's jwks_uri through

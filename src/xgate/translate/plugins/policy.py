@@ -18,9 +18,9 @@ from google.protobuf.message import Message
 from xgate.config.schema import Route
 from xgate.plugins.jwt import AUTHZ_FILTER, JWT_FILTER
 from xgate.plugins.policy import POLICY_KEY, ROUTE_KEY, PolicySettings, PolicySpec, policy_resources
-from xgate.translate.plugins.base import PluginTranslator, pack
+from xgate.translate.plugins.base import PluginTranslator
 from xgate.translate.plugins.services import service_cluster
-from xgate.translate.protos import duration
+from xgate.translate.protos import duration, pack
 
 SERVICE_CLUSTER = "xgate-authz"
 _BUILT_IN = PolicySettings()

@@ -37,9 +37,9 @@ from xgate.plugins.rate_limit import (
     descriptor_key,
     limit_resource,
 )
-from xgate.translate.plugins.base import PluginTranslator, pack
+from xgate.translate.plugins.base import PluginTranslator
 from xgate.translate.plugins.services import service_cluster
-from xgate.translate.protos import duration
+from xgate.translate.protos import duration, pack
 
 STAT_PREFIX = "xgate_local_rate_limit"
 LOCAL_FILTER = "envoy.filters.http.local_ratelimit"
