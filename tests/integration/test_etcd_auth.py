@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import sys
@@ -75,8 +76,9 @@ async def test_a_wrong_password_is_reported_not_a_crash(tmp_path: Path) -> None:
 
 
 async def test_up_hands_etcd_auth_to_every_child(tmp_path: Path) -> None:
-    """`xgate up --etcd ... --etcd-user root` with the password in the environment: the control plane and the
-    three services all read etcd (each logs the etcd revision it loaded), and Envoy serves what etcd holds."""
+    """`xgate up --etcd ... --etcd-user root` with the password in the environment: the control plane reads etcd,
+    the three services are configured by it, Envoy serves what etcd holds, and no child's command line shows
+    the password."""
     port, xds, status, admin = free_port(), free_port(), free_port(), free_port()
     text = (
         f"listeners: [{{name: public, address: 127.0.0.1, port: {port}}}]\n"
@@ -100,7 +102,7 @@ async def test_up_hands_etcd_auth_to_every_child(tmp_path: Path) -> None:
             async with httpx.AsyncClient() as http:
                 for _ in range(600):
                     text_now = log_path.read_text()
-                    every = all("of revision etcd-" in _lines(text_now, name) for name in loaded)
+                    every = all("ready: grpc" in _lines(text_now, name) for name in loaded)
                     with contextlib.suppress(httpx.HTTPError):
                         if every and (await http.get(f"http://127.0.0.1:{port}/hello")).text == "from-etcd":
                             break
@@ -110,6 +112,12 @@ async def test_up_hands_etcd_auth_to_every_child(tmp_path: Path) -> None:
                     raise AssertionError(log_path.read_text())
             code, out, _ = await run_cli("status", "--url", f"http://127.0.0.1:{status}")
             assert code == 0, out
+            code, out, _ = await run_cli("status", "--url", f"http://127.0.0.1:{status}", "--json")
+            assert sorted(service["kind"] for service in json.loads(out)["services"]) == [
+                "authz",
+                "dyeing",
+                "ratelimit",
+            ]
             assert "no config from etcd" not in log_path.read_text()
             children = _children(up.pid)
             assert len(children) >= 5  # the control plane, the three services and Envoy

@@ -93,6 +93,8 @@ async def test_tokens_verified_in_python_reach_the_policy_in_one_call(
     upstreams: dict[str, DemoUpstream], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.syspath_prepend(str(EXAMPLES))
+    (tmp_path / "broken_policies.py").write_text("def boom(request, claims):\n    raise RuntimeError('bug')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
     port, authz = free_port(), free_port()
     async with run_gateway(config(port, upstreams["v1"].port, authz), tmp_path / "gw") as gateway:
         assert gateway.config_path is not None

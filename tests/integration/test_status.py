@@ -26,12 +26,14 @@ async def test_status_reports_every_envoy_and_a_rejected_change(
         scraped = await scrape(metrics_url)
         assert scraped["xgate_proxies"] == 2 and scraped["xgate_config_rejected"] == 0
         assert sorted(value for key, value in scraped.items() if key.startswith("xgate_proxy_in_sync")) == [1, 1]
-        assert scraped["xgate_config_propagation_seconds_count"] == 0  # connecting is not a change reaching them
+        assert (
+            scraped['xgate_config_propagation_seconds_count{kind="envoy"}'] == 0
+        )  # connecting is not a change reaching them
 
         await gateway.apply(good.replace("body: ok", "body: changed"))  # returns once both Envoys ACKed it
         scraped = await scrape(metrics_url)
-        assert scraped["xgate_config_propagation_seconds_count"] == 2  # one per Envoy
-        assert 0 < scraped["xgate_config_propagation_seconds_sum"] < 10
+        assert scraped['xgate_config_propagation_seconds_count{kind="envoy"}'] == 2  # one per Envoy
+        assert 0 < scraped['xgate_config_propagation_seconds_sum{kind="envoy"}'] < 10
 
         write_atomic(gateway.config_path, good.replace("upstream: v2\n", "upstream: missing\n"))
         await gateway.wait_for_rejection("upstream 'missing' does not exist")

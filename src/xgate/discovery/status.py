@@ -147,6 +147,8 @@ class StatusRegistry:
             buckets=PROPAGATION_BUCKETS,
             registry=None,
         )
+        for kind in typeurls.ROLES:  # every kind's series exists from the start, at 0
+            self.propagation.labels(kind)
 
     def answered(self) -> None:
         """A consumer ACKed or NACKed something, connected or went: wake whoever waits on `changed`."""

@@ -51,12 +51,16 @@ async def run_service(
     drain: asyncio.Task[None] | None = None
     output: list[bytes] = []
     try:
-        async with asyncio.timeout(ready_timeout):
-            while (found := _READY.search(line := await process.stdout.readline())) is None:
-                output.append(line)
-                if not line:
-                    tail = b"".join(output[-20:]).decode(errors="replace")
-                    raise RuntimeError(f"xgate {name} exited with {await process.wait()} before it was ready:\n{tail}")
+        try:
+            async with asyncio.timeout(ready_timeout):
+                while (found := _READY.search(line := await process.stdout.readline())) is None:
+                    output.append(line)
+                    if not line:
+                        tail = b"".join(output[-20:]).decode(errors="replace")
+                        raise RuntimeError(f"xgate {name} exited with {await process.wait()} before ready:\n{tail}")
+        except TimeoutError:
+            tail = b"".join(output[-20:]).decode(errors="replace")
+            raise TimeoutError(f"xgate {name} had no config after {ready_timeout} s:\n{tail}") from None
         drain = asyncio.create_task(_drain(process.stdout))  # a full pipe would stall the service
         yield ServiceProcess(name, int(found.group(2)), int(found.group(3) or 0), process.pid)
     finally:
