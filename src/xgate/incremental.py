@@ -14,12 +14,13 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from envoy.config.route.v3 import route_components_pb2 as route_components_v3
 from envoy.config.route.v3 import route_pb2 as route_v3
 from google.protobuf.message import Message
 
+from xgate.api import type_url
 from xgate.config.load import ConfigSet
 from xgate.config.schema import Model, Route
 from xgate.errors import ConfigIssue
@@ -27,6 +28,7 @@ from xgate.ir.build import RouteContext
 from xgate.ir.model import GatewayIR
 from xgate.translate import Resources, names
 from xgate.translate.cluster import fallback_clusters
+from xgate.translate.resources import route_service_resources
 from xgate.translate.routetable import RouteTable
 
 
@@ -41,6 +43,8 @@ class _Base:
     route_issues: dict[str, list[ConfigIssue]]
     other_issues: list[ConfigIssue]
     plugin_use: dict[str, Counter[str]] = field(default_factory=dict)
+    services: dict[str, dict[str, Message]] = field(default_factory=dict)  # the services' resources, by type
+    route_services: dict[str, list[tuple[str, str]]] = field(default_factory=dict)  # route -> (type, name) it made
 
 
 class IncrementalCompiler:
@@ -65,6 +69,11 @@ class IncrementalCompiler:
         served = {route.route.name: route.route for listener in ir.listeners for route in listener.routes}
         assembled = {names.route_config(name): table.assemble() for name, table in tables.items()}
         self._base = _Base(config, context, tables, assembled, resources, served, route_issues, other, plugin_use)
+        self._base.services = {url: dict(found) for url, found in resources.services.items()}
+        for listener in ir.listeners:
+            for route in listener.routes:
+                if route.name not in self._base.route_services:
+                    self._base.route_services[route.name] = _keys(route_service_resources(route))
 
     def clear(self) -> None:
         self._base = None
@@ -106,11 +115,18 @@ class IncrementalCompiler:
             base.route_issues.pop(name, None)
             if problems:
                 base.route_issues[name] = problems
+            for url, key in base.route_services.pop(name, ()):
+                base.services.get(url, {}).pop(key, None)
             if served is None:
                 base.served.pop(name, None)
                 continue
             base.served[name] = served
             for listener, route_ir in base.context.attach(served, own).items():
+                if name not in base.route_services:
+                    made = route_service_resources(route_ir)
+                    base.route_services[name] = _keys(made)
+                    for message in made:
+                        base.services.setdefault(type_url(message), {})[cast(Any, message).name] = message
                 table = base.tables[listener]
                 if not route_ir.filters <= set(table.filters):
                     self.clear()
@@ -131,9 +147,14 @@ class IncrementalCompiler:
             endpoints=base.resources.endpoints,
             listeners=base.resources.listeners,
             routes=routes,
+            services={url: dict(found) for url, found in base.services.items() if found},
         )
         issues = base.other_issues + [issue for name in sorted(base.route_issues) for issue in base.route_issues[name]]
         return resources, issues
+
+
+def _keys(messages: list[Message]) -> list[tuple[str, str]]:
+    return [(type_url(message), cast(Any, message).name) for message in messages]
 
 
 def route_changes(before: ConfigSet, after: ConfigSet) -> dict[str, Route | None] | None:

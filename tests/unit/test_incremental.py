@@ -20,7 +20,7 @@ plugins: {cors: {allow_origins: ["*"]}}
 listeners: [{name: edge, port: 80}, {name: admin, address: 127.0.0.1, port: 81, plugins: {cors: false}}]
 upstreams: [{name: a, endpoints: ["127.0.0.1:1"]}, {name: b, endpoints: ["127.0.0.1:2"]}]
 routes:
-  - {name: keep-cors, match: {path: {prefix: /cors}}, upstream: a}
+  - {name: keep-cors, match: {path: {prefix: /cors}}, upstream: a, plugins: {rate_limit: {global: {requests: 9}}}}
 """
 
 
@@ -52,6 +52,9 @@ def random_route(rng: random.Random, name: str, canary: bool = False) -> dict[st
         route["plugins"] = {"cors": {"allow_origins": [f"https://{name}.io"]}}
     if rng.random() < 0.1:
         route["plugins"] = {**route.get("plugins", {}), "dyeing": False}
+    if rng.random() < 0.3:  # a global limit: a resource for the rate-limit service, changed with the route
+        limit = {"requests": rng.randint(1, 100), "by": rng.choice(["route", "client_ip", "header:x-key"])}
+        route["plugins"] = {**route.get("plugins", {}), "rate_limit": {"global": limit}}
     if canary and "upstream" in route and rng.random() < 0.2:
         # Canaries: most changes keep the fallback cluster (fast path), some add or drop one (full compile).
         route["canary"] = {"stage": "canary", "upstream": "b", "fallback": rng.random() < 0.5}
@@ -78,6 +81,17 @@ DYED = (
 def serialized_routes(resources: Any) -> dict[str, bytes]:
     snapshot = build_snapshot(resources, "r", 1)
     return {name: resource.packed.value for name, resource in snapshot.resources[typeurls.ROUTE].items()}
+
+
+def serialized_services(resources: Any) -> dict[tuple[str, str], bytes]:
+    """The resources of xgate's services (here: the routes' global limits, dyeing settings), by type and name."""
+    snapshot = build_snapshot(resources, "r", 1)
+    return {
+        (url, name): resource.data
+        for url, found in snapshot.resources.items()
+        if url not in typeurls.ENVOY_TYPES
+        for name, resource in found.items()
+    }
 
 
 @pytest.mark.parametrize("text", [BASE, DYED], ids=["plain", "dyed"])
@@ -111,6 +125,7 @@ def test_random_route_changes_match_a_full_compile(text: str) -> None:
         fast += 1
         resources, issues = result
         assert serialized_routes(resources) == serialized_routes(full.resources), f"step {step}"
+        assert serialized_services(resources) == serialized_services(full.resources), f"step {step}"
         assert resources.clusters.keys() == full.resources.clusters.keys(), f"step {step}"
         assert sorted(map(str, issues)) == sorted(map(str, full.ir.issues)), f"step {step}"
         assert incremental.served == served
@@ -157,6 +172,7 @@ def test_strict_builds_refuse_a_bad_route_without_moving_anything() -> None:
             incremental.reset(config, full.ir, full.context, full.resources)
             continue
         assert serialized_routes(result[0]) == serialized_routes(full.resources), f"step {step}"
+        assert serialized_services(result[0]) == serialized_services(full.resources), f"step {step}"
         assert result[1] == []
 
 

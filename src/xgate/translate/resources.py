@@ -51,6 +51,15 @@ class Resources:
             self.services.setdefault(type_url(message), {}).setdefault(cast(Any, message).name, message)
 
 
+def route_service_resources(route: RouteIR) -> list[Message]:
+    """What the services need for one route (e.g. its global limit), from each of its plugins."""
+    return [
+        extra
+        for name, settings in route.plugins.items()
+        for extra in TRANSLATORS[name].route_resources(settings, route.route)
+    ]
+
+
 def translate(ir: GatewayIR) -> Resources:
     """Translate everything from scratch."""
     return Translator().translate(ir)
@@ -119,9 +128,8 @@ class Translator:
                 if route.route.canary:
                     for extra in fallback_clusters(route.route):
                         resources.clusters.setdefault(extra.name, extra)
-                for name, settings in route.plugins.items():
-                    for extra in TRANSLATORS[name].route_resources(settings, route.route):
-                        resources.add(extra)
+                for extra in route_service_resources(route):
+                    resources.add(extra)
             for name in listener.filters:
                 for extra in TRANSLATORS[name].resources(listener.defaults.get(name)):
                     resources.add(extra)
