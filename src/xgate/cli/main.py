@@ -443,9 +443,21 @@ def status(
         typer.echo(json.dumps(report, indent=2))
     else:
         _print_status(report)
-    config_ok = report["config"]["rejected_revision"] is None and not report["config"].get("objects_not_served")
+    config_ok = (
+        report["config"]["rejected_revision"] is None
+        and not report["config"].get("objects_not_served")
+        and not report["config"].get("refused")
+    )
     sources_ok = all(health.get("connected") for health in (report.get("sources") or {}).values())
     raise typer.Exit(0 if report["all_in_sync"] and config_ok and sources_ok else 1)
+
+
+def _print_refusal(refused: object) -> None:
+    """A revision one of the services refused (so no Envoy got it): who, and why."""
+    if isinstance(refused, dict):
+        typer.echo(f"last change REFUSED by {refused['service']} {refused['node']} (revision {refused['revision']}):")
+        typer.echo(f"  {refused['message']}")
+        typer.echo("  the Envoys keep the revision before it; fix the config and save again")
 
 
 def _print_status(report: dict[str, object]) -> None:
@@ -471,13 +483,17 @@ def _print_status(report: dict[str, object]) -> None:
         when = f" for {time.time() - since:.0f} s" if isinstance(since, (int, float)) else ""
         typer.echo(f"source {name}: UNREACHABLE{when} ({health.get('last_error')})")
         typer.echo(f"  last revision read {health.get('revision')}; changes made since then have not reached any Envoy")
+    _print_refusal(config.get("refused"))
     proxies = report["proxies"]
     assert isinstance(proxies, list)
     if not proxies:
         typer.echo("no Envoy connected")
-    for proxy in proxies:
+    services = report.get("services") or []
+    assert isinstance(services, list)
+    for proxy in [*proxies, *services]:
         state = "in sync" if proxy["in_sync"] else "NOT in sync"
-        typer.echo(f"{proxy['node']} ({proxy['peer']}): {state}, revision {proxy['synced_revision']}")
+        kind = "" if proxy.get("kind", "envoy") == "envoy" else f"{proxy['kind']} "
+        typer.echo(f"{kind}{proxy['node']} ({proxy['peer']}): {state}, revision {proxy['synced_revision']}")
         for kind, detail in proxy["types"].items():
             rejection = detail["rejection"]
             if rejection:

@@ -9,7 +9,9 @@ after every Envoy ACKed routes that no longer name it. So, for a revision R:
    wait until each connected service instance ACKs (a NACK refuses R: it never reaches an Envoy), or
    `service_timeout` passes (R goes on; the late instance shows as not in sync);
 2. Envoys: R's resources;
-3. once every connected Envoy ACKed R: services keep R's resources only.
+3. once every connected Envoy ACKed R, and `prune_delay` later (a request that matched an old route may still
+   be on its way to the service: Envoy's own timeouts for the services are well under it), services keep R's
+   resources only.
 
 A change that adds nothing for the services skips step 1 (its cost is then what it always was); a newer
 revision supersedes one still waiting. No gRPC here: the ADS streams follow the cache.
@@ -66,11 +68,13 @@ class Rollout:
         cache: SnapshotCache,
         *,
         service_timeout: float = 5.0,
+        prune_delay: float = 2.0,
         on_served: Callable[[str], None] | None = None,
         on_refused: Callable[[Refusal], None] | None = None,
     ) -> None:
         self.cache = cache
         self.service_timeout = service_timeout
+        self.prune_delay = prune_delay
         self.on_served = on_served
         self.on_refused = on_refused
         self.refusal: Refusal | None = None
@@ -157,7 +161,7 @@ class Rollout:
                     continue
                 self._serve_envoys(pending.envoy, pending.services, pending.revision, pending.seen_at)
                 continue
-            if self._prune and await self._envoys_synced():
+            if self._prune and await self._envoys_synced() and await self._quiet(self.prune_delay):
                 self._prune = False
                 snapshot = self.cache.snapshot
                 assert snapshot is not None
@@ -207,6 +211,14 @@ class Rollout:
             if all(proxy.in_sync(snapshot) for proxy in envoys):
                 return True
             await self._answer_or_wake(None)
+
+    async def _quiet(self, seconds: float) -> bool:
+        """Wait `seconds`; False when a new publish came meanwhile (the caller starts over)."""
+        serial = self.cache.snapshot.serial if self.cache.snapshot else 0
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), seconds)
+        snapshot = self.cache.snapshot
+        return snapshot is not None and snapshot.serial == serial and self._pending is None
 
     async def _answer_or_wake(self, timeout: float | None) -> None:
         answered = asyncio.Event()

@@ -8,7 +8,7 @@ from typing import ClassVar, Literal
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from xgate.api import duration, ratelimit_pb2
-from xgate.config.schema import Model
+from xgate.config.schema import Model, Route
 from xgate.config.types import Duration
 from xgate.plugins.base import PluginSpec
 
@@ -84,16 +84,20 @@ class RateLimitSettings(Model):
     timeout: Duration = 0.05
     failure_mode: Literal["open", "closed"] = "open"
 
-    @model_validator(mode="after")
-    def _some(self) -> RateLimitSettings:
-        if self.local is None and self.shared is None:
-            raise ValueError("set local, global or both")
-        return self
-
 
 class RateLimitSpec(PluginSpec[RateLimitSettings]):
+    """Defaults may set only where the service is (and how long to wait for it); a route that sets the plugin
+    itself sets a limit."""
+
     name: ClassVar[str] = "rate_limit"
     settings = RateLimitSettings
+
+    def check(
+        self, settings: RateLimitSettings, defaults: RateLimitSettings | None, inherited: bool, route: Route
+    ) -> list[str]:
+        if not inherited and settings.local is None and settings.shared is None:
+            return ["set local, global or both"]
+        return []
 
 
 def limit_resource(route: str, limit: GlobalLimit) -> ratelimit_pb2.RateLimit:
