@@ -41,6 +41,7 @@ from google.rpc import code_pb2, status_pb2  # type: ignore[import-untyped]  # n
 from xgate.authz.policy import Allow, Decision, Deny, PolicyRegistry, Request
 from xgate.authz.runner import OUTCOMES, Outcome, PolicyRunner
 from xgate.authz.tokens import JwtProviders, NeedsKeys, Refusal, claim_headers
+from xgate.grpcguard import MalformedGuard
 from xgate.translate.plugins.jwt import PAYLOAD_METADATA, PAYLOAD_NAMESPACES
 
 log = logging.getLogger("xgate.authz")
@@ -365,7 +366,10 @@ async def serve(
         providers=providers,
     )
     service.loop = asyncio.get_running_loop()
-    server = grpc.server(ThreadPoolExecutor(max_workers=workers, thread_name_prefix="xgate-authz"))
+    server = grpc.server(
+        ThreadPoolExecutor(max_workers=workers, thread_name_prefix="xgate-authz"),
+        interceptors=[MalformedGuard()],
+    )
     auth_grpc.add_AuthorizationServicer_to_server(service, server)
     bound = server.add_insecure_port(f"{host}:{port}")
     server.start()

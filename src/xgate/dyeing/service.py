@@ -22,6 +22,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ext_proc_gr
 
 from xgate.authz.service import jwt_claims
 from xgate.dyeing.rules import Dyer, DyeRequest, baggage_with
+from xgate.grpcguard import AsyncMalformedGuard
 from xgate.translate.plugins.dyeing_settings import EXT_PROC_FILTER, SETTINGS_METADATA, SOURCE_ATTRIBUTE
 
 log = logging.getLogger("xgate.dyeing")
@@ -176,7 +177,7 @@ async def serve(registry: DyerRegistry, *, host: str = "127.0.0.1", port: int = 
 
     Errors: RuntimeError from grpc when the port cannot be bound."""
     service = DyeingService(registry)
-    server = grpc.aio.server()
+    server = grpc.aio.server(interceptors=[AsyncMalformedGuard()])
     ext_proc_grpc.add_ExternalProcessorServicer_to_server(service, server)
     bound = server.add_insecure_port(f"{host}:{port}")
     await server.start()

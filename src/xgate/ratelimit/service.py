@@ -19,6 +19,7 @@ from envoy.config.core.v3 import base_pb2 as core_v3
 from envoy.service.ratelimit.v3 import rls_pb2 as rls_v3
 from envoy.service.ratelimit.v3 import rls_pb2_grpc
 
+from xgate.grpcguard import AsyncMalformedGuard
 from xgate.ratelimit.algorithms import Backend, Decision, MemoryBackend
 from xgate.ratelimit.limits import LimitTable, Match
 from xgate.ratelimit.redis_backend import RedisBackend
@@ -234,7 +235,7 @@ async def serve(
     """
     backend: Backend = MemoryBackend() if redis_url is None else RedisBackend.connect(redis_url, timeout=timeout)
     service = RateLimitService(table, backend, failure_mode=failure_mode, timeout=timeout)
-    server = grpc.aio.server()
+    server = grpc.aio.server(interceptors=[AsyncMalformedGuard()])
     rls_pb2_grpc.add_RateLimitServiceServicer_to_server(service, server)
     bound = server.add_insecure_port(f"{host}:{port}")
     await server.start()
