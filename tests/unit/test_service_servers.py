@@ -1,5 +1,5 @@
-"""The three services' gRPC servers: garbage bytes get one WARNING line and INVALID_ARGUMENT (no traceback), and
-the service keeps answering."""
+"""The three services' gRPC servers: garbage bytes get one WARNING line and INVALID_ARGUMENT (no traceback), the
+service keeps answering, and a taken port is refused unless sharing it was asked for."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from xgate.authz import PolicyRegistry
 from xgate.authz import serve as serve_authz
 from xgate.dyeing import DyerRegistry
 from xgate.dyeing import serve as serve_dyeing
+from xgate.errors import PortInUseError
 from xgate.ratelimit import LimitTable
 from xgate.ratelimit import serve as serve_ratelimit
 
@@ -28,8 +29,8 @@ SHOULD_RATE_LIMIT = "/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimi
 
 
 @asynccontextmanager
-async def authz(port: int = 0) -> AsyncIterator[int]:
-    server, bound = await serve_authz(PolicyRegistry(), port=port)
+async def authz(port: int = 0, reuse_port: bool = False) -> AsyncIterator[int]:
+    server, bound = await serve_authz(PolicyRegistry(), port=port, reuse_port=reuse_port)
     try:
         yield bound
     finally:
@@ -37,8 +38,8 @@ async def authz(port: int = 0) -> AsyncIterator[int]:
 
 
 @asynccontextmanager
-async def dyeing(port: int = 0) -> AsyncIterator[int]:
-    server = await serve_dyeing(DyerRegistry(), port=port)
+async def dyeing(port: int = 0, reuse_port: bool = False) -> AsyncIterator[int]:
+    server = await serve_dyeing(DyerRegistry(), port=port, reuse_port=reuse_port)
     try:
         yield server.port
     finally:
@@ -46,8 +47,8 @@ async def dyeing(port: int = 0) -> AsyncIterator[int]:
 
 
 @asynccontextmanager
-async def ratelimit(port: int = 0) -> AsyncIterator[int]:
-    server, bound = await serve_ratelimit(LimitTable(), port=port)
+async def ratelimit(port: int = 0, reuse_port: bool = False) -> AsyncIterator[int]:
+    server, bound = await serve_ratelimit(LimitTable(), port=port, reuse_port=reuse_port)
     try:
         yield bound
     finally:
@@ -114,3 +115,13 @@ async def test_garbage_is_one_warning_line_and_invalid_argument(
         message = record.getMessage()
         assert record.exc_info is None and "\n" not in message
         assert path in message and "from ipv4:127.0.0.1:" in message and "Wire format was corrupt" in message, message
+
+
+@pytest.mark.parametrize("service", [authz, dyeing, ratelimit], ids=["authz", "dyeing", "ratelimit"])
+async def test_a_taken_port_is_refused_unless_sharing_is_asked_for(service: Service) -> None:
+    async with service() as port:
+        with pytest.raises(PortInUseError, match=rf"127\.0\.0\.1:{port} \(\w+ gRPC, --listen\) is in use by pid \d+"):
+            async with service(port):
+                pass
+    async with service(reuse_port=True) as port, service(port, reuse_port=True) as second:
+        assert second == port
