@@ -1,5 +1,5 @@
-"""Fleet ports: a control plane never shares its xDS or status port with another one (the second is refused,
-naming the process that holds the port)."""
+"""Fleet addresses and ports: an Envoy finds its control plane by host name, and a control plane never shares its
+xDS or status port with another one (the second is refused, naming the process that holds the port)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,11 @@ from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 
-from xgate.testing import free_port, run_cli
+from xgate.pipeline import revision_of
+from xgate.proxy.process import EnvoyProcess
+from xgate.testing import free_port, run_cli, run_gateway
 from xgate.testing.ports import free_ports
 
 pytestmark = pytest.mark.integration
@@ -23,6 +26,25 @@ def direct_config(port: int, body: str = "by name") -> str:
         f"listeners: [{{name: public, address: 127.0.0.1, port: {port}}}]\n"
         f"routes: [{{name: hello, direct_response: {{status: 200, body: {body!r}}}}}]\n"
     )
+
+
+async def test_envoy_reaches_the_control_plane_by_host_name(tmp_path: Path) -> None:
+    """The README's fleet bootstrap names control planes by host name; a real Envoy connects through DNS."""
+    port = free_port()
+    config = direct_config(port)
+    async with run_gateway(config, tmp_path, envoys=0) as gateway:
+        made = await run_cli("bootstrap", "--xds", f"localhost:{gateway.xds_port}", "--admin-port", "0")
+        assert made.code == 0, made.err
+        bootstrap = yaml.safe_load(made.out)
+        assert bootstrap["static_resources"]["clusters"][0]["type"] == "STRICT_DNS"
+        envoy = EnvoyProcess(bootstrap, tmp_path / "envoy", concurrency=1)
+        gateway.envoys.append(envoy)  # stopped with the gateway
+        await envoy.start()
+        await envoy.wait_ready(30)
+        await gateway.wait_synced(revision_of(config))
+        async with httpx.AsyncClient() as client:
+            response = await client.get(f"http://127.0.0.1:{port}/")
+        assert (response.status_code, response.text) == (200, "by name")
 
 
 @asynccontextmanager

@@ -339,7 +339,7 @@ def bootstrap(
     node_cluster: Annotated[str, typer.Option()] = "xgate",
     admin_port: AdminPort = 9901,
 ) -> None:
-    """Print the Envoy bootstrap that connects an Envoy to xgate control planes."""
+    """Print the Envoy bootstrap that connects an Envoy to xgate control planes (by IP address or host name)."""
     from xgate.proxy.bootstrap import build_bootstrap
 
     servers = [_host_port(item, "--xds") for item in xds or [DEFAULT_XDS]]
