@@ -19,7 +19,7 @@ from xgate.errors import PortInUseError
 
 # Leaves the xDS and status ports unshared; several processes on one service port is opt-in.
 _NO_REUSE_PORT = ("grpc.so_reuseport", 0)
-_LONGEST_COMMAND = 90
+_LONGEST_COMMAND = 120
 
 
 def grpc_options(*, reuse_port: bool = False) -> list[tuple[str, Any]]:

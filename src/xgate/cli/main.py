@@ -7,7 +7,6 @@ import json
 import logging
 import os
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -129,7 +128,7 @@ def schema() -> None:
 @app.command()
 def controlplane(
     file: Annotated[
-        Path | None, typer.Option("--file", "-f", help="config file (with --etcd: local overrides)")
+        Path | None, typer.Option("--file", "-f", help="config file or directory (with --etcd: local overrides)")
     ] = None,
     etcd: Annotated[str | None, typer.Option("--etcd", envvar="XGATE_ETCD", help="etcd HOST:PORT[,...]")] = None,
     prefix: Prefix = DEFAULT_PREFIX,
@@ -188,7 +187,9 @@ def _etcd(
     return settings(etcd, ca, cert, key, user, password) if etcd else None
 
 
-ServiceFile = Annotated[Path | None, typer.Option("--file", "-f", help="config file (the same as the control plane's)")]
+ServiceFile = Annotated[
+    Path | None, typer.Option("--file", "-f", help="config file or directory (the same as the control plane's)")
+]
 ReusePort = Annotated[
     bool, typer.Option("--reuse-port", help="share --listen with other processes started with it (SO_REUSEPORT)")
 ]
@@ -363,13 +364,11 @@ def envoy(
 
     servers = [_host_port(item, "--xds") for item in xds or [DEFAULT_XDS]]
     data = build_bootstrap(node_id=node_id, node_cluster=node_cluster, xds_servers=servers, admin_port=admin_port)
-    work = Path(tempfile.mkdtemp(prefix="xgate-envoy-"))
-    config = work / "bootstrap.json"
-    config.write_text(json.dumps(data))
     argv = [
         find_envoy(),
-        "-c",
-        str(config),
+        # On the command line, not in a file: Envoy replaces this process, so nothing would remove the file.
+        "--config-yaml",
+        json.dumps(data, separators=(",", ":")),
         "--disable-hot-restart",
         "--log-level",
         log_level,
@@ -381,11 +380,18 @@ def envoy(
     if concurrency:
         argv += ["--concurrency", str(concurrency)]
     print(
-        f"xgate envoy starting: node {node_id}, xds {', '.join(xds or [DEFAULT_XDS])}, admin 127.0.0.1:{admin_port}",
+        f"xgate envoy starting: node {node_id}, xds {', '.join(xds or [DEFAULT_XDS])}, "
+        f"admin 127.0.0.1:{admin_port or '(any port)'}",
         flush=True,
     )
     # exec: the supervisor signals Envoy itself, with no Python process in between.
     os.execv(argv[0], argv)
+
+
+@app.command()
+def example() -> None:
+    """Print the bundled example config (what `xgate up` serves without -f): `xgate example > gateway.yaml`."""
+    typer.echo(default_config().read_text(encoding="utf-8"), nl=False)
 
 
 @app.command("demo-upstream")
@@ -402,7 +408,10 @@ def demo_upstream(
 
 @app.command()
 def up(
-    file: Annotated[Path | None, typer.Option("--file", "-f", help="Config file; default: bundled example")] = None,
+    file: Annotated[
+        Path | None,
+        typer.Option("--file", "-f", help="config file or directory; default: the example (see `xgate example`)"),
+    ] = None,
     etcd: Annotated[str | None, typer.Option("--etcd", envvar="XGATE_ETCD", help="etcd HOST:PORT[,...]")] = None,
     prefix: Prefix = DEFAULT_PREFIX,
     etcd_ca: CaFile = None,
@@ -410,17 +419,25 @@ def up(
     etcd_key: KeyFile = None,
     etcd_user: User = None,
     etcd_password: Password = None,
-    demo: Annotated[bool | None, typer.Option(help="start the demo upstreams (default: with the example)")] = None,
+    demo: Annotated[
+        bool | None,
+        typer.Option(help="start the demo upstreams (default: those the config's upstreams point at, when free)"),
+    ] = None,
     xds: Annotated[str, typer.Option()] = "127.0.0.1:18000",
     status: Annotated[str, typer.Option()] = "127.0.0.1:18080",
     admin_port: AdminPort = 9901,
 ) -> None:
     """Run the whole gateway on this machine: control plane, Envoy (and demo upstreams), supervised.
 
-    Config: the bundled example, a file (-f), etcd (--etcd, with its TLS and auth options), or both. The etcd
-    options reach the children as XGATE_ETCD_* environment variables, not in their command lines.
+    Config: the bundled example, a file or directory (-f), etcd (--etcd, with its TLS and auth options), or
+    both. The etcd options reach the children as XGATE_ETCD_* environment variables, not in their command
+    lines. Every port it needs is checked first: a taken one is named with the process holding it (exit 2).
     """
+    from xgate.cli.local import Port, choose_demos, first_taken, load_or_none, ports_needed
     from xgate.supervisor import ChildSpec, Supervisor
+
+    xds_host, xds_port = _host_port(xds, "--xds")  # Envoy connects to it: port 0 would not do
+    status_host, status_port = _host_port(status, "--status", any_port=True)
 
     given = {"ca": etcd_ca, "cert": etcd_cert, "key": etcd_key, "user": etcd_user, "password": etcd_password}
     reach = {
@@ -434,21 +451,22 @@ def up(
         typer.echo(f"config file {path} not found", err=True)
         raise typer.Exit(2)
     sources = (["-f", str(path)] if path else []) + (["--etcd", etcd, "--prefix", prefix] if etcd else [])
+    config = load_or_none(path)
+    demos = choose_demos(demo, example=file is None and not etcd, config=config, say=typer.echo)
+    control_plane = [
+        Port(xds_host, xds_port, "control plane xDS, --xds"),
+        Port(status_host, status_port, "control plane status API, --status"),
+        Port("127.0.0.1", admin_port, "Envoy admin, --admin-port"),
+    ]
+    taken = first_taken(ports_needed(control_plane, config, demos))
+    if taken is not None:
+        typer.echo(f"xgate up: {taken}", err=True)
+        raise typer.Exit(2)
     me = [sys.executable, "-m", "xgate"]
-    children: list[ChildSpec] = []
-    if demo if demo is not None else (file is None and not etcd):
-        children += [
-            ChildSpec(
-                "demo-v1",
-                [*me, "demo-upstream", "--name", "demo-v1", "--port", "18081"],
-                ready_line="listening",
-            ),
-            ChildSpec(
-                "demo-v2",
-                [*me, "demo-upstream", "--name", "demo-v2", "--port", "18082"],
-                ready_line="listening",
-            ),
-        ]
+    children = [
+        ChildSpec(name, [*me, "demo-upstream", "--name", name, "--port", str(port)], ready_line="listening")
+        for name, port in demos
+    ]
     children += [
         ChildSpec("authz", [*me, "authz", *sources], ready_line="authz ready", env=reach),
         ChildSpec("dyeing", [*me, "dyeing", *sources], ready_line="dyeing ready", env=reach),
