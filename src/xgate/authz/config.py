@@ -91,6 +91,7 @@ async def run_authz(
     status: tuple[str, int] | None = None,
     on_ready: Callable[[int], None] | None = None,
     stop: asyncio.Event | None = None,
+    reuse_port: bool = False,
 ) -> None:
     """Serve envoy.service.auth.v3 with the config's policies and Python-verified jwt providers, following its
     changes, until `stop`. With `status`, GET /metrics there answers the checks per policy (and per jwt
@@ -100,7 +101,13 @@ async def run_authz(
     registry = PolicyRegistry()
     providers = JwtProviders()
     server, port = await serve(
-        registry, host=listen[0], port=listen[1], timeout=timeout, fail_open=fail_open, providers=providers
+        registry,
+        host=listen[0],
+        port=listen[1],
+        timeout=timeout,
+        fail_open=fail_open,
+        providers=providers,
+        reuse_port=reuse_port,
     )
     feed = PolicyFeed(registry, providers)
     runner = None

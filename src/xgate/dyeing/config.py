@@ -64,13 +64,14 @@ async def run_dyeing(
     status: tuple[str, int] | None = None,
     on_ready: Callable[[int], None] | None = None,
     stop: asyncio.Event | None = None,
+    reuse_port: bool = False,
 ) -> None:
     """Serve envoy.service.ext_proc.v3 with the config's dye rules, following its changes, until `stop`.
     With `status`, GET /metrics there answers the requests dyed per stage, those passed on undyed, and the
     settings keys the service holds."""
     stop = stop or asyncio.Event()
     registry = DyerRegistry()
-    server = await serve(registry, host=listen[0], port=listen[1])
+    server = await serve(registry, host=listen[0], port=listen[1], reuse_port=reuse_port)
     feed = DyeingFeed(registry)
     runner = None
     if status is not None:

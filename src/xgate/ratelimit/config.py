@@ -81,13 +81,20 @@ async def run_ratelimit(
     status: tuple[str, int] | None = None,
     on_ready: Callable[[int], None] | None = None,
     stop: asyncio.Event | None = None,
+    reuse_port: bool = False,
 ) -> None:
     """Serve envoy.service.ratelimit.v3 with the limits of the config, following its changes, until `stop`.
     With `status`, GET /metrics there answers the per-limit counters (allowed, limited, near_limit,
     shadow_limited, errors) and the config revision the limits come from."""
     stop = stop or asyncio.Event()
     server, port = await serve(
-        LimitTable(), host=listen[0], port=listen[1], redis_url=redis_url, failure_mode=failure_mode, timeout=timeout
+        LimitTable(),
+        host=listen[0],
+        port=listen[1],
+        redis_url=redis_url,
+        failure_mode=failure_mode,
+        timeout=timeout,
+        reuse_port=reuse_port,
     )
     feed = LimitFeed(server)
     runner: web.AppRunner | None = None
