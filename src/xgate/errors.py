@@ -3,6 +3,7 @@
 XgateError
 ├── ConfigError        a config revision was rejected; carries every ConfigIssue found
 ├── ProxyError         a child process (Envoy, a service) could not be started or answered badly
+├── PortInUseError     a port a server needs is held by another process (named when it can be found)
 └── PolicyLoadError    an auth policy's import path could not be imported or does not name a callable
 """
 
@@ -48,6 +49,11 @@ class ConfigError(XgateError):
 
 class ProxyError(XgateError):
     """Envoy or a service process could not be started, or did not become ready."""
+
+
+class PortInUseError(XgateError):
+    """A port a server needs is held by another process; the message names the port, what it is for and the
+    holder when it can be found (see xgate.listen)."""
 
 
 class PolicyLoadError(XgateError):

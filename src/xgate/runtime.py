@@ -16,6 +16,7 @@ from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamil
 
 from xgate.controlplane import ControlPlane
 from xgate.discovery import SnapshotCache, add_to_server
+from xgate.listen import bind_grpc, check_free, grpc_options
 from xgate.metricsapi import metrics_handler
 from xgate.sources.etcd.client import EtcdClient, EtcdRequestError, EtcdSettings, EtcdUnavailableError
 from xgate.sources.etcd.layout import DEFAULT_PREFIX
@@ -41,10 +42,12 @@ async def start_xds(cache: SnapshotCache, host: str, port: int) -> tuple[grpc.ai
             ("grpc.max_receive_message_length", 16 * 1024 * 1024),
             ("grpc.keepalive_permit_without_calls", 1),
             ("grpc.http2.min_ping_interval_without_data_ms", 1000),
+            # Never shared: a second control plane on this port would get half of the Envoys' connections.
+            *grpc_options(reuse_port=False),
         ]
     )
     add_to_server(server, cache)
-    bound = server.add_insecure_port(f"{host}:{port}")
+    bound = bind_grpc(server, host, port, "xDS, --xds")
     await server.start()
     return server, bound
 
@@ -65,6 +68,7 @@ async def start_status(plane: ControlPlane, host: str, port: int) -> tuple[web.A
             plane.report, lambda: [*status_families(plane.report()), *plane.cache.status.propagation.collect()]
         ),
     )
+    check_free(host, port, "status API, --status")
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
@@ -127,9 +131,14 @@ async def run_controlplane(
     Sources: a config file, etcd, or both (the file then overrides etcd object by object). Each is read
     once before the xDS port opens, so a connecting Envoy gets the whole config in its first responses;
     an etcd that is down at start does not block the start (the file, if any, serves meanwhile).
+
+    Errors: PortInUseError when another process holds the xDS or the status port (never shared).
     """
     if config_path is None and etcd is None:
         raise ValueError("run_controlplane needs a config file, etcd, or both")
+    # Before any source is read: a taken port ends the start with one message, not after a config was applied.
+    check_free(*xds, "xDS, --xds")
+    check_free(*status, "status API, --status")
     plane = plane or ControlPlane()
     stop = stop or asyncio.Event()
     tasks: list[Coroutine[Any, Any, None]] = []
@@ -152,7 +161,11 @@ async def run_controlplane(
             await asyncio.wait_for(etcd_source.read_all(), etcd.timeout)
         tasks.append(etcd_source.run(stop))
     server, xds_port = await start_xds(plane.cache, *xds)
-    runner, status_port = await start_status(plane, *status)
+    try:
+        runner, status_port = await start_status(plane, *status)
+    except BaseException:
+        await server.stop(grace=None)
+        raise
     if on_ready is not None:
         on_ready(Bound(xds=(xds[0], xds_port), status=(status[0], status_port)))
     try:

@@ -312,7 +312,9 @@ class Supervisor:
         if child.ready.is_set() or self._stop.is_set():
             return True
         if child.finished.is_set():
-            self._say(f"{child.spec.name} ended before it was ready; stopping")
+            code = child.last_code
+            ended = "ended" if code is None else _describe_exit(code)
+            self._say(f"{child.spec.name} {ended} before it was ready; stopping")
         else:
             self._say(f"{child.spec.name} not ready within {child.spec.ready_timeout} s; stopping")
         return False
@@ -332,6 +334,11 @@ class Supervisor:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(asyncio.shield(child.pump), 1.0)
             name = child.spec.name
+            if child.spec.ready_line is not None and not child.ready.is_set():
+                # A start that fails (a taken port, a bad flag) fails the same way again: _wait_ready says
+                # why and stops, rather than five restarts repeating one message.
+                child.finished.set()
+                return
             if not child.spec.restart:
                 self._say(f"{name} {_describe_exit(code)}")
                 child.finished.set()
@@ -372,6 +379,8 @@ class Supervisor:
         await asyncio.gather(*monitors, return_exceptions=True)
         for child in reversed(self._children):
             await self._stop_child(child)
+        if self._children:
+            self._say("all stopped: no process of ours is left running")
 
     async def _stop_child(self, child: _Child) -> None:
         proc = child.proc

@@ -119,16 +119,18 @@ async def test_tokens_verified_in_python_reach_the_policy_in_one_call(
 
 
 async def test_processes_sharing_a_port_need_a_metrics_port_each(tmp_path: Path) -> None:
-    """Several `xgate authz` on one gRPC port (SO_REUSEPORT) is how it scales; a second one on the same
-    --status is refused with what to do, and --status off starts it."""
+    """Several `xgate authz` on one gRPC port (SO_REUSEPORT, asked for with --reuse-port) is how it scales; a
+    second one on the same --status is refused with what to do, and --status off starts it. Without
+    --reuse-port the port is not shared: the second one is refused, naming the first."""
     text = "routes: [{name: a, direct_response: {status: 200}}]\n"
     async with run_gateway(text, tmp_path / "gw", envoys=0) as gateway:
         await _share_a_port(gateway.xds_port)
 
 
 async def _share_a_port(xds_port: int) -> None:
-    grpc_port, metrics_port = free_port(), free_port()
-    shared = ["authz", "--xds", f"127.0.0.1:{xds_port}", "--listen", f"127.0.0.1:{grpc_port}"]
+    grpc_port, metrics_port, other_metrics_port = free_port(), free_port(), free_port()
+    alone = ["authz", "--xds", f"127.0.0.1:{xds_port}", "--listen", f"127.0.0.1:{grpc_port}"]
+    shared = [*alone, "--reuse-port"]
 
     async def start(*extra: str) -> asyncio.subprocess.Process:
         process = await asyncio.create_subprocess_exec(
@@ -142,6 +144,12 @@ async def _share_a_port(xds_port: int) -> None:
 
     first = await start("--status", f"127.0.0.1:{metrics_port}")
     try:
+        code, _, err = await run_cli(*alone, "--status", f"127.0.0.1:{other_metrics_port}")
+        assert code == 2, err
+        assert err.strip().startswith(
+            f"xgate authz: 127.0.0.1:{grpc_port} (authz gRPC, --listen) is in use by pid {first.pid} (xgate authz "
+        ), err
+        assert err.strip().endswith("; to share it on purpose, start each process with --reuse-port"), err
         code, _, err = await run_cli(*shared, "--status", f"127.0.0.1:{metrics_port}")
         assert code == 2 and "need a --status each, or --status off" in err, err
         second = await start("--status", "off")

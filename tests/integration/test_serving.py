@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -59,3 +61,31 @@ async def test_cors_plugin_answers_preflight_for_allowed_origin_only(
         # A route without the plugin gets no CORS headers even for a listed origin.
         plain = await client.get("/other", headers={"origin": "https://app.example.com"})
         assert "access-control-allow-origin" not in plain.headers
+
+
+async def http_10(port: int, request: bytes) -> tuple[bytes, dict[bytes, bytes], bytes]:
+    """Send one raw request and read the answer until Envoy closes (HTTP/1.0 without keep-alive)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(request)
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.read(), 10)
+    finally:
+        writer.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    status, *lines = head.split(b"\r\n")
+    headers = {name.strip().lower(): value.strip() for name, _, value in (line.partition(b":") for line in lines)}
+    return status, headers, body
+
+
+async def test_http_10_requests_are_served_as_nginx_does(make_config: Callable[..., str], work_dir: Path) -> None:
+    """Health checkers and scripts still speak HTTP/1.0; Envoy's default answered them 426 Upgrade Required."""
+    port = free_port()
+    async with run_gateway(make_config(port), work_dir):
+        status, _, body = await http_10(port, b"GET /healthz HTTP/1.0\r\n\r\n")  # no Host header at all
+        assert (status.split(b" ")[1], body) == (b"200", b"ok"), status
+        status, headers, body = await http_10(port, b"GET /anything?q=1 HTTP/1.0\r\nHost: example.com\r\n\r\n")
+        assert status.split(b" ")[1] == b"200", status
+        echoed = json.loads(body)  # the upstream got it (over HTTP/1.1) with its path and Host
+        assert (echoed["upstream"], echoed["path"], echoed["headers"]["host"]) == ("v1", "/anything?q=1", "example.com")
+        assert headers[b"x-served-by"] == b"xgate"

@@ -168,7 +168,23 @@ async def test_child_ending_before_ready_fails_fast() -> None:
     supervisor = _fast(sink)
     spec = ChildSpec("bad", [PY, "-c", "raise SystemExit(2)"], restart=False, ready_line="READY")
     assert await asyncio.wait_for(supervisor.run([spec]), 5) == 1
-    assert "[xgate] bad exited with code 2" in lines
+    assert "[xgate] bad exited with code 2 before it was ready; stopping" in lines
+
+
+async def test_a_start_that_fails_is_not_retried() -> None:
+    # A taken port or a bad flag fails the same way five times: one message, then everything stops.
+    lines, sink = _collector()
+    supervisor = _fast(sink)
+    first = ChildSpec("first", [PY, "-c", SLEEPER])
+    bad = ChildSpec("bad", [PY, "-c", "print('port 1 is taken', flush=True); raise SystemExit(2)"], ready_line="ok")
+    later = ChildSpec("later", [PY, "-c", SLEEPER])
+    assert await asyncio.wait_for(supervisor.run([first, bad, later]), 10) == 1
+    assert lines.count("[bad] port 1 is taken") == 1
+    assert "[xgate] bad exited with code 2 before it was ready; stopping" in lines
+    assert not any("restarting" in line for line in lines)
+    assert not any(line.startswith("[later]") for line in lines)
+    assert any(line.startswith("[xgate] first stopped") for line in lines)
+    assert lines[-1] == "[xgate] all stopped: no process of ours is left running"
 
 
 async def test_sigterm_to_supervisor_stops_it() -> None:

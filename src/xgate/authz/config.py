@@ -34,11 +34,12 @@ class AuthzService:
         self._timeout, self._fail_open = timeout, fail_open
         self.server: AuthzServer | None = None
 
-    async def start(self, host: str, port: int) -> int:
+    async def start(self, host: str, port: int, reuse_port: bool) -> int:
         self.server, bound = await serve(
             self.registry,
             host=host,
             port=port,
+            reuse_port=reuse_port,
             timeout=self._timeout,
             fail_open=self._fail_open,
             providers=self.providers,

@@ -40,6 +40,8 @@ from google.rpc import code_pb2, status_pb2
 from xgate.authz.policy import Allow, Decision, Deny, PolicyRegistry, Request
 from xgate.authz.runner import OUTCOMES, Outcome, PolicyRunner
 from xgate.authz.tokens import JwtProviders, NeedsKeys, Refusal, claim_headers
+from xgate.grpcguard import MalformedGuard
+from xgate.listen import bind_grpc, grpc_options
 from xgate.plugins.jwt import OPTIONAL_KEY, PAYLOAD_METADATA, PROVIDER_KEY, jwt_claims
 from xgate.plugins.policy import POLICY_KEY, ROUTE_KEY
 
@@ -311,13 +313,15 @@ async def serve(
     threads: int | None = None,
     providers: JwtProviders | None = None,
     workers: int = WORKERS,
+    reuse_port: bool = False,
 ) -> tuple[AuthzServer, int]:
     """Start the Authorization service on `host:port` (0: any free port) answering from `registry` and
     `providers`.
 
     Returns the running server and the port it bound; stop with `await server.stop()`. `registry.load` and
     `providers.load` may be called at any time while serving. Errors: RuntimeError from grpc when the port
-    cannot be bound. Checks run in `workers` threads of grpcio's synchronous server; async policies and JWKS
+    cannot be bound, PortInUseError when another process holds it (unless `reuse_port`: several processes
+    then share it). Checks run in `workers` threads of grpcio's synchronous server; async policies and JWKS
     refetches run on the calling event loop, which must keep running.
     """
     service = AuthorizationService(
@@ -329,8 +333,12 @@ async def serve(
         providers=providers,
     )
     service.loop = asyncio.get_running_loop()
-    server = grpc.server(ThreadPoolExecutor(max_workers=workers, thread_name_prefix="xgate-authz"))
+    server = grpc.server(
+        ThreadPoolExecutor(max_workers=workers, thread_name_prefix="xgate-authz"),
+        interceptors=[MalformedGuard()],
+        options=grpc_options(reuse_port=reuse_port),
+    )
     auth_grpc.add_AuthorizationServicer_to_server(service, server)
-    bound = server.add_insecure_port(f"{host}:{port}")
+    bound = bind_grpc(server, host, port, "authz gRPC, --listen", reuse_port=reuse_port)
     server.start()
     return AuthzServer(server, service, bound), bound

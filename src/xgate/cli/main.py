@@ -7,7 +7,6 @@ import json
 import logging
 import os
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -22,7 +21,7 @@ import yaml
 from xgate.cli.store import ETCD_ENVIRONMENT, CaFile, CertFile, KeyFile, Password, Prefix, User, settings
 from xgate.cli.store import register as register_store_commands
 from xgate.config.load import load_path
-from xgate.errors import ConfigError
+from xgate.errors import ConfigError, PortInUseError
 from xgate.metricsapi import MetricsAddressError
 from xgate.sources.etcd.client import EtcdSettings
 
@@ -46,16 +45,31 @@ def default_config() -> Path:
     return Path(str(package_files.files("xgate") / "examples" / "gateway.yaml"))
 
 
-def _host_port(value: str, flag: str) -> tuple[str, int]:
+def _host_port(value: str, flag: str, *, any_port: bool = False) -> tuple[str, int]:
+    """HOST:PORT ([IPv6]:PORT) with a port from 1 to 65535; with `any_port` (an address to listen on) also 0,
+    any free port."""
     host, _, port = value.rpartition(":")
-    if not host or not port.isdigit():
-        raise typer.BadParameter(f"{value!r} is not HOST:PORT", param_hint=flag)
-    return host, int(port)
+    lowest = 0 if any_port else 1
+    if not host or not port.isdigit() or not lowest <= int(port) <= 65535:
+        ports = "0 (any free port) to 65535" if any_port else "1 to 65535"
+        raise typer.BadParameter(f"{value!r} is not HOST:PORT with a port from {ports}", param_hint=flag)
+    if ":" in host and not (host.startswith("[") and host.endswith("]")):
+        raise typer.BadParameter(f"{value!r}: write an IPv6 address in brackets, e.g. [::1]:18000", param_hint=flag)
+    return host.removeprefix("[").removesuffix("]"), int(port)
+
+
+def _admin_port(value: int) -> int:
+    if not 0 <= value <= 65535:
+        raise typer.BadParameter(f"{value} is not a port: use 1 to 65535, or 0 for any free port")
+    return value
+
+
+AdminPort = Annotated[int, typer.Option(callback=_admin_port, help="Envoy's admin port on 127.0.0.1 (0: any)")]
 
 
 def _metrics_address(value: str) -> tuple[str, int] | None:
     """A service's --status: HOST:PORT, or "off" (several processes sharing one gRPC port need a port each)."""
-    return None if value == "off" else _host_port(value, "--status")
+    return None if value == "off" else _host_port(value, "--status", any_port=True)
 
 
 def _print_issues(error: ConfigError) -> None:
@@ -117,7 +131,7 @@ def schema() -> None:
 @app.command()
 def controlplane(
     file: Annotated[
-        Path | None, typer.Option("--file", "-f", help="config file (with --etcd: local overrides)")
+        Path | None, typer.Option("--file", "-f", help="config file or directory (with --etcd: local overrides)")
     ] = None,
     etcd: Annotated[str | None, typer.Option("--etcd", envvar="XGATE_ETCD", help="etcd HOST:PORT[,...]")] = None,
     prefix: Prefix = DEFAULT_PREFIX,
@@ -126,7 +140,7 @@ def controlplane(
     etcd_key: KeyFile = None,
     etcd_user: User = None,
     etcd_password: Password = None,
-    xds: Annotated[str, typer.Option(help="xDS (ADS) address")] = "127.0.0.1:18000",
+    xds: Annotated[str, typer.Option(help="xDS (ADS) address; never shared with another process")] = "127.0.0.1:18000",
     status: Annotated[str, typer.Option(help="status API address")] = "127.0.0.1:18080",
     log_level: Annotated[str, typer.Option()] = "info",
 ) -> None:
@@ -135,6 +149,7 @@ def controlplane(
     With neither a file nor etcd it serves the bundled example."""
     from xgate.runtime import Bound, run_controlplane
 
+    xds_address, status_address = _host_port(xds, "--xds", any_port=True), _host_port(status, "--status", any_port=True)
     _setup_logging(log_level)
     path = file if file is not None or etcd else default_config()
     store = _etcd(etcd, etcd_ca, etcd_cert, etcd_key, etcd_user, etcd_password)
@@ -156,13 +171,17 @@ def controlplane(
             path,
             etcd=store,
             prefix=prefix,
-            xds=_host_port(xds, "--xds"),
-            status=_host_port(status, "--status"),
+            xds=xds_address,
+            status=status_address,
             on_ready=ready,
             stop=stop,
         )
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    except PortInUseError as exc:
+        typer.echo(f"xgate controlplane: {exc}; stop it or choose another port", err=True)
+        raise typer.Exit(2) from None
 
 
 def _etcd(
@@ -176,23 +195,34 @@ XdsServers = Annotated[
     typer.Option("--xds", help=f"control plane HOST:PORT that configures it; repeat to fail over [{DEFAULT_XDS}]"),
 ]
 NodeId = Annotated[str | None, typer.Option(help="its node id in `xgate status` [<service>-<host>-<pid>]")]
+ReusePort = Annotated[
+    bool, typer.Option("--reuse-port", help="share --listen with other processes started with it (SO_REUSEPORT)")
+]
 LogLevel = Annotated[str, typer.Option()]
 # (options, report ready, stop) -> the service, until stop
 ServiceRun = Callable[["ServiceOptions", Callable[["Ready"], None], asyncio.Event], Awaitable[None]]
 
 
 def _run_service(
-    name: str, xds: list[str] | None, listen: str, status: str, node_id: str | None, run: ServiceRun, ready: str = ""
+    name: str,
+    xds: list[str] | None,
+    listen: str,
+    status: str,
+    node_id: str | None,
+    reuse_port: bool,
+    run: ServiceRun,
+    ready: str = "",
 ) -> None:
     """What every service command does around its service: its options, SIGINT/SIGTERM to stop, and the ready
     line `xgate NAME ready: grpc HOST:PORT` (+ `ready`) once it has its first config from the control plane."""
     from xgate.service import ServiceOptions
 
     options = ServiceOptions(
-        listen=_host_port(listen, "--listen"),
+        listen=_host_port(listen, "--listen", any_port=True),
         xds=tuple(_host_port(item, "--xds") for item in xds or [DEFAULT_XDS]),
         status=_metrics_address(status),
         node_id=node_id,
+        reuse_port=reuse_port,
     )
 
     def announce(bound: Ready) -> None:
@@ -211,6 +241,9 @@ def _run_service(
     except MetricsAddressError as exc:
         typer.echo(f"xgate {name}: {exc}", err=True)
         raise typer.Exit(2) from None
+    except PortInUseError as exc:
+        typer.echo(f"xgate {name}: {exc}; to share it on purpose, start each process with --reuse-port", err=True)
+        raise typer.Exit(2) from None
 
 
 @app.command()
@@ -223,6 +256,7 @@ def authz(
         str, typer.Option(help="HTTP address of GET /metrics, /healthz, /readyz, or off")
     ] = "127.0.0.1:18085",
     node_id: NodeId = None,
+    reuse_port: ReusePort = False,
     log_level: LogLevel = "info",
 ) -> None:
     """Run the ext_authz service (envoy.service.auth.v3): the Python policies and `verify: python` jwt providers
@@ -231,7 +265,7 @@ def authz(
 
     _setup_logging(log_level)
     _run_service(
-        "authz", xds, listen, status, node_id,
+        "authz", xds, listen, status, node_id, reuse_port,
         lambda options, ready, stop: run_authz(
             options, timeout=timeout, fail_open=fail_open, on_ready=ready, stop=stop
         ),
@@ -246,6 +280,7 @@ def dyeing(
         str, typer.Option(help="HTTP address of GET /metrics, /healthz, /readyz, or off")
     ] = "127.0.0.1:18084",
     node_id: NodeId = None,
+    reuse_port: ReusePort = False,
     log_level: LogLevel = "info",
 ) -> None:
     """Run the ext_proc service (envoy.service.ext_proc.v3) that dyes requests with the rules the control plane
@@ -254,7 +289,7 @@ def dyeing(
 
     _setup_logging(log_level)
     _run_service(
-        "dyeing", xds, listen, status, node_id,
+        "dyeing", xds, listen, status, node_id, reuse_port,
         lambda options, ready, stop: run_dyeing(options, on_ready=ready, stop=stop),
     )  # fmt: skip
 
@@ -272,6 +307,7 @@ def ratelimit(
         str, typer.Option(help="HTTP address of GET /metrics, /healthz, /readyz, or off")
     ] = "127.0.0.1:18083",
     node_id: NodeId = None,
+    reuse_port: ReusePort = False,
     log_level: LogLevel = "info",
 ) -> None:
     """Run the global rate-limit service (envoy.service.ratelimit.v3) on the limits the control plane sends it."""
@@ -281,7 +317,7 @@ def ratelimit(
         raise typer.BadParameter("use open or closed", param_hint="--failure-mode")
     _setup_logging(log_level)
     _run_service(
-        "ratelimit", xds, listen, status, node_id,
+        "ratelimit", xds, listen, status, node_id, reuse_port,
         lambda options, ready, stop: run_ratelimit(
             options, redis_url=redis, failure_mode="open" if failure_mode == "open" else "closed",
             timeout=timeout, on_ready=ready, stop=stop,
@@ -297,9 +333,9 @@ def bootstrap(
     ] = None,
     node_id: Annotated[str, typer.Option()] = "xgate-envoy",
     node_cluster: Annotated[str, typer.Option()] = "xgate",
-    admin_port: Annotated[int, typer.Option()] = 9901,
+    admin_port: AdminPort = 9901,
 ) -> None:
-    """Print the Envoy bootstrap that connects an Envoy to xgate control planes."""
+    """Print the Envoy bootstrap that connects an Envoy to xgate control planes (by IP address or host name)."""
     from xgate.proxy.bootstrap import build_bootstrap
 
     servers = [_host_port(item, "--xds") for item in xds or [DEFAULT_XDS]]
@@ -314,7 +350,7 @@ def envoy(
     ] = None,
     node_id: Annotated[str, typer.Option()] = "xgate-envoy",
     node_cluster: Annotated[str, typer.Option()] = "xgate",
-    admin_port: Annotated[int, typer.Option()] = 9901,
+    admin_port: AdminPort = 9901,
     concurrency: Annotated[int | None, typer.Option()] = None,
     log_level: Annotated[str, typer.Option()] = "warn",
 ) -> None:
@@ -323,13 +359,11 @@ def envoy(
 
     servers = [_host_port(item, "--xds") for item in xds or [DEFAULT_XDS]]
     data = build_bootstrap(node_id=node_id, node_cluster=node_cluster, xds_servers=servers, admin_port=admin_port)
-    work = Path(tempfile.mkdtemp(prefix="xgate-envoy-"))
-    config = work / "bootstrap.json"
-    config.write_text(json.dumps(data))
     argv = [
         find_envoy(),
-        "-c",
-        str(config),
+        # On the command line, not in a file: Envoy replaces this process, so nothing would remove the file.
+        "--config-yaml",
+        json.dumps(data, separators=(",", ":")),
         "--disable-hot-restart",
         "--log-level",
         log_level,
@@ -341,11 +375,18 @@ def envoy(
     if concurrency:
         argv += ["--concurrency", str(concurrency)]
     print(
-        f"xgate envoy starting: node {node_id}, xds {', '.join(xds or [DEFAULT_XDS])}, admin 127.0.0.1:{admin_port}",
+        f"xgate envoy starting: node {node_id}, xds {', '.join(xds or [DEFAULT_XDS])}, "
+        f"admin 127.0.0.1:{admin_port or '(any port)'}",
         flush=True,
     )
     # exec: the supervisor signals Envoy itself, with no Python process in between.
     os.execv(argv[0], argv)
+
+
+@app.command()
+def example() -> None:
+    """Print the bundled example config (what `xgate up` serves without -f): `xgate example > gateway.yaml`."""
+    typer.echo(default_config().read_text(encoding="utf-8"), nl=False)
 
 
 @app.command("demo-upstream")
@@ -362,7 +403,10 @@ def demo_upstream(
 
 @app.command()
 def up(
-    file: Annotated[Path | None, typer.Option("--file", "-f", help="Config file; default: bundled example")] = None,
+    file: Annotated[
+        Path | None,
+        typer.Option("--file", "-f", help="config file or directory; default: the example (see `xgate example`)"),
+    ] = None,
     etcd: Annotated[str | None, typer.Option("--etcd", envvar="XGATE_ETCD", help="etcd HOST:PORT[,...]")] = None,
     prefix: Prefix = DEFAULT_PREFIX,
     etcd_ca: CaFile = None,
@@ -370,17 +414,25 @@ def up(
     etcd_key: KeyFile = None,
     etcd_user: User = None,
     etcd_password: Password = None,
-    demo: Annotated[bool | None, typer.Option(help="start the demo upstreams (default: with the example)")] = None,
+    demo: Annotated[
+        bool | None,
+        typer.Option(help="start the demo upstreams (default: those the config's upstreams point at, when free)"),
+    ] = None,
     xds: Annotated[str, typer.Option()] = "127.0.0.1:18000",
     status: Annotated[str, typer.Option()] = "127.0.0.1:18080",
-    admin_port: Annotated[int, typer.Option()] = 9901,
+    admin_port: AdminPort = 9901,
 ) -> None:
     """Run the whole gateway on this machine: control plane, Envoy (and demo upstreams), supervised.
 
-    Config: the bundled example, a file (-f), etcd (--etcd, with its TLS and auth options), or both. The etcd
-    options reach the children as XGATE_ETCD_* environment variables, not in their command lines.
+    Config: the bundled example, a file or directory (-f), etcd (--etcd, with its TLS and auth options), or
+    both. The etcd options reach the children as XGATE_ETCD_* environment variables, not in their command
+    lines. Every port it needs is checked first: a taken one is named with the process holding it (exit 2).
     """
+    from xgate.cli.local import Port, choose_demos, first_taken, load_or_none, ports_needed
     from xgate.supervisor import ChildSpec, Supervisor
+
+    xds_host, xds_port = _host_port(xds, "--xds")  # Envoy connects to it: port 0 would not do
+    status_host, status_port = _host_port(status, "--status", any_port=True)
 
     given = {"ca": etcd_ca, "cert": etcd_cert, "key": etcd_key, "user": etcd_user, "password": etcd_password}
     reach = {
@@ -394,21 +446,22 @@ def up(
         typer.echo(f"config file {path} not found", err=True)
         raise typer.Exit(2)
     sources = (["-f", str(path)] if path else []) + (["--etcd", etcd, "--prefix", prefix] if etcd else [])
+    config = load_or_none(path)
+    demos = choose_demos(demo, example=file is None and not etcd, config=config, say=typer.echo)
+    control_plane = [
+        Port(xds_host, xds_port, "control plane xDS, --xds"),
+        Port(status_host, status_port, "control plane status API, --status"),
+        Port("127.0.0.1", admin_port, "Envoy admin, --admin-port"),
+    ]
+    taken = first_taken(ports_needed(control_plane, config, demos))
+    if taken is not None:
+        typer.echo(f"xgate up: {taken}", err=True)
+        raise typer.Exit(2)
     me = [sys.executable, "-m", "xgate"]
-    children: list[ChildSpec] = []
-    if demo if demo is not None else (file is None and not etcd):
-        children += [
-            ChildSpec(
-                "demo-v1",
-                [*me, "demo-upstream", "--name", "demo-v1", "--port", "18081"],
-                ready_line="listening",
-            ),
-            ChildSpec(
-                "demo-v2",
-                [*me, "demo-upstream", "--name", "demo-v2", "--port", "18082"],
-                ready_line="listening",
-            ),
-        ]
+    children = [
+        ChildSpec(name, [*me, "demo-upstream", "--name", name, "--port", str(port)], ready_line="listening")
+        for name, port in demos
+    ]
     # The control plane first: the services are configured by it, and Envoy's routes name what they serve.
     children += [
         ChildSpec(

@@ -31,8 +31,8 @@ class DyeingService:
         self.registry = DyerRegistry()
         self.server: DyeingServer | None = None
 
-    async def start(self, host: str, port: int) -> int:
-        self.server = await serve(self.registry, host=host, port=port)
+    async def start(self, host: str, port: int, reuse_port: bool) -> int:
+        self.server = await serve(self.registry, host=host, port=port, reuse_port=reuse_port)
         return self.server.port
 
     def subscriptions(self) -> list[Subscription]:

@@ -21,6 +21,8 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as ext_proc_v3
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ext_proc_grpc
 
 from xgate.dyeing.rules import Dyer, DyeRequest, baggage_with
+from xgate.grpcguard import AsyncMalformedGuard
+from xgate.listen import bind_grpc, grpc_options
 from xgate.plugins.dyeing import EXT_PROC_FILTER, SETTINGS_METADATA, SOURCE_ATTRIBUTE
 from xgate.plugins.jwt import jwt_claims
 
@@ -167,13 +169,16 @@ class DyeingServer:
         await self.grpc_server.stop(grace)
 
 
-async def serve(registry: DyerRegistry, *, host: str = "127.0.0.1", port: int = 0) -> DyeingServer:
+async def serve(
+    registry: DyerRegistry, *, host: str = "127.0.0.1", port: int = 0, reuse_port: bool = False
+) -> DyeingServer:
     """Start the ExternalProcessor service on `host:port` (0: any free port) answering from `registry`.
 
-    Errors: RuntimeError from grpc when the port cannot be bound."""
+    Errors: RuntimeError from grpc when the port cannot be bound, PortInUseError when another process holds
+    it (unless `reuse_port`: several processes then share it)."""
     service = DyeingService(registry)
-    server = grpc.aio.server()
+    server = grpc.aio.server(interceptors=[AsyncMalformedGuard()], options=grpc_options(reuse_port=reuse_port))
     ext_proc_grpc.add_ExternalProcessorServicer_to_server(service, server)
-    bound = server.add_insecure_port(f"{host}:{port}")
+    bound = bind_grpc(server, host, port, "dyeing gRPC, --listen", reuse_port=reuse_port)
     await server.start()
     return DyeingServer(server, service, bound)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import shutil
 import sys
 from collections.abc import Sequence
@@ -34,10 +35,29 @@ def _socket_address(host: str, port: int) -> dict[str, Any]:
     return {"socket_address": {"address": host, "port_value": port}}
 
 
+def is_ip(host: str) -> bool:
+    """Whether `host` is an IP literal (Envoy's STATIC clusters take nothing else)."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _discovery(xds_servers: Sequence[tuple[str, int]]) -> dict[str, Any]:
+    """How Envoy finds the control planes: IP literals as they are; any host name makes it a STRICT_DNS cluster
+    (every address a name resolves to is a control plane, re-resolved as DNS changes). LOGICAL_DNS would take
+    one name only, and a fleet names several control planes."""
+    if all(is_ip(host) for host, _ in xds_servers):
+        return {"type": "STATIC"}
+    # Control planes usually listen on IPv4; AUTO would try an IPv6 address of `localhost` first and fail.
+    return {"type": "STRICT_DNS", "dns_lookup_family": "V4_PREFERRED", "respect_dns_ttl": True}
+
+
 def _xds_cluster(xds_servers: Sequence[tuple[str, int]]) -> dict[str, Any]:
     return {
         "name": XDS_CLUSTER_NAME,
-        "type": "STATIC",
+        **_discovery(xds_servers),
         "connect_timeout": "1s",
         "lb_policy": "ROUND_ROBIN",
         "typed_extension_protocol_options": {
@@ -77,13 +97,19 @@ def build_bootstrap(
 ) -> dict[str, Any]:
     """Return an Envoy v3 bootstrap (a plain dict, ready to dump as YAML or JSON).
 
-    Listeners and clusters come over ADS from `xds_servers`; the only static resource is the cluster
-    that reaches the control planes. `admin_port` 0 lets Envoy pick a port (use --admin-address-path).
+    Listeners and clusters come over ADS from `xds_servers` (IP addresses or host names); the only static
+    resource is the cluster that reaches the control planes. `admin_port` 0 lets Envoy pick a port (use
+    --admin-address-path).
 
-    Errors: ValueError when `xds_servers` is empty.
+    Errors: ValueError when `xds_servers` is empty or a port is out of range.
     """
     if not xds_servers:
         raise ValueError("build_bootstrap needs at least one xDS server address")
+    for host, port in xds_servers:
+        if not 0 < port < 65536:
+            raise ValueError(f"xDS server {host}:{port}: the port must be from 1 to 65535")
+    if not 0 <= admin_port < 65536:
+        raise ValueError(f"admin port {admin_port}: must be from 0 (any free port) to 65535")
     return {
         "node": {"id": node_id, "cluster": node_cluster},
         "dynamic_resources": {

@@ -46,11 +46,12 @@ class RateLimitService:
         self.redis_url, self.failure_mode, self.timeout = redis_url, failure_mode, timeout
         self.server: RateLimitServer | None = None
 
-    async def start(self, host: str, port: int) -> int:
+    async def start(self, host: str, port: int, reuse_port: bool) -> int:
         self.server, bound = await serve(
             LimitTable(),
             host=host,
             port=port,
+            reuse_port=reuse_port,
             redis_url=self.redis_url,
             failure_mode=self.failure_mode,
             timeout=self.timeout,

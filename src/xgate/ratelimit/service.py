@@ -19,6 +19,8 @@ from envoy.config.core.v3 import base_pb2 as core_v3
 from envoy.service.ratelimit.v3 import rls_pb2 as rls_v3
 from envoy.service.ratelimit.v3 import rls_pb2_grpc
 
+from xgate.grpcguard import AsyncMalformedGuard
+from xgate.listen import bind_grpc, grpc_options
 from xgate.ratelimit.algorithms import Backend, Decision, MemoryBackend
 from xgate.ratelimit.limits import LimitTable, Match
 from xgate.ratelimit.redis_backend import RedisBackend
@@ -225,17 +227,19 @@ async def serve(
     redis_url: str | None = None,
     failure_mode: FailureMode = "open",
     timeout: float = 0.05,
+    reuse_port: bool = False,
 ) -> tuple[RateLimitServer, int]:
     """Start the service on `host:port` (0: any free port); counters in Redis at `redis_url`, else in memory.
 
     Returns the running server and the port it bound. Redis is connected lazily: an unreachable Redis does not
     stop the start, requests then get the failure mode's answer. Stop with `await server.stop()`.
-    Errors: RuntimeError from grpc when the port cannot be bound.
+    Errors: RuntimeError from grpc when the port cannot be bound, PortInUseError when another process holds
+    it (unless `reuse_port`: several processes then share it).
     """
     backend: Backend = MemoryBackend() if redis_url is None else RedisBackend.connect(redis_url, timeout=timeout)
     service = RateLimitService(table, backend, failure_mode=failure_mode, timeout=timeout)
-    server = grpc.aio.server()
+    server = grpc.aio.server(interceptors=[AsyncMalformedGuard()], options=grpc_options(reuse_port=reuse_port))
     rls_pb2_grpc.add_RateLimitServiceServicer_to_server(service, server)
-    bound = server.add_insecure_port(f"{host}:{port}")
+    bound = bind_grpc(server, host, port, "ratelimit gRPC, --listen", reuse_port=reuse_port)
     await server.start()
     return RateLimitServer(server, service, bound), bound

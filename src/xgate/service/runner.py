@@ -30,8 +30,9 @@ class Service(Protocol):
 
     name: ClassVar[str]  # "authz", "dyeing", "ratelimit": its node says "xgate-<name>"
 
-    async def start(self, host: str, port: int) -> int:
-        """Bind and serve gRPC on host:port (0: any); return the port bound. Errors: RuntimeError from grpc."""
+    async def start(self, host: str, port: int, reuse_port: bool) -> int:
+        """Bind and serve gRPC on host:port (0: any; `reuse_port`: shared with other processes of the service);
+        return the port bound. Errors: PortInUseError when another process holds the port."""
         ...
 
     def subscriptions(self) -> list[Subscription]: ...
@@ -53,6 +54,7 @@ class ServiceOptions:
     xds: tuple[tuple[str, int], ...]  # control planes, tried in order
     status: tuple[str, int] | None = None  # GET /metrics, /healthz, /readyz; None: off
     node_id: str | None = None  # default: <service>-<host name>-<pid>
+    reuse_port: bool = False  # share the gRPC port with other processes of the service (SO_REUSEPORT)
 
 
 @dataclass(frozen=True)
@@ -81,11 +83,10 @@ async def run_service(
 ) -> None:
     """Serve until `stop` is set (or the task is cancelled), then stop within a second.
 
-    Errors: RuntimeError when the gRPC address cannot be bound, MetricsAddressError when the status address
-    cannot."""
+    Errors: PortInUseError when the gRPC address is taken, MetricsAddressError when the status address is."""
     stop = stop or asyncio.Event()
     client = XdsClient(options.xds, node(service.name, options.node_id), service.subscriptions())
-    port = await service.start(*options.listen)
+    port = await service.start(*options.listen, options.reuse_port)
     runner: web.AppRunner | None = None
     try:
         status_port = None

@@ -1,8 +1,10 @@
-"""The file source: watch one YAML file (editors that save by rename included) and emit each new revision."""
+"""The file source: watch one YAML file, or a directory of them (editors that save by rename included), and emit
+each new revision."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -10,7 +12,7 @@ from pathlib import Path
 
 from asyncinotify import Inotify, Mask
 
-from xgate.config.load import ConfigSet, ObjectCache, parse_document
+from xgate.config.load import ConfigSet, ObjectCache, config_files, is_config_name, parse_document, parse_files
 from xgate.errors import ConfigError, ConfigIssue
 from xgate.heap import gc_paused
 from xgate.sources.revision import Revision, revision_of
@@ -20,6 +22,8 @@ log = logging.getLogger("xgate.sources.file")
 # Events that mean "a file in the directory is complete": IN_CLOSE_WRITE after an in-place save (never
 # mid-write, unlike IN_MODIFY), IN_MOVED_TO after a save by rename, IN_CREATE for a symlink swap.
 _EVENTS = Mask.CLOSE_WRITE | Mask.MOVED_TO | Mask.CREATE
+# In a config directory a file can also go away, and its objects with it.
+_GONE = Mask.DELETE | Mask.MOVED_FROM
 # Above this size, parsing runs in a worker thread so the event loop keeps serving ADS meanwhile.
 _THREAD_ABOVE = 256 * 1024
 
@@ -29,6 +33,10 @@ class FileSource:
 
     A save seen half-written (an editor writing in place) fails to parse; the file is read again after
     `settle` seconds and the error is only reported when the content stayed the same.
+
+    `path` may be a directory: its config files (see config_files) are one config, as for `xgate validate`,
+    and a change to any of them is a change, under the same settle rule. A file removed from it counts
+    after `settle` seconds (a save that deletes and writes the file again is not a removal).
     """
 
     def __init__(
@@ -43,6 +51,8 @@ class FileSource:
         self._settle = settle
         self._last_text: str | None = None
         self._cache = ObjectCache()
+        self._directory = self.path.is_dir()
+        self._caches: dict[str, ObjectCache] = {}  # a directory's: one per file
 
     async def load(self) -> Revision:
         revision = await self._read()
@@ -62,7 +72,8 @@ class FileSource:
             await self.load()
         stop = stop or asyncio.Event()
         with Inotify() as inotify:
-            inotify.add_watch(self.path.parent, _EVENTS)
+            watched, mask = (self.path, _EVENTS | _GONE) if self._directory else (self.path.parent, _EVENTS)
+            inotify.add_watch(watched, mask)
             events = inotify.__aiter__()
             stopping = asyncio.create_task(stop.wait())
             try:
@@ -72,7 +83,9 @@ class FileSource:
                     if waiting not in done:
                         waiting.cancel()
                         break
-                    waiting.result()
+                    event = waiting.result()
+                    if event.mask & _GONE and event.name is not None and is_config_name(event.name.name):
+                        await asyncio.sleep(self._settle)
                     revision = await self._read()
                     if revision is not None:
                         await self._emit(revision)
@@ -81,14 +94,24 @@ class FileSource:
 
     def _parse(self, text: str) -> ConfigSet:
         with gc_paused():
+            if self._directory:
+                files = [(str(self.path / name), content) for name, content in json.loads(text)]
+                return parse_files(str(self.path), files, self._caches)
             return parse_document(text, str(self.path), self._cache)
+
+    def _read_text(self) -> str:
+        """The file's text; a directory's is its config files' names and texts as one JSON string, so that
+        `_read` compares, digests and re-reads a directory as it does one file."""
+        if not self._directory:
+            return self.path.read_text(encoding="utf-8")
+        return json.dumps([[file.name, _text_of(file)] for file in config_files(self.path)])
 
     async def _read(self) -> Revision | None:
         """Read and parse; None when the content did not change since the last revision."""
         while True:
             seen_at = time.perf_counter()
             try:
-                text = self.path.read_text(encoding="utf-8")
+                text = self._read_text()
             except FileNotFoundError:
                 return None  # mid-rename; the new file's event follows
             except (OSError, UnicodeDecodeError) as exc:
@@ -108,10 +131,18 @@ class FileSource:
             if error is not None or (config is not None and config.issues):
                 await asyncio.sleep(self._settle)
                 try:
-                    again = self.path.read_text(encoding="utf-8")
+                    again = self._read_text()
                 except OSError:
                     again = None
                 if again is not None and again != text:
                     continue
             self._last_text = text
             return Revision(revision=revision_of(text), config=config, error=error, seen_at=seen_at)
+
+
+def _text_of(file: Path) -> str:
+    """One file of a directory; the error says which file cannot be decoded."""
+    try:
+        return file.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise OSError(f"{file.name} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None

@@ -6,6 +6,7 @@ settings travel in the RouteConfiguration, so a config change never drains conne
 
 from __future__ import annotations
 
+from envoy.config.core.v3 import protocol_pb2 as protocol_v3
 from envoy.config.listener.v3 import listener_components_pb2 as listener_components_v3
 from envoy.config.listener.v3 import listener_pb2 as listener_v3
 from envoy.extensions.filters.http.router.v3 import router_pb2 as router_v3
@@ -21,6 +22,8 @@ from xgate.translate.protos import ads_source, socket_address
 
 HCM = "envoy.filters.network.http_connection_manager"
 ROUTER = "envoy.filters.http.router"
+# The Host an HTTP/1.0 request without one is routed by (nginx would route it to its default server).
+HTTP_10_DEFAULT_HOST = "localhost"
 
 
 def translate_listener(ir: ListenerIR) -> listener_v3.Listener:
@@ -37,6 +40,11 @@ def translate_listener(ir: ListenerIR) -> listener_v3.Listener:
         normalize_path=wrappers_pb2.BoolValue(value=True),
         merge_slashes=True,
         use_remote_address=wrappers_pb2.BoolValue(value=True),
+        # HTTP/1.0 clients (health checkers, scripts, old load balancers) are served as nginx serves them;
+        # Envoy's default answers them 426 Upgrade Required.
+        http_protocol_options=protocol_v3.Http1ProtocolOptions(
+            accept_http_10=True, default_host_for_http_10=HTTP_10_DEFAULT_HOST
+        ),
     )
     for name in ir.filters:
         manager.http_filters.extend(TRANSLATORS[name].http_filters(ir.defaults.get(name), manager))

@@ -11,7 +11,9 @@ import yaml
 from envoy.config.bootstrap.v3 import bootstrap_pb2 as bootstrap_v3
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2  # noqa: F401 (registers the Any type)
 from google.protobuf import json_format
+from typer.testing import CliRunner
 
+from xgate.cli.main import app
 from xgate.proxy.bootstrap import XDS_CLUSTER_NAME, build_bootstrap, find_envoy
 
 SERVERS = [("127.0.0.1", 18000), ("127.0.0.2", 18001)]
@@ -40,6 +42,75 @@ def test_ads_config() -> None:
     assert backoff == {"base_interval": "0.1s", "max_interval": "1s"}
     for kind in ("cds_config", "lds_config"):
         assert dynamic[kind] == {"ads": {}, "resource_api_version": "V3"}
+
+
+def test_ip_addresses_make_a_static_cluster_and_host_names_a_dns_one() -> None:
+    (static,) = _build()["static_resources"]["clusters"]
+    assert static["type"] == "STATIC" and "dns_lookup_family" not in static
+    (dns,) = _build(xds_servers=[("cp1", 18000), ("10.0.0.2", 18000)])["static_resources"]["clusters"]
+    assert (dns["type"], dns["dns_lookup_family"], dns["respect_dns_ttl"]) == ("STRICT_DNS", "V4_PREFERRED", True)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"xds_servers": [("127.0.0.1", 99999)]}, "port must be from 1 to 65535"),
+        ({"xds_servers": [("127.0.0.1", 0)]}, "port must be from 1 to 65535"),
+        ({"admin_port": -5}, "must be from 0"),
+        ({"admin_port": 65536}, "must be from 0"),
+    ],
+)
+def test_ports_out_of_range_are_refused(overrides: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        _build(**overrides)
+
+
+# Every form of `xgate bootstrap` the README and --help show, and the option combinations around them.
+DOCUMENTED_FORMS = [
+    [],
+    ["--xds", "cp1:18000", "--xds", "cp2:18000"],
+    ["--xds", "127.0.0.1:18000"],
+    ["--xds", "10.0.0.1:18000", "--xds", "10.0.0.2:18000", "--xds", "10.0.0.3:18000"],
+    ["--xds", "localhost:18000", "--xds", "10.0.0.2:18000"],
+    ["--xds", "[::1]:18000"],
+    ["--xds", "xgate-cp.default.svc.cluster.local:18000", "--admin-port", "0"],
+    ["--node-id", "edge-1", "--node-cluster", "edge", "--admin-port", "19901"],
+]
+
+
+@pytest.mark.parametrize("args", DOCUMENTED_FORMS, ids=lambda args: " ".join(args) or "defaults")
+def test_every_documented_bootstrap_form_passes_envoy_validate(tmp_path: Path, args: list[str]) -> None:
+    result = CliRunner().invoke(app, ["bootstrap", *args])
+    assert result.exit_code == 0, result.output
+    path = tmp_path / "envoy.yaml"
+    path.write_text(result.output)
+    validated = subprocess.run(
+        [find_envoy(), "--mode", "validate", "-c", str(path), "--disable-hot-restart"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert validated.returncode == 0, validated.stdout + validated.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--xds", "127.0.0.1:99999"], "'127.0.0.1:99999' is not HOST:PORT with a port from 1 to 65535"),
+        (["--xds", "127.0.0.1:0"], "'127.0.0.1:0' is not HOST:PORT with a port from 1 to 65535"),
+        (["--xds", "cp1"], "'cp1' is not HOST:PORT"),
+        (["--xds", "::1:18000"], "write an IPv6 address in brackets"),
+        (["--admin-port", "-5"], "-5 is not a port: use 1 to 65535, or 0 for any free port"),
+        (["--admin-port", "65536"], "65536 is not a port"),
+    ],
+)
+def test_the_cli_refuses_bad_addresses_with_a_clear_message(args: list[str], message: str) -> None:
+    result = CliRunner().invoke(app, ["bootstrap", *args])
+    assert result.exit_code == 2
+    # The usage error is drawn in a box that wraps lines: compare the words.
+    shown = " ".join(result.output.replace("│", " ").split())
+    assert message in shown, result.output
 
 
 def test_xds_cluster_lists_every_control_plane() -> None:
