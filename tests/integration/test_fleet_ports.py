@@ -13,8 +13,8 @@ import httpx
 import pytest
 import yaml
 
-from xgate.pipeline import revision_of
 from xgate.proxy.process import EnvoyProcess
+from xgate.sources.revision import revision_of
 from xgate.testing import free_port, run_cli, run_gateway
 from xgate.testing.ports import free_ports
 
