@@ -5,8 +5,11 @@ Exit codes scripts can rely on:
     1  diff: there are differences
     2  invalid config, or a refused delete; nothing was written. get KIND NAME: no such object, or its stored
        value is not a valid one (its problems and text go to stderr)
-    3  another writer changed the keys meanwhile; nothing was written (read again and retry)
+    3  another writer changed the keys meanwhile; nothing of this apply remains (an apply in several
+       transactions undoes the ones it wrote; read again and retry)
     4  etcd unreachable
+    5  apply: partly applied; an apply in several transactions wrote some, then etcd failed before they could
+       be undone: the changes written are listed on stdout (apply the same files again to finish)
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from xgate.sources.etcd.client import EtcdClient, EtcdRequestError, EtcdSettings
 from xgate.sources.etcd.layout import DEFAULT_PREFIX, KEY_KINDS, PLUGIN, key_of, normalize_prefix, object_data
 from xgate.sources.etcd.store import (
     ConflictError,
+    PartialApplyError,
     Plan,
     Stored,
     delete_object,
@@ -36,7 +40,7 @@ from xgate.sources.etcd.store import (
     references_to,
 )
 
-EXIT_DIFFERENT, EXIT_INVALID, EXIT_CONFLICT, EXIT_UNREACHABLE = 1, 2, 3, 4
+EXIT_DIFFERENT, EXIT_INVALID, EXIT_CONFLICT, EXIT_UNREACHABLE, EXIT_PARTIAL = 1, 2, 3, 4, 5
 T = TypeVar("T")
 
 Etcd = Annotated[str, typer.Option("--etcd", envvar="XGATE_ETCD", help="etcd endpoints, HOST:PORT[,HOST:PORT...]")]
@@ -130,8 +134,14 @@ def register(app: typer.Typer) -> None:
         try:
             revision, transactions = _run(target, work)
         except ConflictError as exc:
-            typer.echo(f"conflict: {exc}", err=True)
+            typer.echo(f"conflict: {exc}; read again and retry", err=True)
             raise typer.Exit(EXIT_CONFLICT) from None
+        except PartialApplyError as exc:
+            for change in exc.written:
+                typer.echo(f"{change.action}d {change.kind}/{change.name}")
+            typer.echo(f"PARTLY APPLIED: {exc}", err=True)
+            typer.echo("  the changes listed on stdout are in etcd; run the same apply again to finish", err=True)
+            raise typer.Exit(EXIT_PARTIAL) from None
         for change in plan.changes:
             if change.action != "unchanged":
                 typer.echo(f"{change.action}d {change.kind}/{change.name}")
