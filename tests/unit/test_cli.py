@@ -43,7 +43,7 @@ def test_validate_a_directory_merges_its_files_and_lists_every_issue(tmp_path: P
     assert result.exit_code == 1 and "invalid: 2 issues" in result.output, result.output
     assert f"{tmp_path / 'd.yaml'}:1: document: not valid YAML" in result.output
     # A file that does not parse does not hide the clash between two that do.
-    assert f"{tmp_path / 'c.json'}: route r field name: duplicate name: also defined in {tmp_path / 'a.yaml'}" in (
+    assert f"{tmp_path / 'c.json'}:1: route r field name: duplicate name: also defined in {tmp_path / 'a.yaml'}:2" in (
         result.output
     )
 
