@@ -106,9 +106,9 @@ def translate(
 @app.command()
 def schema() -> None:
     """Print the JSON schema of config files (point your editor's YAML support at it)."""
-    from xgate.config.schema import Document
+    from xgate.cli.schema import config_schema
 
-    typer.echo(json.dumps(Document.model_json_schema(), indent=2))
+    typer.echo(json.dumps(config_schema(), indent=2))
 
 
 @app.command()

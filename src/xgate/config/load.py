@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 import yaml_rs
@@ -18,6 +19,7 @@ from xgate.config.schema import KINDS, Listener, Route, Upstream
 from xgate.errors import ConfigError, ConfigIssue
 
 FieldPath = tuple[str | int, ...]
+M = TypeVar("M", bound=BaseModel)
 SECTIONS = {"listeners": "listener", "upstreams": "upstream", "routes": "route"}
 TOP_LEVEL = {"xgate", "plugins", *SECTIONS}
 _LINE = re.compile(r"at line (\d+)")
@@ -105,12 +107,24 @@ def load_yaml(text: str, source: str) -> Any:
         raise ConfigError([ConfigIssue(source, "document", "", f"not valid YAML: {reason}", line)]) from None
 
 
+def validate_model(model: type[M], data: Any) -> M:
+    """Validate plain config data the way JSON Schema reads it: a number, a boolean and a string are what they
+    are (no "80" for a port, no "yes" for true), so `xgate validate` and the exported JSON schema accept the
+    same files. A before-validator's result is checked as Python data, strictly: it must hand on a tuple where
+    the field is a tuple. Errors: pydantic's ValidationError (see messages.explain)."""
+    try:
+        text = json.dumps(data, allow_nan=False)
+    except (TypeError, ValueError):  # a YAML value JSON has no word for (binary, NaN): pydantic judges it
+        return model.model_validate(data, strict=True)
+    return model.model_validate_json(text, strict=True)
+
+
 def validate_object(
     kind: str, data: Any, label: str, prefix: FieldPath = ()
 ) -> tuple[BaseModel | None, list[_Problem]]:
     """Validate one object of `kind`; on failure return every problem with its field path."""
     try:
-        return KINDS[kind].model_validate(data), []
+        return validate_model(KINDS[kind], data), []
     except ValidationError as exc:
         return None, [_Problem(label, prefix + loc, message) for loc, message in explain(exc.errors())]
 

@@ -4,9 +4,20 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    GetJsonSchemaHandler,
+    StringConstraints,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema
 
 from xgate.config.types import Duration, Name, Regex
 
@@ -29,12 +40,20 @@ def exactly_one(model: BaseModel, fields: tuple[str, ...], what: str) -> None:
 # -- upstreams ---------------------------------------------------------------------------------------------
 
 
+ENDPOINT_PATTERN = r"^.+:[0-9]+$"
+
+
 class Endpoint(Model):
     """One address of an upstream; `"10.0.0.1:8080"` is short for `{host: 10.0.0.1, port: 8080}`."""
 
     host: str = Field(min_length=1, max_length=253)
     port: int = Field(ge=1, le=65535)
     weight: int = Field(default=1, ge=1, le=128)
+
+    @classmethod
+    def __get_pydantic_json_schema__(cls, schema: CoreSchema, handler: GetJsonSchemaHandler) -> JsonSchemaValue:
+        """The short form is in the JSON schema too, so editors accept `"10.0.0.1:8080"`."""
+        return {"anyOf": [{"type": "string", "pattern": ENDPOINT_PATTERN}, handler(schema)]}
 
     @model_validator(mode="before")
     @classmethod
@@ -127,6 +146,12 @@ class QueryMatch(Model):
 
 
 Method = Literal["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE"]
+# Methods are read in any case (`get` is GET): the JSON schema offers the usual spelling and accepts any case.
+_ANY_CASE = "|".join("".join(f"[{c.upper()}{c.lower()}]" for c in method) for method in get_args(Method))
+AnyCaseMethod = Annotated[
+    str,
+    WithJsonSchema({"anyOf": [{"enum": list(get_args(Method))}, {"type": "string", "pattern": f"^({_ANY_CASE})$"}]}),
+]
 
 
 class Match(Model):
@@ -146,7 +171,7 @@ class Match(Model):
                 raise ValueError(f"host {host!r}: a wildcard may only lead ('*.example.com') or trail")
         return tuple(host.lower() for host in hosts)
 
-    @field_validator("methods", mode="before")
+    @field_validator("methods", mode="before", json_schema_input_type=tuple[AnyCaseMethod, ...])
     @classmethod
     def _upper(cls, methods: Any) -> Any:
         if isinstance(methods, list | tuple):
@@ -265,10 +290,11 @@ class Route(Model):
     canary: tuple[Canary, ...] = ()
     plugins: dict[str, Any] = Field(default_factory=dict)
 
-    @field_validator("canary", mode="before")
+    @field_validator("canary", mode="before", json_schema_input_type=Canary | tuple[Canary, ...])
     @classmethod
     def _one_canary(cls, value: Any) -> Any:
-        return (value,) if isinstance(value, dict) else value
+        # A tuple, not a list: after a before-validator pydantic checks strictly (see load.validate_model).
+        return (value,) if isinstance(value, dict) else tuple(value) if isinstance(value, list) else value
 
     @model_validator(mode="after")
     def _action(self) -> Route:

@@ -9,7 +9,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from xgate.config.load import ConfigSet
+from xgate.config.load import ConfigSet, validate_model
 from xgate.config.messages import explain
 from xgate.config.schema import Listener, Model, Route
 from xgate.errors import ConfigError, ConfigIssue
@@ -248,7 +248,7 @@ def _validated_plugins(
             result[plugin_name] = None
             continue
         try:
-            result[plugin_name] = plugin.settings.model_validate({} if settings is True else settings)
+            result[plugin_name] = validate_model(plugin.settings, {} if settings is True else settings)
         except ValidationError as exc:
             for loc, message in explain(exc.errors()):
                 issues.append(config.issue(kind, name, ".".join(str(part) for part in (where, *loc)), message))

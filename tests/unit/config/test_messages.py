@@ -51,7 +51,8 @@ def issues_of(text: str) -> list[str]:
             "document field plugins.policy.policies.bad name: is not a valid name",
         ),
         ("plugins: {dyeing: {trust: some}}", "plugins.dyeing.trust: must be 'none' or 'all', or a list"),
-        ("plugins: {dyeing: {trust: [10.0.0.0/33]}}", "plugins.dyeing.trust.0: must be an IP network such as"),
+        ("plugins: {dyeing: {trust: [10.0.0.0/33]}}", "plugins.dyeing.trust.0: '33' is not a valid netmask"),
+        ("plugins: {dyeing: {trust: [[1]]}}", "plugins.dyeing.trust.0: must be a string"),
         (
             "plugins:\n  dyeing:\n    rules:\n      - {stage: s, claim: {name: g, equals: [1]}}\n",
             "gw.yaml:4: document field plugins.dyeing.rules.0.claim.equals: must be a string, a whole number, or "
