@@ -74,21 +74,48 @@ class Endpoint(Model):
         return True
 
 
+HOST_PATTERN = r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?)(:[0-9]{1,5})?$"
+STATUS_RANGE_PATTERN = r"^[1-5][0-9]{2}-[1-5][0-9]{2}$"
+StatusRange = Annotated[int, Field(ge=100, le=599)] | Annotated[str, StringConstraints(pattern=STATUS_RANGE_PATTERN)]
+
+
 class HealthCheck(Model):
     """Active HTTP health checks: Envoy asks `path` on every endpoint each `interval`; an endpoint that fails
-    `unhealthy_threshold` times in a row takes no traffic until it passes `healthy_threshold` times."""
+    `unhealthy_threshold` times in a row takes no traffic until it passes `healthy_threshold` times.
+
+    `host` is the Host header of the checks; by default each endpoint gets its own `host:port`, what a client
+    calling it directly sends (Envoy would send the cluster's name, `upstream/<name>`, which nginx and Envoy
+    answer with 400). `expected_statuses` are the answers that count as healthy: codes or "200-399" ranges,
+    by default 200-399 as Kubernetes' HTTP probes count them."""
 
     path: str = Field(default="/healthz", pattern=r"^/[^\s]*$")
     interval: Duration = 1.0
     timeout: Duration = 0.5
     unhealthy_threshold: int = Field(default=2, ge=1, le=100)
     healthy_threshold: int = Field(default=1, ge=1, le=100)
+    host: str | None = Field(default=None, max_length=255, pattern=HOST_PATTERN)
+    expected_statuses: tuple[StatusRange, ...] = Field(default=("200-399",), min_length=1)
 
     @model_validator(mode="after")
     def _positive(self) -> HealthCheck:
         if self.interval <= 0 or self.timeout <= 0:
             raise ValueError("interval and timeout must be greater than 0")
+        for start, end in self.status_ranges:
+            if start > end:
+                raise ValueError(f"expected_statuses: {start}-{end} is an empty range")
         return self
+
+    @property
+    def status_ranges(self) -> list[tuple[int, int]]:
+        """Each expected status or range as (first, last), both included."""
+        ranges = []
+        for item in self.expected_statuses:
+            if isinstance(item, int):
+                ranges.append((item, item))
+            else:
+                first, _, last = item.partition("-")
+                ranges.append((int(first), int(last)))
+        return ranges
 
 
 class Upstream(Model):
