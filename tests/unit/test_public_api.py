@@ -14,8 +14,9 @@ import xgate.translate
 def test_public_api() -> None:
     assert sorted(xgate.__all__) == ["ConfigError", "ConfigIssue", "XgateError", "__version__"]
     assert sorted(xgate.testing.__all__) == [
-        "CliResult", "EtcdCluster", "EtcdProcess", "Gateway", "RedisProcess", "free_port", "run_authz_service",
-        "run_cli", "run_dyeing_service", "run_etcd", "run_gateway", "run_redis", "scrape", "write_atomic",
+        "CliResult", "EtcdCluster", "EtcdProcess", "Gateway", "NginxProcess", "RedisProcess", "free_port",
+        "run_authz_service", "run_cli", "run_dyeing_service", "run_etcd", "run_gateway", "run_nginx", "run_redis",
+        "scrape", "write_atomic",
     ]  # fmt: skip
     assert sorted(xgate.translate.__all__) == ["Resources", "Translator", "translate"]
     assert {"Snapshot", "SnapshotCache", "add_to_server"} <= set(xgate.discovery.__all__)

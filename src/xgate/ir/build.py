@@ -9,7 +9,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from xgate.config.load import ConfigSet
+from xgate.config.load import ConfigSet, validate_model
+from xgate.config.messages import explain
 from xgate.config.schema import Listener, Model, Route
 from xgate.errors import ConfigError, ConfigIssue
 from xgate.ir.model import GatewayIR, ListenerIR, RouteIR
@@ -247,13 +248,10 @@ def _validated_plugins(
             result[plugin_name] = None
             continue
         try:
-            result[plugin_name] = plugin.settings.model_validate({} if settings is True else settings)
+            result[plugin_name] = validate_model(plugin.settings, {} if settings is True else settings)
         except ValidationError as exc:
-            for err in exc.errors():
-                loc = ".".join(str(part) for part in err["loc"])
-                message = str(err["msg"]).removeprefix("Value error, ")
-                message = "unknown field" if err["type"] == "extra_forbidden" else message
-                issues.append(config.issue(kind, name, f"{where}.{loc}" if loc else where, message))
+            for loc, message in explain(exc.errors()):
+                issues.append(config.issue(kind, name, ".".join(str(part) for part in (where, *loc)), message))
     return result
 
 

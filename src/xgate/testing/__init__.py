@@ -1,5 +1,6 @@
 """Test helpers users may import: a whole gateway (control plane + real Envoy), the authz and dyeing services,
-etcd and Redis on loopback ports, the command line as a child process, and /metrics read as Prometheus does."""
+etcd, Redis and nginx upstreams on loopback ports, the command line as a child process, and /metrics read as
+Prometheus does."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from xgate.testing.dyeing import run_dyeing_service
 from xgate.testing.etcd import EtcdCluster, EtcdProcess, run_etcd
 from xgate.testing.gateway import Gateway, free_port, run_gateway, write_atomic
 from xgate.testing.metrics import scrape
+from xgate.testing.nginx import NginxProcess, run_nginx
 from xgate.testing.redis import RedisProcess, run_redis
 
 __all__ = [
@@ -16,6 +18,7 @@ __all__ = [
     "EtcdCluster",
     "EtcdProcess",
     "Gateway",
+    "NginxProcess",
     "RedisProcess",
     "free_port",
     "run_authz_service",
@@ -23,6 +26,7 @@ __all__ = [
     "run_dyeing_service",
     "run_etcd",
     "run_gateway",
+    "run_nginx",
     "run_redis",
     "scrape",
     "write_atomic",
