@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# Debian packages the integration tests use: etcd and Redis (started by the tests, never as services), openssl.
+# Debian packages the integration tests use: etcd, Redis and nginx (started by the tests, never as services),
+# openssl.
 set -euo pipefail
 missing=()
 command -v etcd >/dev/null || missing+=(etcd-server)
 command -v openssl >/dev/null || missing+=(openssl)  # certificates for the etcd TLS test
 command -v redis-server >/dev/null || missing+=(redis-server)
+# nginx answers a malformed Host with 400, as real upstreams do: the health-check and failover tests need it.
+command -v nginx >/dev/null || [[ -x /usr/sbin/nginx ]] || missing+=(nginx-light)
 if ((${#missing[@]})); then
     SUDO=""
     [[ $(id -u) -eq 0 ]] || SUDO="sudo"

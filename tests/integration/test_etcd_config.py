@@ -72,14 +72,14 @@ async def test_cli_apply_diff_get_delete(etcd: EtcdCluster, upstreams: dict[str,
     stored = json.loads(await etcd.get("/xgate/route/to-v2") or "{}")
     assert stored == {"name": "to-v2", "match": {"path": {"prefix": "/v2"}}, "upstream": "v2"}
     code, out, _ = await run_cli("apply", "-f", str(config), "--etcd", target)
-    assert (code, out.strip().splitlines()[-1].split(" (")[0]) == (0, "0 changed, 6 unchanged")
+    assert (code, out.strip().splitlines()[-1].split(" (")[0]) == (0, "no changes: 6 unchanged")
     code, out, _ = await run_cli("diff", "-f", str(config), "--etcd", target)
     assert code == 0 and "0 objects would change" in out
 
     code, out, _ = await run_cli("get", "route", "to-v2", "--etcd", target, "-o", "json")
-    assert code == 0 and json.loads(out)["upstream"] == "v2"
+    assert code == 0 and json.loads(out)["routes"][0]["upstream"] == "v2"
     code, out, _ = await run_cli("get", "upstream", "--etcd", target)
-    assert code == 0 and "v1:" in out and "v2:" in out
+    assert code == 0 and [line.split()[0] for line in out.splitlines()] == ["UPSTREAM", "v1", "v2"], out
 
     # An upstream still in use is not deleted, unless forced.
     code, _, err = await run_cli("delete", "upstream", "v2", "--etcd", target)
@@ -116,8 +116,11 @@ async def test_cli_shows_repairs_and_deletes_a_stored_value_that_is_not_valid(
     code, out, err = await run_cli("get", "route", "broken", "--etcd", target)
     assert (code, out) == (2, ""), err
     assert "/xgate/route/broken: route broken: not valid YAML" in err and "stored value: '{not json'" in err
-    code, out, err = await run_cli("get", "routes", "--etcd", target)  # the plural is accepted
-    assert code == 0 and yaml.safe_load(out) == {"fine": {"name": "fine", "direct_response": {"status": 204}}}
+    code, out, err = await run_cli("get", "routes", "--etcd", target, "-o", "yaml")  # the plural is accepted
+    assert code == 0 and yaml.safe_load(out) == {
+        "xgate": "v1",
+        "routes": [{"name": "fine", "direct_response": {"status": 204}}],
+    }
     assert "/xgate/route/broken: route broken: not valid YAML" in err
     assert "/xgate/route/wrong-type: route wrong-type field match.path.exact:" in err
     code, _, err = await run_cli("get", "route", "missing", "--etcd", target)
@@ -133,7 +136,7 @@ async def test_cli_shows_repairs_and_deletes_a_stored_value_that_is_not_valid(
     assert "route/broken" not in err  # replaced by this apply, so no warning about its old value
     assert "not touched by this apply): /xgate/route/wrong-type" in err
     code, out, _ = await run_cli("get", "route", "broken", "--etcd", target, "-o", "json")
-    assert code == 0 and json.loads(out)["direct_response"]["body"] == "repaired"
+    assert code == 0 and json.loads(out)["routes"][0]["direct_response"]["body"] == "repaired"
 
     code, out, err = await run_cli("delete", "route", "wrong-type", "--etcd", target)
     assert code == 0 and "deleted route/wrong-type" in out, err

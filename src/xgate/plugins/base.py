@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Generic, TypeVar
 
+from xgate.config.load import validate_model
 from xgate.config.schema import Model, Route
 
 S = TypeVar("S", bound=Model)
@@ -22,8 +23,9 @@ class PluginSpec(Generic[S]):
     settings: type[S]
 
     def validate(self, raw: Any) -> S:
-        """The settings from their config form (`true` means "on, with the defaults"); raises ValidationError."""
-        return self.settings.model_validate({} if raw is True else raw)
+        """The settings from their config form (`true` means "on, with the defaults"), as strictly as the exported
+        JSON schema reads them (see config.load.validate_model); raises pydantic's ValidationError."""
+        return validate_model(self.settings, {} if raw is True else raw)
 
     def check(self, settings: S, defaults: S | None, inherited: bool, route: Route) -> list[str]:
         """Problems of a route's settings (`inherited`: it did not set them, its listener's defaults apply)

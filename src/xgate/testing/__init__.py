@@ -1,6 +1,6 @@
 """Test helpers users may import: a whole gateway (control plane + real Envoy), the authz, dyeing and ratelimit
-services configured by it, etcd and Redis on loopback ports, the command line as a child process, and /metrics
-read as Prometheus does."""
+services configured by it, etcd, Redis and nginx upstreams on loopback ports, the command line as a child
+process, and /metrics read as Prometheus does."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from xgate.testing.cli import CliResult, run_cli
 from xgate.testing.etcd import EtcdCluster, EtcdProcess, run_etcd
 from xgate.testing.gateway import Gateway, free_port, run_gateway, write_atomic
 from xgate.testing.metrics import scrape
+from xgate.testing.nginx import NginxProcess, run_nginx
 from xgate.testing.redis import RedisProcess, run_redis
 from xgate.testing.services import (
     ServiceProcess,
@@ -21,6 +22,7 @@ __all__ = [
     "EtcdCluster",
     "EtcdProcess",
     "Gateway",
+    "NginxProcess",
     "RedisProcess",
     "ServiceProcess",
     "free_port",
@@ -29,6 +31,7 @@ __all__ = [
     "run_dyeing_service",
     "run_etcd",
     "run_gateway",
+    "run_nginx",
     "run_ratelimit_service",
     "run_redis",
     "scrape",

@@ -9,6 +9,7 @@ from envoy.config.endpoint.v3 import endpoint_components_pb2 as endpoint_compone
 from envoy.config.endpoint.v3 import endpoint_pb2 as endpoint_v3
 from envoy.extensions.clusters.aggregate.v3 import cluster_pb2 as aggregate_v3
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2 as http_options_v3
+from envoy.type.v3 import range_pb2 as range_v3
 from google.protobuf import wrappers_pb2
 
 from xgate.config.schema import HealthCheck, Route, Upstream
@@ -54,9 +55,19 @@ def translate_cluster(upstream: Upstream) -> cluster_v3.Cluster:
 
 
 def translate_endpoints(upstream: Upstream) -> endpoint_v3.ClusterLoadAssignment:
+    # Without a host of its own, each endpoint's health checks carry its own host:port (see HealthCheck):
+    # Envoy's default, the cluster name, is not a valid Host and real servers answer it with 400.
+    own_host = upstream.health_check is not None and upstream.health_check.host is None
     lb_endpoints = [
         endpoint_components_v3.LbEndpoint(
-            endpoint=endpoint_components_v3.Endpoint(address=socket_address(endpoint.host, endpoint.port)),
+            endpoint=endpoint_components_v3.Endpoint(
+                address=socket_address(endpoint.host, endpoint.port),
+                health_check_config=endpoint_components_v3.Endpoint.HealthCheckConfig(
+                    hostname=_host_header(endpoint.host, endpoint.port)
+                )
+                if own_host
+                else None,
+            ),
             load_balancing_weight=wrappers_pb2.UInt32Value(value=endpoint.weight),
         )
         for endpoint in upstream.endpoints
@@ -65,6 +76,10 @@ def translate_endpoints(upstream: Upstream) -> endpoint_v3.ClusterLoadAssignment
         cluster_name=names.cluster(upstream.name),
         endpoints=[endpoint_components_v3.LocalityLbEndpoints(lb_endpoints=lb_endpoints)],
     )
+
+
+def _host_header(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _health_check(check: HealthCheck) -> health_check_v3.HealthCheck:
@@ -76,7 +91,12 @@ def _health_check(check: HealthCheck) -> health_check_v3.HealthCheck:
         no_traffic_interval=duration(check.interval),
         unhealthy_threshold=wrappers_pb2.UInt32Value(value=check.unhealthy_threshold),
         healthy_threshold=wrappers_pb2.UInt32Value(value=check.healthy_threshold),
-        http_health_check=health_check_v3.HealthCheck.HttpHealthCheck(path=check.path),
+        http_health_check=health_check_v3.HealthCheck.HttpHealthCheck(
+            path=check.path,
+            host=check.host or "",
+            # Envoy's ranges are half-open: [start, end).
+            expected_statuses=[range_v3.Int64Range(start=first, end=last + 1) for first, last in check.status_ranges],
+        ),
     )
 
 

@@ -30,14 +30,14 @@ def issues_of(text: str) -> list[str]:
         ("listeners: [\0]", "not valid YAML"),
         (
             "routes:\n  - {name: r, direct_response: {status: 200, body: '" + "x" * 65536 + "'}}\n",
-            "route r field direct_response.body: String should have at most 4096 characters",
+            "route r field direct_response.body: must be at most 4096 characters long",
         ),
         (
             "routes:\n  - {name: r, upstream: u, headers: {request: {set: {x-big: '" + "x" * 65536 + "'}}}}\n",
             "the value is longer than 8192 characters",
         ),
-        ("routes:\n  - {name: " + "r" * 300 + ", upstream: u}\n", "String should match pattern"),
-        ("upstreams:\n  - {name: u, endpoints: ['127.0.0.1:99999']}\n", "less than or equal to 65535"),
+        ("routes:\n  - {name: " + "r" * 300 + ", upstream: u}\n", "name: is not a valid name"),
+        ("upstreams:\n  - {name: u, endpoints: ['127.0.0.1:99999']}\n", "endpoints.0.port: must be at most 65535"),
         ("routes: 17\n", "must be a list"),
         ("listeners:\n  - 17\n", "listener #1"),
     ],

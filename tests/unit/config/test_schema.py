@@ -58,7 +58,7 @@ def test_bad_durations(value: object) -> None:
         ("- {name: r, split: [{upstream: app, weight: 0}]}", "split: the weights add up to 0"),
         ("- {name: r, upstream: app, match: {hosts: ['a.*.com']}}", "a wildcard may only lead"),
         ("- {name: r, upstream: app, match: {methods: [FETCH]}}", "route r field match.methods.0"),
-        ("- {name: 'bad name', upstream: app}", "route bad name field name: String should match pattern"),
+        ("- {name: 'bad name', upstream: app}", "route bad name field name: is not a valid name"),
         (
             "- {name: r, upstream: app, match: {headers: [{name: x, exact: a, regex: b}]}}",
             "header x: set exactly one of exact, prefix, regex, present (got exact, regex)",
@@ -99,7 +99,7 @@ def test_document_mistakes(text: str, expected: str) -> None:
 
 def test_duplicate_names_are_refused() -> None:
     text = HEADER + "routes:\n- {name: r, upstream: app}\n- {name: r, upstream: app}\n"
-    assert issues_of(text) == ["gw.yaml:5: route r field name: duplicate name"]
+    assert issues_of(text) == ["gw.yaml:5: route r field name: duplicate name: the first route r is at line 4"]
 
 
 def test_empty_document_is_an_empty_config() -> None:
