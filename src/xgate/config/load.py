@@ -16,11 +16,12 @@ from pydantic import BaseModel, ValidationError
 
 from xgate.config.messages import explain
 from xgate.config.schema import KINDS, Listener, Route, Upstream
+from xgate.config.tls import Secret
 from xgate.errors import ConfigError, ConfigIssue
 
 FieldPath = tuple[str | int, ...]
 M = TypeVar("M", bound=BaseModel)
-SECTIONS = {"listeners": "listener", "upstreams": "upstream", "routes": "route"}
+SECTIONS = {"listeners": "listener", "upstreams": "upstream", "routes": "route", "secrets": "secret"}
 TOP_LEVEL = {"xgate", "plugins", *SECTIONS}
 _LINE = re.compile(r"at line (\d+)")
 # An alias bomb (anchors nested nine deep) took 84 s to reach yaml-rs's default limit of 1,000,000 replayed
@@ -44,6 +45,7 @@ class ConfigSet:
     upstreams: tuple[Upstream, ...] = ()
     routes: Sequence[Route] = ()  # a tuple, or a Chain sharing blocks with the source's (etcd)
     plugins: Mapping[str, Any] = field(default_factory=dict)
+    secrets: tuple[Secret, ...] = ()
     source: str = ""
     paths: Mapping[tuple[str, str], FieldPath] = field(default_factory=dict)
     # Per-object sources where objects come from different places (etcd keys); default: `source`.
@@ -53,6 +55,15 @@ class ConfigSet:
     text: str = field(default="", repr=False, compare=False)
     # The text of each other source (the files of a directory), so issues found later get their lines too.
     texts: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
+
+    def objects(self) -> tuple[tuple[str, Sequence[Any]], ...]:
+        """(kind, its objects) for every kind of object."""
+        return (
+            ("listener", self.listeners),
+            ("upstream", self.upstreams),
+            ("route", self.routes),
+            ("secret", self.secrets),
+        )
 
     def source_of(self, kind: str, name: str) -> ObjectSource:
         """Where (kind, name) came from; the document's plugin defaults are ("document", "plugins")."""
@@ -209,6 +220,7 @@ def parse_document(text: str, source: str, cache: ObjectCache | None = None) -> 
         upstreams=tuple(found["upstream"]),
         routes=tuple(found["route"]),
         plugins=plugins,
+        secrets=tuple(found["secret"]),
         source=source,
         paths=where,
         issues=tuple(_locate(problems, text, source)) if problems else (),
@@ -247,10 +259,13 @@ def config_files(root: Path) -> list[Path]:
 
 def load_path(path: str | Path) -> ConfigSet:
     """A config file, or a directory of them (see config_files) merged into one config; the same object name
-    in two files is an error. The file source follows a directory by the same rules (parse_files)."""
+    in two files is an error. The file source follows a directory by the same rules (parse_files). The files that
+    secrets name are read into them (see config.secrets)."""
+    from xgate.config.secrets import resolve_secret_files  # it builds on this module
+
     root = Path(path)
     if not root.is_dir():
-        return load_file(root)
+        return resolve_secret_files(load_file(root))
     documents: list[tuple[str, str]] = []
     unreadable: list[ConfigIssue] = []
     for file in config_files(root):
@@ -266,7 +281,7 @@ def load_path(path: str | Path) -> ConfigSet:
         raise ConfigError(unreadable + list(exc.issues)) from None
     if unreadable:
         raise ConfigError(unreadable + list(config.issues))
-    return config
+    return resolve_secret_files(config)
 
 
 def parse_files(
@@ -304,7 +319,7 @@ def _merge_files(parts: list[ConfigSet]) -> ConfigSet:
     plugins: dict[str, Any] = {}
     issues = [issue for part in parts for issue in part.issues]
     for part in parts:
-        for kind, objects in (("listener", part.listeners), ("upstream", part.upstreams), ("route", part.routes)):
+        for kind, objects in part.objects():
             for obj in objects:
                 key = (kind, obj.name)
                 if key in sources:
@@ -324,6 +339,7 @@ def _merge_files(parts: list[ConfigSet]) -> ConfigSet:
         upstreams=tuple(found["upstream"]),
         routes=tuple(found["route"]),
         plugins=plugins,
+        secrets=tuple(found["secret"]),
         source=parts[0].source,
         paths=paths,
         sources=sources,

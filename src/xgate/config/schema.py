@@ -7,8 +7,6 @@ import re
 from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
     GetJsonSchemaHandler,
     StringConstraints,
@@ -19,23 +17,12 @@ from pydantic import (
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema
 
+from xgate.config.base import Model as Model  # re-exported: every config model builds on it
+from xgate.config.base import exactly_one as exactly_one
+from xgate.config.grpc import GrpcMatch, GrpcRoute, with_grpc_path
+from xgate.config.limits import ListenerLimits
+from xgate.config.tls import ListenerTls, Secret, UpstreamTls
 from xgate.config.types import Duration, Name, Regex
-
-
-class Model(BaseModel):
-    """Base of every config model: immutable, unknown fields are errors."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid", str_strip_whitespace=False)
-
-
-def exactly_one(model: BaseModel, fields: tuple[str, ...], what: str) -> None:
-    chosen = [name for name in fields if getattr(model, name) is not None]
-    if len(chosen) != 1:
-        options = ", ".join(fields)
-        if chosen:
-            raise ValueError(f"{what}: set exactly one of {options} (got {', '.join(chosen)})")
-        raise ValueError(f"{what}: set one of {options}")
-
 
 # -- upstreams ---------------------------------------------------------------------------------------------
 
@@ -127,6 +114,7 @@ class Upstream(Model):
     lb: Literal["round_robin", "least_request", "random"] = "round_robin"
     connect_timeout: Duration = 1.0
     health_check: HealthCheck | None = None
+    tls: UpstreamTls | None = None
 
 
 # -- routes --------------------------------------------------------------------------------------------------
@@ -187,6 +175,9 @@ class Match(Model):
     methods: tuple[Method, ...] = ()
     headers: tuple[HeaderMatch, ...] = ()
     query: tuple[QueryMatch, ...] = ()
+    grpc: GrpcMatch | None = None
+
+    _grpc_path = model_validator(mode="after")(with_grpc_path)
 
     @field_validator("hosts")
     @classmethod
@@ -315,6 +306,7 @@ class Route(Model):
     headers: HeaderRules = Field(default_factory=lambda: HeaderRules())
     websocket: bool = False
     canary: tuple[Canary, ...] = ()
+    grpc: GrpcRoute | None = None
     plugins: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("canary", mode="before", json_schema_input_type=Canary | tuple[Canary, ...])
@@ -368,6 +360,8 @@ class Listener(Model):
     name: Name
     address: str = "0.0.0.0"
     port: int = Field(ge=0, le=65535)
+    tls: ListenerTls | None = None
+    limits: ListenerLimits | None = None
     plugins: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("address")
@@ -380,7 +374,7 @@ class Listener(Model):
         return address
 
 
-KINDS: dict[str, type[Model]] = {"listener": Listener, "upstream": Upstream, "route": Route}
+KINDS: dict[str, type[Model]] = {"listener": Listener, "upstream": Upstream, "route": Route, "secret": Secret}
 
 
 class Document(Model):
@@ -391,3 +385,4 @@ class Document(Model):
     listeners: tuple[Listener, ...] = ()
     upstreams: tuple[Upstream, ...] = ()
     routes: tuple[Route, ...] = ()
+    secrets: tuple[Secret, ...] = ()

@@ -15,6 +15,7 @@ from google.protobuf import wrappers_pb2
 from xgate.config.schema import HealthCheck, Route, Upstream
 from xgate.translate import names
 from xgate.translate.protos import ads_source, duration, pack, socket_address
+from xgate.translate.tls import apply_upstream_tls
 
 _LB = {
     "round_robin": cluster_v3.Cluster.ROUND_ROBIN,
@@ -51,6 +52,7 @@ def translate_cluster(upstream: Upstream) -> cluster_v3.Cluster:
             )
         )
         cluster.typed_extension_protocol_options[HTTP_OPTIONS].CopyFrom(pack(options))
+    apply_upstream_tls(upstream, cluster)
     return cluster
 
 
