@@ -14,6 +14,7 @@ from google.protobuf import wrappers_pb2
 from xgate.config.schema import HeaderMatch, HeaderOps, Match, QueryMatch, Route
 from xgate.ir.model import ListenerIR, RouteIR
 from xgate.translate import names
+from xgate.translate.grpc import grpc_action
 from xgate.translate.plugins import TRANSLATORS
 from xgate.translate.protos import duration
 
@@ -154,6 +155,7 @@ def _action(route: Route) -> route_components_v3.RouteAction:
                 upgrade_type="websocket", enabled=wrappers_pb2.BoolValue(value=True)
             )
         )
+    grpc_action(route, action)
     return action
 
 

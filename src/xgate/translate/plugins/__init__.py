@@ -9,6 +9,7 @@ from xgate.plugins import FILTER_ORDER
 from xgate.translate.plugins.base import PluginTranslator
 from xgate.translate.plugins.cors import CorsTranslator
 from xgate.translate.plugins.dyeing import DyeingTranslator
+from xgate.translate.plugins.grpc_web import GrpcWebTranslator
 from xgate.translate.plugins.jwt import JwtTranslator
 from xgate.translate.plugins.policy import PolicyTranslator
 from xgate.translate.plugins.rate_limit import RateLimitTranslator
@@ -16,7 +17,14 @@ from xgate.translate.protos import pack
 
 TRANSLATORS: Mapping[str, PluginTranslator[Any]] = {
     translator.name: translator
-    for translator in (CorsTranslator(), JwtTranslator(), PolicyTranslator(), DyeingTranslator(), RateLimitTranslator())
+    for translator in (
+        CorsTranslator(),
+        GrpcWebTranslator(),
+        JwtTranslator(),
+        PolicyTranslator(),
+        DyeingTranslator(),
+        RateLimitTranslator(),
+    )
 }
 
 assert tuple(TRANSLATORS) == FILTER_ORDER, "every plugin needs a translator, in filter order"
