@@ -167,10 +167,13 @@ def _downstream_context(tls: ListenerTls, secret: str) -> tls_v3.DownstreamTlsCo
         alpn_protocols=list(tls.alpn),
         tls_certificate_sds_secret_configs=[_sds(names.secret(secret))],
     )
-    context = tls_v3.DownstreamTlsContext(common_tls_context=common)
+    if tls.client_certificates is not None:
+        common.combined_validation_context.CopyFrom(
+            _validation(tls.client_certificates.ca, tls.client_certificates.san)
+        )
+    context = tls_v3.DownstreamTlsContext(common_tls_context=common)  # a copy: `common` is complete by now
     client = tls.client_certificates
     if client is not None:
-        common.combined_validation_context.CopyFrom(_validation(client.ca, client.san))
         context.require_client_certificate.value = client.required
     if not tls.session_resumption:
         context.disable_stateless_session_resumption = True
