@@ -110,7 +110,7 @@ class SecretFiles:
 
 def _inline(secret: Secret, contents: dict[str, bytes | None], problems: list[tuple[str, str]]) -> Secret | None:
     """The secret with its files' text in place of the paths; None (and `problems`) when that is not valid."""
-    data: dict[str, Any] = secret.model_dump(mode="json", exclude_none=True, context={REVEAL: True})
+    data: dict[str, Any] = secret.model_dump(mode="json", exclude_unset=True, context={REVEAL: True})
     for field_name, content in contents.items():
         del data[field_name]
         assert content is not None

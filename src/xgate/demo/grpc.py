@@ -88,7 +88,8 @@ def _code(number: int) -> tuple[int, str]:
     return grpc.StatusCode.UNKNOWN.value  # type: ignore[no-any-return]
 
 
-def _handlers(service: EchoService) -> grpc.GenericRpcHandler:
+def echo_handlers(service: EchoService) -> grpc.GenericRpcHandler:
+    """The echo service's methods, for a grpc server of your own (e.g. one over TLS)."""
     decode, encode = wrappers_pb2.StringValue.FromString, wrappers_pb2.StringValue.SerializeToString
     return grpc.method_handlers_generic_handler(
         SERVICE,
@@ -129,7 +130,7 @@ async def start_grpc_upstream(name: str, host: str = "127.0.0.1", port: int = 0)
     """
     service = EchoService(name)
     server = grpc.aio.server()
-    server.add_generic_rpc_handlers((_handlers(service),))
+    server.add_generic_rpc_handlers((echo_handlers(service),))
     checks = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(checks, server)
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

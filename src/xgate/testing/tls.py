@@ -48,7 +48,7 @@ class TestCA:
 
     __test__ = False  # not a pytest test class
 
-    def __init__(self, name: str = "xgate test CA") -> None:
+    def __init__(self, name: str = "xgate test CA", days: int = 30) -> None:
         self._key = _key()
         subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
         now = datetime.datetime.now(datetime.UTC)
@@ -59,7 +59,7 @@ class TestCA:
             .public_key(self._key.public_key())
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - datetime.timedelta(minutes=1))
-            .not_valid_after(now + datetime.timedelta(days=30))
+            .not_valid_after(now + datetime.timedelta(days=days))
             .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
             .add_extension(
                 x509.KeyUsage(
