@@ -25,9 +25,15 @@ def _needs(
         if ("secret", ref) in config.broken:
             return [config.issue(kind, name, where, f"secret {ref!r} is invalid (see its own issues)")]
         return [config.issue(kind, name, where, f"secret {ref!r} does not exist")]
-    held = {"cert": secret.cert, "ca": secret.ca, "ticket_keys": secret.ticket_keys or None}[part]
+    # A part named as a file counts: it is read when the config is loaded (config.secrets); what reaches
+    # translation unread is an etcd value, which layout.decode refuses.
+    held = {
+        "cert": secret.cert or secret.cert_file,
+        "ca": secret.ca or secret.ca_file,
+        "ticket_keys": secret.ticket_keys or None,
+    }[part]
     if held is None:
-        what = {"cert": "a certificate and key", "ca": "a CA bundle (ca)", "ticket_keys": "ticket_keys"}[part]
+        what = {"cert": "certificate and key", "ca": "CA bundle (ca)", "ticket_keys": "ticket_keys"}[part]
         return [config.issue(kind, name, where, f"secret {ref!r} holds no {what}")]
     return []
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import logging
 from pathlib import Path
 
@@ -78,8 +79,8 @@ def test_secret_mistakes(fields: dict[str, object], message: str) -> None:
         ("{certificates: [{secret: a}], ciphers: [RC4-MD5]}", "unknown cipher 'RC4-MD5'"),
         ("{certificates: [{secret: a, hosts: ['a.*.test']}]}", "hosts.0"),
         ("{certificates: [{secret: missing}]}", "secret 'missing' does not exist"),
-        ("{certificates: [{secret: ca-only}]}", "secret 'ca-only' holds no a certificate and key"),
-        ("{certificates: [{secret: a}], client_certificates: {ca: a}}", "holds no a CA bundle"),
+        ("{certificates: [{secret: ca-only}]}", "secret 'ca-only' holds no certificate and key"),
+        ("{certificates: [{secret: a}], client_certificates: {ca: a}}", "holds no CA bundle"),
         ("{certificates: [{secret: a}], http_redirect_port: 10443}", "the listener's own port"),
     ],
 )
@@ -169,3 +170,14 @@ def test_secret_ticket_keys_print_redacted() -> None:
     secret = Secret.model_validate({"name": "t", "ticket_keys": keys})
     assert secret.model_dump(mode="json")["ticket_keys"] == [REDACTED]
     assert secret.model_dump(mode="json", context={REVEAL: True})["ticket_keys"] == keys
+
+
+def test_an_etcd_secret_holds_its_text_not_files() -> None:
+    from xgate.sources.etcd.layout import decode
+
+    value = b'{"cert_file": "/etc/a.pem", "key_file": "/etc/a-key.pem"}'
+    obj, found = decode("secret", "a", value, "/xgate/secret/a")
+    assert obj is None and "holds its PEM text" in found[0].message and found[0].field == "cert_file"
+    good = json.dumps({"cert": A.cert, "key": A.key}).encode()
+    obj, found = decode("secret", "a", good, "/xgate/secret/a")
+    assert found == [] and isinstance(obj, Secret)

@@ -99,6 +99,9 @@ def decode(kind: str, name: str, value: bytes, key: str) -> tuple[Any, list[Conf
     stored_name = data.setdefault("name", name)
     if stored_name != name:
         return None, [ConfigIssue(key, label, "name", f"the value names {stored_name!r} but the key names {name!r}")]
+    if kind == "secret" and (files := sorted(k for k in ("cert_file", "key_file", "ca_file") if k in data)):
+        message = "a secret in etcd holds its PEM text (cert, key, ca), not files: `xgate apply` stores their content"
+        return None, [ConfigIssue(key, label, files[0], message)]
     obj, problems = validate_object(kind, data, label)
     issues = [ConfigIssue(key, label, ".".join(str(p) for p in problem.path), problem.message) for problem in problems]
     return obj, issues
