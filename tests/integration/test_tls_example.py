@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import ssl
 import subprocess
 from pathlib import Path
 
@@ -34,7 +35,7 @@ async def test_the_edge_example_serves_https_h2_grpc_and_grpc_web(tmp_path: Path
     for old, new in (("10443", port), ("10080", http_port), ("18081", web.port), ("18091", echo.port)):
         assert old in text
         text = text.replace(old, str(new))
-    ca = str(certs / "ca.pem")
+    ca = ssl.create_default_context(cafile=str(certs / "ca.pem"))
     try:
         async with run_gateway(text, tmp_path):
             async with httpx.AsyncClient(verify=ca, http2=True) as client:
