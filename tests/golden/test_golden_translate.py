@@ -12,6 +12,8 @@ import pytest
 
 from xgate.cli.render import dump_yaml, ir_to_data, resources_to_data
 from xgate.config.load import load_file
+from xgate.discovery.consistency import problems
+from xgate.discovery.snapshot import build_snapshot
 from xgate.errors import ConfigError
 from xgate.pipeline import compile_config
 
@@ -25,6 +27,9 @@ def _outputs(case: Path) -> dict[str, str]:
     except ConfigError as exc:
         # Paths in issues are relative to the case folder, so the files do not depend on the checkout.
         return {"out.errors.txt": "".join(f"{issue}\n".replace(str(source), "in.yaml") for issue in exc.issues)}
+    # Every name one resource gives another is served (a cluster a route sends to, a key the dyeing service
+    # must hold...): checked on every golden, as go-control-plane's tests check Snapshot.Consistent.
+    assert problems(build_snapshot(compiled.resources, "golden", 1)) == []
     outputs = {
         f"out.{kind}.yaml": dump_yaml(data) for kind, data in resources_to_data(compiled.resources).items() if data
     }
