@@ -215,8 +215,13 @@ class Rollout:
     async def _quiet(self, seconds: float) -> bool:
         """Wait `seconds`; False when a new publish came meanwhile (the caller starts over)."""
         serial = self.cache.snapshot.serial if self.cache.snapshot else 0
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), seconds)
+        # asyncio.wait, not wait_for: Python 3.11's wait_for swallows a cancellation that meets the wake-up,
+        # and close() then waited forever.
+        woken = asyncio.ensure_future(self._wake.wait())
+        try:
+            await asyncio.wait({woken}, timeout=seconds)
+        finally:
+            woken.cancel()
         snapshot = self.cache.snapshot
         return snapshot is not None and snapshot.serial == serial and self._pending is None
 
