@@ -125,11 +125,17 @@ class ControlPlane:
         self._served_routes = self._incremental.served
         self.cache.update(resources, revision.revision, revision.seen_at)
         warnings = [str(w) for w in revision.warnings] + [str(issue) for issue in issues]
-        self._publish(revision.revision, warnings, None, started, revision)
+        self._publish(revision.revision, warnings, None, started, revision, len(changes))
         return True
 
     def _publish(
-        self, combined: str, warnings: list[str], ir: GatewayIR | None, started: float, revision: Revision
+        self,
+        combined: str,
+        warnings: list[str],
+        ir: GatewayIR | None,
+        started: float,
+        revision: Revision,
+        changed: int = 0,
     ) -> None:
         previous_warnings = self.state.warnings
         self.state = replace(self.state, applied=combined, applied_at=time.time(), warnings=warnings)
@@ -139,7 +145,7 @@ class ControlPlane:
             routes = sum(len(listener.routes) for listener in ir.listeners)
             what = f"{len(ir.listeners)} listeners, {routes} routes, {len(ir.upstreams)} upstreams"
         else:
-            what = f"{len(revision.changes or ())} route changes applied incrementally"
+            what = f"{changed} route change{'s' if changed != 1 else ''} applied incrementally"
         new_warnings = sorted(set(warnings) - set(previous_warnings))
         # Logged once the streams woken by the new snapshot have had their turn: a log line costs 0.15 ms,
         # about a tenth of a small change's way from the source to every Envoy.
