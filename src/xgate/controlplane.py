@@ -13,11 +13,12 @@ from xgate.config.load import ConfigSet
 from xgate.config.schema import Route
 from xgate.discovery import SnapshotCache
 from xgate.errors import ConfigError, ConfigIssue
+from xgate.guard import Served, held_back_message, hold_back
 from xgate.incremental import IncrementalCompiler, route_changes
 from xgate.ir.model import GatewayIR
 from xgate.pipeline import Compiled, DeferredFreeze, compile_config, gc_paused
 from xgate.sources.revision import Revision
-from xgate.translate import Translator
+from xgate.translate import Resources, Translator
 
 log = logging.getLogger("xgate.controlplane")
 # Above this many routes, compiling runs in a worker thread so the event loop keeps serving ADS meanwhile.
@@ -60,11 +61,14 @@ class ControlPlane:
     """Applies each good revision to the cache; a bad one is reported and the last good snapshot stays.
 
     A file revision is all or nothing. etcd's objects apply one by one: an invalid object keeps its last
-    good version (or is left out) and is reported, the rest applies.
+    good version (or is left out) and is reported, the rest applies. A revision that would leave Envoys
+    serving nothing is held back and reported like a rejection, unless `allow_empty` (see xgate.guard).
     """
 
-    def __init__(self, cache: SnapshotCache | None = None) -> None:
+    def __init__(self, cache: SnapshotCache | None = None, *, allow_empty: bool = False) -> None:
         self.cache = cache or SnapshotCache()
+        self.allow_empty = allow_empty
+        self._served: Served | None = None
         self.state = ConfigState()
         self.health: dict[str, Callable[[], dict[str, Any]]] = {}
         self._translator = Translator()
@@ -91,10 +95,11 @@ class ControlPlane:
         except ConfigError as exc:
             self._reject(source, revision.revision, exc)
             return
+        served = {route.route.name: route.route for ir in compiled.ir.listeners for route in ir.routes}
+        if not self._serve(source, revision, combined, compiled.resources, served):
+            return
         self._inputs = inputs
         self._rejections.pop(source, None)
-        self._served_routes = {route.route.name: route.route for ir in compiled.ir.listeners for route in ir.routes}
-        self.cache.update(compiled.resources, combined, revision.seen_at)
         if len(inputs) == 1:
             self._incremental.reset(config, compiled.ir, compiled.context, compiled.resources)
         else:
@@ -110,22 +115,40 @@ class ControlPlane:
         if revision.config.issues:
             return False  # objects that failed validation: the full compile reports (a file: refuses) them
         previous = self._inputs.get(source)
-        changes = revision.changes
+        # After a refused revision, a source's own list of changes (etcd's) starts from that one, not from
+        # what is served: compare with the served revision instead.
+        changes = revision.changes if source not in self._rejections else None
         if changes is None and previous is not None and previous.config is not None:
             changes = route_changes(previous.config, revision.config)
-        if changes is None:
-            return False
+        if changes is None or len(changes) >= len(self._incremental.served):
+            return False  # (a change of every route may remove them all: the guard sees it in a full compile)
         with gc_paused():
             result = self._incremental.apply(revision.config, changes)
         if result is None:
             return False
         resources, issues = result
+        if not self._serve(source, revision, revision.revision, resources, self._incremental.served):
+            return True
         self._inputs = {source: revision}
         self._rejections.pop(source, None)
-        self._served_routes = self._incremental.served
-        self.cache.update(resources, revision.revision, revision.seen_at)
         warnings = [str(w) for w in revision.warnings] + [str(issue) for issue in issues]
         self._publish(revision.revision, warnings, None, started, revision, len(changes))
+        return True
+
+    def _serve(self, source: str, revision: Revision, combined: str, resources: Resources, routes: Any) -> bool:
+        """Make `resources` the snapshot, unless the guard holds them back (then report it and return False)."""
+        after = Served(listeners=len(resources.listeners), routes=len(routes))
+        reason = None if self.allow_empty else hold_back(self._served, after)
+        if reason is not None:
+            self._incremental.clear()  # in case it holds the refused change (it cannot: see _apply_changes)
+            where = revision.config.source if revision.config is not None else source
+            self._reject(
+                source, revision.revision, ConfigError([ConfigIssue(where, "document", "", held_back_message(reason))])
+            )
+            return False
+        self._served = after
+        self._served_routes = routes
+        self.cache.update(resources, combined, revision.seen_at)
         return True
 
     def _publish(

@@ -121,16 +121,20 @@ async def run_controlplane(
     on_ready: Callable[[Bound], None] | None = None,
     stop: asyncio.Event | None = None,
     plane: ControlPlane | None = None,
+    allow_empty: bool = False,
 ) -> None:
     """Serve until `stop` is set or the task is cancelled; shut down gracefully.
 
     Sources: a config file, etcd, or both (the file then overrides etcd object by object). Each is read
     once before the xDS port opens, so a connecting Envoy gets the whole config in its first responses;
     an etcd that is down at start does not block the start (the file, if any, serves meanwhile).
+    `allow_empty`: serve a config without listeners, or a change removing every route (see xgate.guard).
+
+    Errors: MetricsAddressError when the status address cannot be bound.
     """
     if config_path is None and etcd is None:
         raise ValueError("run_controlplane needs a config file, etcd, or both")
-    plane = plane or ControlPlane()
+    plane = plane or ControlPlane(allow_empty=allow_empty)
     stop = stop or asyncio.Event()
     tasks: list[Coroutine[Any, Any, None]] = []
     client: EtcdClient | None = None

@@ -1,4 +1,5 @@
-"""The control plane logs how many routes an incremental change really changed."""
+"""The control plane holds back a change that would leave Envoys serving nothing (from a file or etcd), reports
+it like a rejection, recovers from it exactly, and logs how many routes an incremental change really changed."""
 
 from __future__ import annotations
 
@@ -46,6 +47,69 @@ def served_routes(plane: ControlPlane) -> set[str]:
         config = route_v3.RouteConfiguration.FromString(resource.packed.value)
         names |= {route.name for host in config.virtual_hosts for route in host.routes}
     return names
+
+
+@pytest.mark.parametrize("empty", ["", "{}", "~", "xgate: v1\n", "listeners: []\n", "routes: []\n"])
+async def test_a_config_without_listeners_is_held_back_and_the_last_good_one_serves(empty: str) -> None:
+    plane, source = ControlPlane(), Source()
+    good = config_text("a", "b")
+    await plane.on_revision(source.revision(good))
+    before = plane.cache.snapshot
+    await plane.on_revision(source.revision(empty))
+    assert plane.cache.snapshot is before  # nothing new went to any Envoy
+    assert plane.state.applied == revision_of(good)
+    assert plane.state.rejected == revision_of(empty)
+    [issue] = plane.state.issues
+    assert issue.startswith("gw.yaml: document: held back: it removes every listener (1 served)"), issue
+    assert "--allow-empty" in issue
+    # The next good save serves and clears the report.
+    await plane.on_revision(source.revision(config_text("a")))
+    assert plane.state.rejected is None and plane.state.issues == []
+    assert served_routes(plane) == {"a"}
+
+
+async def test_a_config_without_listeners_is_held_back_at_start_too() -> None:
+    plane = ControlPlane()
+    await plane.on_revision(Source().revision(""))
+    assert plane.cache.snapshot is None and plane.state.applied is None
+    assert "held back: it has no listener" in plane.state.issues[0]
+
+
+async def test_removing_every_route_is_held_back_but_one_remaining_is_served() -> None:
+    plane, source = ControlPlane(), Source()
+    await plane.on_revision(source.revision(config_text("a", "b")))
+    await plane.on_revision(source.revision(config_text()))
+    assert "held back: it removes every route (2 served)" in plane.state.issues[0]
+    assert served_routes(plane) == {"a", "b"}
+    await plane.on_revision(source.revision(config_text("b")))
+    assert plane.state.issues == [] and served_routes(plane) == {"b"}
+
+
+async def test_allow_empty_serves_what_it_is_given() -> None:
+    plane, source = ControlPlane(allow_empty=True), Source()
+    await plane.on_revision(source.revision(config_text("a")))
+    await plane.on_revision(source.revision(config_text()))
+    assert plane.state.issues == [] and served_routes(plane) == set()
+    await plane.on_revision(source.revision(""))
+    assert plane.state.issues == [] and plane.state.applied == revision_of("")
+    assert plane.cache.snapshot is not None and not plane.cache.snapshot.resources[typeurls.LISTENER]
+
+
+async def test_etcd_deleting_every_route_is_held_back_and_its_next_change_serves_exactly_what_etcd_holds() -> None:
+    """etcd's revisions list the routes changed since its previous revision, held back or not: after a held-back
+    one, the next must be compared with what is served, or deleted routes would come back to life."""
+    plane, source = ControlPlane(), Source("etcd /xgate/")
+    await plane.on_revision(source.revision(config_text("a", "b", "c"), revision="etcd-1"), "etcd")
+    deleted = source.revision(config_text(), {"a": None, "b": None, "c": None}, revision="etcd-4")
+    await plane.on_revision(deleted, "etcd")
+    assert plane.state.rejected == "etcd-4"
+    assert "etcd /xgate/: document: held back: it removes every route (3 served)" in plane.state.issues[0]
+    assert served_routes(plane) == {"a", "b", "c"}
+    added = source.revision(config_text("d"), {"d": None}, revision="etcd-5")
+    added = Revision(added.revision, added.config, changes={"d": added.config.routes[0]})  # type: ignore[union-attr]
+    await plane.on_revision(added, "etcd")
+    assert plane.state.rejected is None
+    assert served_routes(plane) == {"d"}
 
 
 async def test_the_log_counts_the_routes_a_file_save_changed(caplog: pytest.LogCaptureFixture) -> None:

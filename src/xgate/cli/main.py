@@ -67,9 +67,16 @@ def _setup_logging(level: str) -> None:
     )
 
 
+AllowEmpty = Annotated[
+    bool, typer.Option("--allow-empty", help="serve a config with no listener, or a change that removes every route")
+]
+
+
 @app.command()
-def validate(file: ConfigOption) -> None:
-    """Check a config without running anything: exit 0 when valid, 1 with every issue listed."""
+def validate(file: ConfigOption, allow_empty: AllowEmpty = False) -> None:
+    """Check a config without running anything: exit 0 when valid, 1 with every issue listed (or when it has no
+    listener, which the control plane would hold back, unless --allow-empty)."""
+    from xgate.guard import OPT_IN, Served, hold_back
     from xgate.pipeline import compile_config
 
     try:
@@ -81,6 +88,11 @@ def validate(file: ConfigOption) -> None:
     typer.echo(
         f"valid: {len(compiled.ir.listeners)} listeners, {routes} routes, {len(compiled.ir.upstreams)} upstreams"
     )
+    if reason := hold_back(None, Served(listeners=len(compiled.ir.listeners), routes=routes)):
+        held = "served as asked" if allow_empty else f"held back by the control plane unless it runs with {OPT_IN}"
+        typer.echo(f"warning: {file}: {reason}; {held}", err=True)
+        if not allow_empty:
+            raise typer.Exit(1)
 
 
 @app.command()
@@ -125,6 +137,7 @@ def controlplane(
     etcd_password: Password = None,
     xds: Annotated[str, typer.Option(help="xDS (ADS) address")] = "127.0.0.1:18000",
     status: Annotated[str, typer.Option(help="status API address")] = "127.0.0.1:18080",
+    allow_empty: AllowEmpty = False,
     log_level: Annotated[str, typer.Option()] = "info",
 ) -> None:
     """Run the control plane alone: follow the config file and/or etcd, serve ADS and the status API.
@@ -157,9 +170,14 @@ def controlplane(
             status=_host_port(status, "--status"),
             on_ready=ready,
             stop=stop,
+            allow_empty=allow_empty,
         )
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    except MetricsAddressError as exc:
+        typer.echo(f"xgate controlplane: {exc}", err=True)
+        raise typer.Exit(2) from None
 
 
 def _etcd(
@@ -384,6 +402,7 @@ def up(
     xds: Annotated[str, typer.Option()] = "127.0.0.1:18000",
     status: Annotated[str, typer.Option()] = "127.0.0.1:18080",
     admin_port: Annotated[int, typer.Option()] = 9901,
+    allow_empty: AllowEmpty = False,
 ) -> None:
     """Run the whole gateway on this machine: control plane, Envoy (and demo upstreams), supervised.
 
@@ -425,7 +444,8 @@ def up(
         ChildSpec("ratelimit", [*me, "ratelimit", *sources], ready_line="ratelimit ready", env=reach),
         ChildSpec(
             "controlplane",
-            [*me, "controlplane", *sources, "--xds", xds, "--status", status],
+            [*me, "controlplane", *sources, "--xds", xds, "--status", status]
+            + (["--allow-empty"] if allow_empty else []),
             ready_line="control plane ready",
             env=reach,
         ),
