@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +17,7 @@ from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamil
 
 from xgate.controlplane import ControlPlane
 from xgate.discovery import SnapshotCache, add_to_server
-from xgate.metricsapi import metrics_handler
+from xgate.metricsapi import MetricsAddressError, metrics_handler
 from xgate.sources.etcd.client import EtcdClient, EtcdRequestError, EtcdSettings, EtcdUnavailableError
 from xgate.sources.etcd.layout import DEFAULT_PREFIX
 from xgate.sources.etcd.source import EtcdSource
@@ -67,8 +68,15 @@ async def start_status(plane: ControlPlane, host: str, port: int) -> tuple[web.A
     )
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, host, port)
-    await site.start()
+    try:
+        await web.TCPSite(runner, host, port).start()
+    except OSError as exc:
+        await runner.cleanup()
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        raise MetricsAddressError(
+            f"cannot serve the status API on {host}:{port} ({reason}): "
+            "another control plane running? choose another --status"
+        ) from None
     # aiohttp has no public getter for the bound port; the runner's addresses hold it.
     addresses = runner.addresses
     return runner, int(addresses[0][1]) if addresses else port
@@ -156,7 +164,15 @@ async def run_controlplane(
             await asyncio.wait_for(etcd_source.read_all(), etcd.timeout)
         tasks.append(etcd_source.run(stop))
     server, xds_port = await start_xds(plane.cache, *xds)
-    runner, status_port = await start_status(plane, *status)
+    try:
+        runner, status_port = await start_status(plane, *status)
+    except MetricsAddressError:
+        await server.stop(None)
+        if client is not None:
+            await client.close()
+        for task in tasks:
+            task.close()  # never started
+        raise
     if on_ready is not None:
         on_ready(Bound(xds=(xds[0], xds_port), status=(status[0], status_port)))
     try:

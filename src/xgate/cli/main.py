@@ -8,9 +8,6 @@ import logging
 import os
 import sys
 import tempfile
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Awaitable, Callable
 from importlib import resources as package_files
 from pathlib import Path
@@ -461,57 +458,20 @@ def status(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Has the current config reached every Envoy? Exit 0 when every proxy ACKed it, the last change was accepted
-    and every config source is reachable (while etcd is not, changes made there reach no Envoy); 1 otherwise."""
+    and every config source is reachable (while etcd is not, changes made there reach no Envoy); 1 otherwise;
+    2 when the URL does not answer as an xgate control plane."""
+    from xgate.cli.status import StatusError, fetch_status, print_status, status_ok
+
     try:
-        with urllib.request.urlopen(url.rstrip("/") + "/status", timeout=5) as response:
-            report = json.load(response)
-    except (urllib.error.URLError, OSError) as exc:
-        typer.echo(f"cannot reach the control plane at {url}: {exc}", err=True)
+        report = fetch_status(url)
+    except StatusError as exc:
+        typer.echo(f"xgate status: {exc}", err=True)
         raise typer.Exit(2) from None
     if as_json:
         typer.echo(json.dumps(report, indent=2))
     else:
-        _print_status(report)
-    config_ok = report["config"]["rejected_revision"] is None and not report["config"].get("objects_not_served")
-    sources_ok = all(health.get("connected") for health in (report.get("sources") or {}).values())
-    raise typer.Exit(0 if report["all_in_sync"] and config_ok and sources_ok else 1)
-
-
-def _print_status(report: dict[str, object]) -> None:
-    config = report["config"]
-    assert isinstance(config, dict)
-    typer.echo(f"config revision {config['applied_revision']} (serving)")
-    if config["rejected_revision"] is not None or config["issues"]:
-        typer.echo(f"last change REJECTED (revision {config['rejected_revision']}):")
-        for issue in config["issues"]:
-            typer.echo(f"  {issue}")
-    not_served = config.get("objects_not_served") or []
-    if not_served:
-        typer.echo(f"{len(not_served)} object{'s' if len(not_served) != 1 else ''} NOT served as configured:")
-        for warning in not_served:
-            typer.echo(f"  {warning}")
-    sources = report.get("sources") or {}
-    assert isinstance(sources, dict)
-    for name, health in sources.items():
-        if health.get("connected"):
-            typer.echo(f"source {name}: connected, revision {health.get('revision')}")
-            continue
-        since = health.get("outage_since")
-        when = f" for {time.time() - since:.0f} s" if isinstance(since, (int, float)) else ""
-        typer.echo(f"source {name}: UNREACHABLE{when} ({health.get('last_error')})")
-        typer.echo(f"  last revision read {health.get('revision')}; changes made since then have not reached any Envoy")
-    proxies = report["proxies"]
-    assert isinstance(proxies, list)
-    if not proxies:
-        typer.echo("no Envoy connected")
-    for proxy in proxies:
-        state = "in sync" if proxy["in_sync"] else "NOT in sync"
-        typer.echo(f"{proxy['node']} ({proxy['peer']}): {state}, revision {proxy['synced_revision']}")
-        for kind, detail in proxy["types"].items():
-            rejection = detail["rejection"]
-            if rejection:
-                typer.echo(f"  {kind} rejected revision {rejection['revision']}: {rejection['message']}")
-                typer.echo(f"    from: {', '.join(rejection['objects'])}")
+        print_status(report)
+    raise typer.Exit(0 if status_ok(report) else 1)
 
 
 register_store_commands(app)
