@@ -74,17 +74,21 @@ class ControlPlane:
         self._translator = Translator()
         self._inputs: dict[str, Revision] = {}
         self._rejections: dict[str, tuple[str, list[str]]] = {}
+        # Valid revisions the guard held back: they join the next merge, which another source may complete
+        # (a file of routes read before the etcd that has the listeners).
+        self._held: dict[str, Revision] = {}
         self._served_routes: dict[str, Route] = {}
         self._incremental = IncrementalCompiler()
         self._freeze = DeferredFreeze(_FREEZE_DELAY)  # after full compiles: millions of objects at 10k routes
 
     async def on_revision(self, revision: Revision, source: str = "file") -> None:
         started = time.perf_counter()
+        self._held.pop(source, None)
         if revision.error is not None or revision.config is None:
             if revision.error is not None:
                 self._reject(source, revision.revision, revision.error)
             return
-        inputs = {**self._inputs, source: revision}
+        inputs = {**self._inputs, **self._held, source: revision}
         if len(inputs) == 1 and self._apply_changes(revision, source, started):
             return
         config, conflicts = merge_inputs(inputs)
@@ -97,9 +101,12 @@ class ControlPlane:
             return
         served = {route.route.name: route.route for ir in compiled.ir.listeners for route in ir.routes}
         if not self._serve(source, revision, combined, compiled.resources, served):
+            self._held[source] = revision
             return
         self._inputs = inputs
-        self._rejections.pop(source, None)
+        for name in (source, *self._held):
+            self._rejections.pop(name, None)
+        self._held.clear()
         if len(inputs) == 1:
             self._incremental.reset(config, compiled.ir, compiled.context, compiled.resources)
         else:

@@ -112,6 +112,18 @@ async def test_etcd_deleting_every_route_is_held_back_and_its_next_change_serves
     assert served_routes(plane) == {"d"}
 
 
+async def test_a_held_back_revision_serves_once_another_source_completes_it() -> None:
+    """A file of local routes is read before etcd, which has the listeners: alone it has no listener."""
+    plane = ControlPlane()
+    local = "routes:\n  - {name: local, match: {path: {prefix: /local}}, direct_response: {status: 200}}\n"
+    await plane.on_revision(Source().revision(local), "file")
+    assert "held back: it has no listener" in plane.state.issues[0]
+    await plane.on_revision(Source("etcd /xgate/").revision(config_text("a"), revision="etcd-3"), "etcd")
+    assert plane.state.issues == [] and plane.state.rejected is None
+    assert plane.state.applied == f"{revision_of(local)}+etcd-3"
+    assert served_routes(plane) == {"a", "local"}
+
+
 async def test_the_log_counts_the_routes_a_file_save_changed(caplog: pytest.LogCaptureFixture) -> None:
     plane, source = ControlPlane(), Source()
     caplog.set_level(logging.INFO, logger="xgate.controlplane")
