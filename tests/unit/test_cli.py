@@ -55,6 +55,20 @@ def test_validate_missing_file(tmp_path: Path) -> None:
     assert "cannot read" in result.output
 
 
+@pytest.mark.parametrize("text", ["", "{}", "~", "xgate: v1\n", "upstreams: [{name: u, endpoints: ['127.0.0.1:1']}]\n"])
+def test_validate_says_a_config_without_listeners_would_be_held_back(tmp_path: Path, text: str) -> None:
+    empty = tmp_path / "empty.yaml"
+    empty.write_text(text)
+    result = runner.invoke(app, ["validate", "-f", str(empty)])
+    assert result.exit_code == 1, result.output
+    assert "valid: 0 listeners" in result.output
+    assert f"warning: {empty}: it has no listener" in result.output
+    assert "held back by the control plane unless it runs with --allow-empty" in result.output
+    allowed = runner.invoke(app, ["validate", "-f", str(empty), "--allow-empty"])
+    assert allowed.exit_code == 0, allowed.output
+    assert f"warning: {empty}: it has no listener" in allowed.output and "served as asked" in allowed.output
+
+
 def test_translate_prints_envoy_resources_and_ir() -> None:
     xds = runner.invoke(app, ["translate", "-f", str(default_config()), "--to", "xds"])
     assert xds.exit_code == 0, xds.output

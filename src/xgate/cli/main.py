@@ -7,9 +7,6 @@ import json
 import logging
 import os
 import sys
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Awaitable, Callable
 from importlib import resources as package_files
 from pathlib import Path
@@ -105,9 +102,16 @@ def _setup_logging(level: str) -> None:
     )
 
 
+AllowEmpty = Annotated[
+    bool, typer.Option("--allow-empty", help="serve a config with no listener, or a change that removes every route")
+]
+
+
 @app.command()
-def validate(file: ConfigOption) -> None:
-    """Check a config without running anything: exit 0 when valid, 1 with every issue listed."""
+def validate(file: ConfigOption, allow_empty: AllowEmpty = False) -> None:
+    """Check a config without running anything: exit 0 when valid, 1 with every issue listed (or when it has no
+    listener, which the control plane would hold back, unless --allow-empty)."""
+    from xgate.guard import OPT_IN, Served, hold_back
     from xgate.pipeline import compile_config
 
     try:
@@ -119,6 +123,11 @@ def validate(file: ConfigOption) -> None:
     typer.echo(
         f"valid: {len(compiled.ir.listeners)} listeners, {routes} routes, {len(compiled.ir.upstreams)} upstreams"
     )
+    if reason := hold_back(None, Served(listeners=len(compiled.ir.listeners), routes=routes)):
+        held = "served as asked" if allow_empty else f"held back by the control plane unless it runs with {OPT_IN}"
+        typer.echo(f"warning: {file}: {reason}; {held}", err=True)
+        if not allow_empty:
+            raise typer.Exit(1)
 
 
 @app.command()
@@ -163,6 +172,7 @@ def controlplane(
     etcd_password: Password = None,
     xds: Annotated[str, typer.Option(help="xDS (ADS) address; never shared with another process")] = "127.0.0.1:18000",
     status: Annotated[str, typer.Option(help="status API address")] = "127.0.0.1:18080",
+    allow_empty: AllowEmpty = False,
     log_level: Annotated[str, typer.Option()] = "info",
 ) -> None:
     """Run the control plane alone: follow the config file and/or etcd, serve ADS and the status API.
@@ -196,12 +206,16 @@ def controlplane(
             status=status_address,
             on_ready=ready,
             stop=stop,
+            allow_empty=allow_empty,
         )
 
     try:
         asyncio.run(main())
     except PortInUseError as exc:
         typer.echo(f"xgate controlplane: {exc}; stop it or choose another port", err=True)
+        raise typer.Exit(2) from None
+    except MetricsAddressError as exc:
+        typer.echo(f"xgate controlplane: {exc}", err=True)
         raise typer.Exit(2) from None
 
 
@@ -442,6 +456,7 @@ def up(
     xds: Annotated[str, typer.Option()] = "127.0.0.1:18000",
     status: Annotated[str, typer.Option()] = "127.0.0.1:18080",
     admin_port: AdminPort = 9901,
+    allow_empty: AllowEmpty = False,
 ) -> None:
     """Run the whole gateway on this machine: control plane, Envoy (and demo upstreams), supervised.
 
@@ -487,7 +502,8 @@ def up(
     children += [
         ChildSpec(
             "controlplane",
-            [*me, "controlplane", *sources, "--xds", xds, "--status", status],
+            [*me, "controlplane", *sources, "--xds", xds, "--status", status]
+            + (["--allow-empty"] if allow_empty else []),
             ready_line="control plane ready",
             env=reach,
         ),
@@ -506,73 +522,20 @@ def status(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Has the current config reached every Envoy? Exit 0 when every proxy ACKed it, the last change was accepted
-    and every config source is reachable (while etcd is not, changes made there reach no Envoy); 1 otherwise."""
+    and every config source is reachable (while etcd is not, changes made there reach no Envoy); 1 otherwise;
+    2 when the URL does not answer as an xgate control plane."""
+    from xgate.cli.status import StatusError, fetch_status, print_status, status_ok
+
     try:
-        with urllib.request.urlopen(url.rstrip("/") + "/status", timeout=5) as response:
-            report = json.load(response)
-    except (urllib.error.URLError, OSError) as exc:
-        typer.echo(f"cannot reach the control plane at {url}: {exc}", err=True)
+        report = fetch_status(url)
+    except StatusError as exc:
+        typer.echo(f"xgate status: {exc}", err=True)
         raise typer.Exit(2) from None
     if as_json:
         typer.echo(json.dumps(report, indent=2))
     else:
-        _print_status(report)
-    config_ok = (
-        report["config"]["rejected_revision"] is None
-        and not report["config"].get("objects_not_served")
-        and not report["config"].get("refused")
-    )
-    sources_ok = all(health.get("connected") for health in (report.get("sources") or {}).values())
-    raise typer.Exit(0 if report["all_in_sync"] and config_ok and sources_ok else 1)
-
-
-def _print_refusal(refused: object) -> None:
-    """A revision one of the services refused (so no Envoy got it): who, and why."""
-    if isinstance(refused, dict):
-        typer.echo(f"last change REFUSED by {refused['service']} {refused['node']} (revision {refused['revision']}):")
-        typer.echo(f"  {refused['message']}")
-        typer.echo("  the Envoys keep the revision before it; fix the config and save again")
-
-
-def _print_status(report: dict[str, object]) -> None:
-    config = report["config"]
-    assert isinstance(config, dict)
-    typer.echo(f"config revision {config['applied_revision']} (serving)")
-    if config["rejected_revision"] is not None or config["issues"]:
-        typer.echo(f"last change REJECTED (revision {config['rejected_revision']}):")
-        for issue in config["issues"]:
-            typer.echo(f"  {issue}")
-    not_served = config.get("objects_not_served") or []
-    if not_served:
-        typer.echo(f"{len(not_served)} object{'s' if len(not_served) != 1 else ''} NOT served as configured:")
-        for warning in not_served:
-            typer.echo(f"  {warning}")
-    sources = report.get("sources") or {}
-    assert isinstance(sources, dict)
-    for name, health in sources.items():
-        if health.get("connected"):
-            typer.echo(f"source {name}: connected, revision {health.get('revision')}")
-            continue
-        since = health.get("outage_since")
-        when = f" for {time.time() - since:.0f} s" if isinstance(since, (int, float)) else ""
-        typer.echo(f"source {name}: UNREACHABLE{when} ({health.get('last_error')})")
-        typer.echo(f"  last revision read {health.get('revision')}; changes made since then have not reached any Envoy")
-    _print_refusal(config.get("refused"))
-    proxies = report["proxies"]
-    assert isinstance(proxies, list)
-    if not proxies:
-        typer.echo("no Envoy connected")
-    services = report.get("services") or []
-    assert isinstance(services, list)
-    for proxy in [*proxies, *services]:
-        state = "in sync" if proxy["in_sync"] else "NOT in sync"
-        kind = "" if proxy.get("kind", "envoy") == "envoy" else f"{proxy['kind']} "
-        typer.echo(f"{kind}{proxy['node']} ({proxy['peer']}): {state}, revision {proxy['synced_revision']}")
-        for kind, detail in proxy["types"].items():
-            rejection = detail["rejection"]
-            if rejection:
-                typer.echo(f"  {kind} rejected revision {rejection['revision']}: {rejection['message']}")
-                typer.echo(f"    from: {', '.join(rejection['objects'])}")
+        print_status(report)
+    raise typer.Exit(0 if status_ok(report) else 1)
 
 
 register_store_commands(app)

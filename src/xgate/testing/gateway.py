@@ -179,16 +179,23 @@ async def run_gateway(
     output: Callable[[str], None] | None = None,
     etcd: EtcdSettings | None = None,
     prefix: str = DEFAULT_PREFIX,
+    allow_empty: bool = False,
 ) -> AsyncIterator[Gateway]:
     """Start a control plane on `config_text` (a file) and/or `etcd`, and `envoys` real Envoys; wait until
-    they serve it (with etcd: until they serve what etcd held at start)."""
+    they serve it (with etcd: until they serve what etcd held at start). `allow_empty`: the control plane's
+    --allow-empty."""
     work_dir.mkdir(parents=True, exist_ok=True)
     config_path = None
     if config_text is not None:
         config_path = work_dir / "gateway.yaml"
         config_path.write_text(config_text, encoding="utf-8")
     gateway = Gateway(
-        config_path=config_path, work_dir=work_dir, plane=ControlPlane(), etcd=etcd, prefix=prefix, _output=output
+        config_path=config_path,
+        work_dir=work_dir,
+        plane=ControlPlane(allow_empty=allow_empty),
+        etcd=etcd,
+        prefix=prefix,
+        _output=output,
     )
     try:
         await gateway.start_controlplane()

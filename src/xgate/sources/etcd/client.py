@@ -19,6 +19,10 @@ from aetcd.rpc.kv_pb2 import Event, KeyValue
 
 from xgate.errors import XgateError
 
+# An etcd that stops answering is seen as down within KEEPALIVE_TIME_MS + KEEPALIVE_TIMEOUT_MS (9 s).
+KEEPALIVE_TIME_MS = 6000
+KEEPALIVE_TIMEOUT_MS = 3000
+
 
 class EtcdUnavailableError(XgateError):
     """etcd could not be reached, or has no leader; the caller retries."""
@@ -99,6 +103,16 @@ class EtcdClient:
             ("grpc.initial_reconnect_backoff_ms", 100),
             ("grpc.max_reconnect_backoff_ms", 1000),
             ("grpc.max_receive_message_length", 64 << 20),
+            # A frozen etcd (SIGSTOP, a hung host, a dropped route) keeps its TCP connection open and the watch
+            # stream silent: without pings the source would say "connected" forever. A ping unanswered within
+            # KEEPALIVE_TIMEOUT_MS closes the connection, the watch fails, status shows the outage. etcd refuses
+            # pings more often than every 5 s (--grpc-keepalive-min-time) with GOAWAY, hence 6 s; pings go out
+            # while a call (the watch) is open, with or without data. grpcio 1.85 waits for a ping's answer
+            # ping_timeout_ms (default 1 min), not keepalive_timeout_ms alone: both are set.
+            ("grpc.keepalive_time_ms", KEEPALIVE_TIME_MS),
+            ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
+            ("grpc.http2.max_pings_without_data", 0),
+            ("grpc.http2.ping_timeout_ms", KEEPALIVE_TIMEOUT_MS),
         ]
         target = settings.target()
         if settings.tls:
