@@ -10,7 +10,8 @@ import httpx
 import pytest
 
 from xgate.config.load import parse_document
-from xgate.pipeline import compile_config, revision_of
+from xgate.pipeline import compile_config
+from xgate.sources.revision import revision_of
 from xgate.testing import free_port, run_cli, run_gateway, scrape, write_atomic
 from xgate.testing.gateway import wait_for
 
