@@ -13,10 +13,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from xgate.cli.etcdstore import execute, plan_apply, read_stored
 from xgate.config.load import parse_document
 from xgate.proxy.process import EnvoyProcess
 from xgate.sources.etcd.client import EtcdClient, EtcdSettings
-from xgate.sources.etcd.store import execute, plan_apply, read_stored
 from xgate.sources.revision import revision_of
 from xgate.testing import free_port, run_cli, run_etcd, run_gateway
 from xgate.testing.gateway import wait_for
