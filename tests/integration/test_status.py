@@ -41,6 +41,7 @@ async def test_status_reports_every_envoy_and_a_rejected_change(
         assert scraped['xgate_config_propagation_seconds_count{kind="envoy"}'] == 2  # one per Envoy
         assert 0 < scraped['xgate_config_propagation_seconds_sum{kind="envoy"}'] < 10
 
+        assert gateway.config_path is not None
         write_atomic(gateway.config_path, good.replace("upstream: v2\n", "upstream: missing\n"))
         await gateway.wait_for_rejection("upstream 'missing' does not exist")
         code, output, _ = await run_cli("status", "--url", f"http://127.0.0.1:{gateway.status_port}")
@@ -97,8 +98,8 @@ async def test_a_revision_envoy_rejected_is_not_labelled_serving(
     config = make_config(port)
     async with run_gateway(config, work_dir, envoys=2) as gateway:
         resources = compile_config(parse_document(config, "test")).resources
-        routes = resources.routes["routes/public"]
-        routes.virtual_hosts[0].routes[0].match.safe_regex.regex = "/(unclosed"  # type: ignore[attr-defined]
+        routes = resources.route_config("routes/public")
+        routes.virtual_hosts[0].routes[0].match.safe_regex.regex = "/(unclosed"
         gateway.plane.cache.update(resources, "bad-revision")
 
         def rejected() -> bool:

@@ -113,7 +113,7 @@ def test_golden_cases_refused_for_shape_or_type_are_refused_by_the_schema(
         assert field in errors, f"{field} not refused by the schema: {sorted(errors)}"
 
 
-BASE = {
+BASE: dict[str, Any] = {
     "listeners": [{"name": "l", "port": 1}],
     "upstreams": [{"name": "u", "endpoints": ["127.0.0.1:1"], "health_check": {}}],
     "plugins": {"dyeing": {"rules": [{"stage": "c", "header": {"name": "x-c", "present": True}}]}},
@@ -123,6 +123,7 @@ BASE = {
 def _with_base(text: str) -> Any:
     """The snippet's document, its sections added to a valid base (lists joined, plugin defaults replaced)."""
     data = yaml_rs.loads(text, parse_datetime=False)
+    assert isinstance(data, dict)
     merged = dict(BASE)
     for key, value in data.items():
         base = BASE.get(key)

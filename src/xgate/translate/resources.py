@@ -8,6 +8,7 @@ from typing import Any, cast
 
 from envoy.config.cluster.v3 import cluster_pb2 as cluster_v3
 from envoy.config.route.v3 import route_components_pb2 as route_components_v3
+from envoy.config.route.v3 import route_pb2 as route_v3
 from google.protobuf.message import Message
 
 from xgate.api import type_url
@@ -41,6 +42,14 @@ class Resources:
             "routes": self.routes,
             **self.services,
         }
+
+    def route_config(self, name: str) -> route_v3.RouteConfiguration:
+        """One route configuration as a message (the incremental compiler keeps them as bytes)."""
+        found = self.routes[name]
+        if isinstance(found, bytes):
+            return route_v3.RouteConfiguration.FromString(found)
+        assert isinstance(found, route_v3.RouteConfiguration)
+        return found
 
     def add(self, message: Message) -> None:
         """A plugin's extra resource: a cluster, or a resource of one of the services (the first of a name

@@ -13,6 +13,7 @@ import pytest
 
 from xgate.authz.keys import KeySet
 from xgate.authz.tokens import Refusal, TokenVerifier
+from xgate.plugins.jwks import Algorithm
 from xgate.plugins.jwt import Provider
 
 # Copied byte for byte from ietf-jose/cookbook (see tests/data/README.md).
@@ -59,7 +60,7 @@ def test_cookbook_signatures_verify_with_the_cookbook_keys(name: str) -> None:
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_an_allow_list_without_the_example_alg_offers_no_key(name: str) -> None:
     compact, algorithm, _, jwk = _example(name)
-    other = "ES256" if algorithm != "ES256" else "RS256"
+    other: Algorithm = "ES256" if algorithm != "ES256" else "RS256"
     assert KeySet({"keys": [jwk]}, (other,)).candidates(jwt.get_unverified_header(compact).get("kid"), algorithm) == []
 
 

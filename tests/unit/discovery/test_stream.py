@@ -7,6 +7,7 @@ import itertools
 import pytest
 from envoy.service.discovery.v3 import discovery_pb2 as discovery_v3
 from google.rpc import status_pb2
+from tests.unit.discovery.checked import CheckedStream
 
 from xgate.config.load import parse_document
 from xgate.discovery import typeurls
@@ -14,8 +15,6 @@ from xgate.discovery.snapshot import Snapshot, build_snapshot
 from xgate.discovery.status import StatusRegistry
 from xgate.discovery.stream import AdsStream, Response
 from xgate.pipeline import compile_config
-
-from .checked import CheckedStream
 
 CONFIG = """
 listeners: [{name: public, port: 10000}]
