@@ -86,7 +86,12 @@ def test_the_schema_names_its_dialect_and_itself() -> None:
 
 @pytest.mark.parametrize(
     "path",
-    [case / "in.yaml" for case in sorted(GOLDEN.iterdir()) if not (case / "out.errors.txt").exists()] + EXAMPLES,
+    [
+        case / "in.yaml"
+        for case in sorted(GOLDEN.iterdir())
+        if (case / "in.yaml").exists() and not (case / "out.errors.txt").exists()
+    ]
+    + EXAMPLES,
     ids=lambda path: f"{path.parent.name}/{path.name}",
 )
 def test_every_valid_golden_input_and_example_is_accepted(
