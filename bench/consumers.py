@@ -122,7 +122,9 @@ def serve_controlplane(config_path: str) -> None:
 # -- one size -------------------------------------------------------------------------------------------------
 
 
-class Made(NamedTuple):
+class Saved(NamedTuple):
+    """A change saved: its line, when, the config revision it makes, and whether it is counted."""
+
     line: str
     t0: float  # just before os.replace
     revision: str
@@ -139,19 +141,19 @@ class SizeResult:
     nacks: int
 
 
-def _stages(made: Made, events: dict[str, dict[str, Any]]) -> Change:
+def _stages(saved: Saved, events: dict[str, dict[str, Any]]) -> Change:
     """Split t0 -> every consumer ACKed at the control plane's timestamps for the revision."""
-    t = {key: event.get("t") for key, event in events.items()}
-    read, staged, served = t.get("read"), t.get("staged"), t.get("set")
-    service_type = SERVICE_TYPE.get(made.line, "")
-    service, service_written = t.get(f"ack:{service_type}"), t.get(f"written:{service_type}")
-    written, envoy = t.get(f"written:{ROUTE_TYPE}"), t.get(f"ack:{ROUTE_TYPE}")
+    at = {key: event.get("t") for key, event in events.items()}
+    read, staged, served = at.get("read"), at.get("staged"), at.get("set")
+    service_type = SERVICE_TYPE.get(saved.line, "")
+    service, service_written = at.get(f"ack:{service_type}"), at.get(f"written:{service_type}")
+    written, envoy = at.get(f"written:{ROUTE_TYPE}"), at.get(f"ack:{ROUTE_TYPE}")
     # Every consumer has the change: the service ACKed it, and the Envoy ACKed its routes, or (nothing in its
     # resources changed, as for a limit's value) was served the revision.
-    needed = [served, *([service] if made.line in SERVICE_TYPE else [])]
-    needed += [envoy] if written is not None or made.line != "d" else []
+    needed = [served, *([service] if saved.line in SERVICE_TYPE else [])]
+    needed += [envoy] if written is not None or saved.line != "d" else []
     last = None if None in needed else max(t for t in needed if t is not None)
-    t0 = made.t0
+    t0 = saved.t0
     stages = {
         "compiled": ms(staged or served, t0),  # read, parse, compile -> a snapshot set
         "service_push": ms(service_written, staged),  # the services' part set -> the service's response written
@@ -167,7 +169,7 @@ def _stages(made: Made, events: dict[str, dict[str, Any]]) -> Change:
         "seen_to_service": ms(service, read),
         "seen_to_envoy": ms(envoy, read),
     }
-    return Change(made.line, ms(last, t0), 0.0, 0, stages)
+    return Change(saved.line, ms(last, t0), 0.0, 0, stages)
 
 
 class Runner:
@@ -175,7 +177,7 @@ class Runner:
 
     def __init__(self, rig: Rig, state: ServicesState, config_path: Path, timeout: float) -> None:
         self.rig, self.state, self.config_path, self.timeout = rig, state, config_path, timeout
-        self.made: list[Made] = []
+        self.saved: list[Saved] = []
         self.histogram: dict[str, dict[str, dict[str, float]]] = {}
 
     async def wait(self, revision: str, key: str, deadline: float) -> bool:
@@ -186,7 +188,7 @@ class Runner:
     async def change(self, line: str, counted: bool) -> None:
         self.state.step(line)
         t0, revision, _ = propagation.save(self.state, self.config_path)
-        self.made.append(Made(line, t0, revision, counted))
+        self.saved.append(Saved(line, t0, revision, counted))
         deadline = t0 + self.timeout
         keys = ["set", *([f"ack:{SERVICE_TYPE[line]}"] if line in SERVICE_TYPE else [])]
         keys += [] if line == "d" else [f"ack:{ROUTE_TYPE}"]
@@ -259,9 +261,9 @@ async def measure(routes: int, count: int, args: argparse.Namespace, work: Path)
                 await runner.phase(line, line, count)
         await runner.services_in(0)
         await runner.phase("a, after", "a", count - count // 2)
-        changes = [_stages(made, rig.plane.events(made.revision)) for made in runner.made if made.counted]
+        changes = [_stages(saved, rig.plane.events(saved.revision)) for saved in runner.saved if saved.counted]
         nacks = sum(
-            bool(event.get("nack")) for made in runner.made for event in rig.plane.events(made.revision).values()
+            bool(event.get("nack")) for saved in runner.saved for event in rig.plane.events(saved.revision).values()
         )
         return SizeResult(routes, len(text), changes, await rds_stats(rig.envoy), runner.histogram, nacks)
 
