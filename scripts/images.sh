@@ -4,13 +4,15 @@
 # `podman import`) unless XGATE_BASE and XGATE_BUILDER name others, and the wheels the builds install are
 # gathered on this host first. An image is rebuilt only when what it is made of changed: each carries the hash
 # of its inputs (label xgate.content), and an image whose label matches is kept.
-#   scripts/images.sh            build what changed, print each image's size
-#   XGATE_IMAGE_TAG=dev scripts/images.sh   tag other than "local"
+#   scripts/images.sh                 build what changed, print each image's size
+#   scripts/images.sh xgate-redis     only the images named (xgate, xgate-envoy, xgate-etcd, xgate-redis)
+#   XGATE_IMAGE_TAG=dev scripts/images.sh   a tag other than "local"
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root="$PWD"
 export CONTAINERS_CONF="${CONTAINERS_CONF:-$root/containers/containers.conf}"
 tag="${XGATE_IMAGE_TAG:-local}"
+wanted=" ${*:-xgate xgate-envoy xgate-etcd xgate-redis} "
 started=$SECONDS
 
 # One build at a time on a machine: two would both debootstrap and race for the same tags.
@@ -110,6 +112,7 @@ gather_wheels() {  # once per run, and only when an image is to be built
 build() {  # build NAME CONTAINERFILE INPUTS...: podman build when the inputs' hash differs from the image's
     local name="$1" file="containers/$2" image="localhost/$1:$tag"
     shift 2
+    [[ "$wanted" == *" $name "* ]] || return 0
     local hash
     hash="$( (files_hash "$file" "$@"; image_id "$BASE"; image_id "$BUILDER") | sha256sum | cut -c1-16)"
     if [[ "$(label_of "$image")" == "$hash" ]]; then

@@ -279,6 +279,10 @@ class GatewayStack:
         return self._require(self.controlplane).url(STATUS_PORT)
 
     @property
+    def admin_url(self) -> str:
+        return self._require(self.envoy).admin_url
+
+    @property
     def etcd_address(self) -> str:
         return self._require(self.etcd).address
 

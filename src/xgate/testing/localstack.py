@@ -92,6 +92,7 @@ class LocalGateway:
         self._status_port = 0
         self._services: dict[str, str] = {}
         self._listener_port = 0
+        self._admin_port = 0
 
     @property
     def url(self) -> str:
@@ -100,6 +101,10 @@ class LocalGateway:
     @property
     def status_url(self) -> str:
         return f"http://127.0.0.1:{self._status_port}"
+
+    @property
+    def admin_url(self) -> str:
+        return f"http://127.0.0.1:{self._admin_port}"
 
     @property
     def upstream_host(self) -> str:
@@ -115,7 +120,7 @@ class LocalGateway:
 
     def start(self) -> LocalGateway:
         self._work_dir.mkdir(parents=True, exist_ok=True)
-        self._listener_port = free_ports(1)[0]
+        self._listener_port, self._admin_port = free_ports(2)
         self._config.write_text("xgate: v1\n", encoding="utf-8")
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([*self._pythonpath, *(p for p in sys.path if p)])}
         me = [sys.executable, "-m", "xgate"]
@@ -134,7 +139,7 @@ class LocalGateway:
                 )
                 for name in SERVICES
             }
-            envoy = [*me, "envoy", "--xds", xds, "--admin-port", "0", "--node-id", "xgate-test-envoy"]
+            envoy = [*me, "envoy", "--xds", xds, "--admin-port", str(self._admin_port), "--node-id", "xgate-test-envoy"]
             self._spawn("envoy", [*envoy, "--concurrency", "1"], env, None)  # awaited through the status API
             for name, child in services.items():
                 self._services[name] = f"127.0.0.1:{child.wait_ready(self._start_timeout).group(1)}"

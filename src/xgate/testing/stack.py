@@ -29,6 +29,7 @@ class GatewayUnderTest(Protocol):
 
     - `url`: where the test reaches Envoy's listener, e.g. http://127.0.0.1:20417.
     - `status_url`: the control plane's status API (`xgate status --url`), GET /status, /metrics.
+    - `admin_url`: Envoy's admin API (GET /stats, /clusters, ...), to read Envoy's own counters.
     - `upstream_host`: the address the test's own servers bind to and the config names as their host (Envoy
       reaches them there): 127.0.0.1 for local processes, the container network's gateway with containers.
     - `listener_port`: the port a config's listener must use; `apply` adds the listener when a config has none.
@@ -43,6 +44,9 @@ class GatewayUnderTest(Protocol):
 
     @property
     def status_url(self) -> str: ...
+
+    @property
+    def admin_url(self) -> str: ...
 
     @property
     def upstream_host(self) -> str: ...
