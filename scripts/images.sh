@@ -69,7 +69,7 @@ make_bases() {
     printf '#!/bin/sh\nexit 101\n' >"$tree/usr/sbin/policy-rc.d" && chmod +x "$tree/usr/sbin/policy-rc.d"
     # shellcheck disable=SC2086
     DEBIAN_FRONTEND=noninteractive chroot "$tree" apt-get install -y -qq --no-install-recommends \
-        $builder_packages >/dev/null
+        $builder_packages >"$tree.log" 2>&1 || { tail -20 "$tree.log"; exit 1; }
     rm -f "$tree/usr/sbin/policy-rc.d" "$tree/etc/resolv.conf"
     import_tree "$tree" "$builder" "$hash" ./var/cache/apt
     rm -rf "$tree"
