@@ -325,7 +325,7 @@ class GatewayStack:
 
         def done(report: dict[str, Any]) -> bool:
             refused = report["config"].get("refused")
-            if refused and etcd_revision_applied(report) < revision:
+            if refused and refused["revision"] == f"etcd-{revision}":
                 raise ConfigRejected(f"xgate {refused['service']} refused the config: {refused['message']}")
             return etcd_revision_applied(report) >= revision and converged(report, envoys=1, services=3)
 
