@@ -29,6 +29,12 @@ routes:
     match: {path: {exact: /greeting}}
     direct_response: {status: 200, body: "%s"}
 """
+HEALTH = """
+routes:
+  - name: health
+    match: {path: {exact: /healthz}}
+    direct_response: {status: 200, body: changed}
+"""
 
 
 @dataclass
@@ -175,6 +181,22 @@ def test_the_gateway_serves_while_etcd_restarts(stack: Stack, podman: Podman) ->
         sender.join()
     assert len(answered) >= 10
     assert set(answered) == {200}, [item for item in answered if item != 200][:5]
+
+
+def test_seeding_again_keeps_a_config_changed_since(stack: Stack) -> None:
+    """The seed step runs at every `up`; it writes the example only into an empty etcd."""
+    change = Path(stack.env.get("TMPDIR", "/tmp")) / f"{stack.project}-health.yaml"
+    change.write_text(HEALTH)
+    try:
+        applied = stack.xgate("apply", "-f", str(change), "--etcd", stack.etcd)
+    finally:
+        change.unlink()
+    assert applied.returncode == 0, applied.stdout + applied.stderr
+    wait_for(lambda: httpx.get(stack.url + "/healthz", timeout=5).text == "changed", 20, "the changed route")
+    seeded = stack.compose("run", "--rm", "seed")
+    assert seeded.returncode == 0, seeded.stdout + seeded.stderr
+    assert "already holds a config" in seeded.stdout
+    assert httpx.get(stack.url + "/healthz", timeout=5).text == "changed"
 
 
 def test_down_leaves_nothing_behind(stack: Stack, podman: Podman) -> None:
