@@ -16,9 +16,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import docker.errors
 import httpx
 import pytest
 
+from xgate.testing.containers import GatewayStack, Images
 from xgate.testing.stack import ConfigRejected, GatewayUnderTest, start_gateway
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -149,3 +151,16 @@ def test_the_plugin_runs_a_users_tests_with_containers(container_engine: str) ->
     )  # fmt: skip
     assert ran.returncode == 0, ran.stdout[-3000:] + ran.stderr[-3000:]
     assert "6 passed" in ran.stdout
+
+
+@pytest.mark.containers
+def test_a_stack_that_cannot_start_says_why_and_leaves_nothing(container_engine: str, podman: Any) -> None:
+    def present() -> set[str]:
+        listed = [podman("ps", "--all", "--format", "{{.Names}}"), podman("network", "ls", "--format", "{{.Name}}")]
+        return {name for ran in listed for name in ran.stdout.split()}
+
+    before = present()
+    missing = "localhost/xgate-no-such-image:none"
+    with pytest.raises(docker.errors.DockerException, match="xgate-no-such-image"):
+        GatewayStack(images=Images(xgate=missing), start_timeout=30).start()
+    assert present() == before  # etcd and Envoy, which did start, are gone with the network

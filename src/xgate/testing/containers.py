@@ -344,8 +344,8 @@ class GatewayStack:
 
     def stop(self) -> None:
         for container in [self.envoy, *self.service_containers.values(), self.controlplane, self.etcd]:
-            if container is not None and container._container is not None:
-                container.stop()
+            if container is not None:
+                container.stop()  # removes it, if it was created
         if self._network is not None:
             self._network.remove()
             self._network = None
