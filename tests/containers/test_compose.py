@@ -109,30 +109,42 @@ def test_every_service_is_healthy_by_its_own_health_check(stack: Stack, podman: 
         assert f"{service} {service}-" in status.stdout  # each service instance, in sync
 
 
+def eventually(send: Callable[[], httpx.Response], wanted: Callable[[httpx.Response], bool], why: Callable[[], object],
+               timeout: float = 10) -> httpx.Response:  # fmt: skip
+    """Send until the answer is `wanted`: a service's first call also opens Envoy's connection to it, which can
+    outlast the call's timeout on a busy machine. Fails with the last answer and `why()` (Envoy's counters)."""
+    deadline = time.monotonic() + timeout
+    while not wanted(answer := send()):
+        if time.monotonic() > deadline:
+            pytest.fail(f"after {timeout} s still {answer.status_code} {answer.text[:300]}; Envoy: {why()}")
+        time.sleep(0.2)
+    return answer
+
+
 def test_traffic_goes_through_envoy_and_every_service(stack: Stack, podman: Podman) -> None:
     hello = httpx.get(stack.url + "/hello", timeout=5)
     assert hello.status_code == 200
     assert hello.json()["upstream"] == "demo-v1"
     assert hello.headers["x-served-by"] == "xgate"
-    # authz: the example read_only policy
+    # authz runs the example read_only policy
+    denied = eventually(lambda: httpx.post(stack.url + "/admin", timeout=5), lambda answer: answer.status_code == 405,
+                        lambda: envoy_stats(podman, stack, "ext_authz"))  # fmt: skip
+    assert denied.headers["allow"] == "GET, HEAD"
     assert httpx.get(stack.url + "/admin", timeout=5).status_code == 200
-    assert httpx.post(stack.url + "/admin", timeout=5).status_code == 405
     # dyeing: a sticky rule is in the config, so the ext_proc service dyes every request
-    canary = httpx.get(stack.url + "/users", headers={"x-canary": "1"}, timeout=5)
-    if canary.json()["upstream"] != "demo-v2":  # undyed: the service failed or was late (on_error: pass)
-        counted = envoy_stats(podman, stack, "ext_proc")
-        pytest.fail(f"x-canary: 1 was not dyed canary: {canary.json()}; Envoy's ext_proc counters {counted}")
+    canary = eventually(lambda: httpx.get(stack.url + "/users", headers={"x-canary": "1"}, timeout=5),
+                        lambda answer: answer.json()["upstream"] == "demo-v2",
+                        lambda: envoy_stats(podman, stack, "ext_proc"))  # fmt: skip
     assert canary.json()["headers"]["x-xgate-stage"] == "canary"
-    # ratelimit with Redis: 5 a minute
-    statuses = [httpx.get(stack.url + "/limited", timeout=5).status_code for _ in range(7)]
-    if 429 not in statuses:
-        counted = envoy_stats(podman, stack, "ratelimit")
-        assert any(name.endswith("failure_mode_allowed") and value for name, value in counted.items()), (
-            f"no request limited and none let through for a failing service: {statuses} {counted}"
-        )
-        pytest.fail(f"the rate-limit service did not answer in time (fail open): {counted}")
-    assert statuses[:5] == [200] * 5
-    assert statuses[5:] == [429, 429]
+    # ratelimit, counting in Redis: 5 a minute for the route
+    statuses = [httpx.get(stack.url + "/limited", timeout=5).status_code for _ in range(9)]
+    let_through = sum(value for name, value in envoy_stats(podman, stack, "ratelimit").items()
+                      if name.endswith("ratelimit.failure_mode_allowed"))  # fmt: skip
+    assert 429 in statuses, f"nothing limited: {statuses}; let through for a late service: {let_through}"
+    first = statuses.index(429)
+    assert set(statuses[:first]) == {200}
+    # Exactly 5 pass, unless the service was late for some (failure_mode: open): those pass uncounted.
+    assert first == 5 or 5 < first <= 5 + let_through, (statuses, let_through)
 
 
 def test_apply_from_the_host_changes_the_gateway_live(stack: Stack) -> None:

@@ -77,9 +77,10 @@ def echo(gateway: GatewayUnderTest) -> Iterator[Echo]:
 def config(gateway: GatewayUnderTest, echo: Echo, *routes: dict[str, Any]) -> dict[str, Any]:
     # A sticky rule needs the dyeing service: every request with x-user goes through it.
     sticky = {"stage": "beta", "sticky": {"percent": 100, "key": {"header": "x-user"}}}
+    policies = {"gate": "fixture_policies:needs_pass"}
     return {
         "plugins": {
-            "policy": {"service": gateway.services["authz"], "policies": {"gate": "fixture_policies:needs_pass"}},
+            "policy": {"service": gateway.services["authz"], "timeout": "1s", "policies": policies},
             "dyeing": {"service": gateway.services["dyeing"], "timeout": "1s", "rules": [sticky]},
             "rate_limit": {"service": gateway.services["ratelimit"], "timeout": "250ms"},
         },
@@ -107,17 +108,21 @@ def test_apply_returns_once_envoy_and_every_service_serve_it(gateway: GatewayUnd
         plain = client.get("/anything")
         assert plain.status_code == 200
         assert plain.json()["path"] == "/anything"
-        assert client.get("/guarded").status_code == 403  # authz ran the policy
+        refused = client.get("/guarded")
+        assert (refused.status_code, refused.text) == (403, "no pass")  # authz ran the policy
         passed = client.get("/guarded", headers={"x-pass": "yes"})
         assert passed.json()["headers"]["x-passed"] == "yes"
         dyed = client.get("/", headers={"x-user": "ana"})
         if dyed.json()["headers"].get("x-xgate-stage") != "beta":
             pytest.fail(f"not dyed by the service: {dyed.json()}; Envoy: {envoy_counters(gateway, 'ext_proc')}")
-        statuses = [client.get("/limited").status_code for _ in range(5)]
-    if 429 not in statuses:
-        counters = envoy_counters(gateway, "ratelimit")
-        pytest.fail(f"nothing limited: {statuses}; Envoy's rate-limit counters (fail open?): {counters}")
-    assert statuses == [200, 200, 200, 429, 429]
+        statuses = [client.get("/limited").status_code for _ in range(6)]
+    let_through = sum(value for name, value in envoy_counters(gateway, "ratelimit").items()
+                      if name.endswith("ratelimit.failure_mode_allowed"))  # fmt: skip
+    assert 429 in statuses, f"nothing limited: {statuses}; let through for a late service: {let_through}"
+    first = statuses.index(429)
+    assert set(statuses[:first]) == {200}
+    # Exactly 3 pass, unless the service was late for some (failure_mode: open): those pass uncounted.
+    assert first == 3 or 3 < first <= 3 + let_through, (statuses, let_through)
     status = subprocess.run([sys.executable, "-m", "xgate", "status", "--url", gateway.status_url],
                             capture_output=True, text=True, timeout=30)  # fmt: skip
     assert status.returncode == 0, status.stdout
