@@ -46,6 +46,12 @@ API: dict[str, list[str]] = {
         "free_port", "run_authz_service", "run_cli", "run_dyeing_service", "run_etcd", "run_gateway", "run_nginx",
         "run_ratelimit_service", "run_redis", "scrape", "write_atomic",
     ],
+    "xgate.testing.containers": ["EnvoyContainer", "EtcdContainer", "GatewayStack", "Images", "XgateContainer"],
+    "xgate.testing.localstack": ["LocalGateway"],
+    "xgate.testing.stack": [
+        "ConfigRejected", "GatewayUnderTest", "LISTENER_NAME", "SERVICES", "complete_config", "converged",
+        "etcd_revision_applied", "read_status", "start_gateway", "wait_until",
+    ],
     "xgate.translate": ["Resources", "Translator", "translate"],
     "xgate.translate.plugins": ["PluginTranslator", "TRANSLATORS", "pack"],
     "xgate.xdsclient": ["Apply", "ClientHealth", "Subscription", "TypeHealth", "XdsClient"],

@@ -1,6 +1,10 @@
 """Test helpers users may import: a whole gateway (control plane + real Envoy), the authz, dyeing and ratelimit
 services configured by it, etcd, Redis and nginx upstreams on loopback ports, the command line as a child
-process, and /metrics read as Prometheus does."""
+process, and /metrics read as Prometheus does.
+
+Whole gateways behind one interface (stack.GatewayUnderTest), which the `xgate_gateway` fixture of
+xgate.pytest_plugin yields: localstack.LocalGateway (child processes) and containers.GatewayStack
+(testcontainers; imported from xgate.testing.containers only, so that testcontainers stays optional)."""
 
 from __future__ import annotations
 
