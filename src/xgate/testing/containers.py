@@ -229,7 +229,7 @@ class GatewayStack:
         self.etcd = EtcdContainer(images.etcd, network=network, timeout=timeout)
         self.controlplane = XgateContainer(
             "controlplane", "--etcd", self.etcd.internal_address, "--xds", f"0.0.0.0:{XDS_PORT}",
-            "--status", f"0.0.0.0:{STATUS_PORT}",
+            "--status", f"0.0.0.0:{STATUS_PORT}", "--allow-empty",  # a test replaces whole configs: no guard
             image=images.xgate, alias="controlplane", network=network, publish=[STATUS_PORT], timeout=timeout,
         )  # fmt: skip
         self.service_containers = {name: self._service(name, xds) for name in SERVICES}

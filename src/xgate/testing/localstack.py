@@ -125,7 +125,9 @@ class LocalGateway:
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([*self._pythonpath, *(p for p in sys.path if p)])}
         me = [sys.executable, "-m", "xgate"]
         try:
+            # --allow-empty: a test starts from nothing and replaces whole configs, which the guard would hold back.
             argv = [*me, "controlplane", "-f", str(self._config), "--xds", "127.0.0.1:0", "--status", "127.0.0.1:0"]
+            argv.append("--allow-empty")
             plane = self._spawn("controlplane", argv, env, _CONTROLPLANE_READY).wait_ready(self._start_timeout)
             xds = f"127.0.0.1:{plane.group(1)}"
             self._status_port = int(plane.group(2))
