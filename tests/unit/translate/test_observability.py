@@ -10,6 +10,7 @@ import pytest
 from xgate.config.load import parse_document
 from xgate.errors import ConfigError
 from xgate.pipeline import compile_config
+from xgate.plugins.tracing import TracingSettings
 
 BASE = {
     "listeners": [{"name": "l", "port": 10000}],
@@ -40,6 +41,7 @@ def test_a_routes_sampling_keeps_its_listeners_collector() -> None:
     }
     compiled = compile_config(parse_document(json.dumps({**BASE, **document}), "gw.json"))
     settings = compiled.ir.listeners[0].routes[0].plugins["tracing"]
+    assert isinstance(settings, TracingSettings)
     assert (settings.collector, settings.service_name, settings.sampling) == ("10.0.0.9:4317", "edge", 2.5)
     assert "xgate-otel/10.0.0.9:4317" in compiled.resources.clusters
     (proto,) = compiled.resources.route_config("routes/l").virtual_hosts[0].routes
