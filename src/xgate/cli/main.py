@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import os
 import sys
 from collections.abc import Awaitable, Callable
@@ -25,6 +24,9 @@ from xgate.sources.etcd.client import EtcdSettings
 if TYPE_CHECKING:
     from xgate.service import Ready, ServiceOptions
 from xgate.sources.etcd.layout import DEFAULT_PREFIX
+
+LOG_FORMAT_VARIABLE = "XGATE_LOG_FORMAT"
+LOG_FORMATS = ("text", "json")
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -50,8 +52,14 @@ def _options(
     shown: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
     ] = False,
+    log_format: Annotated[
+        str, typer.Option("--log-format", envvar=LOG_FORMAT_VARIABLE, help="log lines as text or json (with trace ids)")
+    ] = "text",
 ) -> None:
     """xgate: an API gateway on Envoy."""
+    if log_format not in LOG_FORMATS:
+        raise typer.BadParameter("use text or json", param_hint="--log-format")
+    os.environ[LOG_FORMAT_VARIABLE] = log_format  # `xgate up`'s children log the same way
 
 
 DEFAULT_XDS = "127.0.0.1:18000"
@@ -96,10 +104,13 @@ def _print_issues(error: ConfigError) -> None:
         typer.echo(f"  {issue}", err=True)
 
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
+def _setup_logging(level: str, process: str = "xgate") -> None:
+    """Logging (text or JSON, see --log-format) and, when OTEL_EXPORTER_OTLP_ENDPOINT asks for it, tracing as
+    `xgate-<process>` (see xgate.telemetry)."""
+    from xgate.telemetry import configure_tracing, setup_logging
+
+    setup_logging(level, "json" if os.environ.get(LOG_FORMAT_VARIABLE) == "json" else "text")
+    configure_tracing(f"xgate-{process}")
 
 
 AllowEmpty = Annotated[
@@ -181,7 +192,7 @@ def controlplane(
     from xgate.runtime import Bound, run_controlplane
 
     xds_address, status_address = _host_port(xds, "--xds", any_port=True), _host_port(status, "--status", any_port=True)
-    _setup_logging(log_level)
+    _setup_logging(log_level, "controlplane")
     path = file if file is not None or etcd else default_config()
     store = _etcd(etcd, etcd_ca, etcd_cert, etcd_key, etcd_user, etcd_password)
     described = " + ".join(part for part in (str(path) if path else "", f"etcd {etcd}{prefix}" if etcd else "") if part)
@@ -298,7 +309,7 @@ def authz(
     the control plane sends it."""
     from xgate.authz.config import run_authz
 
-    _setup_logging(log_level)
+    _setup_logging(log_level, "authz")
     _run_service(
         "authz", xds, listen, status, node_id, reuse_port,
         lambda options, ready, stop: run_authz(
@@ -322,7 +333,7 @@ def dyeing(
     sends it."""
     from xgate.dyeing.config import run_dyeing
 
-    _setup_logging(log_level)
+    _setup_logging(log_level, "dyeing")
     _run_service(
         "dyeing", xds, listen, status, node_id, reuse_port,
         lambda options, ready, stop: run_dyeing(options, on_ready=ready, stop=stop),
@@ -350,7 +361,7 @@ def ratelimit(
 
     if failure_mode not in ("open", "closed"):
         raise typer.BadParameter("use open or closed", param_hint="--failure-mode")
-    _setup_logging(log_level)
+    _setup_logging(log_level, "ratelimit")
     _run_service(
         "ratelimit", xds, listen, status, node_id, reuse_port,
         lambda options, ready, stop: run_ratelimit(
