@@ -13,6 +13,7 @@ from typing import Any
 
 import grpc
 from aiohttp import web
+from opentelemetry import trace
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from xgate.controlplane import ControlPlane
@@ -24,6 +25,8 @@ from xgate.sources.etcd.layout import DEFAULT_PREFIX
 from xgate.sources.etcd.source import EtcdSource
 from xgate.sources.file import FileSource
 from xgate.sources.revision import Revision
+from xgate.telemetry import tracing_enabled
+from xgate.telemetry.journey import RevisionJourneys
 
 log = logging.getLogger("xgate.runtime")
 
@@ -151,6 +154,8 @@ async def run_controlplane(
     check_free(*xds, "xDS, --xds")
     check_free(*status, "status API, --status")
     plane = plane or ControlPlane(allow_empty=allow_empty)
+    if plane.journeys is None and tracing_enabled():
+        plane.trace_revisions(RevisionJourneys(trace.get_tracer("xgate.controlplane")))
     stop = stop or asyncio.Event()
     tasks: list[Coroutine[Any, Any, None]] = []
     client: EtcdClient | None = None

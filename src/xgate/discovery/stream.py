@@ -83,6 +83,7 @@ class AdsStream:
                 resources=tuple(sorted(state.sent)),
                 at=time.time(),
             )
+            self.proxy.note_nack(status.rejection)
             if self.proxy.on_answer is not None:
                 self.proxy.on_answer()
         elif request.response_nonce:
