@@ -20,6 +20,7 @@ from xgate.incremental import IncrementalCompiler, route_changes
 from xgate.ir.model import GatewayIR
 from xgate.pipeline import Compiled, compile_config
 from xgate.sources.revision import Revision
+from xgate.telemetry.fleet import FleetStats
 from xgate.telemetry.journey import RevisionJourneys
 from xgate.translate import Resources, Translator
 
@@ -100,6 +101,7 @@ class ControlPlane:
         self._incremental = IncrementalCompiler()
         self._freeze = DeferredFreeze(_FREEZE_DELAY)  # after full compiles: millions of objects at 10k routes
         self.journeys: RevisionJourneys | None = None
+        self.fleet: FleetStats | None = None  # what Envoys and services say of their fail-open paths and JWKS
 
     def trace_revisions(self, journeys: RevisionJourneys) -> None:
         """Record each revision's journey (seen, validated, pushed, ACKed or NACKed by each consumer) as a trace."""
@@ -262,7 +264,10 @@ class ControlPlane:
 
     def report(self) -> dict[str, Any]:
         sources = {name: health() for name, health in self.health.items()}
-        return {"config": self.state.to_dict(), "sources": sources, **self.cache.status.report(self.cache.snapshot)}
+        report = {"config": self.state.to_dict(), "sources": sources, **self.cache.status.report(self.cache.snapshot)}
+        if self.fleet is not None:
+            report["fleet"] = self.fleet.report()
+        return report
 
 
 def merge_inputs(inputs: Mapping[str, Revision]) -> tuple[ConfigSet, list[str]]:

@@ -91,6 +91,20 @@ def _admin_port(value: int) -> int:
 
 
 AdminPort = Annotated[int, typer.Option(callback=_admin_port, help="Envoy's admin port on 127.0.0.1 (0: any)")]
+StatsAddress = Annotated[
+    str | None,
+    typer.Option(help="HOST:PORT of a listener serving only GET /stats/prometheus and /stats (for Prometheus)"),
+]
+
+
+def _stats_address(value: str | None, admin_port: int) -> tuple[str, int] | None:
+    if value is None:
+        return None
+    if admin_port == 0:
+        raise typer.BadParameter(
+            "needs a known --admin-port (the stats listener forwards to it), not 0", param_hint="--stats"
+        )
+    return _host_port(value, "--stats")
 
 
 def _metrics_address(value: str) -> tuple[str, int] | None:
@@ -380,12 +394,16 @@ def bootstrap(
     node_id: Annotated[str, typer.Option()] = "xgate-envoy",
     node_cluster: Annotated[str, typer.Option()] = "xgate",
     admin_port: AdminPort = 9901,
+    stats: StatsAddress = None,
 ) -> None:
     """Print the Envoy bootstrap that connects an Envoy to xgate control planes (by IP address or host name)."""
     from xgate.proxy.bootstrap import build_bootstrap
 
     servers = [_host_port(item, "--xds") for item in xds or [DEFAULT_XDS]]
-    data = build_bootstrap(node_id=node_id, node_cluster=node_cluster, xds_servers=servers, admin_port=admin_port)
+    data = build_bootstrap(
+        node_id=node_id, node_cluster=node_cluster, xds_servers=servers, admin_port=admin_port,
+        stats=_stats_address(stats, admin_port),
+    )  # fmt: skip
     typer.echo(yaml.safe_dump(data, sort_keys=False), nl=False)
 
 
@@ -399,12 +417,16 @@ def envoy(
     admin_port: AdminPort = 9901,
     concurrency: Annotated[int | None, typer.Option()] = None,
     log_level: Annotated[str, typer.Option()] = "warn",
+    stats: StatsAddress = None,
 ) -> None:
     """Run a real Envoy bootstrapped to xgate control planes, until SIGINT/SIGTERM."""
     from xgate.proxy.bootstrap import build_bootstrap, find_envoy
 
     servers = [_host_port(item, "--xds") for item in xds or [DEFAULT_XDS]]
-    data = build_bootstrap(node_id=node_id, node_cluster=node_cluster, xds_servers=servers, admin_port=admin_port)
+    data = build_bootstrap(
+        node_id=node_id, node_cluster=node_cluster, xds_servers=servers, admin_port=admin_port,
+        stats=_stats_address(stats, admin_port),
+    )  # fmt: skip
     argv = [
         find_envoy(),
         # On the command line, not in a file: Envoy replaces this process, so nothing would remove the file.

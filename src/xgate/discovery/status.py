@@ -61,6 +61,7 @@ class ProxyStatus:
     disconnected_at: float | None = None
     synced_revision: str | None = None
     synced_at: float | None = None
+    addresses: dict[str, str] = field(default_factory=dict)  # its node metadata's `xgate` addresses (stats, admin)
     # Called with the role and the seconds from a change being seen to this consumer ACKing all of it.
     on_synced: Callable[[str, float], None] | None = None
     # Called after each ACK or NACK (StatusRegistry.answered), for whoever waits for consumers to answer.
