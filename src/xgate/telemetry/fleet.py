@@ -166,13 +166,17 @@ class FleetStats:
                 seen.error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
                 return
         now = time.time()
-        seen.read_at, seen.error = now, None
+        previous_read, seen.read_at, seen.error = seen.read_at, now, None
         for provider in _jwks_providers(counters):
             name = f"cluster.xgate-jwks/{provider}.upstream_rq_2xx"
             if counters.get(name, 0) > seen.counters.get(name, 0):
                 seen.jwks_success_at[provider] = now  # Envoy keeps no time: this reading is when it was seen
         for name, value in counters.items():
-            history = seen.history.setdefault(name, deque())
+            history = seen.history.get(name)
+            if history is None:
+                # New since the last reading (a new listener or cluster): it started from 0 since then. On the
+                # first reading of a consumer, when its counters grew is unknown: they are the baseline.
+                history = seen.history[name] = deque([(previous_read, 0.0)] if previous_read else [])
             if history and value < history[-1][1]:
                 history.clear()  # Envoy restarted: its counters started again from 0
             history.append((now, value))
