@@ -15,7 +15,6 @@ becomes a warning in `xgate status`; every counter is a metric on the control pl
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ipaddress
 import re
 import time
@@ -135,13 +134,23 @@ class FleetStats:
         self.interval, self.timeout, self.window = interval, timeout, window
         self._gate = asyncio.Semaphore(concurrency)
         self._seen: dict[tuple[str, str], _Seen] = {}
+        self._poke = asyncio.Event()
+
+    def poke(self) -> None:
+        """Read again now, not at the end of the interval (after `interval` was changed, say)."""
+        self._poke.set()
 
     async def run(self, stop: asyncio.Event) -> None:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout)) as session:
             while not stop.is_set():
+                self._poke.clear()
                 await self.poll(session)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), self.interval)
+                waits = {asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self._poke.wait())}
+                try:
+                    await asyncio.wait(waits, timeout=self.interval, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    for waiting in waits:
+                        waiting.cancel()
 
     async def poll(self, session: aiohttp.ClientSession) -> None:
         """Read every target once (targets gone since the last poll are forgotten)."""
