@@ -77,6 +77,7 @@ class TracingTranslator(PluginTranslator[TracingSettings]):
         proto.tracing.CopyFrom(
             route_components_v3.Tracing(
                 random_sampling=_fraction(sampling),
+                operation=route.name,  # Envoy's span is named after the config route (names have no '%')
                 custom_tags=[
                     custom_tag_v3.CustomTag(tag=ROUTE_TAG, literal=custom_tag_v3.CustomTag.Literal(value=route.name))
                 ],
