@@ -151,3 +151,41 @@ async def _access_log_line(path: Path, trace_id: str) -> dict[str, object]:
 
     await wait_for(logged, 10, f"an access log line with trace {trace_id}")  # Envoy flushes it within 1 s
     return found[0]
+
+
+async def test_each_route_samples_its_own_share(upstreams: dict[str, DemoUpstream], tmp_path: Path) -> None:
+    """What the upstream sees in `traceparent`'s flags: 1% of the requests sampled on a route at 1% (Envoy draws
+    a route's sampling from the request id modulo 10,000: a per-million fraction sampled them all), all at 100%,
+    none on a route with tracing off; a caller's trace is continued."""
+    port = free_port()
+    text = f"""
+plugins:
+  tracing: {{collector: "127.0.0.1:{free_port()}", sampling: 100}}
+listeners: [{{name: public, address: 127.0.0.1, port: {port}}}]
+upstreams: [{{name: app, endpoints: ["127.0.0.1:{upstreams["v1"].port}"]}}]
+routes:
+  - {{name: rare, match: {{path: {{prefix: /rare}}}}, upstream: app, plugins: {{tracing: {{sampling: 1}}}}}}
+  - {{name: all, match: {{path: {{prefix: /all}}}}, upstream: app}}
+  - {{name: never, match: {{path: {{prefix: /never}}}}, upstream: app, plugins: {{tracing: false}}}}
+"""
+    async with (
+        run_gateway(text, tmp_path / "gw"),
+        httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client,
+    ):
+
+        async def sampled(path: str, headers: dict[str, str] | None = None) -> int:
+            answers = [await client.get(path, headers=headers) for _ in range(200)]
+            return sum(answer.json()["headers"]["traceparent"].endswith("-01") for answer in answers)
+
+        assert await sampled("/all") == 200
+        assert await sampled("/never") == 0
+        assert await sampled("/rare") < 20  # about 2 in 200; before the fix, 200
+        # A caller's trace is continued (its trace id, Envoy's span under the caller's); whether this hop records
+        # is the caller's "not sampled" or else the route's sampling: a client cannot force traces on Envoy.
+        for path, flag, recorded in (("/all", "01", "01"), ("/all", "00", "00"), ("/never", "01", "00")):
+            caller = {"traceparent": f"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-{flag}"}
+            _, trace_id, parent, flags = (
+                (await client.get(path, headers=caller)).json()["headers"]["traceparent"].split("-")
+            )
+            assert (trace_id, flags) == ("0af7651916cd43dd8448eb211c80319c", recorded), (path, flag)
+            assert parent != "b7ad6b7169203331"  # the upstream's parent is Envoy's span, child of the caller's

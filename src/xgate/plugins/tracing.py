@@ -1,9 +1,10 @@
 """The tracing plugin's settings: Envoy's OpenTelemetry tracer, where it sends spans and how many requests it traces.
 
 Set in the global or listener defaults (`collector`, `service_name`, `sampling`); a route may only change its
-own `sampling`, or switch tracing off (`tracing: false`: Envoy starts no trace for it). A request whose W3C
-`traceparent` says "sampled" is traced whatever the sampling (the caller decided, as W3C trace context says);
-one that says "not sampled" is not. Envoy passes the context on to the upstream and to xgate's services.
+own `sampling`, or switch tracing off (`tracing: false`: Envoy records nothing for it). A request carrying a W3C
+`traceparent` is continued (same trace id, Envoy's span a child of the caller's); it is recorded when the route's
+sampling picks it, unless the caller said "not sampled" (Envoy 1.40 lets a caller veto, never force, a trace).
+Envoy passes the context on to the upstream and to xgate's services.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ class TracingSettings(Model):
 
     collector: str = Field(default=DEFAULT_COLLECTOR, pattern=r"^[^:\s]+:\d{1,5}$")
     service_name: str = Field(default=DEFAULT_SERVICE_NAME, min_length=1, max_length=128)
-    sampling: float = Field(default=100.0, ge=0, le=100)
+    sampling: float = Field(default=100.0, ge=0, le=100)  # to 0.01% (Envoy's resolution for a route)
 
 
 class TracingSpec(PluginSpec[TracingSettings]):

@@ -45,7 +45,7 @@ def test_a_routes_sampling_keeps_its_listeners_collector() -> None:
     assert (settings.collector, settings.service_name, settings.sampling) == ("10.0.0.9:4317", "edge", 2.5)
     assert "xgate-otel/10.0.0.9:4317" in compiled.resources.clusters
     (proto,) = compiled.resources.route_config("routes/l").virtual_hosts[0].routes
-    assert proto.tracing.random_sampling.numerator == 25_000  # per million
+    assert proto.tracing.random_sampling.numerator == 250  # per ten thousand (see translate/plugins/tracing.py)
 
 
 @pytest.mark.parametrize(

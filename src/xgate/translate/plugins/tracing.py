@@ -2,7 +2,7 @@
 
 The listener carries the tracer (collector, service name) and samples nothing on its own; each route carries its
 own sampling, so changing a sampling rate is a route change and never rebuilds the listener. Requests that match
-no route start no trace (a caller's sampled `traceparent` is still followed). Envoy sends its spans over OTLP/gRPC
+no route are not recorded. Envoy sends its spans over OTLP/gRPC
 through a cluster per collector, and injects `traceparent` into the upstream request and into its gRPC calls to
 xgate's services (ext_authz, ext_proc, rate limit), whose spans become children of the request's.
 """
@@ -91,7 +91,8 @@ class TracingTranslator(PluginTranslator[TracingSettings]):
 
 
 def _fraction(percent: float) -> percent_v3.FractionalPercent:
-    """A percentage to a millionth, the finest Envoy's FractionalPercent counts."""
+    """A percentage in ten-thousandths: Envoy draws a route's sampling from the request id modulo 10,000, so
+    with a per-million denominator any rate from 1% up sampled every request (bench/tracing.py showed it)."""
     return percent_v3.FractionalPercent(
-        numerator=round(percent * 10_000), denominator=percent_v3.FractionalPercent.MILLION
+        numerator=round(percent * 100), denominator=percent_v3.FractionalPercent.TEN_THOUSAND
     )
