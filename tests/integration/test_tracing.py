@@ -156,12 +156,12 @@ async def _access_log_line(path: Path, trace_id: str) -> dict[str, object]:
 async def test_each_route_samples_its_own_share(upstreams: dict[str, DemoUpstream], tmp_path: Path) -> None:
     """What the upstream sees in `traceparent`'s flags: 1% of the requests sampled on a route at 1% (Envoy draws
     a route's sampling from the request id modulo 10,000: a per-million fraction sampled them all), all at 100%,
-    none on a route with tracing off; a caller's trace is continued."""
-    port = free_port()
+    none on a route with tracing off; a caller's trace is continued. The access log keeps its own share."""
+    port, access_log = free_port(), tmp_path / "access.log"
     text = f"""
 plugins:
   tracing: {{collector: "127.0.0.1:{free_port()}", sampling: 100}}
-listeners: [{{name: public, address: 127.0.0.1, port: {port}}}]
+listeners: [{{name: public, address: 127.0.0.1, port: {port}, access_log: {{path: "{access_log}", sampling: 10}}}}]
 upstreams: [{{name: app, endpoints: ["127.0.0.1:{upstreams["v1"].port}"]}}]
 routes:
   - {{name: rare, match: {{path: {{prefix: /rare}}}}, upstream: app, plugins: {{tracing: {{sampling: 1}}}}}}
@@ -189,3 +189,9 @@ routes:
             )
             assert (trace_id, flags) == ("0af7651916cd43dd8448eb211c80319c", recorded), (path, flag)
             assert parent != "b7ad6b7169203331"  # the upstream's parent is Envoy's span, child of the caller's
+
+    def lines() -> int:
+        return len(access_log.read_text().splitlines()) if access_log.exists() else 0
+
+    await wait_for(lambda: lines() >= 10, 10, "access log lines")  # about 60 of 603 requests
+    assert lines() < 200
