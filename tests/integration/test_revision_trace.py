@@ -4,6 +4,10 @@ service's span carrying its NACK's message."""
 
 from __future__ import annotations
 
+import asyncio
+import json
+import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -92,3 +96,36 @@ def _complete(spans: list[ReceivedSpan]) -> bool:
 
 def _ended(spans: list[ReceivedSpan]) -> bool:
     return any(span.name == "revision" for span in spans)
+
+
+async def test_the_control_plane_traces_when_the_environment_says_so(tmp_path: Path) -> None:
+    """`xgate controlplane` as deployed: OTEL_EXPORTER_OTLP_ENDPOINT and OTEL_SERVICE_NAME are all it takes."""
+    text = "listeners: [{name: l, port: 0}]\nroutes: [{name: r, direct_response: {status: 200}}]\n"
+    path = tmp_path / "gateway.yaml"
+    path.write_text(text)
+    async with run_otlp_receiver() as receiver:
+        environment = {
+            **os.environ,
+            "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
+            "OTEL_SERVICE_NAME": "cp-under-test",
+            "OTEL_BSP_SCHEDULE_DELAY": "50",
+        }
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "xgate", "--log-format", "json", "controlplane", "-f", str(path),
+            "--xds", "127.0.0.1:0", "--status", "127.0.0.1:0",
+            env=environment, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        try:
+            revision = revision_of(text)
+            await receiver.wait_for(
+                lambda spans: any(
+                    span.service == "cp-under-test" and span.attributes.get("xgate.revision") == revision
+                    for span in spans
+                ),
+                what="the control plane's revision trace",
+            )
+        finally:
+            process.terminate()
+            _, err = await asyncio.wait_for(process.communicate(), 10)
+        lines = [json.loads(line) for line in err.decode().splitlines() if line.startswith("{")]
+        assert any(line["message"].startswith(f"applied revision {revision}") for line in lines), err
