@@ -1,6 +1,6 @@
 """Test helpers users may import: a whole gateway (control plane + real Envoy), the authz, dyeing and ratelimit
-services configured by it, etcd, Redis and nginx upstreams on loopback ports, an OTLP receiver collecting spans,
-the command line as a child process, and /metrics read as Prometheus does."""
+services configured by it, etcd, Redis and nginx upstreams on loopback ports, the command line as a child
+process, and /metrics read as Prometheus does."""
 
 from __future__ import annotations
 
