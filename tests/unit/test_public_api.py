@@ -42,9 +42,15 @@ API: dict[str, list[str]] = {
     "xgate.sources": ["FileSource", "Revision"],
     "xgate.sources.etcd": ["CompactedError", "EtcdClient", "EtcdRequestError", "EtcdSettings", "EtcdUnavailableError"],
     "xgate.testing": [
-        "CliResult", "EtcdCluster", "EtcdProcess", "Gateway", "NginxProcess", "RedisProcess", "ServiceProcess",
-        "free_port", "run_authz_service", "run_cli", "run_dyeing_service", "run_etcd", "run_gateway", "run_nginx",
-        "run_ratelimit_service", "run_redis", "scrape", "write_atomic",
+        "CliResult", "EtcdCluster", "EtcdProcess", "Gateway", "NginxProcess", "OtlpReceiver", "ReceivedSpan",
+        "RedisProcess", "ServiceProcess", "free_port", "run_authz_service", "run_cli", "run_dyeing_service",
+        "run_etcd", "run_gateway", "run_nginx", "run_otlp_receiver", "run_ratelimit_service", "run_redis", "scrape",
+        "write_atomic",
+    ],
+    "xgate.telemetry": [
+        "AsyncTraceInterceptor", "JsonFormatter", "LOG_FORMATS", "LogFormat", "RevisionJourneys", "TraceInterceptor",
+        "aio_server_interceptors", "configure_tracing", "server_interceptors", "setup_logging", "tracer_provider",
+        "tracing_enabled", "tracing_requested",
     ],
     "xgate.testing.containers": ["EnvoyContainer", "EtcdContainer", "GatewayStack", "Images", "XgateContainer"],
     "xgate.testing.localstack": ["LocalGateway"],

@@ -13,6 +13,7 @@ from xgate.testing.etcd import EtcdCluster, EtcdProcess, run_etcd
 from xgate.testing.gateway import Gateway, free_port, run_gateway, write_atomic
 from xgate.testing.metrics import scrape
 from xgate.testing.nginx import NginxProcess, run_nginx
+from xgate.testing.otlp import OtlpReceiver, ReceivedSpan, run_otlp_receiver
 from xgate.testing.redis import RedisProcess, run_redis
 from xgate.testing.services import (
     ServiceProcess,
@@ -27,6 +28,8 @@ __all__ = [
     "EtcdProcess",
     "Gateway",
     "NginxProcess",
+    "OtlpReceiver",
+    "ReceivedSpan",
     "RedisProcess",
     "ServiceProcess",
     "free_port",
@@ -36,6 +39,7 @@ __all__ = [
     "run_etcd",
     "run_gateway",
     "run_nginx",
+    "run_otlp_receiver",
     "run_ratelimit_service",
     "run_redis",
     "scrape",

@@ -17,6 +17,7 @@ from google.protobuf import wrappers_pb2
 
 from xgate.ir.model import ListenerIR
 from xgate.translate import names
+from xgate.translate.observability import access_logs
 from xgate.translate.plugins import TRANSLATORS, pack
 from xgate.translate.protos import ads_source, socket_address
 
@@ -45,6 +46,7 @@ def translate_listener(ir: ListenerIR) -> listener_v3.Listener:
         http_protocol_options=protocol_v3.Http1ProtocolOptions(
             accept_http_10=True, default_host_for_http_10=HTTP_10_DEFAULT_HOST
         ),
+        access_log=access_logs(ir.listener),
     )
     for name in ir.filters:
         manager.http_filters.extend(TRANSLATORS[name].http_filters(ir.defaults.get(name), manager))
