@@ -17,7 +17,7 @@ from xgate.translate import names
 from xgate.translate.failover import split_target
 from xgate.translate.plugins import TRANSLATORS
 from xgate.translate.resilience import route_timeouts
-from xgate.translate.retries import with_retries
+from xgate.translate.retries import virtual_host_retry_policy, with_retries
 
 _REDIRECT_CODES = {
     301: route_components_v3.RedirectAction.MOVED_PERMANENTLY,
@@ -49,6 +49,7 @@ def translate_routes(ir: ListenerIR, build: RouteBuilder | None = None) -> route
             routes=[
                 proto for route_hosts, protos in built if host in route_hosts or "*" in route_hosts for proto in protos
             ],
+            retry_policy=virtual_host_retry_policy(),
         )
         for host in hosts
     ]
@@ -57,6 +58,7 @@ def translate_routes(ir: ListenerIR, build: RouteBuilder | None = None) -> route
             name=names.virtual_host(ir.name, ("*",)),
             domains=["*"],
             routes=[proto for route_hosts, protos in built if "*" in route_hosts for proto in protos],
+            retry_policy=virtual_host_retry_policy(),
         )
     )
     # Hosts in routes never carry a port; the Host header is matched without its port but kept intact,

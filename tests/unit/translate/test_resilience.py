@@ -9,14 +9,14 @@ import pytest
 from pydantic import ValidationError
 
 from xgate.config.resilience import OutlierDetection, Retries
-from xgate.config.schema import Route, Upstream
+from xgate.config.schema import Listener, Route, Upstream
 from xgate.incremental import _fallbacks
-from xgate.ir.model import RouteIR
+from xgate.ir.model import ListenerIR, RouteIR
 from xgate.translate import names
 from xgate.translate.cluster import translate_endpoints
 from xgate.translate.failover import fallback_clusters, route_aggregates, split_target
 from xgate.translate.resilience import outlier_detection
-from xgate.translate.route import translate_route
+from xgate.translate.route import translate_route, translate_routes
 
 
 def _route(**fields: Any) -> Route:
@@ -33,8 +33,14 @@ def _entries(route: Route) -> list[tuple[str, str]]:
     return found
 
 
-def test_default_retries_are_safe_for_every_method_and_stay_one_route() -> None:
-    assert _entries(_route()) == [("*", "connect-failure,refused-stream,reset-before-request")]
+def test_default_retries_are_safe_for_every_method_and_live_on_the_virtual_host() -> None:
+    # One route, no policy of its own: it inherits the virtual host's, so a plain route stays small.
+    (proto,) = translate_route(RouteIR(_route(), {}), ())
+    assert not proto.route.HasField("retry_policy")
+    listener = ListenerIR(Listener(name="l", port=1), (RouteIR(_route(), {}),), ())
+    (host,) = translate_routes(listener).virtual_hosts
+    assert host.retry_policy.retry_on == "connect-failure,refused-stream,reset-before-request"
+    assert host.retry_policy.retry_host_predicate[0].name == "envoy.retry_host_predicates.previous_hosts"
 
 
 def test_retries_that_could_repeat_a_request_apply_to_idempotent_methods_only() -> None:
@@ -58,7 +64,8 @@ def test_status_codes_imply_their_condition_and_the_condition_needs_codes() -> N
 
 
 def test_retries_off_and_redirects_carry_no_policy() -> None:
-    assert _entries(_route(retries=None)) == [("*", "")]
+    (none,) = translate_route(RouteIR(_route(retries=None), {}), ())
+    assert none.route.retry_policy.num_retries.value == 0 and none.route.HasField("retry_policy")  # overrides
     proto = translate_route(RouteIR(Route.model_validate({"name": "r", "redirect": {"path": "/x"}}), {}), ())[0]
     assert not proto.HasField("route")
 
