@@ -38,6 +38,12 @@ SHAPE_ERRORS: dict[str, list[str]] = {
     "jwt-bad": [],  # a JWKS key's kty, and providers that do not exist
     "jwt-refused": [],  # what Envoy's jwt_authn cannot do natively
     "dyeing-stage-match-bad": [],  # rules Envoy cannot invert
+    # a negative priority, a budget over 100%, an unknown retry condition (the others are cross-field rules)
+    "resilience-bad": [
+        "upstreams.3.endpoints.0",
+        "upstreams.3.circuit_breakers.retry_budget.percent",
+        "routes.0.retries.retry_on.1",
+    ],
 }
 
 

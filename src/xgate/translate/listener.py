@@ -20,6 +20,7 @@ from xgate.translate import names
 from xgate.translate.observability import access_logs
 from xgate.translate.plugins import TRANSLATORS, pack
 from xgate.translate.protos import ads_source, socket_address
+from xgate.translate.resilience import apply_listener_timeouts
 
 HCM = "envoy.filters.network.http_connection_manager"
 ROUTER = "envoy.filters.http.router"
@@ -48,6 +49,7 @@ def translate_listener(ir: ListenerIR) -> listener_v3.Listener:
         ),
         access_log=access_logs(ir.listener),
     )
+    apply_listener_timeouts(manager, ir.listener)
     for name in ir.filters:
         manager.http_filters.extend(TRANSLATORS[name].http_filters(ir.defaults.get(name), manager))
     manager.http_filters.append(hcm_v3.HttpFilter(name=ROUTER, typed_config=pack(router_v3.Router())))
