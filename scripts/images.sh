@@ -39,7 +39,7 @@ trim=(./usr/share/doc ./usr/share/man ./usr/share/info ./usr/share/locale ./usr/
 debian_mirror() {
     # The host's own Debian mirror (as apt is set up here); none found: debootstrap's default.
     { grep -hs -m1 -oP '^URIs:\s*\K\S+' /etc/apt/sources.list.d/debian.sources \
-      || grep -hs -m1 -oP '^deb\s+\K\S+(?=\s+bookworm\s)' /etc/apt/sources.list; } | head -1
+      || grep -hs -m1 -oP '^deb\s+\K\S+(?=\s+bookworm\s)' /etc/apt/sources.list; } | sed -n 1p
 }
 
 import_tree() {  # import_tree DIR IMAGE HASH [tar exclusions...]: the tree as a one-layer image

@@ -22,7 +22,8 @@ if ((${#missing[@]})); then
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
-etcd --version | head -1
+# sed reads every line: head would exit first and etcd's next write would end this script with SIGPIPE (141)
+etcd --version | sed -n 1p
 export CONTAINERS_CONF="${CONTAINERS_CONF:-$PWD/containers/containers.conf}"
 if ! podman info --format 'podman {{.Version.Version}}, {{.Host.OCIRuntime.Name}}, {{.Host.NetworkBackend}}'; then
     echo "podman cannot run here (CONTAINERS_CONF=$CONTAINERS_CONF): the container tests would fail" >&2
