@@ -34,8 +34,8 @@ from google.protobuf import struct_pb2
 
 from _service_load import cpu_seconds, drive, latency_ms, print_table, serve_bare, serve_started, start_child
 from xgate.authz import Allow, AuthorizationService, PolicyRegistry, Request, inline, serve
-from xgate.authz.service import POLICY_KEY, ROUTE_KEY
 from xgate.plugins.jwt import JWT_FILTER, PAYLOAD_METADATA
+from xgate.plugins.policy import POLICY_KEY, ROUTE_KEY
 from xgate.supervisor import terminate
 
 MODES = ("inline", "async", "thread")

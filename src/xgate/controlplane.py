@@ -13,13 +13,16 @@ from xgate.config.load import ConfigSet
 from xgate.config.schema import Route
 from xgate.discovery import SnapshotCache
 from xgate.discovery.rollout import Refusal, Rollout
-from xgate.errors import ConfigError
+from xgate.errors import ConfigError, ConfigIssue
+from xgate.guard import Served, held_back_message, hold_back
 from xgate.heap import DeferredFreeze, gc_paused
 from xgate.incremental import IncrementalCompiler, route_changes
 from xgate.ir.model import GatewayIR
 from xgate.pipeline import Compiled, compile_config
 from xgate.sources.revision import Revision
-from xgate.translate import Translator
+from xgate.telemetry.fleet import FleetStats
+from xgate.telemetry.journey import RevisionJourneys
+from xgate.translate import Resources, Translator
 
 log = logging.getLogger("xgate.controlplane")
 # Above this many routes, compiling runs in a worker thread so the event loop keeps serving ADS meanwhile.
@@ -73,30 +76,48 @@ class ControlPlane:
     """Applies each good revision to the cache; a bad one is reported and the last good snapshot stays.
 
     A file revision is all or nothing. etcd's objects apply one by one: an invalid object keeps its last
-    good version (or is left out) and is reported, the rest applies.
+    good version (or is left out) and is reported, the rest applies. A revision that would leave Envoys
+    serving nothing is held back and reported like a rejection, unless `allow_empty` (see xgate.guard).
     """
 
-    def __init__(self, cache: SnapshotCache | None = None, *, service_timeout: float = 5.0) -> None:
+    def __init__(
+        self, cache: SnapshotCache | None = None, *, allow_empty: bool = False, service_timeout: float = 5.0
+    ) -> None:
         self.cache = cache or SnapshotCache()
         self.rollout = Rollout(
-            self.cache, service_timeout=service_timeout, on_served=self._served, on_refused=self._refused
+            self.cache, service_timeout=service_timeout, on_served=self._on_served, on_refused=self._on_refused
         )
+        self.allow_empty = allow_empty
+        self._served: Served | None = None
         self.state = ConfigState()
         self.health: dict[str, Callable[[], dict[str, Any]]] = {}
         self._translator = Translator()
         self._inputs: dict[str, Revision] = {}
         self._rejections: dict[str, tuple[str, list[str]]] = {}
+        # Valid revisions the guard held back: they join the next merge, which another source may complete
+        # (a file of routes read before the etcd that has the listeners).
+        self._held: dict[str, Revision] = {}
         self._served_routes: dict[str, Route] = {}
         self._incremental = IncrementalCompiler()
         self._freeze = DeferredFreeze(_FREEZE_DELAY)  # after full compiles: millions of objects at 10k routes
+        self.journeys: RevisionJourneys | None = None
+        self.fleet: FleetStats | None = None  # what Envoys and services say of their fail-open paths and JWKS
+
+    def trace_revisions(self, journeys: RevisionJourneys) -> None:
+        """Record each revision's journey (seen, validated, pushed, ACKed or NACKed by each consumer) as a trace."""
+        self.journeys = self.rollout.journeys = journeys
+        self.cache.status.on_revision = lambda proxy, revision, nack: journeys.answered(
+            proxy.role, proxy.node_id or proxy.peer, revision, nack
+        )
 
     async def on_revision(self, revision: Revision, source: str = "file") -> None:
         started = time.perf_counter()
+        self._held.pop(source, None)
         if revision.error is not None or revision.config is None:
             if revision.error is not None:
-                self._reject(source, revision.revision, revision.error)
+                self._reject(source, revision.revision, revision.error, revision.seen_at)
             return
-        inputs = {**self._inputs, source: revision}
+        inputs = {**self._inputs, **self._held, source: revision}
         if len(inputs) == 1 and self._apply_changes(revision, source, started):
             return
         config, conflicts = merge_inputs(inputs)
@@ -105,14 +126,18 @@ class ControlPlane:
         try:
             compiled = await self._compile(config, combined, lenient)
         except ConfigError as exc:
-            self._reject(source, revision.revision, exc)
+            self._reject(source, revision.revision, exc, revision.seen_at)
+            return
+        served = {route.route.name: route.route for ir in compiled.ir.listeners for route in ir.routes}
+        if not self._serve(source, revision, combined, compiled.resources, served):
+            self._held[source] = revision
             return
         self._inputs = inputs
-        self._rejections.pop(source, None)
-        self._served_routes = {route.route.name: route.route for ir in compiled.ir.listeners for route in ir.routes}
-        self.rollout.publish(compiled.resources, combined, revision.seen_at)
+        for name in (source, *self._held):
+            self._rejections.pop(name, None)
+        self._held.clear()
         if len(inputs) == 1:
-            self._incremental.reset(config, compiled.ir, compiled.context, compiled.resources)
+            await self._reset_incremental(config, compiled)
         else:
             self._incremental.clear()
         self._freeze.soon()
@@ -120,32 +145,66 @@ class ControlPlane:
         warnings += conflicts + [str(issue) for issue in compiled.ir.issues]
         self._publish(combined, warnings, compiled.ir, started, revision)
 
+    async def _reset_incremental(self, config: ConfigSet, compiled: Compiled) -> None:
+        """The fast path takes the full compile's state. At 10,000 routes that is 120-230 ms of Python, which on
+        the event loop kept every stream from writing the new snapshot (bench/consumers.py): there, the streams
+        get their turn first and the reset runs in a worker thread (sources wait for this revision meanwhile, so
+        nothing else touches the compiler)."""
+        if len(config.routes) <= _THREAD_ABOVE_ROUTES:
+            self._incremental.reset(config, compiled.ir, compiled.context, compiled.resources)
+            return
+        await asyncio.sleep(0)
+        await asyncio.to_thread(self._incremental.reset, config, compiled.ir, compiled.context, compiled.resources)
+
     def _apply_changes(self, revision: Revision, source: str, started: float) -> bool:
         """The fast path for route-only changes; False: compile in full."""
         assert revision.config is not None
         if revision.config.issues:
             return False  # objects that failed validation: the full compile reports (a file: refuses) them
         previous = self._inputs.get(source)
-        changes = revision.changes
+        # After a refused revision, a source's own list of changes (etcd's) starts from that one, not from
+        # what is served: compare with the served revision instead.
+        changes = revision.changes if source not in self._rejections else None
         if changes is None and previous is not None and previous.config is not None:
             changes = route_changes(previous.config, revision.config)
-        if changes is None:
-            return False
+        if changes is None or len(changes) >= len(self._incremental.served):
+            return False  # (a change of every route may remove them all: the guard sees it in a full compile)
         with gc_paused():
             result = self._incremental.apply(revision.config, changes)
         if result is None:
             return False
         resources, issues = result
+        if not self._serve(source, revision, revision.revision, resources, self._incremental.served):
+            return True
         self._inputs = {source: revision}
         self._rejections.pop(source, None)
-        self._served_routes = self._incremental.served
-        self.rollout.publish(resources, revision.revision, revision.seen_at)
         warnings = [str(w) for w in revision.warnings] + [str(issue) for issue in issues]
-        self._publish(revision.revision, warnings, None, started, revision)
+        self._publish(revision.revision, warnings, None, started, revision, len(changes))
+        return True
+
+    def _serve(self, source: str, revision: Revision, combined: str, resources: Resources, routes: Any) -> bool:
+        """Make `resources` the snapshot, unless the guard holds them back (then report it and return False)."""
+        after = Served(listeners=len(resources.listeners), routes=len(routes))
+        reason = None if self.allow_empty else hold_back(self._served, after)
+        if reason is not None:
+            self._incremental.clear()  # in case it holds the refused change (it cannot: see _apply_changes)
+            where = revision.config.source if revision.config is not None else source
+            held = ConfigError([ConfigIssue(where, "document", "", held_back_message(reason))])
+            self._reject(source, revision.revision, held, revision.seen_at)
+            return False
+        self._served = after
+        self._served_routes = routes
+        self.rollout.publish(resources, combined, revision.seen_at)
         return True
 
     def _publish(
-        self, combined: str, warnings: list[str], ir: GatewayIR | None, started: float, revision: Revision
+        self,
+        combined: str,
+        warnings: list[str],
+        ir: GatewayIR | None,
+        started: float,
+        revision: Revision,
+        changed: int = 0,
     ) -> None:
         previous_warnings = self.state.warnings
         self.state = replace(self.state, warnings=warnings)
@@ -155,7 +214,7 @@ class ControlPlane:
             routes = sum(len(listener.routes) for listener in ir.listeners)
             what = f"{len(ir.listeners)} listeners, {routes} routes, {len(ir.upstreams)} upstreams"
         else:
-            what = f"{len(revision.changes or ())} route changes applied incrementally"
+            what = f"{changed} route change{'s' if changed != 1 else ''} applied incrementally"
         new_warnings = sorted(set(warnings) - set(previous_warnings))
         # Logged once the streams woken by the new snapshot have had their turn: a log line costs 0.15 ms,
         # about a tenth of a small change's way from the source to every Envoy.
@@ -174,17 +233,19 @@ class ControlPlane:
             return await asyncio.to_thread(compile_config, *arguments)
         return compile_config(*arguments)
 
-    def _served(self, revision: str) -> None:
+    def _on_served(self, revision: str) -> None:
         """The Envoys are being sent `revision` (the services have what it names)."""
         self.state.applied, self.state.applied_at = revision, time.time()
         if self.state.refusal is not None and self.state.refusal.revision != revision:
             self.state.refusal = None
 
-    def _refused(self, refusal: Refusal) -> None:
+    def _on_refused(self, refusal: Refusal) -> None:
         self.state.refusal = refusal
 
-    def _reject(self, source: str, revision: str, error: ConfigError) -> None:
+    def _reject(self, source: str, revision: str, error: ConfigError, seen_at: float = 0.0) -> None:
         self._rejections[source] = (revision, [str(issue) for issue in error.issues])
+        if self.journeys is not None:
+            self.journeys.refused_by_control_plane(revision, source, seen_at, self._rejections[source][1])
         self.state.rejected_at = time.time()
         self._refresh_rejections()
         log.error(
@@ -203,7 +264,10 @@ class ControlPlane:
 
     def report(self) -> dict[str, Any]:
         sources = {name: health() for name, health in self.health.items()}
-        return {"config": self.state.to_dict(), "sources": sources, **self.cache.status.report(self.cache.snapshot)}
+        report = {"config": self.state.to_dict(), "sources": sources, **self.cache.status.report(self.cache.snapshot)}
+        if self.fleet is not None:
+            report["fleet"] = self.fleet.report()
+        return report
 
 
 def merge_inputs(inputs: Mapping[str, Revision]) -> tuple[ConfigSet, list[str]]:

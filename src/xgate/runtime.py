@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,17 +13,21 @@ from typing import Any
 
 import grpc
 from aiohttp import web
+from opentelemetry import trace
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from xgate.controlplane import ControlPlane
 from xgate.discovery import SnapshotCache, add_to_server
 from xgate.listen import bind_grpc, check_free, grpc_options
-from xgate.metricsapi import metrics_handler
+from xgate.metricsapi import MetricsAddressError, metrics_handler
 from xgate.sources.etcd.client import EtcdClient, EtcdRequestError, EtcdSettings, EtcdUnavailableError
 from xgate.sources.etcd.layout import DEFAULT_PREFIX
 from xgate.sources.etcd.source import EtcdSource
 from xgate.sources.file import FileSource
 from xgate.sources.revision import Revision
+from xgate.telemetry import tracing_enabled
+from xgate.telemetry.fleet import FleetStats, Target, target_url
+from xgate.telemetry.journey import RevisionJourneys
 
 log = logging.getLogger("xgate.runtime")
 
@@ -65,17 +70,42 @@ async def start_status(plane: ControlPlane, host: str, port: int) -> tuple[web.A
     app.router.add_get(
         "/metrics",
         metrics_handler(
-            plane.report, lambda: [*status_families(plane.report()), *plane.cache.status.propagation.collect()]
+            plane.report,
+            lambda: [
+                *status_families(plane.report()),
+                *plane.cache.status.propagation.collect(),
+                *(plane.fleet.families() if plane.fleet is not None else ()),
+            ],
         ),
     )
     check_free(host, port, "status API, --status")
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, host, port)
-    await site.start()
+    try:
+        await web.TCPSite(runner, host, port).start()
+    except OSError as exc:
+        await runner.cleanup()
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        raise MetricsAddressError(
+            f"cannot serve the status API on {host}:{port} ({reason}): "
+            "another control plane running? choose another --status"
+        ) from None
     # aiohttp has no public getter for the bound port; the runner's addresses hold it.
     addresses = runner.addresses
     return runner, int(addresses[0][1]) if addresses else port
+
+
+def fleet_targets(plane: ControlPlane) -> list[Target]:
+    """The connected Envoys and authz instances whose figures this control plane can read (see FleetStats)."""
+    found = []
+    for proxy in plane.cache.status.connected.values():
+        if proxy.role not in ("envoy", "authz"):
+            continue
+        keys = ("stats", "admin") if proxy.role == "envoy" else ("status",)
+        url = target_url(proxy.peer, proxy.addresses, keys)
+        if url is not None:
+            found.append(Target(proxy.role, proxy.node_id or proxy.peer, url))
+    return found
 
 
 def status_families(report: dict[str, Any]) -> Iterator[Metric]:
@@ -125,21 +155,28 @@ async def run_controlplane(
     on_ready: Callable[[Bound], None] | None = None,
     stop: asyncio.Event | None = None,
     plane: ControlPlane | None = None,
+    allow_empty: bool = False,
 ) -> None:
     """Serve until `stop` is set or the task is cancelled; shut down gracefully.
 
     Sources: a config file, etcd, or both (the file then overrides etcd object by object). Each is read
     once before the xDS port opens, so a connecting Envoy gets the whole config in its first responses;
     an etcd that is down at start does not block the start (the file, if any, serves meanwhile).
+    `allow_empty`: serve a config without listeners, or a change removing every route (see xgate.guard).
 
-    Errors: PortInUseError when another process holds the xDS or the status port (never shared).
+    Errors: PortInUseError when another process holds the xDS or the status port (never shared),
+    MetricsAddressError when the status address cannot be bound otherwise.
     """
     if config_path is None and etcd is None:
         raise ValueError("run_controlplane needs a config file, etcd, or both")
     # Before any source is read: a taken port ends the start with one message, not after a config was applied.
     check_free(*xds, "xDS, --xds")
     check_free(*status, "status API, --status")
-    plane = plane or ControlPlane()
+    plane = plane or ControlPlane(allow_empty=allow_empty)
+    if plane.journeys is None and tracing_enabled():
+        plane.trace_revisions(RevisionJourneys(trace.get_tracer("xgate.controlplane")))
+    if plane.fleet is None:
+        plane.fleet = FleetStats(lambda: fleet_targets(plane))
     stop = stop or asyncio.Event()
     tasks: list[Coroutine[Any, Any, None]] = []
     client: EtcdClient | None = None
@@ -164,7 +201,11 @@ async def run_controlplane(
     try:
         runner, status_port = await start_status(plane, *status)
     except BaseException:
-        await server.stop(grace=None)
+        await server.stop(None)
+        if client is not None:
+            await client.close()
+        for task in tasks:
+            task.close()  # never started
         raise
     if on_ready is not None:
         on_ready(Bound(xds=(xds[0], xds_port), status=(status[0], status_port)))
@@ -172,6 +213,7 @@ async def run_controlplane(
         async with asyncio.TaskGroup() as group:
             for task in tasks:
                 group.create_task(task)
+            group.create_task(plane.fleet.run(stop))
             await stop.wait()
     finally:
         await server.stop(grace=1.0)

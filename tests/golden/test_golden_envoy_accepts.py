@@ -8,6 +8,7 @@ a listener serves 404s); this is where a translation that Envoy's own checks rej
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Any
 
 import pytest
 from google.protobuf import json_format
+from tests.golden.test_golden_translate import etcd_compiled
 
 from xgate.config.load import load_file
 from xgate.pipeline import compile_config
@@ -30,7 +32,10 @@ def _data(message: Any) -> dict[str, Any]:
 
 
 def static_bootstrap(case: Path) -> dict[str, Any]:
-    resources = compile_config(load_file(case / "in.yaml")).resources
+    if (case / "etcd.yaml").exists():
+        resources = asyncio.run(etcd_compiled(case / "etcd.yaml"))[0].resources
+    else:
+        resources = compile_config(load_file(case / "in.yaml")).resources
     routes = {name: _data(message) for name, message in resources.routes.items()}
     listeners = []
     for message in resources.listeners.values():

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from xgate.cli.etcdstore import ConflictError, PartialApplyError, execute, plan_apply, read_stored
 from xgate.config.load import parse_document
 from xgate.sources.etcd.client import EtcdClient, EtcdSettings
-from xgate.sources.etcd.store import ConflictError, PartialApplyError, execute, plan_apply, read_stored
 from xgate.testing import EtcdCluster, run_cli, run_etcd
 
 pytestmark = pytest.mark.integration

@@ -15,9 +15,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from xgate.cli.etcdstore import execute, plan_apply, read_stored
 from xgate.config.load import parse_document
 from xgate.sources.etcd.client import EtcdClient, EtcdRequestError, EtcdSettings
-from xgate.sources.etcd.store import execute, plan_apply, read_stored
 from xgate.testing import free_port, run_cli, run_etcd
 
 pytestmark = pytest.mark.integration

@@ -13,10 +13,10 @@ import yaml
 from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import RSAAlgorithm
 
+from xgate.cli.etcdstore import ConflictError, execute, plan_apply, read_stored
 from xgate.config.load import parse_document
 from xgate.demo.upstream import DemoUpstream
 from xgate.sources.etcd.client import EtcdClient, EtcdSettings
-from xgate.sources.etcd.store import ConflictError, execute, plan_apply, read_stored
 from xgate.testing import EtcdCluster, Gateway, free_port, run_cli, run_etcd, run_gateway
 
 pytestmark = pytest.mark.integration

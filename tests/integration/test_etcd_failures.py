@@ -12,11 +12,11 @@ from pathlib import Path
 import httpx
 import pytest
 
+from xgate.cli.etcdstore import ConflictError, execute, plan_apply, read_stored
 from xgate.config.load import parse_document
 from xgate.controlplane import ControlPlane
 from xgate.sources.etcd.client import EtcdClient, EtcdSettings, EtcdUnavailableError
 from xgate.sources.etcd.source import EtcdSource
-from xgate.sources.etcd.store import ConflictError, execute, plan_apply, read_stored
 from xgate.sources.revision import Revision
 from xgate.testing import free_port, run_cli, run_etcd, run_gateway
 from xgate.testing.gateway import wait_for

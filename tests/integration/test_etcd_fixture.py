@@ -173,8 +173,9 @@ async def test_cluster_rejects_zero_members(tmp_path: Path) -> None:
 
 async def test_run_etcd_retries_when_a_port_was_taken(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import xgate.testing.etcd as etcd_module
+    import xgate.testing.ports as ports_module
 
-    real_free_ports = etcd_module.free_ports
+    real_free_ports = ports_module.free_ports
     calls = 0
     with socket.socket() as squatter:
         squatter.bind(("127.0.0.1", 0))

@@ -1,5 +1,5 @@
 """The jwt plugin's two paths, Envoy's jwt_authn (native) and xgate authz (python), against the peers'
-conformance data in ../shared/testdata/jwt: every test runs once per path through a real Envoy (and, for
+conformance data in tests/data/jwt: every test runs once per path through a real Envoy (and, for
 python, the real authz service on loopback); every expected result there must hold, and no token of any shape
 gets a 5xx."""
 
@@ -10,7 +10,6 @@ import base64
 import hashlib
 import hmac
 import json
-import os
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -31,18 +30,8 @@ from xgate.testing import free_port, run_authz_service, run_gateway
 pytestmark = pytest.mark.integration
 
 
-def _shared_jwt_data() -> Path:
-    """../shared/testdata/jwt beside the checkout (CI puts shared/ next to its clone); XGATE_SHARED overrides."""
-    if override := os.environ.get("XGATE_SHARED"):
-        return Path(override) / "testdata" / "jwt"
-    for parent in Path(__file__).resolve().parents:
-        candidate = parent / "shared" / "testdata" / "jwt"
-        if candidate.is_dir():
-            return candidate
-    raise FileNotFoundError("shared/testdata/jwt not found beside the checkout; set XGATE_SHARED")
-
-
-DATA = _shared_jwt_data()
+# Copied byte for byte from the projects named in tests/data/README.md (with their licences).
+DATA = Path(__file__).resolve().parents[1] / "data" / "jwt"
 ENVOY = json.loads((DATA / "envoy_jwt_authn" / "envoy_jwt_authn_test_common.json").read_text())
 APISIX = json.loads((DATA / "apisix_jwt_auth" / "apisix_jwt_auth_cases.json").read_text())
 PYJWT = json.loads((DATA / "pyjwt_advisory" / "pyjwt_ghsa_ffqj_6fqr_9h24.json").read_text())

@@ -122,7 +122,7 @@ async def test_processes_sharing_a_port_need_a_metrics_port_each(tmp_path: Path)
     """Several `xgate authz` on one gRPC port (SO_REUSEPORT, asked for with --reuse-port) is how it scales; a
     second one on the same --status is refused with what to do, and --status off starts it. Without
     --reuse-port the port is not shared: the second one is refused, naming the first."""
-    text = "routes: [{name: a, direct_response: {status: 200}}]\n"
+    text = f"listeners: [{{name: l, port: {free_port()}}}]\nroutes: [{{name: a, direct_response: {{status: 200}}}}]\n"
     async with run_gateway(text, tmp_path / "gw", envoys=0) as gateway:
         await _share_a_port(gateway.xds_port)
 

@@ -130,6 +130,7 @@ async def test_broken_saves_keep_the_last_good_config(make_config: Callable[...,
         httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client,
     ):
         applied = gateway.plane.state.applied
+        assert gateway.config_path is not None
         for label, (text, expected) in broken.items():
             gateway.config_path.write_text(text)
             await gateway.wait_for_rejection(expected)

@@ -28,8 +28,8 @@ async def test_rejected_resource_is_reported_with_its_object(make_config: Callab
         httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client,
     ):
         resources = compile_config(parse_document(config, "test")).resources
-        routes = resources.routes["routes/public"]
-        routes.virtual_hosts[0].routes[0].match.safe_regex.regex = "/(unclosed"  # type: ignore[attr-defined]
+        routes = resources.route_config("routes/public")
+        routes.virtual_hosts[0].routes[0].match.safe_regex.regex = "/(unclosed"
         gateway.plane.cache.update(resources, "bad-revision")
 
         async def rejected() -> bool:
@@ -78,6 +78,7 @@ async def test_controlplane_restart_keeps_traffic_and_resyncs(make_config: Calla
         assert outcomes == [200] * 100
         # A change made while it is down is picked up when it comes back, by a fresh process state.
         changed = make_config(port).replace("body: ok", "body: after-restart")
+        assert gateway.config_path is not None
         write_atomic(gateway.config_path, changed)
         await asyncio.sleep(0.2)
         gateway.plane = ControlPlane()

@@ -104,7 +104,8 @@ def _handshake(
         tls.sendall(f"GET / HTTP/1.1\r\nHost: {server_name or 'localhost'}\r\nConnection: close\r\n\r\n".encode())
         while tls.recv(65536):  # read it all: TLS 1.3 tickets arrive after the handshake
             pass
-        return tls.getpeercert() or {}, tls.session, tls.session_reused
+        cert: dict[str, object] = dict(tls.getpeercert() or {})
+        return cert, tls.session, bool(tls.session_reused)
 
 
 def _names(cert: dict[str, object]) -> list[str]:

@@ -38,7 +38,7 @@ async def servers(tmp_path: Path) -> AsyncIterator[tuple[TestCA, TestCA, int, in
     web_cert, web_key = internal.issue("web.internal").write(tmp_path, "web")
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(web_cert, web_key)
-    context.sni_callback = lambda sock, name, ctx: names.append(name or "")  # type: ignore[assignment,misc]
+    context.sni_callback = lambda sock, name, ctx: names.append(name or "")
 
     async def hello(request: web.Request) -> web.Response:
         return web.Response(text=f"web over {request.version.major}.{request.version.minor}")

@@ -55,13 +55,33 @@ def test_validate_missing_file(tmp_path: Path) -> None:
     assert "cannot read" in result.output
 
 
+@pytest.mark.parametrize("text", ["", "{}", "~", "xgate: v1\n", "upstreams: [{name: u, endpoints: ['127.0.0.1:1']}]\n"])
+def test_validate_says_a_config_without_listeners_would_be_held_back(tmp_path: Path, text: str) -> None:
+    empty = tmp_path / "empty.yaml"
+    empty.write_text(text)
+    result = runner.invoke(app, ["validate", "-f", str(empty)])
+    assert result.exit_code == 1, result.output
+    assert "valid: 0 listeners" in result.output
+    assert f"warning: {empty}: it has no listener" in result.output
+    assert "held back by the control plane unless it runs with --allow-empty" in result.output
+    allowed = runner.invoke(app, ["validate", "-f", str(empty), "--allow-empty"])
+    assert allowed.exit_code == 0, allowed.output
+    assert f"warning: {empty}: it has no listener" in allowed.output and "served as asked" in allowed.output
+
+
 def test_translate_prints_envoy_resources_and_ir() -> None:
     xds = runner.invoke(app, ["translate", "-f", str(default_config()), "--to", "xds"])
     assert xds.exit_code == 0, xds.output
     data = yaml.safe_load(xds.output)
     assert sorted(data) == ["clusters", "endpoints", "listeners", "routes"]
-    # The example's canary falls back from demo-v2 to demo-v1 through an aggregate cluster.
-    assert sorted(data["clusters"]) == ["fallback/demo-v2/demo-v1", "upstream/demo-v1", "upstream/demo-v2"]
+    # The example's canary falls back from demo-v2 to demo-v1 through an aggregate cluster, and its split's
+    # targets fall back to each other.
+    assert sorted(data["clusters"]) == [
+        "fallback/demo-v1/demo-v2",
+        "fallback/demo-v2/demo-v1",
+        "upstream/demo-v1",
+        "upstream/demo-v2",
+    ]
     ir = runner.invoke(app, ["translate", "-f", str(default_config()), "--to", "ir"])
     assert ir.exit_code == 0
     routes = yaml.safe_load(ir.output)["listeners"][0]["routes"]

@@ -11,6 +11,7 @@ import pytest
 from xgate.config.load import parse_document
 from xgate.config.schema import Route
 from xgate.discovery import typeurls
+from xgate.discovery.consistency import problems
 from xgate.discovery.snapshot import build_snapshot
 from xgate.incremental import IncrementalCompiler, route_changes
 from xgate.pipeline import compile_config
@@ -126,6 +127,7 @@ def test_random_route_changes_match_a_full_compile(text: str) -> None:
         resources, issues = result
         assert serialized_routes(resources) == serialized_routes(full.resources), f"step {step}"
         assert serialized_services(resources) == serialized_services(full.resources), f"step {step}"
+        assert problems(build_snapshot(resources, str(step), 1)) == [], f"step {step}"
         assert resources.clusters.keys() == full.resources.clusters.keys(), f"step {step}"
         assert sorted(map(str, issues)) == sorted(map(str, full.ir.issues)), f"step {step}"
         assert incremental.served == served

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import socket
 
 import pytest
@@ -26,5 +27,5 @@ def test_a_port_in_use_is_skipped(monkeypatch: pytest.MonkeyPatch) -> None:
         other = ports.free_ports(1)[0]
         ports._handed_out.discard(other)
         choices = iter([busy, other])
-        monkeypatch.setattr(ports.random, "randint", lambda low, high: next(choices))
+        monkeypatch.setattr(random, "randint", lambda low, high: next(choices))
         assert ports.free_ports(1) == [other]

@@ -4,12 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import os
 import sys
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Awaitable, Callable
 from importlib import resources as package_files
 from pathlib import Path
@@ -28,6 +24,9 @@ from xgate.sources.etcd.client import EtcdSettings
 if TYPE_CHECKING:
     from xgate.service import Ready, ServiceOptions
 from xgate.sources.etcd.layout import DEFAULT_PREFIX
+
+LOG_FORMAT_VARIABLE = "XGATE_LOG_FORMAT"
+LOG_FORMATS = ("text", "json")
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -53,8 +52,14 @@ def _options(
     shown: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
     ] = False,
+    log_format: Annotated[
+        str, typer.Option("--log-format", envvar=LOG_FORMAT_VARIABLE, help="log lines as text or json (with trace ids)")
+    ] = "text",
 ) -> None:
     """xgate: an API gateway on Envoy."""
+    if log_format not in LOG_FORMATS:
+        raise typer.BadParameter("use text or json", param_hint="--log-format")
+    os.environ[LOG_FORMAT_VARIABLE] = log_format  # `xgate up`'s children log the same way
 
 
 DEFAULT_XDS = "127.0.0.1:18000"
@@ -86,6 +91,20 @@ def _admin_port(value: int) -> int:
 
 
 AdminPort = Annotated[int, typer.Option(callback=_admin_port, help="Envoy's admin port on 127.0.0.1 (0: any)")]
+StatsAddress = Annotated[
+    str | None,
+    typer.Option(help="HOST:PORT of a listener serving only GET /stats/prometheus and /stats (for Prometheus)"),
+]
+
+
+def _stats_address(value: str | None, admin_port: int) -> tuple[str, int] | None:
+    if value is None:
+        return None
+    if admin_port == 0:
+        raise typer.BadParameter(
+            "needs a known --admin-port (the stats listener forwards to it), not 0", param_hint="--stats"
+        )
+    return _host_port(value, "--stats")
 
 
 def _metrics_address(value: str) -> tuple[str, int] | None:
@@ -99,15 +118,25 @@ def _print_issues(error: ConfigError) -> None:
         typer.echo(f"  {issue}", err=True)
 
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
+def _setup_logging(level: str, process: str = "xgate") -> None:
+    """Logging (text or JSON, see --log-format) and, when OTEL_EXPORTER_OTLP_ENDPOINT asks for it, tracing as
+    `xgate-<process>` (see xgate.telemetry)."""
+    from xgate.telemetry import configure_tracing, setup_logging
+
+    setup_logging(level, "json" if os.environ.get(LOG_FORMAT_VARIABLE) == "json" else "text")
+    configure_tracing(f"xgate-{process}")
+
+
+AllowEmpty = Annotated[
+    bool, typer.Option("--allow-empty", help="serve a config with no listener, or a change that removes every route")
+]
 
 
 @app.command()
-def validate(file: ConfigOption) -> None:
-    """Check a config without running anything: exit 0 when valid, 1 with every issue listed."""
+def validate(file: ConfigOption, allow_empty: AllowEmpty = False) -> None:
+    """Check a config without running anything: exit 0 when valid, 1 with every issue listed (or when it has no
+    listener, which the control plane would hold back, unless --allow-empty)."""
+    from xgate.guard import OPT_IN, Served, hold_back
     from xgate.pipeline import compile_config
 
     try:
@@ -119,6 +148,11 @@ def validate(file: ConfigOption) -> None:
     typer.echo(
         f"valid: {len(compiled.ir.listeners)} listeners, {routes} routes, {len(compiled.ir.upstreams)} upstreams"
     )
+    if reason := hold_back(None, Served(listeners=len(compiled.ir.listeners), routes=routes)):
+        held = "served as asked" if allow_empty else f"held back by the control plane unless it runs with {OPT_IN}"
+        typer.echo(f"warning: {file}: {reason}; {held}", err=True)
+        if not allow_empty:
+            raise typer.Exit(1)
 
 
 @app.command()
@@ -163,6 +197,7 @@ def controlplane(
     etcd_password: Password = None,
     xds: Annotated[str, typer.Option(help="xDS (ADS) address; never shared with another process")] = "127.0.0.1:18000",
     status: Annotated[str, typer.Option(help="status API address")] = "127.0.0.1:18080",
+    allow_empty: AllowEmpty = False,
     log_level: Annotated[str, typer.Option()] = "info",
 ) -> None:
     """Run the control plane alone: follow the config file and/or etcd, serve ADS and the status API.
@@ -171,7 +206,7 @@ def controlplane(
     from xgate.runtime import Bound, run_controlplane
 
     xds_address, status_address = _host_port(xds, "--xds", any_port=True), _host_port(status, "--status", any_port=True)
-    _setup_logging(log_level)
+    _setup_logging(log_level, "controlplane")
     path = file if file is not None or etcd else default_config()
     store = _etcd(etcd, etcd_ca, etcd_cert, etcd_key, etcd_user, etcd_password)
     described = " + ".join(part for part in (str(path) if path else "", f"etcd {etcd}{prefix}" if etcd else "") if part)
@@ -196,12 +231,16 @@ def controlplane(
             status=status_address,
             on_ready=ready,
             stop=stop,
+            allow_empty=allow_empty,
         )
 
     try:
         asyncio.run(main())
     except PortInUseError as exc:
         typer.echo(f"xgate controlplane: {exc}; stop it or choose another port", err=True)
+        raise typer.Exit(2) from None
+    except MetricsAddressError as exc:
+        typer.echo(f"xgate controlplane: {exc}", err=True)
         raise typer.Exit(2) from None
 
 
@@ -284,7 +323,7 @@ def authz(
     the control plane sends it."""
     from xgate.authz.config import run_authz
 
-    _setup_logging(log_level)
+    _setup_logging(log_level, "authz")
     _run_service(
         "authz", xds, listen, status, node_id, reuse_port,
         lambda options, ready, stop: run_authz(
@@ -308,7 +347,7 @@ def dyeing(
     sends it."""
     from xgate.dyeing.config import run_dyeing
 
-    _setup_logging(log_level)
+    _setup_logging(log_level, "dyeing")
     _run_service(
         "dyeing", xds, listen, status, node_id, reuse_port,
         lambda options, ready, stop: run_dyeing(options, on_ready=ready, stop=stop),
@@ -336,7 +375,7 @@ def ratelimit(
 
     if failure_mode not in ("open", "closed"):
         raise typer.BadParameter("use open or closed", param_hint="--failure-mode")
-    _setup_logging(log_level)
+    _setup_logging(log_level, "ratelimit")
     _run_service(
         "ratelimit", xds, listen, status, node_id, reuse_port,
         lambda options, ready, stop: run_ratelimit(
@@ -355,12 +394,16 @@ def bootstrap(
     node_id: Annotated[str, typer.Option()] = "xgate-envoy",
     node_cluster: Annotated[str, typer.Option()] = "xgate",
     admin_port: AdminPort = 9901,
+    stats: StatsAddress = None,
 ) -> None:
     """Print the Envoy bootstrap that connects an Envoy to xgate control planes (by IP address or host name)."""
     from xgate.proxy.bootstrap import build_bootstrap
 
     servers = [_host_port(item, "--xds") for item in xds or [DEFAULT_XDS]]
-    data = build_bootstrap(node_id=node_id, node_cluster=node_cluster, xds_servers=servers, admin_port=admin_port)
+    data = build_bootstrap(
+        node_id=node_id, node_cluster=node_cluster, xds_servers=servers, admin_port=admin_port,
+        stats=_stats_address(stats, admin_port),
+    )  # fmt: skip
     typer.echo(yaml.safe_dump(data, sort_keys=False), nl=False)
 
 
@@ -374,12 +417,16 @@ def envoy(
     admin_port: AdminPort = 9901,
     concurrency: Annotated[int | None, typer.Option()] = None,
     log_level: Annotated[str, typer.Option()] = "warn",
+    stats: StatsAddress = None,
 ) -> None:
     """Run a real Envoy bootstrapped to xgate control planes, until SIGINT/SIGTERM."""
     from xgate.proxy.bootstrap import build_bootstrap, find_envoy
 
     servers = [_host_port(item, "--xds") for item in xds or [DEFAULT_XDS]]
-    data = build_bootstrap(node_id=node_id, node_cluster=node_cluster, xds_servers=servers, admin_port=admin_port)
+    data = build_bootstrap(
+        node_id=node_id, node_cluster=node_cluster, xds_servers=servers, admin_port=admin_port,
+        stats=_stats_address(stats, admin_port),
+    )  # fmt: skip
     argv = [
         find_envoy(),
         # On the command line, not in a file: Envoy replaces this process, so nothing would remove the file.
@@ -448,6 +495,7 @@ def up(
     xds: Annotated[str, typer.Option()] = "127.0.0.1:18000",
     status: Annotated[str, typer.Option()] = "127.0.0.1:18080",
     admin_port: AdminPort = 9901,
+    allow_empty: AllowEmpty = False,
 ) -> None:
     """Run the whole gateway on this machine: control plane, Envoy (and demo upstreams), supervised.
 
@@ -497,7 +545,8 @@ def up(
     children += [
         ChildSpec(
             "controlplane",
-            [*me, "controlplane", *sources, "--xds", xds, "--status", status],
+            [*me, "controlplane", *sources, "--xds", xds, "--status", status]
+            + (["--allow-empty"] if allow_empty else []),
             ready_line="control plane ready",
             env=reach,
         ),
@@ -516,73 +565,20 @@ def status(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Has the current config reached every Envoy? Exit 0 when every proxy ACKed it, the last change was accepted
-    and every config source is reachable (while etcd is not, changes made there reach no Envoy); 1 otherwise."""
+    and every config source is reachable (while etcd is not, changes made there reach no Envoy); 1 otherwise;
+    2 when the URL does not answer as an xgate control plane."""
+    from xgate.cli.status import StatusError, fetch_status, print_status, status_ok
+
     try:
-        with urllib.request.urlopen(url.rstrip("/") + "/status", timeout=5) as response:
-            report = json.load(response)
-    except (urllib.error.URLError, OSError) as exc:
-        typer.echo(f"cannot reach the control plane at {url}: {exc}", err=True)
+        report = fetch_status(url)
+    except StatusError as exc:
+        typer.echo(f"xgate status: {exc}", err=True)
         raise typer.Exit(2) from None
     if as_json:
         typer.echo(json.dumps(report, indent=2))
     else:
-        _print_status(report)
-    config_ok = (
-        report["config"]["rejected_revision"] is None
-        and not report["config"].get("objects_not_served")
-        and not report["config"].get("refused")
-    )
-    sources_ok = all(health.get("connected") for health in (report.get("sources") or {}).values())
-    raise typer.Exit(0 if report["all_in_sync"] and config_ok and sources_ok else 1)
-
-
-def _print_refusal(refused: object) -> None:
-    """A revision one of the services refused (so no Envoy got it): who, and why."""
-    if isinstance(refused, dict):
-        typer.echo(f"last change REFUSED by {refused['service']} {refused['node']} (revision {refused['revision']}):")
-        typer.echo(f"  {refused['message']}")
-        typer.echo("  the Envoys keep the revision before it; fix the config and save again")
-
-
-def _print_status(report: dict[str, object]) -> None:
-    config = report["config"]
-    assert isinstance(config, dict)
-    typer.echo(f"config revision {config['applied_revision']} (serving)")
-    if config["rejected_revision"] is not None or config["issues"]:
-        typer.echo(f"last change REJECTED (revision {config['rejected_revision']}):")
-        for issue in config["issues"]:
-            typer.echo(f"  {issue}")
-    not_served = config.get("objects_not_served") or []
-    if not_served:
-        typer.echo(f"{len(not_served)} object{'s' if len(not_served) != 1 else ''} NOT served as configured:")
-        for warning in not_served:
-            typer.echo(f"  {warning}")
-    sources = report.get("sources") or {}
-    assert isinstance(sources, dict)
-    for name, health in sources.items():
-        if health.get("connected"):
-            typer.echo(f"source {name}: connected, revision {health.get('revision')}")
-            continue
-        since = health.get("outage_since")
-        when = f" for {time.time() - since:.0f} s" if isinstance(since, (int, float)) else ""
-        typer.echo(f"source {name}: UNREACHABLE{when} ({health.get('last_error')})")
-        typer.echo(f"  last revision read {health.get('revision')}; changes made since then have not reached any Envoy")
-    _print_refusal(config.get("refused"))
-    proxies = report["proxies"]
-    assert isinstance(proxies, list)
-    if not proxies:
-        typer.echo("no Envoy connected")
-    services = report.get("services") or []
-    assert isinstance(services, list)
-    for proxy in [*proxies, *services]:
-        state = "in sync" if proxy["in_sync"] else "NOT in sync"
-        kind = "" if proxy.get("kind", "envoy") == "envoy" else f"{proxy['kind']} "
-        typer.echo(f"{kind}{proxy['node']} ({proxy['peer']}): {state}, revision {proxy['synced_revision']}")
-        for kind, detail in proxy["types"].items():
-            rejection = detail["rejection"]
-            if rejection:
-                typer.echo(f"  {kind} rejected revision {rejection['revision']}: {rejection['message']}")
-                typer.echo(f"    from: {', '.join(rejection['objects'])}")
+        print_status(report)
+    raise typer.Exit(0 if status_ok(report) else 1)
 
 
 register_store_commands(app)

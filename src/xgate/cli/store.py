@@ -25,6 +25,18 @@ from typing import Annotated, TypeVar
 import typer
 import yaml
 
+from xgate.cli.etcdstore import (
+    ConflictError,
+    PartialApplyError,
+    Plan,
+    Stored,
+    delete_object,
+    execute,
+    plan_apply,
+    planned_config,
+    read_stored,
+    references_to,
+)
 from xgate.config.load import load_path
 from xgate.errors import ConfigError
 from xgate.sources.etcd.client import EtcdClient, EtcdRequestError, EtcdSettings, EtcdUnavailableError
@@ -37,18 +49,6 @@ from xgate.sources.etcd.layout import (
     object_data,
     parse_key,
     redacted_data,
-)
-from xgate.sources.etcd.store import (
-    ConflictError,
-    PartialApplyError,
-    Plan,
-    Stored,
-    delete_object,
-    execute,
-    plan_apply,
-    planned_config,
-    read_stored,
-    references_to,
 )
 
 EXIT_DIFFERENT, EXIT_INVALID, EXIT_CONFLICT, EXIT_UNREACHABLE, EXIT_PARTIAL = 1, 2, 3, 4, 5

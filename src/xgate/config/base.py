@@ -1,4 +1,4 @@
-"""The base of every config model (frozen, unknown fields refused), apart so that schema parts can share it."""
+"""The base of every config model, apart from the schema so that the models of several modules share it."""
 
 from __future__ import annotations
 

@@ -53,7 +53,8 @@ def with_grpc_path(match: M) -> M:
 class GrpcRoute(Model):
     """A route that carries gRPC: the client's `grpc-timeout` is honoured (capped at `max_timeout`, when set)
     instead of the route's `timeout`, which then defaults to none (a stream lasts as long as its deadline);
-    `retry_on` adds gRPC status codes to the route's retries (1 attempt when `retries` is not set)."""
+    `retry_on` adds gRPC status codes to the conditions of the route's `retries` (its attempts, backoff and
+    per-try timeout; by default 2 attempts), for every method: a gRPC call is a POST."""
 
     max_timeout: Duration | None = None
     retry_on: tuple[GrpcRetryOn, ...] = ()

@@ -1,4 +1,4 @@
-"""The file source: watch one YAML file, or a directory of them (editors that save by rename included), and the
+"""The file source: watch a YAML file or a directory of them (editors that save by rename included), and the
 certificate and key files its secrets name, and emit each new revision."""
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from asyncinotify import Inotify, Mask
@@ -22,19 +23,33 @@ from xgate.sources.revision import Revision, revision_of
 log = logging.getLogger("xgate.sources.file")
 
 # Events that mean "a file in the directory is complete": IN_CLOSE_WRITE after an in-place save (never
-# mid-write, unlike IN_MODIFY), IN_MOVED_TO after a save by rename, IN_CREATE for a symlink swap.
-_EVENTS = Mask.CLOSE_WRITE | Mask.MOVED_TO | Mask.CREATE
-# In a config directory a file can also go away, and its objects with it.
+# mid-write, unlike IN_MODIFY), IN_MOVED_TO after a save by rename, IN_CREATE for a symlink swap; and
+# IN_DELETE / IN_MOVED_FROM: the file may be gone, which is reported.
+_EVENTS = Mask.CLOSE_WRITE | Mask.MOVED_TO | Mask.CREATE | Mask.DELETE | Mask.MOVED_FROM
+# In a config directory such a file takes its objects with it (after the settle time: see FileSource).
 _GONE = Mask.DELETE | Mask.MOVED_FROM
 # Above this size, parsing runs in a worker thread so the event loop keeps serving ADS meanwhile.
 _THREAD_ABOVE = 256 * 1024
 
 
+@dataclass(frozen=True)
+class _Unreadable:
+    """A read that gave no text: the file is missing, unreadable, or not UTF-8."""
+
+    revision: str
+    message: str
+
+
+_NOTHING = object()  # nothing read yet
+
+
 class FileSource:
     """Emit a Revision for the file's content at start and on every change of content.
 
-    A save seen half-written (an editor writing in place) fails to parse; the file is read again after
-    `settle` seconds and the error is only reported when the content stayed the same.
+    A save seen half-written (an editor writing in place) fails to parse, or reads empty (`rm f; cat > f`,
+    a shell's `>` before the first write); a file being replaced may be missing for a moment. Each of those
+    is read again after `settle` seconds and only emitted when it stayed the same: an empty content as
+    a revision (the control plane's guard holds it back), a missing or unreadable file as an error.
 
     `path` may be a directory: its config files (see config_files) are one config, as for `xgate validate`,
     and a change to any of them is a change, under the same settle rule. A file removed from it counts
@@ -56,7 +71,7 @@ class FileSource:
         self.path = Path(path).absolute()
         self._emit = emit
         self._settle = settle
-        self._last_text: str | None = None
+        self._last: object = _NOTHING  # the text (or _Unreadable) of the last revision emitted
         self._cache = ObjectCache()
         self._directory = self.path.is_dir()
         self._caches: dict[str, ObjectCache] = {}  # a directory's: one per file
@@ -79,12 +94,12 @@ class FileSource:
         Kubernetes ConfigMap swaps a symlinked directory. Any finished write, rename or creation in the
         directory makes us read the file again; an unchanged content is ignored.
         """
-        if self._last_text is None:
+        if self._last is _NOTHING:
             await self.load()
         stop = stop or asyncio.Event()
         with Inotify() as inotify:
-            watched, mask = (self.path, _EVENTS | _GONE) if self._directory else (self.path.parent, _EVENTS)
-            inotify.add_watch(watched, mask)
+            watched = self.path if self._directory else self.path.parent
+            inotify.add_watch(watched, _EVENTS)
             self._watched.add(watched)
             self._watch_secret_files(inotify)
             events = inotify.__aiter__()
@@ -97,7 +112,8 @@ class FileSource:
                         waiting.cancel()
                         break
                     event = waiting.result()
-                    if event.mask & _GONE and event.name is not None and is_config_name(event.name.name):
+                    name = event.name.name if event.name is not None else ""
+                    if self._directory and event.mask & _GONE and is_config_name(name):
                         await asyncio.sleep(self._settle)
                     revision = await self._read()
                     self._watch_secret_files(inotify)
@@ -130,16 +146,12 @@ class FileSource:
                 config = parse_document(config_text, str(self.path), self._cache)
             return self._secret_files.resolve(config)
 
-    def _read_text(self) -> str:
-        """The file's text; a directory's is its config files' names and texts as one JSON string, so that
-        `_read` compares, digests and re-reads a directory as it does one file. The secrets' files follow
-        (see _split), so a rotated certificate is a changed content too."""
-        if not self._directory:
-            text = self.path.read_text(encoding="utf-8")
-        else:
-            text = json.dumps([[file.name, _text_of(file)] for file in config_files(self.path)])
+    def _content(self) -> str | _Unreadable:
+        """The config's text, then the digests of the secrets' files (see _split), so that a rotated
+        certificate is a changed content too."""
+        text = self._config_text()
         self._secret_read = {}
-        if not self._secret_paths:
+        if isinstance(text, _Unreadable) or not self._secret_paths:
             return text
         parts = []
         for path in self._secret_paths:
@@ -150,43 +162,62 @@ class FileSource:
                 parts.append(f"{path}\0unreadable\0{exc.errno}")
         return text + _FILES_MARK + "\n".join(parts)
 
+    def _config_text(self) -> str | _Unreadable:
+        """The file's text; a directory's is its config files' names and texts as one JSON string, so that
+        `_read` compares, digests and re-reads a directory as it does one file."""
+        if self._directory:
+            try:
+                return json.dumps([[file.name, _text_of(file)] for file in config_files(self.path)])
+            except FileNotFoundError:
+                return _Unreadable("missing", "the directory is gone; the last good config keeps serving")
+            except OSError as exc:
+                return _Unreadable("unreadable", f"cannot read: {exc.strerror or exc}")
+        try:
+            data = self.path.read_bytes()
+        except FileNotFoundError:
+            return _Unreadable("missing", "no such file (deleted or renamed away?); the last good config keeps serving")
+        except OSError as exc:
+            return _Unreadable("unreadable", f"cannot read: {exc.strerror or exc}")
+        try:
+            return data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            return _Unreadable(revision_of(data), f"not UTF-8 text (byte {exc.start}): {exc.reason}")
+
     async def _read(self) -> Revision | None:
-        """Read and parse; None when the content did not change since the last revision."""
+        """Read and parse; None when the content (or the problem) did not change since the last revision."""
         while True:
             seen_at = time.perf_counter()
-            try:
-                text = self._read_text()
-            except FileNotFoundError:
-                return None  # mid-rename; the new file's event follows
-            except (OSError, UnicodeDecodeError) as exc:
-                issue = ConfigIssue(str(self.path), "document", "", f"cannot read: {exc}")
-                return Revision(revision="", config=None, error=ConfigError([issue]))
-            if text == self._last_text:
+            content = self._content()
+            if content == self._last:
                 return None
             config: ConfigSet | None = None
             error: ConfigError | None = None
-            try:
-                if len(text) > _THREAD_ABOVE:
-                    config = await asyncio.to_thread(self._parse, text)
-                else:
-                    config = self._parse(text)
-            except ConfigError as exc:
-                error = exc
-            if error is not None or (config is not None and config.issues):
-                await asyncio.sleep(self._settle)
+            if isinstance(content, _Unreadable):
+                error = ConfigError([ConfigIssue(str(self.path), "document", "", content.message)])
+            else:
                 try:
-                    again = self._read_text()
-                except OSError:
-                    again = None
-                if again is not None and again != text:
+                    if len(content) > _THREAD_ABOVE:
+                        config = await asyncio.to_thread(self._parse, content)
+                    else:
+                        config = self._parse(content)
+                except ConfigError as exc:
+                    error = exc
+            empty = isinstance(content, str) and not content.strip()
+            transient = error is not None or (config is not None and bool(config.issues)) or empty
+            if transient:
+                await asyncio.sleep(self._settle)
+                if self._content() != content:
                     continue
+            if isinstance(content, _Unreadable):
+                self._last = content
+                return Revision(revision=content.revision, config=None, error=error, seen_at=seen_at)
             named = sorted(self._secret_files.read)
             if named != self._secret_paths:
-                # The secrets name other files than the compared text holds: read again with them in it.
+                # The secrets name other files than the compared content holds: read again with them in it.
                 self._secret_paths = named
                 continue
-            self._last_text = text
-            config_text, files = _split(text)
+            self._last = content
+            config_text, files = _split(content)
             revision = revision_of(config_text) + (f".{revision_of(files)[:8]}" if files else "")
             return Revision(revision=revision, config=config, error=error, seen_at=seen_at)
 

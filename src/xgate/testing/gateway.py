@@ -78,11 +78,21 @@ class Gateway:
             self._task = None
 
     async def start_envoy(
-        self, node_id: str = "test-envoy", timeout: float = 20.0, xds_ports: list[int] | None = None
+        self,
+        node_id: str = "test-envoy",
+        timeout: float = 20.0,
+        xds_ports: list[int] | None = None,
+        stats_port: int | None = None,
     ) -> EnvoyProcess:
-        """Start a real Envoy bootstrapped to this control plane (or to every port in `xds_ports`)."""
+        """Start a real Envoy bootstrapped to this control plane (or to every port in `xds_ports`); with
+        `stats_port`, its stats listener there (and its admin on a port chosen now, which the control plane reads
+        its counters from)."""
         servers = [("127.0.0.1", port) for port in (xds_ports or [self.xds_port])]
-        bootstrap = build_bootstrap(node_id=node_id, node_cluster="test", xds_servers=servers, admin_port=0)
+        stats = ("127.0.0.1", stats_port) if stats_port else None
+        bootstrap = build_bootstrap(
+            node_id=node_id, node_cluster="test", xds_servers=servers, admin_port=free_port() if stats else 0,
+            stats=stats,
+        )  # fmt: skip
         envoy = EnvoyProcess(
             bootstrap,
             self.work_dir / f"envoy-{node_id}-{len(self.envoys)}",
@@ -181,16 +191,23 @@ async def run_gateway(
     output: Callable[[str], None] | None = None,
     etcd: EtcdSettings | None = None,
     prefix: str = DEFAULT_PREFIX,
+    allow_empty: bool = False,
 ) -> AsyncIterator[Gateway]:
     """Start a control plane on `config_text` (a file) and/or `etcd`, and `envoys` real Envoys; wait until
-    they serve it (with etcd: until they serve what etcd held at start)."""
+    they serve it (with etcd: until they serve what etcd held at start). `allow_empty`: the control plane's
+    --allow-empty."""
     work_dir.mkdir(parents=True, exist_ok=True)
     config_path = None
     if config_text is not None:
         config_path = work_dir / "gateway.yaml"
         config_path.write_text(config_text, encoding="utf-8")
     gateway = Gateway(
-        config_path=config_path, work_dir=work_dir, plane=ControlPlane(), etcd=etcd, prefix=prefix, _output=output
+        config_path=config_path,
+        work_dir=work_dir,
+        plane=ControlPlane(allow_empty=allow_empty),
+        etcd=etcd,
+        prefix=prefix,
+        _output=output,
     )
     try:
         await gateway.start_controlplane()

@@ -7,6 +7,7 @@ from envoy.config.route.v3 import route_components_pb2 as route_components_v3
 from xgate.config.grpc import GrpcRoute
 from xgate.config.schema import Route
 from xgate.translate.protos import duration
+from xgate.translate.retries import virtual_host_retry_policy
 
 
 def grpc_options(route: Route) -> GrpcRoute | None:
@@ -26,8 +27,21 @@ def grpc_action(route: Route, action: route_components_v3.RouteAction) -> None:
     action.max_stream_duration.grpc_timeout_header_max.CopyFrom(duration(options.max_timeout or 0.0))
     if route.timeout is None:
         action.timeout.CopyFrom(duration(0.0))
-    if options.retry_on:
-        policy = action.retry_policy
-        policy.retry_on = ",".join([*filter(None, policy.retry_on.split(",")), *options.retry_on])
-        if route.retries is None:
-            policy.num_retries.value = 1
+
+
+def grpc_retries(route: Route, protos: list[route_components_v3.Route]) -> None:
+    """Add the route's gRPC status codes to the retry conditions of each of its Envoy routes (after the
+    retries were split by method: gRPC calls are POSTs, and asking for a status code means retrying them).
+    A route with the default retries has no policy of its own (it inherits the virtual host's): it gets a copy
+    of that one, since a route's policy replaces the virtual host's as a whole."""
+    options = grpc_options(route)
+    if options is None or not options.retry_on:
+        return
+    for proto in protos:
+        if not proto.HasField("route"):
+            continue
+        if not proto.route.HasField("retry_policy"):
+            proto.route.retry_policy.CopyFrom(virtual_host_retry_policy())
+        policy = proto.route.retry_policy
+        conditions = [*filter(None, policy.retry_on.split(",")), *options.retry_on]
+        policy.retry_on = ",".join(dict.fromkeys(conditions))

@@ -24,8 +24,10 @@ from google.protobuf import wrappers_pb2
 from xgate.config.limits import ListenerLimits
 from xgate.ir.model import ListenerIR
 from xgate.translate import names
+from xgate.translate.observability import access_logs
 from xgate.translate.plugins import TRANSLATORS, pack
 from xgate.translate.protos import ads_source, socket_address
+from xgate.translate.resilience import apply_listener_timeouts
 from xgate.translate.tls import HCM as HCM  # re-exported: tests name the filter by it
 from xgate.translate.tls import redirect_listener, tls_filter_chains, tls_inspector
 
@@ -53,7 +55,9 @@ def _manager(ir: ListenerIR) -> hcm_v3.HttpConnectionManager:
         http_protocol_options=protocol_v3.Http1ProtocolOptions(
             accept_http_10=True, default_host_for_http_10=HTTP_10_DEFAULT_HOST
         ),
+        access_log=access_logs(ir.listener),
     )
+    apply_listener_timeouts(manager, ir.listener)
     if ir.listener.limits is not None:
         _limits(ir.listener.limits, manager)
     for name in ir.filters:

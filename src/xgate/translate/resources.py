@@ -8,6 +8,7 @@ from typing import Any, cast
 
 from envoy.config.cluster.v3 import cluster_pb2 as cluster_v3
 from envoy.config.route.v3 import route_components_pb2 as route_components_v3
+from envoy.config.route.v3 import route_pb2 as route_v3
 from google.protobuf.message import Message
 
 from xgate.api import type_url
@@ -45,6 +46,14 @@ class Resources:
             "routes": self.routes,
             **self.services,
         }
+
+    def route_config(self, name: str) -> route_v3.RouteConfiguration:
+        """One route configuration as a message (the incremental compiler keeps them as bytes)."""
+        found = self.routes[name]
+        if isinstance(found, bytes):
+            return route_v3.RouteConfiguration.FromString(found)
+        assert isinstance(found, route_v3.RouteConfiguration)
+        return found
 
     def add(self, message: Message) -> None:
         """A plugin's extra resource: a cluster, or a resource of one of the services (the first of a name
@@ -123,15 +132,15 @@ class Translator:
             resources.clusters[name] = protos[0]
             if len(protos) > 1:
                 resources.endpoints[name] = protos[1]
+        upstreams = {upstream.name: upstream for upstream in ir.upstreams}
         for listener in ir.listeners:
             for proto in translate_listeners(listener):
                 resources.listeners[proto.name] = proto
             routes = translate_routes(listener, self._route)
             resources.routes[routes.name] = routes
             for route in listener.routes:
-                if route.route.canary:
-                    for extra in fallback_clusters(route.route):
-                        resources.clusters.setdefault(extra.name, extra)
+                for extra in fallback_clusters(route.route, upstreams):
+                    resources.clusters.setdefault(extra.name, extra)
                 for extra in route_service_resources(route):
                     resources.add(extra)
             for name in listener.filters:

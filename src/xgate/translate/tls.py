@@ -11,9 +11,7 @@ from __future__ import annotations
 import base64
 from collections.abc import Mapping
 
-from envoy.config.cluster.v3 import cluster_pb2 as cluster_v3
 from envoy.config.core.v3 import base_pb2 as base_v3
-from envoy.config.core.v3 import protocol_pb2 as protocol_v3
 from envoy.config.listener.v3 import listener_components_pb2 as listener_components_v3
 from envoy.config.listener.v3 import listener_pb2 as listener_v3
 from envoy.config.route.v3 import route_components_pb2 as route_components_v3
@@ -26,7 +24,6 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 from envoy.extensions.transport_sockets.tls.v3 import common_pb2 as tls_common_v3
 from envoy.extensions.transport_sockets.tls.v3 import secret_pb2 as secret_v3
 from envoy.extensions.transport_sockets.tls.v3 import tls_pb2 as tls_v3
-from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2 as http_options_v3
 from envoy.type.matcher.v3 import string_pb2 as string_v3
 from google.protobuf import wrappers_pb2
 
@@ -227,25 +224,6 @@ def redirect_listener(listener: Listener) -> listener_v3.Listener | None:
 
 
 # -- upstreams -----------------------------------------------------------------------------------------------
-
-
-HTTP_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
-
-
-def apply_upstream_tls(upstream: Upstream, cluster: cluster_v3.Cluster) -> None:
-    """TLS to the upstream's endpoints, when it has `tls`; with `alpn: true`, the protocol the server picks."""
-    socket = upstream_transport_socket(upstream)
-    if socket is None:
-        return
-    cluster.transport_socket.CopyFrom(socket)
-    if upstream.tls is not None and upstream.tls.alpn:
-        options = http_options_v3.HttpProtocolOptions(
-            auto_config=http_options_v3.HttpProtocolOptions.AutoHttpConfig(
-                http_protocol_options=protocol_v3.Http1ProtocolOptions(),
-                http2_protocol_options=protocol_v3.Http2ProtocolOptions(),
-            )
-        )
-        cluster.typed_extension_protocol_options[HTTP_OPTIONS].CopyFrom(pack(options))
 
 
 def upstream_transport_socket(upstream: Upstream) -> base_v3.TransportSocket | None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from xgate.plugins.dyeing import DyeingSettings, settings_from_resource, settings_resource
-from xgate.plugins.jwt import Provider, provider_from_resource, provider_resource
+from xgate.plugins.jwt import Provider, TokenHeader, provider_from_resource, provider_resource
 
 ROOT = Path(__file__).parents[3]
 
@@ -63,7 +63,7 @@ def test_a_python_provider_survives_its_resource(tmp_path: Path) -> None:
     jwks.write_text('{"keys": [{"kty": "oct", "k": "c2VjcmV0"}]}')
     providers = [
         Provider(
-            name="inline", verify="python", jwks={"keys": [{"kty": "oct", "k": "c2VjcmV0"}]}, algorithms=["HS256"]
+            name="inline", verify="python", jwks={"keys": [{"kty": "oct", "k": "c2VjcmV0"}]}, algorithms=("HS256",)
         ),
         Provider(
             name="full",
@@ -72,7 +72,7 @@ def test_a_python_provider_survives_its_resource(tmp_path: Path) -> None:
             audiences=("a", "b"),
             jwks_file=str(jwks),
             required_claims=("sub",),
-            headers=({"name": "x-token", "prefix": ""},),
+            headers=(TokenHeader(name="x-token", prefix=""),),
             cookies=("session",),
             query=("token",),
             forward_claims={"sub": "x-user"},

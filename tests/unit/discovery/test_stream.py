@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
+
+import pytest
 from envoy.service.discovery.v3 import discovery_pb2 as discovery_v3
 from google.rpc import status_pb2
+from tests.unit.discovery.checked import CheckedStream
 
 from xgate.config.load import parse_document
 from xgate.discovery import typeurls
@@ -40,7 +44,7 @@ def request(
 
 def connected(snap: Snapshot) -> tuple[AdsStream, dict[str, Response]]:
     """A stream that subscribed to all four types and ACKed everything it was sent."""
-    stream = AdsStream(StatusRegistry().connect("peer"))
+    stream = CheckedStream(StatusRegistry().connect("peer"))
     last: dict[str, Response] = {}
     for type_url, names in (
         (typeurls.CLUSTER, ()),
@@ -155,7 +159,7 @@ def test_removed_cluster_goes_after_the_routes_that_used_it() -> None:
 def test_reconnecting_proxy_that_has_the_content_is_not_resent() -> None:
     snap = snapshot()
     _, last = connected(snap)
-    fresh = AdsStream(StatusRegistry().connect("peer"))
+    fresh = CheckedStream(StatusRegistry().connect("peer"))
     for type_url, response in last.items():
         fresh.on_request(request(type_url, _names(type_url), version=response.version_info), snap)
     assert fresh.responses(snap) == []
@@ -181,3 +185,14 @@ def test_response_bytes_equal_the_message_serialized() -> None:
         )
         assert response.wire() == expected.SerializeToString(deterministic=True)
         assert response.message() == expected
+
+
+def test_the_double_checks_every_response_and_catches_a_broken_rule() -> None:
+    snap = snapshot()
+    stream, _ = connected(snap)
+    assert isinstance(stream, CheckedStream) and stream.checked == 4
+    stream._nonces = itertools.count(1)  # a stream that reuses nonces breaks the protocol
+    stream.on_request(request(typeurls.CLUSTER), None)
+    changed = snapshot(CONFIG.replace("8002", "8003"), 2, snap)
+    with pytest.raises(AssertionError, match="nonce"):
+        stream.responses(changed)

@@ -31,7 +31,9 @@ def test_first_matching_rule_wins_else_the_default() -> None:
     )
     assert rules.dye(request(x_canary="1", cookie="release=beta")) == Dye("canary", rule=0)
     assert rules.dye(request(cookie="a=b;  release=beta")) == Dye("beta", rule=1)
-    assert rules.dye(request(**{":path": "/p?a=1&canary"})) == Dye("canary", rule=2)
+    assert rules.dye(DyeRequest(headers={":path": "/p?a=1&canary"}, source="203.0.113.9", claims={})) == Dye(
+        "canary", rule=2
+    )
     assert rules.dye(request(cookie="release=betamax", x_canary="11")) == Dye("stable")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 from envoy.config.core.v3 import base_pb2 as core_v3
@@ -38,7 +39,7 @@ def headers_request(*pairs: tuple[str, bytes], source: str = "10.0.0.1:5555") ->
     return request
 
 
-def with_claims(request: ext_proc_v3.ProcessingRequest, **claims: object) -> ext_proc_v3.ProcessingRequest:
+def with_claims(request: ext_proc_v3.ProcessingRequest, **claims: Any) -> ext_proc_v3.ProcessingRequest:
     payload = struct_pb2.Struct()
     payload.update(claims)
     namespace = request.metadata_context.filter_metadata["envoy.filters.http.jwt_authn"]

@@ -38,10 +38,10 @@ def test_limit_table_keys_match_the_route_actions() -> None:
     assert (ip.requests, ip.unit_seconds, ip.algorithm, ip.burst) == (5, 1.0, "gcra", 2)
     assert patterns[(("xgate_route", "key"), ("header_x-api-key", None))].shadow
     # The route's actions produce exactly these keys, in this order.
-    routes = compile_config(config).resources.routes["routes/public"]
+    routes = compile_config(config).resources.route_config("routes/public")
     actions = {
         route.name: [action.WhichOneof("action_specifier") for action in route.route.rate_limits[0].actions]
-        for host in routes.virtual_hosts  # type: ignore[attr-defined]
+        for host in routes.virtual_hosts
         for route in host.routes
         if route.route.rate_limits
     }

@@ -1,4 +1,5 @@
-"""The file source on a real directory: atomic saves, in-place writes, no-op saves, half-written files."""
+"""The file source on a real directory: atomic saves, in-place writes, no-op saves, half-written, empty, deleted
+and undecodable files."""
 
 from __future__ import annotations
 
@@ -6,19 +7,21 @@ import asyncio
 from pathlib import Path
 
 from xgate.sources.file import FileSource
-from xgate.sources.revision import Revision
+from xgate.sources.revision import Revision, revision_of
 from xgate.testing import write_atomic
 
 GOOD = "listeners: [{name: l, port: 1}]\n"
 
 
-async def _collect(path: Path) -> tuple[FileSource, list[Revision], asyncio.Event, asyncio.Task[None]]:
+async def _collect(
+    path: Path, settle: float = 0.05
+) -> tuple[FileSource, list[Revision], asyncio.Event, asyncio.Task[None]]:
     seen: list[Revision] = []
 
     async def emit(revision: Revision) -> None:
         seen.append(revision)
 
-    source = FileSource(path, emit)
+    source = FileSource(path, emit, settle=settle)
     stop = asyncio.Event()
     task = asyncio.create_task(source.run(stop))
     await _until(lambda: len(seen) == 1)
@@ -71,3 +74,69 @@ async def test_other_files_in_the_directory_are_ignored(tmp_path: Path) -> None:
     stop.set()
     await task
     assert len(seen) == 1
+
+
+async def test_an_empty_read_is_not_emitted_when_content_follows_within_the_settle_time(tmp_path: Path) -> None:
+    """`rm f; (sleep 0.3; cat good) > f` or a shell's `>`: the file is empty until the first write lands."""
+    path = tmp_path / "gw.yaml"
+    path.write_text(GOOD)
+    _, seen, stop, task = await _collect(path, settle=1.0)
+    path.unlink()
+    path.write_text("")  # created empty, closed: the event is there, the content is not
+    await asyncio.sleep(0.1)
+    path.write_text(GOOD.replace("port: 1", "port: 2"))
+    await _until(lambda: len(seen) >= 2)
+    await asyncio.sleep(0.3)
+    stop.set()
+    await task
+    assert [r.config.listeners[0].port if r.config and r.config.listeners else None for r in seen] == [1, 2], seen
+
+
+async def test_an_empty_file_that_stays_empty_is_emitted_after_the_settle_time(tmp_path: Path) -> None:
+    path = tmp_path / "gw.yaml"
+    path.write_text(GOOD)
+    _, seen, stop, task = await _collect(path, settle=0.3)
+    loop = asyncio.get_running_loop()
+    written = loop.time()
+    path.write_text("  \n")
+    await _until(lambda: len(seen) == 2)
+    emitted = loop.time()
+    stop.set()
+    await task
+    assert emitted - written >= 0.3  # read again after the settle time first
+    assert seen[1].error is None and seen[1].config is not None and not seen[1].config.listeners
+    assert seen[1].revision == revision_of("  \n")
+
+
+async def test_a_deleted_file_is_reported_once_and_its_return_is_emitted_even_unchanged(tmp_path: Path) -> None:
+    path = tmp_path / "gw.yaml"
+    path.write_text(GOOD)
+    _, seen, stop, task = await _collect(path)
+    path.unlink()
+    await _until(lambda: len(seen) == 2)
+    assert seen[1].config is None and seen[1].error is not None and seen[1].revision == "missing"
+    assert f"{path}: document: no such file" in str(seen[1].error)
+    (tmp_path / "other.yaml").write_text("x")  # more events while it is gone: no second report
+    await asyncio.sleep(0.3)
+    assert len(seen) == 2
+    path.write_text(GOOD)  # the same content as before: the control plane must hear it is back
+    await _until(lambda: len(seen) == 3)
+    stop.set()
+    await task
+    assert seen[2].error is None and seen[2].revision == revision_of(GOOD)
+
+
+async def test_an_undecodable_save_is_reported_with_a_revision_and_good_content_clears_it(tmp_path: Path) -> None:
+    path = tmp_path / "gw.yaml"
+    path.write_text(GOOD)
+    _, seen, stop, task = await _collect(path)
+    binary = b"\x7fELF\x02\x01\x01\x00\xff\xfe"
+    path.write_bytes(binary)
+    await _until(lambda: len(seen) == 2)
+    assert seen[1].config is None and seen[1].revision == revision_of(binary)
+    assert "not UTF-8 text (byte 8)" in str(seen[1].error)
+    path.write_text(GOOD)
+    await _until(lambda: len(seen) == 3)
+    stop.set()
+    await task
+    assert seen[2].error is None and seen[2].revision == revision_of(GOOD)

@@ -40,8 +40,8 @@ def test_unchanged_route_keeps_its_proto_and_changed_plugin_settings_do_not() ->
     cache, translator = ObjectCache(), Translator()
     one = translator.translate(build_ir(parse_document(BEFORE, "t", cache)))
     two = translator.translate(build_ir(parse_document(AFTER.replace("/uno", "/one"), "t", cache)))
-    routes_one = one.routes["routes/a"].virtual_hosts[0].routes  # type: ignore[attr-defined]
-    routes_two = two.routes["routes/a"].virtual_hosts[0].routes  # type: ignore[attr-defined]
+    routes_one = one.route_config("routes/a").virtual_hosts[0].routes
+    routes_two = two.route_config("routes/a").virtual_hosts[0].routes
     assert routes_two[0] == routes_one[0]
     assert routes_two[1] != routes_one[1]  # cors origin changed
     assert two.clusters["upstream/u"] is one.clusters["upstream/u"]

@@ -39,7 +39,7 @@ def routes_document(rng: random.Random, names: list[str], hosted: float) -> str:
 def reference(listener: ListenerIR, routes: dict[str, RouteIR]) -> bytes:
     ordered = sorted(routes.values(), key=lambda r: (*precedence(r.route), r.name))
     message = translate_routes(replace(listener, routes=tuple(ordered)))
-    return message.SerializeToString(deterministic=True)
+    return bytes(message.SerializeToString(deterministic=True))
 
 
 # Without hosts the table joins its blocks' bytes; with some, it picks routes per virtual host.

@@ -15,26 +15,17 @@ from typing import Any
 
 import grpc
 from aetcd.rpc import rpc_pb2, rpc_pb2_grpc
-from aetcd.rpc.kv_pb2 import Event, KeyValue
+from aetcd.rpc.kv_pb2 import Event
 
-from xgate.errors import XgateError
+# The errors are the store protocol's (kv.py); imported "as" themselves to keep them importable from here.
+from xgate.sources.etcd.kv import CompactedError as CompactedError
+from xgate.sources.etcd.kv import EtcdRequestError as EtcdRequestError
+from xgate.sources.etcd.kv import EtcdUnavailableError as EtcdUnavailableError
+from xgate.sources.etcd.kv import KeyValue, WatchEvent
 
-
-class EtcdUnavailableError(XgateError):
-    """etcd could not be reached, or has no leader; the caller retries."""
-
-
-class EtcdRequestError(XgateError):
-    """etcd refused a request (permission, a limit such as --max-txn-ops, a bad argument); retrying the same
-    request will not help."""
-
-
-class CompactedError(XgateError):
-    """A watch asked for a revision etcd has compacted away: re-read everything, then watch again."""
-
-    def __init__(self, compact_revision: int) -> None:
-        super().__init__(f"revision compacted; etcd keeps history from {compact_revision}")
-        self.compact_revision = compact_revision
+# An etcd that stops answering is seen as down within KEEPALIVE_TIME_MS + KEEPALIVE_TIMEOUT_MS (9 s).
+KEEPALIVE_TIME_MS = 6000
+KEEPALIVE_TIMEOUT_MS = 3000
 
 
 @dataclass(frozen=True)
@@ -99,6 +90,16 @@ class EtcdClient:
             ("grpc.initial_reconnect_backoff_ms", 100),
             ("grpc.max_reconnect_backoff_ms", 1000),
             ("grpc.max_receive_message_length", 64 << 20),
+            # A frozen etcd (SIGSTOP, a hung host, a dropped route) keeps its TCP connection open and the watch
+            # stream silent: without pings the source would say "connected" forever. A ping unanswered within
+            # KEEPALIVE_TIMEOUT_MS closes the connection, the watch fails, status shows the outage. etcd refuses
+            # pings more often than every 5 s (--grpc-keepalive-min-time) with GOAWAY, hence 6 s; pings go out
+            # while a call (the watch) is open, with or without data. grpcio 1.85 waits for a ping's answer
+            # ping_timeout_ms (default 1 min), not keepalive_timeout_ms alone: both are set.
+            ("grpc.keepalive_time_ms", KEEPALIVE_TIME_MS),
+            ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
+            ("grpc.http2.max_pings_without_data", 0),
+            ("grpc.http2.ping_timeout_ms", KEEPALIVE_TIMEOUT_MS),
         ]
         target = settings.target()
         if settings.tls:
@@ -150,12 +151,11 @@ class EtcdClient:
         """Every key under `prefix`, and the store revision they were read at."""
         request = rpc_pb2.RangeRequest(key=prefix, range_end=prefix_end(prefix))
         response = await self._call(self._kv.Range, request)
-        return response.header.revision, list(response.kvs)
+        return response.header.revision, [KeyValue(kv.key, kv.value, kv.mod_revision) for kv in response.kvs]
 
     async def get(self, key: bytes) -> KeyValue | None:
         response = await self._call(self._kv.Range, rpc_pb2.RangeRequest(key=key))
-        kvs = list(response.kvs)
-        return kvs[0] if kvs else None
+        return next((KeyValue(kv.key, kv.value, kv.mod_revision) for kv in response.kvs), None)
 
     async def put(self, key: bytes, value: bytes) -> int:
         response = await self._call(self._kv.Put, rpc_pb2.PutRequest(key=key, value=value))
@@ -176,7 +176,9 @@ class EtcdClient:
     async def status(self) -> rpc_pb2.StatusResponse:
         return await self._call(self._maintenance.Status, rpc_pb2.StatusRequest())
 
-    async def watch_prefix(self, prefix: bytes, start_revision: int) -> AsyncGenerator[tuple[int, list[Event]], None]:
+    async def watch_prefix(
+        self, prefix: bytes, start_revision: int
+    ) -> AsyncGenerator[tuple[int, list[WatchEvent]], None]:
         """Yield (revision, events) from `start_revision` on; a batch without events is a progress
         notification saying every change up to `revision` was sent. The first batch, once etcd created the
         watch, is (start_revision - 1, []): the watch is up, and it claims nothing not asked for (the events
@@ -201,8 +203,11 @@ class EtcdClient:
                 if response.created and not response.events:
                     yield start_revision - 1, []
                     continue
-                events = list(response.events)
-                revision = max((event.kv.mod_revision for event in events), default=response.header.revision)
+                events = [
+                    WatchEvent(event.kv.key, event.kv.value, event.kv.mod_revision, event.type == Event.DELETE)
+                    for event in response.events
+                ]
+                revision = max((event.mod_revision for event in events), default=response.header.revision)
                 yield revision, events
             raise EtcdUnavailableError("etcd closed the watch stream")
         except grpc.aio.AioRpcError as exc:

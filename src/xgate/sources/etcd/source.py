@@ -16,13 +16,11 @@ from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from aetcd.rpc.kv_pb2 import Event
-
 from xgate.config.load import ConfigSet
 from xgate.errors import ConfigIssue
 from xgate.heap import gc_paused
 from xgate.sortedblocks import SortedBlocks
-from xgate.sources.etcd.client import CompactedError, EtcdClient, EtcdRequestError, EtcdUnavailableError
+from xgate.sources.etcd.kv import CompactedError, EtcdRequestError, EtcdUnavailableError, KeyValueStore, WatchEvent
 from xgate.sources.etcd.layout import KEY_KINDS, PLUGIN, decode, key_of, normalize_prefix, parse_key
 from xgate.sources.revision import Revision
 
@@ -61,9 +59,11 @@ class EtcdHealth:
 
 
 class EtcdSource:
+    """Follows the keys under `prefix` of a KeyValueStore (an EtcdClient; an in-memory store in unit tests)."""
+
     def __init__(
         self,
-        client: EtcdClient,
+        client: KeyValueStore,
         emit: Callable[[Revision], Awaitable[None]],
         *,
         prefix: str = "/xgate/",
@@ -157,13 +157,13 @@ class EtcdSource:
                         update = self._revision(seen_at)
                     await self._emit(update)
 
-    def _apply_events(self, events: list[Event]) -> None:
+    def _apply_events(self, events: list[WatchEvent]) -> None:
         for event in events:
-            key = event.kv.key.decode(errors="replace")
-            if event.type == Event.DELETE:
+            key = event.key.decode(errors="replace")
+            if event.deleted:
                 self._delete(key)
             else:
-                self._put(key, event.kv.value, event.kv.mod_revision)
+                self._put(key, event.value, event.mod_revision)
 
     def _put(self, key: str, value: bytes, mod_revision: int) -> None:
         parsed = parse_key(self.prefix, key.encode())

@@ -13,6 +13,7 @@ from xgate.translate.plugins.grpc_web import GrpcWebTranslator
 from xgate.translate.plugins.jwt import JwtTranslator
 from xgate.translate.plugins.policy import PolicyTranslator
 from xgate.translate.plugins.rate_limit import RateLimitTranslator
+from xgate.translate.plugins.tracing import TracingTranslator
 from xgate.translate.protos import pack
 
 TRANSLATORS: Mapping[str, PluginTranslator[Any]] = {
@@ -24,6 +25,7 @@ TRANSLATORS: Mapping[str, PluginTranslator[Any]] = {
         PolicyTranslator(),
         DyeingTranslator(),
         RateLimitTranslator(),
+        TracingTranslator(),
     )
 }
 

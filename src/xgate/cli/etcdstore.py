@@ -1,5 +1,9 @@
 """Writing config to etcd: plan (validate the whole resulting state first), apply in one guarded
-transaction, delete with reference checks. What `xgate apply / diff / delete` run."""
+transaction, delete with reference checks. What `xgate apply / diff / delete` run.
+
+It lives with the commands, not in sources/etcd: a plan is validated by the IR (build_ir), and the sources
+sit below the IR, feeding the control plane; they read etcd, the CLI writes it.
+"""
 
 from __future__ import annotations
 
