@@ -1,5 +1,5 @@
 """HTTPS through a real Envoy, with a CA made in the test: SNI, ALPN, rotation without dropped connections,
-mTLS, session resumption, the HTTP -> HTTPS redirect."""
+mTLS, session resumption, the HTTP -> HTTPS redirect (versions, ciphers, ticket keys: test_tls_sessions.py)."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from xgate.demo.grpc import SERVICE, GrpcUpstream, start_grpc_upstream
 from xgate.demo.upstream import DemoUpstream
 from xgate.testing import Gateway, free_port, run_gateway, write_atomic
 from xgate.testing.gateway import wait_for
-from xgate.testing.tls import TestCA
+from xgate.testing.tls import TestCA, handshake
 
 pytestmark = pytest.mark.integration
 
@@ -92,22 +92,6 @@ async def edge(upstreams: dict[str, DemoUpstream], grpc_upstream: GrpcUpstream, 
         yield Edge(gateway, port, http_port, ca, work_dir)
 
 
-def _handshake(
-    port: int, server_name: str | None, context: ssl.SSLContext, session: ssl.SSLSession | None = None
-) -> tuple[dict[str, object], ssl.SSLSession | None, bool]:
-    """One HTTPS/1.1 GET on a new connection: (the server's certificate, the TLS session, whether the
-    handshake resumed `session`). Blocking: run it in a thread."""
-    with (
-        socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
-        context.wrap_socket(raw, server_hostname=server_name, session=session) as tls,
-    ):
-        tls.sendall(f"GET / HTTP/1.1\r\nHost: {server_name or 'localhost'}\r\nConnection: close\r\n\r\n".encode())
-        while tls.recv(65536):  # read it all: TLS 1.3 tickets arrive after the handshake
-            pass
-        cert: dict[str, object] = dict(tls.getpeercert() or {})
-        return cert, tls.session, bool(tls.session_reused)
-
-
 def _names(cert: dict[str, object]) -> list[str]:
     return [value for kind, value in cert["subjectAltName"] if kind == "DNS"]  # type: ignore[attr-defined]
 
@@ -122,7 +106,7 @@ async def test_sni_picks_the_certificate(edge: Edge) -> None:
     context = edge.context()
     context.check_hostname = False  # the unknown name below gets the default certificate, by design
     for sent, expected in ((A, A), (B, "*.b.example.test"), ("other.example.test", DEFAULT), (None, DEFAULT)):
-        cert, _, _ = await asyncio.to_thread(_handshake, edge.port, sent, context)
+        cert, _, _ = await asyncio.to_thread(handshake, edge.port, sent, context)
         assert _names(cert) == [expected], sent
 
 
@@ -314,9 +298,9 @@ routes:
     async with run_gateway(text, work_dir):
         sessions = {}
         for name, port in zip(("default", "none", "keyed"), ports, strict=True):
-            _, session, reused = await asyncio.to_thread(_handshake, port, A, context)
+            _, session, reused = await asyncio.to_thread(handshake, port, A, context)
             assert not reused
-            _, _, reused = await asyncio.to_thread(_handshake, port, A, context, session)
+            _, _, reused = await asyncio.to_thread(handshake, port, A, context, session)
             assert reused == (name != "none"), name
             sessions[name] = session
         # A new certificate: tickets sealed with the listener's own ticket keys stay good.
@@ -325,9 +309,9 @@ routes:
         write_atomic(work_dir / "a.pem", fresh.cert)
 
         async def rotated() -> bool:
-            cert, _, _ = await asyncio.to_thread(_handshake, ports[2], A, ssl.create_default_context(cadata=ca.cert))
+            cert, _, _ = await asyncio.to_thread(handshake, ports[2], A, ssl.create_default_context(cadata=ca.cert))
             return int(str(cert["serialNumber"]), 16) == fresh.certificate.serial_number
 
         await wait_for(rotated, 10, "the new certificate")
-        _, _, reused = await asyncio.to_thread(_handshake, ports[2], A, context, sessions["keyed"])
+        _, _, reused = await asyncio.to_thread(handshake, ports[2], A, context, sessions["keyed"])
         assert reused

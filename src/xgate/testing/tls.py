@@ -1,9 +1,12 @@
-"""A certificate authority made on the spot, for tests that need TLS: server and client certificates it signs."""
+"""A certificate authority made on the spot, for tests that need TLS: server and client certificates it signs;
+a handshake that reports what the client saw."""
 
 from __future__ import annotations
 
 import datetime
 import ipaddress
+import socket
+import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -107,3 +110,19 @@ class TestCA:
             .sign(self._key, hashes.SHA256())
         )
         return Issued(cert.public_bytes(serialization.Encoding.PEM).decode(), _pem(key))
+
+
+def handshake(
+    port: int, server_name: str | None, context: ssl.SSLContext, session: ssl.SSLSession | None = None
+) -> tuple[dict[str, object], ssl.SSLSession | None, bool]:
+    """One HTTPS/1.1 GET to 127.0.0.1:`port` on a new connection: (the server's certificate, the TLS session,
+    whether the handshake resumed `session`). Blocking: run it in a thread."""
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
+        context.wrap_socket(raw, server_hostname=server_name, session=session) as tls,
+    ):
+        tls.sendall(f"GET / HTTP/1.1\r\nHost: {server_name or 'localhost'}\r\nConnection: close\r\n\r\n".encode())
+        while tls.recv(65536):  # read it all: TLS 1.3 tickets arrive after the handshake
+            pass
+        cert: dict[str, object] = dict(tls.getpeercert() or {})
+        return cert, tls.session, bool(tls.session_reused)

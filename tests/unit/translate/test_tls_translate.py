@@ -5,8 +5,11 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 
+from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2 as http_options_v3
+
 from xgate.cli.render import redact
 from xgate.config.load import parse_document
+from xgate.config.schema import Upstream
 from xgate.discovery import typeurls
 from xgate.discovery.snapshot import build_snapshot
 from xgate.discovery.status import StatusRegistry
@@ -14,6 +17,7 @@ from xgate.discovery.stream import AdsStream
 from xgate.incremental import IncrementalCompiler
 from xgate.pipeline import compile_config
 from xgate.testing.tls import TestCA
+from xgate.translate.cluster import HTTP_OPTIONS, translate_cluster
 
 CA = TestCA()
 
@@ -77,3 +81,15 @@ def test_redaction_covers_keys_ticket_keys_and_secret_jwk_members() -> None:
         assert secret not in shown
     for public in ("Q0VSVA==", '"public"', "AQAB", "HS256"):
         assert public in shown
+
+
+def test_upstream_alpn_keeps_the_upstreams_other_http_options() -> None:
+    # One HttpProtocolOptions per cluster: ALPN's auto_config must not replace the idle timeout next to it.
+    upstream = Upstream.model_validate(
+        {"name": "api", "endpoints": ["10.0.0.1:443"], "idle_timeout": "30s", "tls": {"verify": False, "alpn": True}}
+    )
+    options = http_options_v3.HttpProtocolOptions()
+    translate_cluster(upstream).typed_extension_protocol_options[HTTP_OPTIONS].Unpack(options)
+    assert options.WhichOneof("upstream_protocol_options") == "auto_config"
+    assert options.auto_config.HasField("http2_protocol_options")
+    assert options.common_http_protocol_options.idle_timeout.seconds == 30
