@@ -1,11 +1,16 @@
-"""examples/edge.yaml as the README runs it (certificates from scripts/example-certs.sh), on ports chosen here."""
+"""examples/edge.yaml as the README runs it (certificates from scripts/example-certs.sh), on ports chosen here:
+through run_gateway, and through `xgate up --demo`."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
+import signal
 import ssl
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import grpc
@@ -16,6 +21,7 @@ from google.protobuf import wrappers_pb2
 from xgate.demo.grpc import SERVICE, start_grpc_upstream
 from xgate.demo.upstream import start_upstream
 from xgate.testing import free_port, run_gateway
+from xgate.testing.ports import free_ports
 
 pytestmark = pytest.mark.integration
 
@@ -70,3 +76,67 @@ async def test_the_edge_example_serves_https_h2_grpc_and_grpc_web(tmp_path: Path
     finally:
         await web.stop()
         await echo.stop()
+
+
+def _grpc_echo(port: int, ca: bytes, authority: str) -> str:
+    credentials = grpc.ssl_channel_credentials(ca)
+    options = (("grpc.ssl_target_name_override", authority),)
+    with grpc.secure_channel(f"127.0.0.1:{port}", credentials, options) as channel:
+        unary = channel.unary_unary(
+            f"/{SERVICE}/Unary",
+            request_serializer=wrappers_pb2.StringValue.SerializeToString,
+            response_deserializer=wrappers_pb2.StringValue.FromString,
+        )
+        answer: str = unary(wrappers_pb2.StringValue(value="up"), timeout=5).value
+        return answer
+
+
+def test_xgate_up_runs_the_edge_example_with_its_demo_upstreams(tmp_path: Path) -> None:
+    # The README's command, `xgate up -f examples/edge.yaml --demo`, on a copy whose gateway ports are free ones
+    # (the demo upstreams keep their fixed ports, as in test_up.py): the HTTP and gRPC demo upstreams start, the
+    # gRPC one passes its grpc.health.v1 checks, and an HTTPS request and a gRPC call get through.
+    made = subprocess.run(
+        [str(ROOT / "scripts" / "example-certs.sh"), str(tmp_path / "certs")], capture_output=True, text=True
+    )
+    assert made.returncode == 0, made.stderr
+    https, http, xds, status, admin = free_ports(5)
+    text = (ROOT / "examples" / "edge.yaml").read_text().replace("10443", str(https)).replace("10080", str(http))
+    (tmp_path / "edge.yaml").write_text(text)
+    argv = [sys.executable, "-m", "xgate", "up", "-f", str(tmp_path / "edge.yaml"), "--demo"]
+    argv += ["--xds", f"127.0.0.1:{xds}", "--status", f"127.0.0.1:{status}", "--admin-port", str(admin)]
+    log_path = tmp_path / "up.log"
+    client = httpx.Client(verify=ssl.create_default_context(cafile=str(tmp_path / "certs" / "ca.pem")), timeout=2)
+    with log_path.open("w") as log:
+        process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                response = client.get(
+                    f"https://127.0.0.1:{https}/hello",
+                    headers={"host": "api.example.test"},
+                    extensions={"sni_hostname": "api.example.test"},
+                )
+                if response.status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert process.poll() is None, log_path.read_text()
+            assert time.monotonic() < deadline, log_path.read_text()
+            time.sleep(0.2)
+        assert response.json()["upstream"] == "demo-v1"
+        # The gRPC demo upstream is checked by grpc.health.v1 (health_check: {type: grpc}) and serves calls.
+        deadline = time.monotonic() + 20
+        while True:
+            stats = httpx.get(f"http://127.0.0.1:{admin}/stats?filter=^cluster.upstream/echo-grpc.health_check")
+            if "health_check.success: 0" not in stats.text and "health_check.success" in stats.text:
+                break
+            assert time.monotonic() < deadline, stats.text
+            time.sleep(0.2)
+        assert _grpc_echo(https, (tmp_path / "certs" / "ca.pem").read_bytes(), "grpc.example.test") == "demo-grpc:up"
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=20) == 0, log_path.read_text()
+    finally:
+        client.close()
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
