@@ -4,21 +4,22 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any, TypeVar
 
-import yaml
 import yaml_rs
 from pydantic import BaseModel, ValidationError
 
+from xgate.config.lines import FieldPath, duplicate_key_line, line_map, line_of
 from xgate.config.messages import explain
+from xgate.config.pieces import Items, Layout, Unsplit, load_piece, split_document
+from xgate.config.pieces import ObjectCache as ObjectCache  # where the sources have always found it
 from xgate.config.schema import KINDS, Listener, Route, Upstream
 from xgate.errors import ConfigError, ConfigIssue
 
-FieldPath = tuple[str | int, ...]
 M = TypeVar("M", bound=BaseModel)
 SECTIONS = {"listeners": "listener", "upstreams": "upstream", "routes": "route"}
 TOP_LEVEL = {"xgate", "plugins", *SECTIONS}
@@ -71,7 +72,7 @@ class ConfigSet:
             return None
         if source not in self._line_maps:
             self._line_maps[source] = line_map(text)
-        return _line_of(self._line_maps[source], path)
+        return line_of(self._line_maps[source], path)
 
     def issue(self, kind: str, name: str, field_path: str, message: str) -> ConfigIssue:
         """A located issue about object (kind, name); used by later stages such as reference checks."""
@@ -103,7 +104,7 @@ def load_yaml(text: str, source: str) -> Any:
         detail = str(exc)
         found = _LINE.search(detail)
         reason = detail.strip().splitlines()[-1] if detail.strip() else "parse error"
-        line = int(found.group(1)) if found else _duplicate_key_line(text) if "duplicate" in detail else None
+        line = int(found.group(1)) if found else duplicate_key_line(text) if "duplicate" in detail else None
         raise ConfigError([ConfigIssue(source, "document", "", f"not valid YAML: {reason}", line)]) from None
 
 
@@ -129,38 +130,49 @@ def validate_object(
         return None, [_Problem(label, prefix + loc, message) for loc, message in explain(exc.errors())]
 
 
-class ObjectCache:
-    """Validated objects of the previous revision, keyed by their raw data: a save that changes one route
-    validates one route. Holds only what the latest revision used, so it never grows past one config."""
-
-    def __init__(self) -> None:
-        self._previous: dict[tuple[str, str], BaseModel] = {}
-        self._current: dict[tuple[str, str], BaseModel] = {}
-
-    def get(self, kind: str, item: Any) -> tuple[tuple[str, str], BaseModel | None]:
-        # repr of plain YAML data is canonical enough: equal text gives equal repr.
-        key = (kind, repr(item))
-        return key, self._previous.get(key)
-
-    def put(self, key: tuple[str, str], obj: BaseModel) -> None:
-        self._current[key] = obj
-
-    def rotate(self) -> None:
-        self._previous, self._current = self._current, {}
-
-
 def parse_document(text: str, source: str, cache: ObjectCache | None = None) -> ConfigSet:
     """Parse one YAML/JSON document holding listeners, upstreams, routes and global plugin defaults.
 
     A document-level problem (bad YAML, unknown section) raises ConfigError. An invalid object is left out
     and its issues travel in `ConfigSet.issues`, so the next stage can still report every other problem.
+
+    With a `cache` (kept by the caller from one revision to the next) a document in the plain layout (see
+    config.pieces) is read piece by piece, and a piece whose text did not change is not read again; the
+    result is the same as a whole parse (a randomized test holds it to that).
     """
-    data = load_yaml(text, source)
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        message = "the top level must be a mapping (one document per file)"
-        raise ConfigError([ConfigIssue(source, "document", "", message, 1)])
+    if cache is not None and cache.last is not None and cache.last[0] == text:
+        return cache.last[1]
+    layout = split_document(text) if cache is not None else None
+    try:
+        config = _parse(text, source, cache, layout)
+    except Unsplit:
+        config = _parse(text, source, cache, None)
+    if cache is not None:
+        cache.last = (text, config)
+    return config
+
+
+def _document_data(text: str, source: str, cache: ObjectCache | None, layout: Layout | None) -> dict[Any, Any]:
+    if layout is None or cache is None:
+        data = load_yaml(text, source)
+        if data is None:
+            return {}
+        if not isinstance(data, dict):
+            message = "the top level must be a mapping (one document per file)"
+            raise ConfigError([ConfigIssue(source, "document", "", message, 1)])
+        return data
+    entries = {}
+    for key, entry in layout.entries:
+        found, value = cache.entry(entry)
+        if found != key:
+            raise Unsplit
+        entries[key] = value
+    lists = {key: Items(indent, texts) for key, (indent, texts) in layout.lists.items()}
+    return {key: entries[key] if key in entries else lists[key] for key in layout.order}
+
+
+def _parse(text: str, source: str, cache: ObjectCache | None, layout: Layout | None) -> ConfigSet:
+    data = _document_data(text, source, cache, layout)
     problems = [_Problem("document", (key,), "unknown section") for key in data if key not in TOP_LEVEL]
     if (version := data.get("xgate", "v1")) != "v1":
         problems.append(_Problem("document", ("xgate",), f"unsupported version {version!r}; use v1"))
@@ -174,18 +186,10 @@ def parse_document(text: str, source: str, cache: ObjectCache | None = None) -> 
     lines: dict[FieldPath, int] | None = None  # worked out at the first duplicate name, if any
     for section, kind in SECTIONS.items():
         items = data.get(section) or []
-        if not isinstance(items, list):
+        if not isinstance(items, list | Items):
             problems.append(_Problem("document", (section,), "must be a list"))
             continue
-        for index, item in enumerate(items):
-            name = item.get("name") if isinstance(item, dict) else None
-            cache_key, obj = cache.get(kind, item) if cache is not None else (None, None)
-            issues: list[_Problem] = []
-            if obj is None:
-                obj, issues = validate_object(kind, item, _label(kind, name, index), (section, index))
-            if cache is not None and cache_key is not None and obj is not None:
-                cache.put(cache_key, obj)
-            problems.extend(issues)
+        for index, (name, obj) in enumerate(_objects(kind, section, items, cache, problems)):
             if obj is None:
                 if isinstance(name, str):
                     broken.add((kind, name))
@@ -193,7 +197,7 @@ def parse_document(text: str, source: str, cache: ObjectCache | None = None) -> 
             key = (kind, str(getattr(obj, "name", "")))
             if key in where:
                 lines = line_map(text) if lines is None else lines
-                first = _line_of(lines, (*where[key], "name"))
+                first = line_of(lines, (*where[key], "name"))
                 message = f"duplicate name: the first {kind} {key[1]} is at line {first}"
                 problems.append(_Problem(_label(kind, name, index), (section, index, "name"), message))
                 continue
@@ -215,6 +219,44 @@ def parse_document(text: str, source: str, cache: ObjectCache | None = None) -> 
         broken=frozenset(broken),
         text=text,
     )
+
+
+def _objects(
+    kind: str, section: str, items: list[Any] | Items, cache: ObjectCache | None, problems: list[_Problem]
+) -> Iterator[tuple[object, BaseModel | None]]:
+    """Each item's name (as written) and validated object (None when invalid: its problems are appended)."""
+    if isinstance(items, Items):
+        assert cache is not None
+        known, kept = cache.items(section, items.indent)
+        prefix = " " * items.indent + "-"
+        for index, text in enumerate(items.texts):
+            obj = known.get(text)
+            if obj is None:
+                loaded = load_piece(prefix + text)
+                if not isinstance(loaded, list) or len(loaded) != 1:
+                    raise Unsplit
+                name, obj = _validated(kind, section, index, loaded[0], cache, problems)
+            else:
+                name = getattr(obj, "name", None)
+            if obj is not None:
+                kept[text] = obj
+            yield name, obj
+        return
+    for index, item in enumerate(items):
+        yield _validated(kind, section, index, item, cache, problems)
+
+
+def _validated(
+    kind: str, section: str, index: int, item: Any, cache: ObjectCache | None, problems: list[_Problem]
+) -> tuple[object, BaseModel | None]:
+    name = item.get("name") if isinstance(item, dict) else None
+    cache_key, obj = cache.get(kind, item) if cache is not None else (None, None)
+    if obj is None:
+        obj, issues = validate_object(kind, item, _label(kind, name, index), (section, index))
+        problems.extend(issues)
+    if cache is not None and cache_key is not None and obj is not None:
+        cache.put(cache_key, obj)
+    return name, obj
 
 
 def _label(kind: str, name: object, index: int) -> str:
@@ -339,61 +381,7 @@ def _locate(problems: list[_Problem], text: str, source: str) -> list[ConfigIssu
     issues = []
     for problem in problems:
         path = problem.path
-        line = _line_of(lines, path)
+        line = line_of(lines, path)
         shown = path[2:] if problem.label != "document" else path
         issues.append(ConfigIssue(source, problem.label, ".".join(str(p) for p in shown), problem.message, line))
     return issues
-
-
-def _duplicate_key_line(text: str) -> int | None:
-    """The line of the first repeated mapping key (yaml-rs names the key but not where it is)."""
-    try:
-        root = yaml.compose(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
-    except yaml.YAMLError:
-        return None
-    stack = [root] if root is not None else []
-    seen: set[int] = set()  # an alias is the same node again: walk it once (an alias bomb is 9^9 walks)
-    while stack:
-        node = stack.pop()
-        if id(node) in seen:
-            continue
-        seen.add(id(node))
-        if isinstance(node, yaml.MappingNode):
-            keys: set[str] = set()
-            for key_node, value_node in node.value:
-                if key_node.value in keys:
-                    line: int = key_node.start_mark.line + 1
-                    return line
-                keys.add(key_node.value)
-                stack.append(value_node)
-        elif isinstance(node, yaml.SequenceNode):
-            stack.extend(node.value)
-    return None
-
-
-def _line_of(lines: Mapping[FieldPath, int], path: FieldPath) -> int | None:
-    return next((lines[path[:cut]] for cut in range(len(path), -1, -1) if path[:cut] in lines), None)
-
-
-def line_map(text: str) -> dict[FieldPath, int]:
-    """The 1-based line of every mapping key and list item in a YAML document."""
-    lines: dict[FieldPath, int] = {}
-    try:
-        root = yaml.compose(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
-    except yaml.YAMLError:
-        return lines
-    stack: list[tuple[yaml.Node, FieldPath]] = [(root, ())] if root is not None else []
-    walked: set[int] = set()  # an alias repeats a node: its lines are those of the anchor, walked once
-    while stack:
-        node, path = stack.pop()
-        lines.setdefault(path, node.start_mark.line + 1)
-        if id(node) in walked:
-            continue
-        walked.add(id(node))
-        if isinstance(node, yaml.MappingNode):
-            for key_node, value_node in node.value:
-                lines[(*path, str(key_node.value))] = key_node.start_mark.line + 1
-                stack.append((value_node, (*path, str(key_node.value))))
-        elif isinstance(node, yaml.SequenceNode):
-            stack.extend((item, (*path, index)) for index, item in enumerate(node.value))
-    return lines
