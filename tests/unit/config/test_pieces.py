@@ -28,7 +28,7 @@ PLUGINS = (
     "plugins:\n  cors: {allow_origins: ['*']}\n  rate_limit: {service: '127.0.0.1:18003'}\n",
     "plugins:\n  cors:\n    allow_origins: ['https://a.example.com']  # edited\n",
     "plugins: {cors: {allow_origins: ['*']}}\n",
-    "plugins: 3\n",  # not a mapping: a document-level problem
+    "plugins: 3\n",  # not a mapping: a document-level problem (for one step)
 )
 # Top-level oddities put before the document for one step: each makes it a document-level error or unsplittable.
 ODDITIES = ("", "---\n", "unknown: 1\n", "routes: []\n", "xgate: v2\n", "listeners:\n\t- {}\n", "%YAML 1.2\n---\n")
@@ -116,14 +116,18 @@ class Document:
         self.listeners: list[Any] = [{"name": "edge", "address": "127.0.0.1", "port": 80}]
         self.plugins = PLUGINS[0]
         self.indent = 2
-        self.rendered: dict[int, str] = {}  # id(object) -> its text, kept while it does not change
+        # id(object) -> (the object, its text), kept while it does not change (the object too: ids are reused)
+        self.rendered: dict[int, tuple[Any, str]] = {}
         self.extra = ""  # a top-level oddity: an unknown section, a second `routes:`, a document marker
         self.undo: list[tuple[int, Any]] = []  # items put in for one step only: (index, the item before)
 
     def text_of(self, item: Any) -> str:
         if id(item) not in self.rendered:
-            self.rendered[id(item)] = _item(item, self.indent, self.rng)
-        return self.rendered[id(item)]
+            self.write(item, _item(item, self.indent, self.rng))
+        return self.rendered[id(item)][1]
+
+    def write(self, item: Any, text: str) -> None:
+        self.rendered[id(item)] = (item, text)
 
     def render(self) -> str:
         sections = {
@@ -144,6 +148,8 @@ class Document:
         """One random change; oddities (a top-level one, aliases, broken text) last one step."""
         rng, routes = self.rng, self.routes
         self.extra = ""
+        if self.plugins == PLUGINS[-1]:
+            self.plugins = PLUGINS[0]
         for index, item in reversed(self.undo):
             routes[index] = item
         self.undo.clear()
@@ -172,13 +178,12 @@ class Document:
         elif roll < 0.93 and routes:  # an anchor and an alias across two items
             self.undo += [(0, routes[0]), (len(routes) - 1, routes[-1])]
             routes[0] = {**routes[0], "match": {"path": {"prefix": "/shared"}}}
-            self.rendered[id(routes[0])] = self.text_of(routes[0]).replace('{"prefix"', '&shared {"prefix"', 1)
+            anchored = " " * self.indent + "- " + json.dumps(routes[0]).replace('{"prefix"', '&shared {"prefix"', 1)
+            self.write(routes[0], anchored + "\n")
             if len(routes) > 1:
                 alias = {**routes[-1], "match": {"path": "ALIAS"}}
                 routes[-1] = alias
-                self.rendered[id(alias)] = (
-                    " " * self.indent + "- " + json.dumps(alias).replace('"ALIAS"', "*shared") + "\n"
-                )
+                self.write(alias, " " * self.indent + "- " + json.dumps(alias).replace('"ALIAS"', "*shared") + "\n")
         elif roll < 0.96 and routes:  # a duplicate name, or a route refused
             index = rng.randrange(len(routes))
             self.undo.append((index, routes[index]))
@@ -187,7 +192,7 @@ class Document:
             self.undo.append((len(routes) - 1, routes[-1]))
             broken = dict(routes[-1])
             routes[-1] = broken
-            self.rendered[id(broken)] = " " * self.indent + '- {name: "unterminated\n'
+            self.write(broken, " " * self.indent + '- {name: "unterminated\n')
 
 
 # -- comparing the two ways --------------------------------------------------------------------------------------
