@@ -64,6 +64,11 @@ class ConfigSet:
         return ObjectSource(self.sources.get((kind, name), self.source), self.paths.get((kind, name), ()))
 
     @cached_property
+    def upstream_named(self) -> dict[str, Upstream]:
+        """The upstreams by name (a canary check per route looked them up in a list: 50,000 x 1,000)."""
+        return {upstream.name: upstream for upstream in self.upstreams}
+
+    @cached_property
     def _line_maps(self) -> dict[str, dict[FieldPath, int]]:
         return {}
 

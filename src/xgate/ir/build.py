@@ -189,7 +189,7 @@ def _upstream_refs(route: Route) -> list[tuple[str, str]]:
 def _canary_checks(config: ConfigSet, route: Route, issues: list[ConfigIssue]) -> None:
     """A canary that falls back needs health checks on its upstream: without them its endpoints never count
     as unhealthy, so the fallback could never happen."""
-    upstreams = {upstream.name: upstream for upstream in config.upstreams}
+    upstreams = config.upstream_named
     for index, canary in enumerate(route.canary):
         upstream = upstreams.get(canary.upstream)
         if canary.fallback and upstream is not None and upstream.health_check is None:

@@ -39,23 +39,26 @@ def translate_routes(ir: ListenerIR, build: RouteBuilder | None = None) -> route
     """
     build = build or translate_route
     built = [(route.route.match.hosts, build(route, ir.filters)) for route in ir.routes]
-    hosts = sorted({host for route_hosts, _ in built for host in route_hosts if host != "*"})
+    # One pass, each route appended to the hosts it names (a "*" route to every host): linear in what is
+    # built. Asking every host about every route took 28 s at 50,000 routes over 5,000 hosts.
+    by_host: dict[str, list[route_components_v3.Route]] = {
+        host: [] for host in sorted({host for route_hosts, _ in built for host in route_hosts if host != "*"})
+    }
+    anywhere: list[route_components_v3.Route] = []
+    for route_hosts, protos in built:
+        if "*" in route_hosts:
+            for routes in by_host.values():
+                routes += protos
+            anywhere += protos
+        else:
+            for host in dict.fromkeys(route_hosts):  # a host listed twice gets the route once
+                by_host[host] += protos
     virtual_hosts = [
-        route_components_v3.VirtualHost(
-            name=names.virtual_host(ir.name, (host,)),
-            domains=[host],
-            routes=[
-                proto for route_hosts, protos in built if host in route_hosts or "*" in route_hosts for proto in protos
-            ],
-        )
-        for host in hosts
+        route_components_v3.VirtualHost(name=names.virtual_host(ir.name, (host,)), domains=[host], routes=routes)
+        for host, routes in by_host.items()
     ]
     virtual_hosts.append(
-        route_components_v3.VirtualHost(
-            name=names.virtual_host(ir.name, ("*",)),
-            domains=["*"],
-            routes=[proto for route_hosts, protos in built if "*" in route_hosts for proto in protos],
-        )
+        route_components_v3.VirtualHost(name=names.virtual_host(ir.name, ("*",)), domains=["*"], routes=anywhere)
     )
     # Hosts in routes never carry a port; the Host header is matched without its port but kept intact,
     # so redirects and upstreams still see it.

@@ -101,10 +101,19 @@ class RouteTable:
         if not self._hosted:
             blocks = [_joined(block) for block in self._blocks.blocks]
             return b"".join([head, *self._virtual_host_head(("*",), self._wire_size), *blocks, tail])
-        ordered = self._ordered()
+        # One pass over the routes, each added to the hosts it names (a "*" route to all): linear in the output.
+        by_host: dict[str, list[bytes]] = {host: [] for host in sorted(self._hosts)}
+        anywhere: list[bytes] = []
+        for entry in self._ordered():
+            if "*" in entry.hosts:
+                for wires in by_host.values():
+                    wires.append(entry.wire)
+                anywhere.append(entry.wire)
+            else:
+                for host in dict.fromkeys(entry.hosts):
+                    by_host[host].append(entry.wire)
         parts = [head]
-        for hosts in [*((host,) for host in sorted(self._hosts)), ("*",)]:
-            wires = [e.wire for e in ordered if "*" in e.hosts or hosts[0] in e.hosts]
+        for hosts, wires in [*(((host,), wires) for host, wires in by_host.items()), (("*",), anywhere)]:
             parts += self._virtual_host_head(hosts, sum(map(len, wires)))
             parts += wires
         parts.append(tail)
