@@ -13,7 +13,8 @@ from pathlib import Path
 
 from asyncinotify import Inotify, Mask
 
-from xgate.config.load import ConfigSet, ObjectCache, config_files, is_config_name, parse_document, parse_files
+from xgate.config.directory import config_files, is_config_name, parse_files
+from xgate.config.load import ConfigSet, ObjectCache, parse_document
 from xgate.errors import ConfigError, ConfigIssue
 from xgate.heap import gc_paused
 from xgate.sources.revision import Revision, revision_of
