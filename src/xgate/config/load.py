@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from itertools import repeat
 from operator import attrgetter
@@ -17,7 +17,7 @@ from pydantic import BaseModel, ValidationError
 
 from xgate.config.lines import FieldPath, duplicate_key_line, line_map, line_of
 from xgate.config.messages import explain
-from xgate.config.pieces import Items, Layout, Unsplit, load_piece, split_document
+from xgate.config.pieces import Items, Layout, Prior, Unsplit, load_piece, resplit, split_document
 from xgate.config.pieces import ObjectCache as ObjectCache  # where the sources have always found it
 from xgate.config.schema import KINDS, Listener, Route, Upstream
 from xgate.errors import ConfigError, ConfigIssue
@@ -149,14 +149,80 @@ def parse_document(text: str, source: str, cache: ObjectCache | None = None) -> 
     """
     if cache is not None and cache.last is not None and cache.last[0] == text:
         return cache.last[1]
-    layout = split_document(text) if cache is not None else None
-    try:
-        config = _parse(text, source, cache, layout)
-    except Unsplit:
-        config = _parse(text, source, cache, None)
+    config = parse_change(text, source, cache) if cache is not None else None
+    if config is None:
+        layout = split_document(text) if cache is not None else None
+        try:
+            config = _parse(text, source, cache, layout)
+        except Unsplit:
+            config = _parse(text, source, cache, None)
     if cache is not None:
         cache.last = (text, config)
     return config
+
+
+def parse_change(text: str, source: str, cache: ObjectCache, most: int | None = None) -> ConfigSet | None:
+    """parse_document for a save that changed a few items of one list of the last revision `cache` read without
+    an issue (at most `most` items, if given): only the stretch of items that changed is cut and read, and
+    spliced into that revision's lists, so a change of one route of 10,000 does not touch the other 9,999 (~1
+    ms instead of ~10 in a running control plane, whose caches are cold). None when that does not apply: then
+    call parse_document."""
+    if cache.last is not None and cache.last[0] == text:
+        return cache.last[1]
+    prior = cache.prior
+    if prior is None or prior.source != source:
+        return None
+    change = resplit(prior.text, prior.layout, text)
+    if change is None or (most is not None and len(change.texts) > most):
+        return None
+    section, kind, first, stop = change.section, SECTIONS[change.section], change.first, change.stop
+    known = cache.known(section, change.layout.lists[section].indent)
+    objects: list[BaseModel] = []
+    for index, piece in enumerate(change.texts, start=first):
+        obj = known.get(piece)
+        if obj is None:
+            try:
+                loaded = load_piece(" " * change.layout.lists[section].indent + "-" + piece)
+            except Unsplit:
+                return None
+            if not isinstance(loaded, list) or len(loaded) != 1:
+                return None
+            obj, _ = validate_object(kind, loaded[0], kind, (section, index))
+            if obj is None:
+                return None  # an invalid object: read as usual, which reports it
+        objects.append(obj)
+    names: list[str] = list(map(_NAME, objects))
+    taken, gone = prior.taken[section], set(prior.names[section][first:stop])
+    if len(set(names)) != len(names) or any(name in taken and name not in gone for name in names):
+        return None  # a name given twice: read as usual, which reports it
+    taken -= gone
+    taken |= set(names)
+    for piece in prior.layout.lists[section].texts[first:stop]:
+        known.pop(piece, None)
+    known.update(zip(change.texts, objects, strict=True))
+    prior.names[section] = prior.names[section][:first] + names + prior.names[section][stop:]
+    prior.objects[section] = prior.objects[section][:first] + objects + prior.objects[section][stop:]
+    config = _config_of(prior, text, source)
+    cache.prior = replace(prior, text=text, layout=change.layout, config=config)
+    cache.last = (text, config)
+    return config
+
+
+def _config_of(prior: Prior, text: str, source: str) -> ConfigSet:
+    """The config of a revision without issues, from its objects and names by section."""
+    paths = _Paths()
+    for section, kind in SECTIONS.items():
+        paths.add(kind, section, prior.names.get(section, []))
+    objects: dict[str, Any] = prior.objects
+    return ConfigSet(
+        listeners=tuple(objects.get("listeners", ())),
+        upstreams=tuple(objects.get("upstreams", ())),
+        routes=tuple(objects.get("routes", ())),
+        plugins=prior.config.plugins,
+        source=source,
+        paths=paths,
+        text=text,
+    )
 
 
 def _document_data(text: str, source: str, cache: ObjectCache | None, layout: Layout | None) -> dict[Any, Any]:
@@ -174,7 +240,7 @@ def _document_data(text: str, source: str, cache: ObjectCache | None, layout: La
         if found != key:
             raise Unsplit
         entries[key] = value
-    lists = {key: Items(indent, texts) for key, (indent, texts) in layout.lists.items()}
+    lists = {key: Items(items.indent, items.texts) for key, items in layout.lists.items()}
     return {key: entries[key] if key in entries else lists[key] for key in layout.order}
 
 
@@ -191,6 +257,7 @@ def _parse(text: str, source: str, cache: ObjectCache | None, layout: Layout | N
     broken: set[tuple[str, str]] = set()
     where = _Paths()
     lines: dict[FieldPath, int] | None = None  # worked out at the first duplicate name, if any
+    clean: dict[str, tuple[list[str], list[BaseModel]]] = {}  # per section, when all valid with unique names
     for section, kind in SECTIONS.items():
         items = data.get(section) or []
         if not isinstance(items, list | Items):
@@ -200,6 +267,7 @@ def _parse(text: str, source: str, cache: ObjectCache | None, layout: Layout | N
         if not issues and len(set(names)) == len(names):  # all valid, no name twice: no need to look at each
             where.add(kind, section, cast(list[str], names))
             found[kind] += objects
+            clean[section] = (cast(list[str], names), cast(list[BaseModel], objects))
             continue
         seen: dict[tuple[str, str], FieldPath] = {}
         for index, (name, obj) in enumerate(zip(names, objects, strict=True)):
@@ -220,10 +288,11 @@ def _parse(text: str, source: str, cache: ObjectCache | None, layout: Layout | N
         where.found.update(seen)
     if cache is not None:
         cache.rotate()
+        cache.prior = None
     document_problems = [problem for problem in problems if problem.label == "document"]
     if document_problems:
         raise ConfigError(_locate(problems, text, source))
-    return ConfigSet(
+    config = ConfigSet(
         listeners=tuple(found["listener"]),
         upstreams=tuple(found["upstream"]),
         routes=tuple(found["route"]),
@@ -234,6 +303,11 @@ def _parse(text: str, source: str, cache: ObjectCache | None, layout: Layout | N
         broken=frozenset(broken),
         text=text,
     )
+    if cache is not None and layout is not None and not problems:
+        by_name = {section: listed for section, (listed, _) in clean.items()}
+        taken = {section: set(listed) for section, listed in by_name.items()}
+        cache.prior = Prior(text, source, layout, config, by_name, {s: o for s, (_, o) in clean.items()}, taken)
+    return config
 
 
 class _Paths(Mapping[tuple[str, str], FieldPath]):

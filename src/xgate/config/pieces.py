@@ -17,7 +17,10 @@ from __future__ import annotations
 
 import functools
 import re
-from dataclasses import dataclass, field
+from bisect import bisect_right
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from itertools import accumulate
 from typing import TYPE_CHECKING, Any
 
 import yaml_rs
@@ -44,16 +47,37 @@ _CONTENT = re.compile(r"\n[ \t]*[^ \t\r\n#]")  # a line with something other tha
 _ALIAS = re.compile(r"[\n \t,\[{]\*[^ \t\r\n,\[\]{}]")
 
 
+@dataclass(frozen=True)
+class ItemList:
+    """The items of a block list: each item's text after its `-`, up to and with the line break before the next
+    item or top-level line (an item's whole text is `" " * indent + "-" + text`), and where they are."""
+
+    indent: int
+    texts: list[str]
+    start: int = 0  # the offset of the first item in the document
+    end: int = 0  # the offset where the list ends (the next top-level line, or the end)
+
+
 @dataclass
 class Layout:
     """The pieces of one document, in document order."""
 
     # Top-level entries other than block-list sections: (key, the entry's text from its key line to the next).
     entries: list[tuple[str, str]] = field(default_factory=list)
-    # Block-list sections: key -> (the items' indentation, each item's text after its `-`, up to and with the
-    # line break before the next item or top-level line). An item's whole text is `" " * indentation + "-" + text`.
-    lists: dict[str, tuple[int, list[str]]] = field(default_factory=dict)
+    lists: dict[str, ItemList] = field(default_factory=dict)  # block-list sections
     order: list[str] = field(default_factory=list)  # the top-level keys in document order
+
+
+@dataclass(frozen=True)
+class Resplit:
+    """A document cut again where it changed: in list `section`, the items from `first` up to (not with) `stop`
+    were replaced with `texts`; `layout` is the new document's."""
+
+    section: str
+    first: int
+    stop: int
+    texts: list[str]
+    layout: Layout
 
 
 def may_alias(text: str) -> bool:
@@ -90,21 +114,96 @@ def split_document(text: str) -> Layout | None:
     return layout
 
 
-def _items(lined: str, start: int, end: int) -> tuple[int, list[str]] | None:
-    """The items of a block list whose key line ends at `start` (the list ends at `end`): their indentation and
-    the text of each after its `-`; None when the list's lines are not all items, their content or comments."""
+def _items(lined: str, start: int, end: int) -> ItemList | None:
+    """The items of a block list whose key line ends at `start` in `lined` (the list ends at `end`); None when
+    the list's lines are not all items, their content or comments."""
     first = _FIRST_ITEM.search(lined, start, end)
-    if first is None:
-        return (0, []) if _CONTENT.search(lined, start, end) is None else None  # an empty section: `routes:`
+    if first is None:  # an empty section: `routes:`
+        return ItemList(0, [], end - 1, end - 1) if _CONTENT.search(lined, start, end) is None else None
     if _CONTENT.search(lined, start, first.start()):
         return None  # something other than comments between the key and its first item
     indent = len(first.group(1))
-    if _stray(indent).search(lined, first.start(), end):
+    texts = _cut(lined, first.start(), end, indent)
+    return None if texts is None else ItemList(indent, texts, first.start(), end - 1)
+
+
+def _cut(lined: str, start: int, end: int, indent: int) -> list[str] | None:
+    """The items of a stretch of list whose lines start at `start` in `lined` (there, at an item) up to `end`."""
+    if _stray(indent).search(lined, start, end):
         return None
     # Every line at the items' indentation now starts an item: split there (a str.split, at C speed), then give
-    # each item but the last the line break the split took.
-    items = lined[first.start() : end].split("\n" + " " * indent + "-")
-    return indent, [item + "\n" for item in items[1:-1]] + items[-1:]
+    # each item but the last the line break the split took. The stretch must start at an item: else its first
+    # line would not be in any piece (and every offset after it would be off).
+    items = lined[start:end].split("\n" + " " * indent + "-")
+    return None if items[0] else [item + "\n" for item in items[1:-1]] + items[-1:]
+
+
+def resplit(old: str, layout: Layout, new: str) -> Resplit | None:
+    """`new` cut into pieces knowing `old` and its layout, looking only where they differ: the changed items of
+    one list. None when the change is not all inside one block list's items (then cut `new` whole)."""
+    if "\r" in new and new.count("\r") != new.count("\r\n"):
+        return None
+    head, tail = _common_ends(old, new)
+    changed_end = len(old) - tail  # the change is old[head:changed_end], new[head:len(new) - tail]
+    # The list the change is in. The line break before the line that follows the list must be unchanged (a change
+    # there may make that line part of the list, or a comment), unless the list ends the document.
+    inside = [
+        name
+        for name, items in layout.lists.items()
+        if items.texts and items.start <= head and (changed_end < items.end or items.end == len(old))
+    ]
+    if not inside:
+        return None
+    section, items = inside[0], layout.lists[inside[0]]
+    lengths = list(accumulate(map(len, items.texts), initial=0))
+    width, count = items.indent + 1, len(items.texts)
+
+    def start(index: int) -> int:  # where item `index` starts (the list's end for index == count)
+        return items.start + lengths[index] + index * width
+
+    # The item where the change starts (an insertion just before an item belongs to the one before it), and the
+    # first item after it whose line break before is unchanged (else its first line may now be another's).
+    first = min(bisect_right(range(count + 1), max(head - 1, items.start), key=start), count) - 1
+    stop = max(first + 1, min(bisect_right(range(count + 1), changed_end, key=start), count))
+    shift = len(new) - len(old)
+    # The stretch starts where item `first` started (before the change, so the same in both) and ends where item
+    # `stop` starts, or the list ends (after the change, so the same text).
+    texts = _cut("\n" + new, start(first), start(stop) + shift + 1, items.indent)
+    if texts is None:
+        return None
+    lists = dict(layout.lists)
+    lists[section] = ItemList(
+        items.indent, items.texts[:first] + texts + items.texts[stop:], items.start, items.end + shift
+    )
+    for name, other in lists.items():
+        if other.start > items.start:
+            lists[name] = replace(other, start=other.start + shift, end=other.end + shift)
+    return Resplit(section, first, stop, texts, Layout(layout.entries, lists, layout.order))
+
+
+def _common_ends(old: str, new: str) -> tuple[int, int]:
+    """The lengths of the longest common start and end of two texts (not overlapping), found by comparing
+    blocks at C speed."""
+    limit = min(len(old), len(new))
+    head = _common(old, new, limit, lambda text, at, size: text[at : at + size])
+    tail = _common(old, new, limit - head, lambda text, at, size: text[len(text) - at - size : len(text) - at])
+    return head, tail
+
+
+def _common(old: str, new: str, limit: int, piece: Callable[[str, int, int], str]) -> int:
+    """How many characters the two texts share, reading pieces from one end, up to `limit`: pieces grow while
+    they match and halve when they do not, so a 740 KB file takes some 40 comparisons."""
+    done, size = 0, 4096
+    while done < limit:
+        size = min(size, limit - done)
+        if piece(old, done, size) == piece(new, done, size):
+            done += size
+            size *= 2
+        elif size == 1:
+            return done
+        else:
+            size //= 2
+    return done
 
 
 @functools.cache
@@ -141,6 +240,7 @@ class ObjectCache:
         self._entries: dict[str, Any] = {}
         self._next_entries: dict[str, Any] = {}
         self.last: tuple[str, ConfigSet] | None = None
+        self.prior: Prior | None = None  # the last revision read piece by piece without an issue
 
     def get(self, kind: str, item: Any) -> tuple[tuple[str, str], BaseModel | None]:
         # repr of plain YAML data is canonical enough: equal text gives equal repr.
@@ -153,6 +253,10 @@ class ObjectCache:
     def items(self, section: str, indent: int) -> tuple[dict[str, BaseModel], dict[str, BaseModel]]:
         """The previous revision's item objects of a list, and where this revision's go."""
         return self._items.get((section, indent), {}), self._next_items.setdefault((section, indent), {})
+
+    def known(self, section: str, indent: int) -> dict[str, BaseModel]:
+        """The latest revision's item objects of a list, by text (kept up to date by a save spliced in)."""
+        return self._items.setdefault((section, indent), {})
 
     def entry(self, text: str) -> Any:
         """The (key, value) of a top-level entry's text, read again only when the previous revision lacked it."""
@@ -169,6 +273,21 @@ class ObjectCache:
 
 
 _UNREAD = object()
+
+
+@dataclass
+class Prior:
+    """A revision read piece by piece without any issue, which the next save can be spliced into: its text and
+    layout, its config, and per section its objects' names and objects in order (the objects are all valid and
+    their names unique) and the set of those names."""
+
+    text: str
+    source: str
+    layout: Layout
+    config: ConfigSet
+    names: dict[str, list[str]]
+    objects: dict[str, list[BaseModel]]
+    taken: dict[str, set[str]]
 
 
 class Unsplit(Exception):

@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 import yaml
 
-from xgate.config import pieces
+from xgate.config import load, pieces
 from xgate.config.load import ConfigSet, ObjectCache, parse_document
-from xgate.config.pieces import split_document
+from xgate.config.pieces import ItemList, split_document
 from xgate.controlplane import ControlPlane
 from xgate.discovery.snapshot import build_snapshot
 from xgate.errors import ConfigError
@@ -120,6 +120,8 @@ class Document:
         self.rendered: dict[int, tuple[Any, str]] = {}
         self.extra = ""  # a top-level oddity: an unknown section, a second `routes:`, a document marker
         self.undo: list[tuple[int, Any]] = []  # items put in for one step only: (index, the item before)
+        self.order = ["listeners", "upstreams", "routes"]
+        self.hidden = ""  # a section whose key line is commented out, for one step
 
     def text_of(self, item: Any) -> str:
         if id(item) not in self.rendered:
@@ -130,24 +132,21 @@ class Document:
         self.rendered[id(item)] = (item, text)
 
     def render(self) -> str:
-        sections = {
-            "listeners": self.listeners,
-            "upstreams": self.upstreams,
-            "routes": self.routes,
-        }
+        sections = {"listeners": self.listeners, "upstreams": self.upstreams, "routes": self.routes}
         parts = ["# generated\n", "xgate: v1\n", self.plugins]
-        for key, items in sections.items():
+        for key in self.order:
+            items = sections[key]
             if not items and self.rng.random() < 0.5:
                 parts.append(f"{key}: []\n")
                 continue
-            parts.append(f"{key}:{'  # list' if self.rng.random() < 0.1 else ''}\n")
+            parts.append(f"{'#' if key == self.hidden else ''}{key}:{'  # list' if self.rng.random() < 0.1 else ''}\n")
             parts += [self.text_of(item) for item in items]
         return self.extra + "".join(parts)
 
     def edit(self) -> None:
         """One random change; oddities (a top-level one, aliases, broken text) last one step."""
         rng, routes = self.rng, self.routes
-        self.extra = ""
+        self.extra = self.hidden = ""
         if self.plugins == PLUGINS[-1]:
             self.plugins = PLUGINS[0]
         for index, item in reversed(self.undo):
@@ -164,12 +163,35 @@ class Document:
         elif roll < 0.7 and len(routes) > 1:
             i, j = rng.randrange(len(routes)), rng.randrange(len(routes))
             routes[i], routes[j] = routes[j], routes[i]
-        elif roll < 0.74 and routes:  # the same object written another way
+        elif roll < 0.72 and routes:  # the same object written another way
             self.rendered.pop(id(routes[rng.randrange(len(routes))]), None)
+        elif roll < 0.74 and routes:  # an item commented out or indented another way, for one step
+            index = rng.randrange(len(routes))
+            self.undo.append((index, routes[index]))
+            odd, text = dict(routes[index]), self.text_of(routes[index])
+            at = len(text) - len(text.lstrip(" "))  # where its `-` is
+            self.write(
+                odd,
+                rng.choice(
+                    [
+                        "#" + text,
+                        " " + text,
+                        "".join(f"# {line}\n" for line in text.splitlines()),
+                        text[:at] + "#" + text[at + 1 :],  # the `-` replaced: the change starts inside the item
+                        text[:at] + text[at + 1 :],
+                    ]
+                ),
+            )
+            routes[index] = odd
         elif roll < 0.78:
             self.plugins = rng.choice(PLUGINS)
-        elif roll < 0.81:
-            self.upstreams[1] = {"name": "b", "endpoints": [f"127.0.0.1:{rng.randint(2, 9)}"]}
+        elif roll < 0.81:  # before the routes: what follows moves
+            self.upstreams[1] = {"name": "b", "endpoints": [f"127.0.0.1:{rng.randint(2, 20000)}"]}
+        elif roll < 0.82:  # the lists in another order, or one of their keys commented out for one step
+            if rng.random() < 0.5:
+                rng.shuffle(self.order)
+            else:
+                self.hidden = rng.choice(self.order)
         elif roll < 0.84:  # every item at another indentation
             self.indent = rng.choice([0, 2, 4])
             self.rendered.clear()
@@ -317,7 +339,11 @@ def test_the_plain_layout_is_cut_at_its_items() -> None:
     assert layout is not None
     assert layout.order == ["xgate", "routes", "upstreams"]
     assert layout.entries == [("xgate", "xgate: v1  # c\n")]
-    assert layout.lists == {"routes": (2, [" a\n\n", " b: |\n      - c\n# end\n"]), "upstreams": (0, [" u\n"])}
+    routes, upstreams = text.index("  - a"), text.index("- u")
+    assert layout.lists == {
+        "routes": ItemList(2, [" a\n\n", " b: |\n      - c\n# end\n"], routes, upstreams - len("upstreams:\n")),
+        "upstreams": ItemList(0, [" u\n"], upstreams, len(text)),
+    }
 
 
 def test_an_item_read_at_one_indentation_is_read_again_at_another() -> None:
@@ -328,3 +354,30 @@ def test_an_item_read_at_one_indentation_is_read_again_at_another() -> None:
     assert [route.name for route in parse_document(indented, "gw.yaml", cache).routes] == ["x"]
     dedented = head + "- name: x\n    upstream: a\n"
     assert outcome(dedented, cache) == outcome(dedented, None)
+
+
+def test_saves_are_spliced_in_whatever_list_they_change(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One route changed, then an upstream (the routes after it move), then a route again: each save reads only
+    its item (the file's other lists are where the previous save left them), and equals a whole parse."""
+    spliced: list[bool] = []
+    parse_change = load.parse_change
+
+    def counting(text: str, source: str, cache: ObjectCache, most: int | None = None) -> ConfigSet | None:
+        config = parse_change(text, source, cache, most)
+        spliced.append(config is not None)
+        return config
+
+    monkeypatch.setattr(load, "parse_change", counting)
+    upstreams = "upstreams:\n  - {name: a, endpoints: ['127.0.0.1:1']}\n  - {name: b, endpoints: ['127.0.0.1:2']}\n"
+    routes = [f"  - {{name: r{n}, match: {{path: {{prefix: /r{n}}}}}, upstream: a}}\n" for n in range(50)]
+    head = "listeners: [{name: l, port: 80}]\n"
+    cache = ObjectCache()
+    texts = [head + upstreams + "routes:\n" + "".join(routes)]
+    texts.append(
+        texts[-1].replace("  - {name: r10, match: {path: {prefix: /r10}}, upstream: a}", "  - {name: r10, upstream: b}")
+    )
+    texts.append(texts[-1].replace("127.0.0.1:2", "127.0.0.1:20000"))
+    texts.append(texts[-1].replace(routes[30], ""))
+    for step, text in enumerate(texts):
+        assert parse_document(text, "gw.yaml", cache) == parse_document(text, "gw.yaml"), f"step {step}"
+    assert spliced == [False, True, True, True]
