@@ -15,6 +15,7 @@ from typing import Any, TypeVar, cast
 import yaml_rs
 from pydantic import BaseModel, ValidationError
 
+from xgate.config.compact import Compactor
 from xgate.config.lines import FieldPath, duplicate_key_line, line_map, line_of
 from xgate.config.messages import explain
 from xgate.config.pieces import Items, Layout, Prior, Unsplit, load_piece, resplit, split_document
@@ -128,11 +129,13 @@ def validate_model(model: type[M], data: Any) -> M:
 
 
 def validate_object(
-    kind: str, data: Any, label: str, prefix: FieldPath = ()
+    kind: str, data: Any, label: str, prefix: FieldPath = (), compactor: Compactor | None = None
 ) -> tuple[BaseModel | None, list[_Problem]]:
-    """Validate one object of `kind`; on failure return every problem with its field path."""
+    """Validate one object of `kind`; on failure return every problem with its field path. With a `compactor`,
+    the object shares what it holds alike with the others it compacted (see config.compact)."""
     try:
-        return validate_model(KINDS[kind], data), []
+        obj = validate_model(KINDS[kind], data)
+        return (compactor.compact(obj) if compactor is not None else obj), []
     except ValidationError as exc:
         return None, [_Problem(label, prefix + loc, message) for loc, message in explain(exc.errors())]
 
@@ -187,7 +190,7 @@ def parse_change(text: str, source: str, cache: ObjectCache, most: int | None = 
                 return None
             if not isinstance(loaded, list) or len(loaded) != 1:
                 return None
-            obj, _ = validate_object(kind, loaded[0], kind, (section, index))
+            obj, _ = validate_object(kind, loaded[0], kind, (section, index), cache.compactor)
             if obj is None:
                 return None  # an invalid object: read as usual, which reports it
         objects.append(obj)
@@ -246,6 +249,7 @@ def _document_data(text: str, source: str, cache: ObjectCache | None, layout: La
 
 def _parse(text: str, source: str, cache: ObjectCache | None, layout: Layout | None) -> ConfigSet:
     data = _document_data(text, source, cache, layout)
+    compactor = cache.compactor if cache is not None else Compactor()
     problems = [_Problem("document", (key,), "unknown section") for key in data if key not in TOP_LEVEL]
     if (version := data.get("xgate", "v1")) != "v1":
         problems.append(_Problem("document", ("xgate",), f"unsupported version {version!r}; use v1"))
@@ -263,7 +267,7 @@ def _parse(text: str, source: str, cache: ObjectCache | None, layout: Layout | N
         if not isinstance(items, list | Items):
             problems.append(_Problem("document", (section,), "must be a list"))
             continue
-        names, objects, issues = _objects(kind, section, items, cache)
+        names, objects, issues = _objects(kind, section, items, cache, compactor)
         if not issues and len(set(names)) == len(names):  # all valid, no name twice: no need to look at each
             where.add(kind, section, cast(list[str], names))
             found[kind] += objects
@@ -339,7 +343,7 @@ class _Paths(Mapping[tuple[str, str], FieldPath]):
 
 
 def _objects(
-    kind: str, section: str, items: list[Any] | Items, cache: ObjectCache | None
+    kind: str, section: str, items: list[Any] | Items, cache: ObjectCache | None, compactor: Compactor
 ) -> tuple[list[object], list[BaseModel | None], dict[int, list[_Problem]]]:
     """Each item's name (as written) and validated object (None when invalid), and the invalid ones' problems
     by index. Items read piece by piece are handled as lists: 10,000 unchanged routes cost a few C loops."""
@@ -348,7 +352,7 @@ def _objects(
         names: list[object] = []
         objects: list[BaseModel | None] = []
         for index, item in enumerate(items):
-            name, obj = _validated(kind, section, index, item, cache, issues)
+            name, obj = _validated(kind, section, index, item, cache, issues, compactor)
             names.append(name)
             objects.append(obj)
         return names, objects, issues
@@ -362,7 +366,8 @@ def _objects(
         loaded = load_piece(prefix + texts[index])
         if not isinstance(loaded, list) or len(loaded) != 1:
             raise Unsplit
-        written[index], objects[index] = _validated(kind, section, index, loaded[0], cache, issues)
+        # Not by data in the cache (the repr of each item): its text is the key here.
+        written[index], objects[index] = _validated(kind, section, index, loaded[0], None, issues, compactor)
     if not issues:
         kept.update(zip(texts, cast(list[BaseModel], objects), strict=True))
         return list(map(_NAME, objects)), objects, issues
@@ -374,12 +379,20 @@ _NAME = attrgetter("name")
 
 
 def _validated(
-    kind: str, section: str, index: int, item: Any, cache: ObjectCache | None, issues: dict[int, list[_Problem]]
+    kind: str,
+    section: str,
+    index: int,
+    item: Any,
+    cache: ObjectCache | None,
+    issues: dict[int, list[_Problem]],
+    compactor: Compactor,
 ) -> tuple[object, BaseModel | None]:
+    """An item's name (as written) and validated object (None: invalid, its problems are put in `issues`). With a
+    `cache`, an item whose data the previous revision had is not validated again."""
     name = item.get("name") if isinstance(item, dict) else None
     cache_key, obj = cache.get(kind, item) if cache is not None else (None, None)
     if obj is None:
-        obj, problems = validate_object(kind, item, _label(kind, name, index), (section, index))
+        obj, problems = validate_object(kind, item, _label(kind, name, index), (section, index), compactor)
         if problems:
             issues[index] = problems
     if cache is not None and cache_key is not None and obj is not None:
@@ -398,7 +411,7 @@ def load_file(path: str | Path) -> ConfigSet:
         text = file.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError([ConfigIssue(str(file), "document", "", f"cannot read: {exc}")]) from None
-    return parse_document(text, str(file))
+    return parse_document(text, str(file), ObjectCache())  # piece by piece: each item's YAML data is short-lived
 
 
 def _locate(problems: list[_Problem], text: str, source: str) -> list[ConfigIssue]:

@@ -26,6 +26,8 @@ from typing import TYPE_CHECKING, Any
 import yaml_rs
 from pydantic import BaseModel
 
+from xgate.config.compact import Compactor
+
 if TYPE_CHECKING:
     from xgate.config.load import ConfigSet
 
@@ -241,6 +243,7 @@ class ObjectCache:
         self._next_entries: dict[str, Any] = {}
         self.last: tuple[str, ConfigSet] | None = None
         self.prior: Prior | None = None  # the last revision read piece by piece without an issue
+        self.compactor = Compactor()
 
     def get(self, kind: str, item: Any) -> tuple[tuple[str, str], BaseModel | None]:
         # repr of plain YAML data is canonical enough: equal text gives equal repr.
