@@ -118,16 +118,17 @@ class ControlPlane:
             self._reject(source, revision.revision, exc)
             return
         served = {route.route.name: route.route for ir in compiled.ir.listeners for route in ir.routes}
-        if not self._serve(source, revision, combined, compiled.resources, served):
+        resources = compiled.resources
+        if len(inputs) == 1:  # (served as the bytes the incremental compiler assembles: no message is kept)
+            resources = self._incremental.reset(config, compiled.ir, compiled.context, compiled.resources)
+        if not self._serve(source, revision, combined, resources, served):  # (a hold-back clears the compiler)
             self._held[source] = revision
             return
         self._inputs = inputs
         for name in (source, *self._held):
             self._rejections.pop(name, None)
         self._held.clear()
-        if len(inputs) == 1:
-            self._incremental.reset(config, compiled.ir, compiled.context, compiled.resources)
-        else:
+        if len(inputs) != 1:
             self._incremental.clear()
         self._freeze.soon()
         warnings = [str(w) for rev in inputs.values() for w in rev.warnings]

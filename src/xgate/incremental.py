@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import compress, count
 from operator import is_not
 from typing import Any, cast
@@ -53,8 +53,10 @@ class IncrementalCompiler:
     def __init__(self) -> None:
         self._base: _Base | None = None
 
-    def reset(self, config: ConfigSet, ir: GatewayIR, context: RouteContext, resources: Resources) -> None:
-        """Take the state of a full compile (its routes' protos are reused, not translated again)."""
+    def reset(self, config: ConfigSet, ir: GatewayIR, context: RouteContext, resources: Resources) -> Resources:
+        """Take the state of a full compile (its routes' protos are reused, not translated again). Returns its
+        resources with each route configuration as the bytes the tables assembled (equal to serializing it):
+        serve those, and the messages (6 MB at 10,000 routes) are not kept."""
         tables: dict[str, RouteTable] = {}
         plugin_use: dict[str, Counter[str]] = {}
         for listener in ir.listeners:
@@ -70,12 +72,14 @@ class IncrementalCompiler:
             (route_issues.setdefault(name, []) if kind == "route" else other).append(issue)
         served = {route.route.name: route.route for listener in ir.listeners for route in listener.routes}
         assembled = {names.route_config(name): table.assemble() for name, table in tables.items()}
+        resources = replace(resources, routes={**resources.routes, **assembled})
         self._base = _Base(config, context, tables, assembled, resources, served, route_issues, other, plugin_use)
         self._base.services = {url: dict(found) for url, found in resources.services.items()}
         for listener in ir.listeners:
             for route in listener.routes:
                 if route.name not in self._base.route_services:
                     self._base.route_services[route.name] = _keys(route_service_resources(route))
+        return resources
 
     def clear(self) -> None:
         self._base = None

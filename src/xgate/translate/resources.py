@@ -79,7 +79,9 @@ class _Memo:
     route: Route
     filters: tuple[str, ...]
     plugins: Mapping[str, Model]
-    protos: list[route_components_v3.Route]
+    # The Envoy routes serialized: as messages, each with its own arena, 10,000 routes held 16 MB; as bytes,
+    # about 1 MB, and parsing them back at the next full compile costs ~3 us a route.
+    wires: tuple[bytes, ...]
 
 
 class Translator:
@@ -96,10 +98,13 @@ class Translator:
         # the memo holds a reference, so an id cannot be reused by another object while it is stored.
         key = (id(ir.route), filters)
         memo = self._previous.get(key)
-        if memo is None or memo.route is not ir.route or memo.plugins != ir.plugins:
-            memo = _Memo(ir.route, filters, ir.plugins, translate_route(ir, filters))
-        self._current[key] = memo
-        return memo.protos
+        if memo is not None and memo.route is ir.route and memo.plugins == ir.plugins:
+            self._current[key] = memo
+            return [route_components_v3.Route.FromString(wire) for wire in memo.wires]
+        protos = translate_route(ir, filters)
+        wires = tuple(proto.SerializeToString(deterministic=True) for proto in protos)
+        self._current[key] = _Memo(ir.route, filters, ir.plugins, wires)
+        return protos
 
     def _upstream(self, upstream: Upstream) -> list[Message]:
         """The cluster, and its endpoints when they travel over EDS."""
