@@ -20,39 +20,23 @@ import argparse
 import asyncio
 import json
 import os
-import re
-import signal
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
 import _stalls
+from _processes import controlplane, memory_mb, stop
 from xgate.sources.revision import revision_of
 from xgate.testing.gateway import write_atomic
 from xgate.testing.services import run_service
 
 ROOT = Path(__file__).absolute().parent.parent
-_READY = re.compile(r"ready: xds [^:\s]+:(\d+) status http://[^:\s]+:(\d+)/status")
 TARGET_MB = 150
-
-
-# -- sizes --------------------------------------------------------------------------------------------------
-
-
-def memory_mb(pid: int) -> dict[str, float]:
-    """VmRSS (resident now) and VmHWM (the peak so far) of a process, in MB."""
-    found = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        key, _, value = line.partition(":")
-        if key in ("VmRSS", "VmHWM"):
-            found[key] = round(int(value.split()[0]) / 1024, 1)
-    return {"rss": found["VmRSS"], "peak": found["VmHWM"]}
 
 
 # -- configs ------------------------------------------------------------------------------------------------
@@ -86,62 +70,6 @@ def gateway_config(routes: int, upstreams: int, probe: int = 0, limits: bool = F
     return "\n".join(lines) + "\n"
 
 
-# -- the control plane child and the status API ------------------------------------------------------------
-
-
-class ControlPlane:
-    """`xgate controlplane -f FILE` as a child process on ephemeral ports, stopped by its PID."""
-
-    def __init__(self, config: Path, log: Path) -> None:
-        self._log = log.open("wb")
-        argv = [sys.executable, "-m", "xgate", "controlplane", "-f", str(config), "--xds", "127.0.0.1:0"]
-        argv += ["--status", "127.0.0.1:0", "--log-level", "warning"]
-        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=self._log, text=True)
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        found = _READY.search(line)
-        if found is None:
-            self.stop()
-            raise RuntimeError(f"the control plane did not start: {line!r} (see {log})")
-        self.xds_port, self.status_port = int(found.group(1)), int(found.group(2))
-
-    def status(self) -> dict[str, Any]:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.status_port}/status", timeout=10) as response:
-            report: dict[str, Any] = json.load(response)
-            return report
-
-    def wait(self, revision: str, proxies: int, timeout: float) -> float:
-        """Until `proxies` Envoys (or clients) hold `revision`; the seconds it took."""
-        started = time.monotonic()
-        while True:
-            report = self.status()
-            synced = (report["config"]["applied_revision"] == revision and report["all_in_sync"]) or proxies == 0
-            if report["config"]["applied_revision"] == revision and len(report["proxies"]) >= proxies and synced:
-                return time.monotonic() - started
-            if time.monotonic() - started > timeout:
-                raise TimeoutError(f"revision {revision} did not reach {proxies} clients in {timeout} s")
-            time.sleep(0.05)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._log.close()
-
-
-@contextmanager
-def controlplane(config: Path, work: Path) -> Iterator[ControlPlane]:
-    plane = ControlPlane(config, work / "controlplane.log")
-    try:
-        yield plane
-    finally:
-        plane.stop()
-
-
 # -- ADS clients (in a child: `--serve-clients N --xds PORT`) -----------------------------------------------
 
 
@@ -159,12 +87,7 @@ def clients(count: int, port: int) -> Iterator[subprocess.Popen[bytes]]:
     try:
         yield proc
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc)
 
 
 # -- the two parts ------------------------------------------------------------------------------------------
@@ -175,18 +98,18 @@ def measure_controlplane(args: argparse.Namespace, work: Path) -> dict[str, Any]
     text = gateway_config(args.routes, args.upstreams)
     path.write_text(text)
     started = time.monotonic()
-    with controlplane(path, work) as plane:
-        plane.wait(revision_of(text), 0, 300)
+    with controlplane(["-f", str(path)], work) as plane:
+        plane.wait(0, 300, revision_of(text))
         loaded_s = time.monotonic() - started
         time.sleep(2)  # the collect-and-freeze after a full compile runs 0.5 s after it
         alone = memory_mb(plane.proc.pid)
         with clients(args.clients, plane.xds_port):
-            synced_s = plane.wait(revision_of(text), args.clients, 300)
+            synced_s = plane.wait(args.clients, 300, revision_of(text))
             time.sleep(1)
             connected = memory_mb(plane.proc.pid)
             text = gateway_config(args.routes, args.upstreams, probe=1)
             write_atomic(path, text)
-            changed_s = plane.wait(revision_of(text), args.clients, 300)
+            changed_s = plane.wait(args.clients, 300, revision_of(text))
             time.sleep(2)
             changed = memory_mb(plane.proc.pid)
     return {
@@ -218,8 +141,8 @@ def measure_services(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     path.write_text(text)
     os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT / "examples" / "policies"), *sys.path])
     sys.path.insert(0, str(ROOT / "examples" / "policies"))
-    with controlplane(path, work) as plane:
-        plane.wait(revision_of(text), 0, 600)
+    with controlplane(["-f", str(path)], work) as plane:
+        plane.wait(0, 600, revision_of(text))
         sizes = asyncio.run(_services(plane.xds_port, ["ratelimit", "authz", "dyeing"]))
         plane_mb = memory_mb(plane.proc.pid)
     return {"routes": args.service_routes, "controlplane_mb": plane_mb, "services_mb": sizes}
