@@ -50,10 +50,10 @@ def stop(proc: subprocess.Popen[Any], signum: int = signal.SIGTERM, grace: float
 class ControlPlane:
     """`xgate controlplane` (`args`: `-f FILE` and/or `--etcd H:P`) as a child on ephemeral ports."""
 
-    def __init__(self, args: Sequence[str], log: Path) -> None:
+    def __init__(self, args: Sequence[str], log: Path, log_level: str = "warning") -> None:
         self._log = log.open("wb")
         argv = [sys.executable, "-m", "xgate", "controlplane", *args, "--xds", "127.0.0.1:0"]
-        argv += ["--status", "127.0.0.1:0", "--log-level", "warning"]
+        argv += ["--status", "127.0.0.1:0", "--log-level", log_level]
         self.proc = subprocess.Popen(die_with_parent(argv), stdout=subprocess.PIPE, stderr=self._log, text=True)
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()
@@ -87,8 +87,8 @@ class ControlPlane:
 
 
 @contextlib.contextmanager
-def controlplane(args: Sequence[str], work: Path) -> Iterator[ControlPlane]:
-    plane = ControlPlane(args, work / "controlplane.log")
+def controlplane(args: Sequence[str], work: Path, log_level: str = "warning") -> Iterator[ControlPlane]:
+    plane = ControlPlane(args, work / "controlplane.log", log_level)
     try:
         yield plane
     finally:
