@@ -31,17 +31,40 @@ class Compactor:
 
     def compact(self, model: M) -> M:
         """`model` holding shared copies of what it holds alike with other objects (equal to `model`)."""
-        values = {name: self._value(value) for name, value in model.__dict__.items()}
+        values = dict(model.__dict__)
+        for name, value in values.items():  # (values replaced in place: no key is added or removed)
+            kind = type(value)
+            if kind is str:
+                if len(value) <= _SHORT:
+                    values[name] = sys.intern(value)
+            elif kind is tuple:
+                if value:
+                    values[name] = tuple(map(self._value, value))
+            elif isinstance(value, BaseModel):
+                values[name] = self._model(value)
         fields = model.__pydantic_fields_set__
         shared = self._fields.setdefault(frozenset(fields), fields)
-        return type(model).model_construct(_fields_set=shared, **values)
+        cls = type(model)
+        if cls.__private_attributes__ or cls.__pydantic_post_init__ or model.__pydantic_extra__ is not None:
+            return cls.model_construct(_fields_set=shared, **values)
+        # What model_construct (and pydantic's own __copy__) does for a model without extras, private attributes
+        # or a post-init hook, without its per-field work: 3 of the 4 s compacting 50,000 routes took.
+        built = cls.__new__(cls)
+        object.__setattr__(built, "__dict__", values)
+        object.__setattr__(built, "__pydantic_fields_set__", shared)
+        object.__setattr__(built, "__pydantic_extra__", None)
+        object.__setattr__(built, "__pydantic_private__", None)
+        return built
+
+    def _model(self, value: BaseModel) -> Any:
+        default = self._default(type(value))
+        return default if default is not _NO_DEFAULT and value == default else self.compact(value)
 
     def _value(self, value: Any) -> Any:
         if isinstance(value, BaseModel):
-            default = self._default(type(value))
-            return default if default is not _NO_DEFAULT and value == default else self.compact(value)
+            return self._model(value)
         if type(value) is tuple:
-            return tuple(self._value(item) for item in value)
+            return tuple(map(self._value, value))
         if type(value) is str and len(value) <= _SHORT:
             return sys.intern(value)
         return value
