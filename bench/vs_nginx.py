@@ -7,7 +7,7 @@ See bench/README.md. Per size, one system at a time, each under the same wrk loa
 - xgate, file: the control plane (`xgate controlplane -f`) and a real Envoy; the config file saved the same way;
 - xgate, etcd: the same following a 1-member etcd; one key put.
 All route the same: `/probe` answers its generation (the change edits it), `/svc-<n>/` prefixes go to the origin
-(an nginx), and wrk loads `/svc-0/load` throughout. For each change: the time from the change to the first
+(an nginx), and wrk loads `/svc-1/load` throughout. For each change: the time from the change to the first
 correct answer on a kept-alive connection and on a new connection, and the requests wrk saw fail.
 """
 
@@ -247,8 +247,8 @@ class Run:
 
 @contextlib.contextmanager
 def wrk_load(port: int, connections: int) -> Iterator[dict[str, int]]:
-    """wrk on `/svc-0/load` through the gateway until the block ends (then SIGINT: it prints its totals)."""
-    argv = ["wrk", "-t1", f"-c{connections}", "-d600s", f"http://127.0.0.1:{port}/svc-0/load"]
+    """wrk on `/svc-1/load` through the gateway until the block ends (then SIGINT: it prints its totals)."""
+    argv = ["wrk", "-t1", f"-c{connections}", "-d600s", f"http://127.0.0.1:{port}/svc-1/load"]
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     totals: dict[str, int] = {}
     try:

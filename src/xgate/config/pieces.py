@@ -8,9 +8,13 @@ parsed (nor validated) again (ObjectCache keeps the results; load.parse_document
 Only the plain layout is split: a block mapping at the top (`key:` at column 0, each key once), the sections
 `listeners`, `upstreams` and `routes` as block lists (`- ` items at one indentation). Anything else gives None
 and the caller parses the whole text, as before: directives and document markers, tabs or stray lines at the
-indentation of the items, lone CR line breaks, and aliases (`*name`), whose anchor may sit in another piece.
-A piece cut wrongly cannot pass unnoticed: its own parse then fails (an unterminated quote or bracket) or
-gives other than one item, and the caller parses the whole text instead (see load.parse_document).
+indentation of the items, lone CR line breaks, and aliases (`*name`: an alias to another piece's anchor fails
+alone anyway, but YAML's bound on alias expansion is per document, and each piece would get its own). A piece
+cut wrongly cannot pass unnoticed: its own parse then fails (an unterminated quote or bracket) or gives other
+than one item, and the caller parses the whole text instead (see load.parse_document).
+
+`resplit` goes further for a save: it compares the text with the last one and cuts again only the stretch of
+items where they differ (load.parse_change splices those items into the last revision's lists).
 """
 
 from __future__ import annotations
