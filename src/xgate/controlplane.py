@@ -9,6 +9,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from google.protobuf.message import Message
+
 from xgate.config.load import ConfigSet
 from xgate.config.schema import Route
 from xgate.discovery import SnapshotCache
@@ -118,17 +120,16 @@ class ControlPlane:
             self._reject(source, revision.revision, exc)
             return
         served = {route.route.name: route.route for ir in compiled.ir.listeners for route in ir.routes}
-        resources = compiled.resources
-        if len(inputs) == 1:  # (served as the bytes the incremental compiler assembles: no message is kept)
-            resources = self._incremental.reset(config, compiled.ir, compiled.context, compiled.resources)
-        if not self._serve(source, revision, combined, resources, served):  # (a hold-back clears the compiler)
+        if not self._serve(source, revision, combined, serialized_routes(compiled.resources), served):
             self._held[source] = revision
             return
         self._inputs = inputs
         for name in (source, *self._held):
             self._rejections.pop(name, None)
         self._held.clear()
-        if len(inputs) != 1:
+        if len(inputs) == 1:
+            self._incremental.reset(config, compiled.ir, compiled.context, compiled.resources)
+        else:
             self._incremental.clear()
         self._freeze.soon()
         warnings = [str(w) for rev in inputs.values() for w in rev.warnings]
@@ -243,6 +244,16 @@ class ControlPlane:
     def report(self) -> dict[str, Any]:
         sources = {name: health() for name, health in self.health.items()}
         return {"config": self.state.to_dict(), "sources": sources, **self.cache.status.report(self.cache.snapshot)}
+
+
+def serialized_routes(resources: Resources) -> Resources:
+    """`resources` with each route configuration serialized as the snapshot would serialize it: the snapshot then
+    keeps the bytes, not the message (6 MB at 10,000 routes, until the next change)."""
+    routes: dict[str, Message | bytes] = {
+        name: config if isinstance(config, bytes) else config.SerializeToString(deterministic=True)
+        for name, config in resources.routes.items()
+    }
+    return replace(resources, routes=routes)
 
 
 def merge_inputs(inputs: Mapping[str, Revision]) -> tuple[ConfigSet, list[str]]:

@@ -53,10 +53,9 @@ class IncrementalCompiler:
     def __init__(self) -> None:
         self._base: _Base | None = None
 
-    def reset(self, config: ConfigSet, ir: GatewayIR, context: RouteContext, resources: Resources) -> Resources:
-        """Take the state of a full compile (its routes' protos are reused, not translated again). Returns its
-        resources with each route configuration as the bytes the tables assembled (equal to serializing it):
-        serve those, and the messages (6 MB at 10,000 routes) are not kept."""
+    def reset(self, config: ConfigSet, ir: GatewayIR, context: RouteContext, resources: Resources) -> None:
+        """Take the state of a full compile (its routes' protos are reused, not translated again; its route
+        configurations are kept as the bytes the tables assemble, not as messages: 6 MB at 10,000 routes)."""
         tables: dict[str, RouteTable] = {}
         plugin_use: dict[str, Counter[str]] = {}
         for listener in ir.listeners:
@@ -79,7 +78,6 @@ class IncrementalCompiler:
             for route in listener.routes:
                 if route.name not in self._base.route_services:
                     self._base.route_services[route.name] = _keys(route_service_resources(route))
-        return resources
 
     def clear(self) -> None:
         self._base = None
