@@ -233,7 +233,16 @@ def resources_bytes(resources: Any) -> dict[tuple[str, str], bytes]:
 
 
 @pytest.mark.parametrize("seed", range(6))
-def test_reading_piece_by_piece_equals_a_whole_parse(seed: int) -> None:
+def test_reading_piece_by_piece_equals_a_whole_parse(seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    spliced: list[bool] = []
+    parse_change = load.parse_change
+
+    def counting(text: str, source: str, cache: ObjectCache, most: int | None = None) -> ConfigSet | None:
+        config = parse_change(text, source, cache, most)
+        spliced.append(config is not None)
+        return config
+
+    monkeypatch.setattr(load, "parse_change", counting)
     rng = random.Random(seed)
     document = Document(rng, routes=rng.choice([3, 30]))
     cache = ObjectCache()
@@ -244,6 +253,7 @@ def test_reading_piece_by_piece_equals_a_whole_parse(seed: int) -> None:
         assert outcome(text, cache) == outcome(text, None), f"step {step}:\n{text}"
         document.edit()
     assert split > 50  # most documents took the piece by piece path
+    assert sum(spliced) >= 5  # saves were spliced into the revision before (not only cut whole): 6-60 of 150
 
 
 @pytest.mark.parametrize("seed", range(4))
