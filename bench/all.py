@@ -1,7 +1,7 @@
 """Every benchmark, one after the other, and one table of their headline figures next to the targets.
 
 Run from the repository, with both locks held (nothing else may load the machine meanwhile):
-`flock /tmp/xgate-test.lock flock /tmp/xgate-bench.lock .venv/bin/python bench/all.py [--quick] [--only a,b]
+`flock -o /tmp/xgate-test.lock flock -o /tmp/xgate-bench.lock .venv/bin/python bench/all.py [--quick] [--only a,b]
 [--markdown FILE]`. Each benchmark runs as its own process (its full report and log go to `--logs`, default a
 temporary directory that is kept); a benchmark of bench/ that this file does not know yet runs with no options and
 gets a row saying so. `--quick` runs each at a smaller size (fewer changes, shorter loads): for a check, not for
@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import sys
@@ -282,8 +283,10 @@ def main(argv: list[str] | None = None, out: IO[str] = sys.stdout) -> int:
     started = time.monotonic()
     outcomes = [run(KNOWN.get(name, Benchmark(name, json=False)), args.quick, logs) for name in order]
     lines = table(outcomes)
-    command = "flock /tmp/xgate-test.lock flock /tmp/xgate-bench.lock .venv/bin/python bench/all.py" + (
-        " --quick" if args.quick else ""
+    given = sys.argv[1:] if argv is None else argv
+    command = " ".join(
+        ["flock -o /tmp/xgate-test.lock flock -o /tmp/xgate-bench.lock .venv/bin/python bench/all.py"]
+        + [shlex.quote(arg) for arg in given]
     )
     about = [
         f"command: `{command}` ({(time.monotonic() - started) / 60:.0f} min; each benchmark's report in {logs})",
