@@ -27,13 +27,15 @@ _READY = re.compile(r"ready: xds [^:\s]+:(\d+) status http://[^:\s]+:(\d+)/statu
 
 
 def memory_mb(pid: int) -> dict[str, float]:
-    """VmRSS (resident now) and VmHWM (the peak so far) of a process, in MB."""
+    """VmRSS (resident now) and VmHWM (the peak so far) of a process, in MB, and of the RSS what is the process's
+    own (RssAnon) and what are mapped files' pages (RssFile: the Python, gRPC and protobuf libraries' code, shared
+    with every process that maps them)."""
     found = {}
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         key, _, value = line.partition(":")
-        if key in ("VmRSS", "VmHWM"):
+        if key in ("VmRSS", "VmHWM", "RssAnon", "RssFile"):
             found[key] = round(int(value.split()[0]) / 1024, 1)
-    return {"rss": found["VmRSS"], "peak": found["VmHWM"]}
+    return {"rss": found["VmRSS"], "peak": found["VmHWM"], "anon": found["RssAnon"], "file": found["RssFile"]}
 
 
 def stop(proc: subprocess.Popen[Any], signum: int = signal.SIGTERM, grace: float = 10) -> None:

@@ -120,8 +120,8 @@ def _memory(data: Any) -> list[Row]:
             (
                 f"control plane RSS, {plane['routes']:,} routes, {plane['upstreams']:,} upstreams, "
                 f"{plane['clients']} clients",
-                f"{size['rss']:.0f} MB (alone {plane['alone_mb']['rss']:.0f}; peak at a change "
-                f"{plane['after_change_mb']['peak']:.0f})",
+                f"{size['rss']:.0f} MB, of which {size.get('file', 0):.0f} mapped libraries (alone "
+                f"{plane['alone_mb']['rss']:.0f}; peak at a change {plane['after_change_mb']['peak']:.0f})",
                 "",
                 "<= 150 MB",
                 _ok(size["rss"] <= 150),
