@@ -10,6 +10,7 @@ cluster is removed only after the routes that stopped using it.
 from __future__ import annotations
 
 import itertools
+import sys
 import time
 from dataclasses import dataclass, field
 
@@ -75,7 +76,9 @@ class AdsStream:
             state = self._types[type_url] = _TypeState()
         status = self.proxy.types.setdefault(type_url, TypeStatus())
         wildcard = type_url in typeurls.WILDCARD_TYPES and not request.resource_names
-        state.names = None if wildcard else frozenset(request.resource_names)
+        # Interned: protobuf gives each request its own copy of every name, and a fleet asks for the same ones
+        # (100 proxies subscribed to 1,000 EDS clusters each kept 100,000 strings, ~7 MB).
+        state.names = None if wildcard else frozenset(map(sys.intern, request.resource_names))
         status.names = state.names
         if request.response_nonce and request.HasField("error_detail"):
             status.rejection = Rejection(

@@ -196,3 +196,17 @@ def test_the_double_checks_every_response_and_catches_a_broken_rule() -> None:
     changed = snapshot(CONFIG.replace("8002", "8003"), 2, snap)
     with pytest.raises(AssertionError, match="nonce"):
         stream.responses(changed)
+
+
+def test_proxies_asking_for_the_same_names_hold_one_copy_of_each() -> None:
+    """100 proxies subscribed to 1,000 EDS clusters each held 100,000 strings (~7 MB): protobuf gives every request
+    its own copy of each name, and each stream kept its copies."""
+    snap = snapshot()
+    held = []
+    for peer in ("p1", "p2"):
+        stream = AdsStream(StatusRegistry().connect(peer))
+        stream.on_request(request(typeurls.ENDPOINT, ("upstream/a", "upstream/b")), snap)
+        names = stream.proxy.types[typeurls.ENDPOINT].names
+        assert names == {"upstream/a", "upstream/b"}
+        held.append({name: name for name in names})
+    assert all(held[0][name] is held[1][name] for name in held[0])
