@@ -207,6 +207,6 @@ def test_proxies_asking_for_the_same_names_hold_one_copy_of_each() -> None:
         stream = AdsStream(StatusRegistry().connect(peer))
         stream.on_request(request(typeurls.ENDPOINT, ("upstream/a", "upstream/b")), snap)
         names = stream.proxy.types[typeurls.ENDPOINT].names
-        assert names == {"upstream/a", "upstream/b"}
+        assert names == frozenset({"upstream/a", "upstream/b"})
         held.append({name: name for name in names})
     assert all(held[0][name] is held[1][name] for name in held[0])
