@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from xgate.config.load import ObjectCache, load_path, parse_document
+from xgate.config.directory import load_path
+from xgate.config.load import ObjectCache, parse_document
 from xgate.config.secrets import SecretFiles
 from xgate.config.tls import REDACTED, REVEAL, Secret
 from xgate.errors import ConfigError
@@ -181,3 +182,23 @@ def test_an_etcd_secret_holds_its_text_not_files() -> None:
     good = json.dumps({"cert": A.cert, "key": A.key}).encode()
     obj, found = decode("secret", "a", good, "/xgate/secret/a")
     assert found == [] and isinstance(obj, Secret)
+
+
+def test_a_route_change_read_piece_by_piece_keeps_the_secrets() -> None:
+    # A save that changes one route is spliced into the last revision (parse_change): its secrets must stay.
+    def document(path: str) -> str:
+        return (
+            "secrets:\n"
+            + secret_yaml("a", A.cert, A.key)
+            + LISTENER
+            + "upstreams:\n  - {name: u, endpoints: ['10.0.0.1:80']}\n"
+            f"routes:\n  - {{name: r, upstream: u, match: {{path: {{prefix: {path}}}}}}}\n"
+        )
+
+    cache = ObjectCache()
+    first = parse_document(document("/one"), "gw.yaml", cache)
+    assert [secret.name for secret in first.secrets] == ["a"] and not first.issues
+    second = parse_document(document("/two"), "gw.yaml", cache)
+    assert second.routes[0].match.path.prefix == "/two"
+    assert [secret.name for secret in second.secrets] == ["a"]
+    assert not issues(document("/two"))
