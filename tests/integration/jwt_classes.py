@@ -12,12 +12,14 @@ single quotes, bare keys), the Python path reads the same JSON.
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import json
 import time
 from dataclasses import dataclass
 from typing import Any
 
-from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
@@ -27,6 +29,7 @@ AUDIENCE = "api"
 MAX_TOKEN_BYTES = 8192  # the default
 RSA_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
 EC_KEY = ec.generate_private_key(ec.SECP256R1())
+OTHER_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)  # an attacker's
 RS = {"alg": "RS256", "kid": "rsa-1"}
 ES = {"alg": "ES256", "kid": "ec-1"}
 
@@ -121,6 +124,29 @@ def cases() -> dict[str, Case]:
     return {
         "good": Case(200, good),
         "good-es256": Case(200, es_good),
+        # the basic classes: time, issuer, audience, algorithm, key, signature, shape, missing claims
+        "expired": Case(401, sign(RS, claims(exp=now - 3600))),
+        "expired-within-skew": Case(200, sign(RS, claims(exp=now - 20))),
+        "nbf-future": Case(401, sign(RS, claims(nbf=now + 3600))),
+        "nbf-within-skew": Case(200, sign(RS, claims(nbf=now + 20))),
+        "wrong-issuer": Case(401, sign(RS, claims(iss="https://evil.test"))),
+        "wrong-audience": Case(403, sign(RS, claims(aud="web"))),
+        "alg-none": Case(401, f"{segment({'alg': 'none', 'kid': 'rsa-1'})}.{p}."),
+        "alg-none-signed": Case(401, sign({"alg": "none", "kid": "rsa-1"}, claims())),
+        "alg-hs256-rsa-pem": Case(401, hs256({"alg": "HS256", "kid": "rsa-1"}, claims(), _rsa_pem())),
+        "alg-hs256-rsa-jwk": Case(401, hs256({"alg": "HS256"}, claims(), json.dumps(JWKS["keys"][0]).encode())),
+        "alg-es256-with-rsa-kid": Case(401, sign({"alg": "ES256", "kid": "rsa-1"}, claims(), key=EC_KEY)),
+        "bad-signature": Case(401, f"{h}.{p}.{_flipped(s)}"),
+        "other-key-same-kid": Case(401, sign(RS, claims(), key=OTHER_KEY)),
+        "claims-tampered": Case(401, f"{h}.{segment(claims(sub='root'))}.{s}"),
+        "signature-stripped": Case(401, f"{h}.{p}."),
+        "two-segments": Case(401, f"{h}.{p}"),
+        "not-a-jwt": Case(401, "not-a-jwt"),
+        "empty-payload": Case(401, sign(RS, {})),
+        "missing-iss": Case(401, sign(RS, claims(iss=None))),
+        "missing-aud": Case(403, sign(RS, claims(aud=None))),
+        "missing-sub-iat": Case(200, sign(RS, claims(sub=None, iat=None))),
+        "missing-token": Case(401),
         # crit and b64 (RFC 7515 4.1.11, RFC 7797): jwt_authn ignores both; the guard refuses
         "crit-unknown": Case(401, sign({**RS, "crit": ["x-ext"], "x-ext": 1}, claims())),
         "crit-empty": Case(401, sign({**RS, "crit": []}, claims())),
@@ -245,7 +271,11 @@ def cases() -> dict[str, Case]:
         "space-inside-token": Case(401, None, (("authorization", f"Bearer {h}. {p}.{s}"),)),
         "bearer-lower-case": Case(401, None, (("authorization", f"bearer {good}"),)),
         "two-headers-good-bad": Case(401, None, (("authorization", f"Bearer {good}"), ("authorization", "Bearer x"))),
-        "two-headers-both-good": Case(200, None, (("authorization", f"Bearer {good}"),) * 2),
+        # Envoy joins a repeated Authorization (an inline header) with a comma: the token is then "<good>,Bearer
+        # <good>", refused on both paths; a repeated custom header stays two values, each a token
+        "two-headers-both-good": Case(401, None, (("authorization", f"Bearer {good}"),) * 2),
+        "two-custom-headers-both-good": Case(200, None, (("x-tok", good),) * 2, variant="H"),
+        "two-custom-headers-good-bad": Case(401, None, (("x-tok", good), ("x-tok", "bad")), variant="H"),
         "header-good-query-bad": Case(401, good, query="access_token=bad"),
         "header-good-cookie-bad": Case(401, good, (("cookie", "tok=bad"),)),
         "cookie-wrong-audience-header-bad": Case(403, None, (
@@ -259,6 +289,25 @@ def cases() -> dict[str, Case]:
         "header-empty-no-prefix": Case(401, None, (("x-tok", ""),), variant="H"),
         "header-no-prefix-and-bearer": Case(401, None, (("x-tok", good), ("authorization", "Bearer bad")), variant="H"),
     }  # fmt: skip
+
+
+def hs256(header: Any, payload: Any, secret: bytes) -> str:
+    """header.payload.HMAC-SHA256 with `secret`: the algorithm-confusion attack on an RSA public key."""
+    signing_input = f"{segment(header)}.{segment(payload)}"
+    return f"{signing_input}.{b64(hmac.new(secret, signing_input.encode(), hashlib.sha256).digest())}"
+
+
+def _rsa_pem() -> bytes:
+    return RSA_KEY.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+def _flipped(signature: str) -> str:
+    """The signature with one bit of its first byte changed."""
+    raw = bytearray(base64.urlsafe_b64decode(signature + "=="))
+    raw[0] ^= 1
+    return b64(bytes(raw))
 
 
 def _non_canonical(text: str) -> str:

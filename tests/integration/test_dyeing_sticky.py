@@ -123,3 +123,34 @@ async def test_a_sticky_rule_that_a_stage_match_drops_is_ruled_out_natively(two_
         # A client cannot mark itself: the metadata is Envoy's own, a header of that name is nothing.
         forged = await client.get("/users", headers={"x-user-id": stable, "sticky_1": "true"})
         assert forged.json()["upstream"] == "v1"
+
+
+async def test_sticky_users_keep_their_stage_when_the_service_is_down(
+    versions: dict[str, DemoUpstream], tmp_path: Path
+) -> None:
+    """Issue 19, overload: an overloaded or dead dyeing service let requests pass undyed (`on_error: pass`), so
+    sticky canary users flipped to stable. Header and sticky rules now run in Envoy: with nothing listening on
+    the service's port, every user still gets the stage of their bucket."""
+    port, nobody = free_port(), free_port()  # nothing listens on `nobody`
+    rules = """[{stage: canary, sticky: {percent: 20, key: {header: x-user-id}}},
+      {stage: beta, sticky: {percent: 35.5, seed: spring, key: {cookie: uid}}}]"""
+    text = f"""
+plugins: {{dyeing: {{service: "127.0.0.1:{nobody}", timeout: 100ms, rules: {rules}}}}}
+listeners: [{{name: public, address: 127.0.0.1, port: {port}}}]
+upstreams:
+{upstreams_yaml(versions)}
+routes:
+  - name: users
+    match: {{path: {{prefix: /users}}}}
+    upstream: v1
+    canary: [{{stage: canary, upstream: v2, fallback: false}}, {{stage: beta, upstream: v3, fallback: false}}]
+"""
+    users = [f"user-{index}" for index in range(400)]
+    sent = [{"x-user-id": user} for user in users] + [{"cookie": f"uid={user}"} for user in users]
+    async with run_gateway(text, tmp_path), httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+        answers = await fetch_all(client, sent)
+    for headers, answer in zip(sent, answers, strict=True):
+        user = headers.get("x-user-id") or headers["cookie"].removeprefix("uid=")
+        assert answer[0] == 200 and answer[2] == expected(headers, user), (headers, answer)
+    dyed = Counter(answer[2] for answer in answers)
+    assert dyed["canary"] > 40 and dyed["beta"] > 80 and dyed["stable"] > 300, dyed
