@@ -53,7 +53,8 @@ routes:
   - name: not-canary
     match: {{path: {{prefix: /other}}, headers: [{{name: {STAGE}, exact: canary, invert: true}}]}}
     upstream: v3
-  - {{name: canary-other, match: {{path: {{prefix: /other}}}}, upstream: v2}}
+    plugins: {{jwt: false}}
+  - {{name: canary-other, match: {{path: {{prefix: /other}}}}, upstream: v2, plugins: {{jwt: false}}}}
 """
 
 
