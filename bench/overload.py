@@ -162,6 +162,7 @@ async def counters(envoy: EnvoyProcess, pattern: str) -> Counter[str]:
 async def dyeing_runs(args: argparse.Namespace, ports: dict[str, int], log: Log, envoy: EnvoyProcess) -> list[str]:
     canary = {f"u{index}" for index in range(args.users) if sticky_bucket("canary", f"u{index}") < PERCENT * 100}
     found = await asyncio.to_thread(capacity, f"http://127.0.0.1:{ports['service']}/users", [f"{USER}: u1"])
+    await log.since(0)  # the capacity runs' requests are not the first open-loop run's
     rows = [f"dyeing service capacity C = {found:,.0f} requests/s (wrk -c32, best of 2)"]
     rows.append(f"{'path':8} {'load':>5} {'rate':>6} {'answered':>9} {'undyed':>8} {'users sticky':>13} {'p50 ms':>7}"
                 f" {'p99 ms':>7}  Envoy ext_proc")  # fmt: skip
