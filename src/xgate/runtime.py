@@ -20,6 +20,7 @@ from xgate.controlplane import ControlPlane
 from xgate.discovery import SnapshotCache, add_to_server
 from xgate.listen import bind_grpc, check_free, grpc_options
 from xgate.metricsapi import MetricsAddressError, metrics_handler
+from xgate.opsapi import add_operator_routes
 from xgate.sources.etcd.client import EtcdClient, EtcdRequestError, EtcdSettings, EtcdUnavailableError
 from xgate.sources.etcd.layout import DEFAULT_PREFIX
 from xgate.sources.etcd.source import EtcdSource
@@ -78,6 +79,7 @@ async def start_status(plane: ControlPlane, host: str, port: int) -> tuple[web.A
             ],
         ),
     )
+    add_operator_routes(app, plane)
     check_free(host, port, "status API, --status")
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 import yaml
 
+from xgate.cli.configdump import register as register_config_dump
 from xgate.cli.store import ETCD_ENVIRONMENT, CaFile, CertFile, KeyFile, Password, Prefix, User, settings
 from xgate.cli.store import register as register_store_commands
 from xgate.config.load import load_path
@@ -572,6 +573,7 @@ def status(
 
 
 register_store_commands(app)
+register_config_dump(app)
 
 
 def main() -> None:

@@ -13,7 +13,7 @@ from typing import Any
 from prometheus_client import Histogram
 
 from xgate.discovery import typeurls
-from xgate.discovery.snapshot import Snapshot
+from xgate.discovery.snapshot import Resource, Snapshot
 from xgate.translate import names
 
 # Seconds: a route change reaches an Envoy in milliseconds, a 10,000-route table in about a tenth of a second.
@@ -45,6 +45,9 @@ class TypeStatus:
     acked_revision: str | None = None
     acked_at: float | None = None
     rejection: Rejection | None = None
+    # The resources of the last response, by name: shared with the snapshot, so keeping them costs nothing
+    # (what `xgate config-dump` shows).
+    sent: dict[str, Resource] = field(default_factory=dict)
 
 
 @dataclass

@@ -108,6 +108,7 @@ class AdsStream:
             state.sent = {r.name: r for r in snapshot.select(type_url, state.names)}
             status.acked_version = status.sent_version = request.version_info
             status.acked_revision = status.sent_revision = snapshot.revision_for(self.proxy.role)
+            status.sent = state.sent
 
     def responses(self, snapshot: Snapshot | None) -> list[Response]:
         """Everything this proxy must be sent to match `snapshot`, in push order."""
@@ -162,4 +163,5 @@ class AdsStream:
         status = self.proxy.types.setdefault(type_url, TypeStatus())
         status.sent_version, status.sent_revision = version, snapshot.revision_for(self.proxy.role)
         status.sent_at = time.time()
+        status.sent = state.sent
         return Response(version_info=version, type_url=type_url, nonce=state.nonce, resources=tuple(resources))

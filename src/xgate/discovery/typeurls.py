@@ -5,11 +5,11 @@ from __future__ import annotations
 from xgate.api import SERVICE_TYPES, SERVICES
 from xgate.api import SHORT as SERVICE_SHORT
 
-_PREFIX = "type.googleapis.com/"
-CLUSTER = _PREFIX + "envoy.config.cluster.v3.Cluster"
-ENDPOINT = _PREFIX + "envoy.config.endpoint.v3.ClusterLoadAssignment"
-LISTENER = _PREFIX + "envoy.config.listener.v3.Listener"
-ROUTE = _PREFIX + "envoy.config.route.v3.RouteConfiguration"
+PREFIX = "type.googleapis.com/"
+CLUSTER = PREFIX + "envoy.config.cluster.v3.Cluster"
+ENDPOINT = PREFIX + "envoy.config.endpoint.v3.ClusterLoadAssignment"
+LISTENER = PREFIX + "envoy.config.listener.v3.Listener"
+ROUTE = PREFIX + "envoy.config.route.v3.RouteConfiguration"
 
 # The xDS rule for making before breaking: clusters, then their endpoints, then listeners, then routes.
 PUSH_ORDER: tuple[str, ...] = (CLUSTER, ENDPOINT, LISTENER, ROUTE)
