@@ -15,6 +15,7 @@ import typer
 import yaml
 
 from xgate.cli.configdump import register as register_config_dump
+from xgate.cli.explain import register as register_explain
 from xgate.cli.store import ETCD_ENVIRONMENT, CaFile, CertFile, KeyFile, Password, Prefix, User, settings
 from xgate.cli.store import register as register_store_commands
 from xgate.config.load import load_path
@@ -574,6 +575,7 @@ def status(
 
 register_store_commands(app)
 register_config_dump(app)
+register_explain(app)
 
 
 def main() -> None:
