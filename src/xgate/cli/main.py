@@ -554,13 +554,24 @@ def up(
 @app.command()
 def status(
     url: Annotated[str, typer.Option(help="control plane status API")] = "http://127.0.0.1:18080",
-    as_json: Annotated[bool, typer.Option("--json")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="the same as -o json")] = False,
+    output: Annotated[str, typer.Option("--output", "-o", help="text or json")] = "text",
+    watch: Annotated[bool, typer.Option("--watch", "-w", help="show it again every --interval seconds")] = False,
+    interval: Annotated[float, typer.Option(min=0.1, help="seconds between two reports with --watch")] = 2.0,
+    count: Annotated[int | None, typer.Option(min=1, help="with --watch: stop after this many reports")] = None,
 ) -> None:
     """Has the current config reached every Envoy? Exit 0 when every proxy ACKed it, the last change was accepted
     and every config source is reachable (while etcd is not, changes made there reach no Envoy); 1 otherwise;
-    2 when the URL does not answer as an xgate control plane."""
+    2 when the URL does not answer as an xgate control plane. --watch: the exit code of the last report."""
     from xgate.cli.status import StatusError, fetch_status, print_status, status_ok
 
+    if output not in ("text", "json"):
+        raise typer.BadParameter("use text or json", param_hint="--output")
+    as_json = as_json or output == "json"
+    if watch:
+        from xgate.cli.statuswatch import watch_status
+
+        raise typer.Exit(watch_status(url, "json" if as_json else "text", interval, count))
     try:
         report = fetch_status(url)
     except StatusError as exc:
