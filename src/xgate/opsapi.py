@@ -1,6 +1,8 @@
-"""The operator views on the control plane's status port: GET /config_dump (what one consumer was sent)."""
+"""The operator views on the control plane's status port: /config_dump, /revisions and the /dashboard page."""
 
 from __future__ import annotations
+
+from importlib import resources as package_files
 
 from aiohttp import web
 
@@ -19,4 +21,13 @@ def add_operator_routes(app: web.Application, plane: ControlPlane) -> None:
             return web.json_response({"error": str(exc)}, status=404)
         return web.json_response(config_dump(proxy))
 
+    async def revisions(_request: web.Request) -> web.Response:
+        return web.json_response(plane.cache.status.history.report())
+
+    async def dashboard(_request: web.Request) -> web.Response:
+        page = package_files.files("xgate").joinpath("dashboard.html").read_text(encoding="utf-8")
+        return web.Response(text=page, content_type="text/html")
+
     app.router.add_get("/config_dump", dump)
+    app.router.add_get("/revisions", revisions)  # newest first: each consumer's seconds to ACK, or its NACK
+    app.router.add_get("/dashboard", dashboard)  # read-only: it GETs /status and /revisions every 2 s

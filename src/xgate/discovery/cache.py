@@ -29,6 +29,10 @@ class SnapshotCache:
     def set(self, snapshot: Snapshot) -> None:
         self.snapshot = snapshot
         self.updated_at = time.time()
+        # The services get a revision before the Envoys do (discovery.rollout): it starts when they do.
+        for revision in (snapshot.services_revision, snapshot.revision):
+            if revision is not None:
+                self.status.history.published(revision, snapshot.created)
         for waiter in self._waiters:
             waiter.set()
 

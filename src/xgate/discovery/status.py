@@ -13,6 +13,7 @@ from typing import Any
 from prometheus_client import Histogram
 
 from xgate.discovery import typeurls
+from xgate.discovery.history import RevisionHistory
 from xgate.discovery.snapshot import Resource, Snapshot
 from xgate.translate import names
 
@@ -163,6 +164,7 @@ class StatusRegistry:
         )
         for kind in typeurls.ROLES:  # every kind's series exists from the start, at 0
             self.propagation.labels(kind)
+        self.history = RevisionHistory()
 
     def answered(self) -> None:
         """A consumer ACKed or NACKed something, connected or went: wake whoever waits on `changed`."""
@@ -191,6 +193,7 @@ class StatusRegistry:
         return proxy
 
     def _revision_answered(self, proxy: ProxyStatus, revision: str, nack: str | None) -> None:
+        self.history.answered(proxy.role, proxy.node_id or proxy.peer, revision, nack, proxy.connected_at)
         if self.on_revision is not None:
             self.on_revision(proxy, revision, nack)
 
