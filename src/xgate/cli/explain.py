@@ -12,7 +12,7 @@ import yaml
 from envoy.config.route.v3 import route_pb2 as route_v3
 from google.protobuf import json_format
 
-from xgate.config.load import load_path
+from xgate.config.directory import load_path
 from xgate.errors import ConfigError, XgateError
 from xgate.ir.model import ListenerIR
 from xgate.pipeline import Compiled, compile_config

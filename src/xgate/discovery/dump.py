@@ -72,7 +72,8 @@ def config_dump(proxy: ProxyStatus) -> dict[str, Any]:
     versions: dict[str, dict[str, Any]] = {}
     for type_url, state in sorted(proxy.types.items()):
         section = SECTIONS.get(type_url) or typeurls.SHORT.get(type_url, type_url)
-        sections[section] = [redact(_decode(resource.packed)) for _, resource in sorted(state.sent.items())]
+        ordered = sorted(state.sent, key=lambda resource: resource.name)
+        sections[section] = [redact(_decode(resource.packed)) for resource in ordered]
         versions[section] = {
             "sent_version": state.sent_version,
             "sent_revision": state.sent_revision,

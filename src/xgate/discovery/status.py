@@ -46,9 +46,9 @@ class TypeStatus:
     acked_revision: str | None = None
     acked_at: float | None = None
     rejection: Rejection | None = None
-    # The resources of the last response, by name: shared with the snapshot, so keeping them costs nothing
-    # (what `xgate config-dump` shows).
-    sent: dict[str, Resource] = field(default_factory=dict)
+    # The resources of the last response: the stream's own tuple, so keeping them costs a pointer (what
+    # `xgate config-dump` shows).
+    sent: tuple[Resource, ...] = ()
 
 
 @dataclass

@@ -184,5 +184,3 @@ def _regex(pattern: str) -> re.Pattern[str]:
     # RE2 (Envoy's engine) accepts a subset of Python's syntax; the config validator refuses the rest.
     return re.compile(pattern)
 
-
-__all__ = ["MatchingError", "Request", "Selection", "choose_virtual_host", "select"]

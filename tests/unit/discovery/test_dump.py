@@ -55,9 +55,7 @@ def test_private_keys_and_credentials_never_appear() -> None:
     context.common_tls_context.tls_certificates.add().private_key.inline_string = KEY
     proxy = StatusRegistry().connect("peer")
     data = secret.SerializeToString()
-    proxy.types[SECRET] = TypeStatus(
-        sent={"tls/public": Resource("tls/public", "v", SECRET, data, b"", None)}, sent_version="v"
-    )
+    proxy.types[SECRET] = TypeStatus(sent=(Resource("tls/public", "v", SECRET, data, b"", None),), sent_version="v")
     text = json.dumps(config_dump(proxy))
     assert "PRIVATE KEY" not in text and "MIIEvQ" not in text and "hunter2" not in text and "aHVudGVyMg" not in text
     assert "/etc/certs/chain.pem" in text  # where the certificate is, not a secret
