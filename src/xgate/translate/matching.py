@@ -183,4 +183,3 @@ def string_matches(matcher: string_v3.StringMatcher, value: str) -> bool:
 def _regex(pattern: str) -> re.Pattern[str]:
     # RE2 (Envoy's engine) accepts a subset of Python's syntax; the config validator refuses the rest.
     return re.compile(pattern)
-
