@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from importlib import resources as package_files
 
 from aiohttp import web
@@ -19,7 +20,7 @@ def add_operator_routes(app: web.Application, plane: ControlPlane) -> None:
             proxy = choose(plane.cache.status.connected.values(), request.query.get("node") or None)
         except DumpError as exc:
             return web.json_response({"error": str(exc)}, status=404)
-        return web.json_response(config_dump(proxy))
+        return web.json_response(await asyncio.to_thread(config_dump(proxy)))
 
     async def revisions(_request: web.Request) -> web.Response:
         return web.json_response(plane.cache.status.history.report())

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from google.protobuf import json_format
 
 from xgate.discovery import typeurls
-from xgate.discovery.status import ProxyStatus
+from xgate.discovery.status import ProxyStatus, TypeStatus
 from xgate.errors import XgateError
 
 SECRET = typeurls.PREFIX + "envoy.extensions.transport_sockets.tls.v3.Secret"
@@ -65,28 +65,35 @@ def choose(proxies: Iterable[ProxyStatus], node: str | None) -> ProxyStatus:
     )
 
 
-def config_dump(proxy: ProxyStatus) -> dict[str, Any]:
+def config_dump(proxy: ProxyStatus) -> Callable[[], dict[str, Any]]:
     """Every resource `proxy` was last sent, by section (listeners, clusters, endpoints, routes, secrets, and the
-    services' own types), as Envoy's JSON field names, each with the version sent and whether it was ACKed."""
-    sections: dict[str, list[dict[str, Any]]] = {}
-    versions: dict[str, dict[str, Any]] = {}
-    for type_url, state in sorted(proxy.types.items()):
-        section = SECTIONS.get(type_url) or typeurls.SHORT.get(type_url, type_url)
-        ordered = sorted(state.sent, key=lambda resource: resource.name)
-        sections[section] = [redact(_decode(resource.packed)) for resource in ordered]
-        versions[section] = {
-            "sent_version": state.sent_version,
-            "sent_revision": state.sent_revision,
-            "acked": state.sent_version is not None and state.acked_version == state.sent_version,
-            "rejection": None if state.rejection is None else state.rejection.message,
-        }
+    services' own types), as Envoy's JSON field names, each with the version sent and whether it was ACKed.
+
+    What was sent is read now; the returned function decodes it, which at 10,000 routes takes ~120 ms (a 2-core
+    machine, idle): run it in a worker thread, off the event loop that serves ADS (the resources are immutable,
+    the proxy is not read again)."""
+    captured = [(type_url, state.sent, _versions(state)) for type_url, state in sorted(proxy.types.items())]
+    head = {"node": proxy.node_id, "cluster": proxy.cluster, "kind": proxy.role, "peer": proxy.peer}
+
+    def decode() -> dict[str, Any]:
+        sections: dict[str, list[dict[str, Any]]] = {}
+        versions: dict[str, dict[str, Any]] = {}
+        for type_url, sent, state in captured:
+            section = SECTIONS.get(type_url) or typeurls.SHORT.get(type_url, type_url)
+            ordered = sorted(sent, key=lambda resource: resource.name)
+            sections[section] = [redact(_decode(resource.packed)) for resource in ordered]
+            versions[section] = state
+        return {**head, "versions": versions, "resources": sections}
+
+    return decode
+
+
+def _versions(state: TypeStatus) -> dict[str, Any]:
     return {
-        "node": proxy.node_id,
-        "cluster": proxy.cluster,
-        "kind": proxy.role,
-        "peer": proxy.peer,
-        "versions": versions,
-        "resources": sections,
+        "sent_version": state.sent_version,
+        "sent_revision": state.sent_revision,
+        "acked": state.sent_version is not None and state.acked_version == state.sent_version,
+        "rejection": None if state.rejection is None else state.rejection.message,
     }
 
 

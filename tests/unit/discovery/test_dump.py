@@ -21,7 +21,7 @@ KEY = "-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkq\n-----END PRIVATE KEY-----"
 def test_the_dump_holds_what_was_sent_and_acked_by_section() -> None:
     snap = snapshot()
     stream, last = connected(snap)
-    dump = config_dump(stream.proxy)
+    dump = config_dump(stream.proxy)()
     assert [c["name"] for c in dump["resources"]["clusters"]] == ["upstream/a", "upstream/b"]
     assert [r["name"] for r in dump["resources"]["routes"]] == ["routes/public"]
     routes = [route["name"] for vh in dump["resources"]["routes"][0]["virtual_hosts"] for route in vh["routes"]]
@@ -36,7 +36,7 @@ def test_a_nacked_type_is_shown_as_not_acked_with_the_reason() -> None:
     changed = snapshot(CONFIG.replace("prefix: /a}", "prefix: /x}"), 2, snap)
     [route] = stream.responses(changed)
     stream.on_request(request(typeurls.ROUTE, ("routes/public",), route.nonce, "old", error="bad regex"), changed)
-    dump = config_dump(stream.proxy)
+    dump = config_dump(stream.proxy)()
     assert dump["versions"]["routes"] == {
         "sent_version": route.version_info,
         "sent_revision": "rev2",
@@ -56,10 +56,10 @@ def test_private_keys_and_credentials_never_appear() -> None:
     proxy = StatusRegistry().connect("peer")
     data = secret.SerializeToString()
     proxy.types[SECRET] = TypeStatus(sent=(Resource("tls/public", "v", SECRET, data, b"", None),), sent_version="v")
-    text = json.dumps(config_dump(proxy))
+    text = json.dumps(config_dump(proxy)())
     assert "PRIVATE KEY" not in text and "MIIEvQ" not in text and "hunter2" not in text and "aHVudGVyMg" not in text
     assert "/etc/certs/chain.pem" in text  # where the certificate is, not a secret
-    section = config_dump(proxy)["resources"]["secrets"][0]
+    section = config_dump(proxy)()["resources"]["secrets"][0]
     assert section["tls_certificate"]["private_key"] == {"inline_string": REDACTED}
     nested = redact(json_format.MessageToDict(context, preserving_proto_field_name=True))
     assert "MIIEvQ" not in json.dumps(nested)
@@ -81,3 +81,15 @@ def test_choosing_the_consumer() -> None:
         choose(registry.connected.values(), "edge-3")
     with pytest.raises(DumpError, match="no Envoy is connected"):
         choose([], None)
+
+
+def test_what_was_sent_is_read_when_asked_and_decoded_later() -> None:
+    snap = snapshot()
+    stream, _ = connected(snap)
+    decode = config_dump(stream.proxy)  # on the event loop
+    stream.responses(snapshot(CONFIG.replace("prefix: /a}", "prefix: /x}"), 2, snap))  # a change meanwhile
+    routes = decode()["resources"]["routes"]  # in a worker thread: what was asked for, not a mix
+    assert routes[0]["virtual_hosts"][0]["routes"][0]["match"] == {"prefix": "/a"}
+    assert config_dump(stream.proxy)()["resources"]["routes"][0]["virtual_hosts"][0]["routes"][0]["match"] == {
+        "prefix": "/x"
+    }
