@@ -315,7 +315,7 @@ def merge_inputs(inputs: Mapping[str, Revision]) -> tuple[ConfigSet, list[str]]:
     plugins: dict[str, Any] = {}
     plugin_from: dict[str, str] = {}
     for name, config in configs:
-        for kind, objects in (("listener", config.listeners), ("upstream", config.upstreams), ("route", config.routes)):
+        for kind, objects in config.objects():
             for obj in objects:
                 key = (kind, obj.name)
                 where = config.source_of(kind, obj.name).source
@@ -334,7 +334,7 @@ def merge_inputs(inputs: Mapping[str, Revision]) -> tuple[ConfigSet, list[str]]:
                 )
                 continue
             plugins[plugin], plugin_from[plugin] = settings, name
-    by_kind: dict[str, list[Any]] = {"listener": [], "upstream": [], "route": []}
+    by_kind: dict[str, list[Any]] = {"listener": [], "upstream": [], "route": [], "secret": []}
     for (kind, _), (_, obj, _) in chosen.items():
         by_kind[kind].append(obj)
     merged = ConfigSet(
@@ -342,6 +342,7 @@ def merge_inputs(inputs: Mapping[str, Revision]) -> tuple[ConfigSet, list[str]]:
         upstreams=tuple(by_kind["upstream"]),
         routes=tuple(by_kind["route"]),
         plugins=plugins,
+        secrets=tuple(by_kind["secret"]),
         source="merged",
         sources={key: where for key, (_, _, where) in chosen.items()},
         issues=tuple(issue for _, config in configs for issue in config.issues),

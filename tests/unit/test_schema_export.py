@@ -206,7 +206,7 @@ def test_every_plugins_settings_are_typed_at_every_level() -> None:
     schema = config_schema()
     definitions = schema["$defs"]
     plugins = definitions["Plugins"]["properties"]
-    assert sorted(plugins) == ["cors", "dyeing", "jwt", "policy", "rate_limit", "tracing"]
+    assert sorted(plugins) == ["cors", "dyeing", "grpc_web", "jwt", "policy", "rate_limit", "tracing"]
     for name, spec in plugins.items():
         assert {"type": "boolean"} in spec["anyOf"] and {"type": "null"} in spec["anyOf"], name
         (ref,) = [branch["$ref"] for branch in spec["anyOf"] if "$ref" in branch]

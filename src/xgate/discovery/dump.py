@@ -11,7 +11,7 @@ from xgate.discovery import typeurls
 from xgate.discovery.status import ProxyStatus, TypeStatus
 from xgate.errors import XgateError
 
-SECRET = typeurls.PREFIX + "envoy.extensions.transport_sockets.tls.v3.Secret"
+SECRET = typeurls.SECRET
 # Envoy's own config_dump sections, so a dump reads like Envoy's.
 SECTIONS = {
     typeurls.LISTENER: "listeners",
