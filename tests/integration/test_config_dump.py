@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ from tests.integration.conftest import ConfigMaker
 
 from xgate.proxy.process import EnvoyProcess
 from xgate.testing import free_port, run_cli, run_gateway
+from xgate.testing.tls import TestCA
 
 pytestmark = pytest.mark.integration
 
@@ -87,3 +89,29 @@ async def test_a_missing_or_ambiguous_node_is_a_clear_error(make_config: ConfigM
         assert code == 2 and "no consumer with node id 'nope' is connected" in err
     code, _, err = await run_cli("config-dump", "--url", f"http://127.0.0.1:{free_port()}")
     assert code == 2 and "cannot reach the control plane" in err
+
+
+async def test_a_tls_listener_s_secret_is_dumped_without_its_private_key(work_dir: Path) -> None:
+    issued = TestCA().issue("a.example.test")
+    issued.write(work_dir, "a")
+    config = f"""
+secrets:
+  - {{name: a, cert_file: a.pem, key_file: a-key.pem}}
+listeners:
+  - {{name: edge, address: 127.0.0.1, port: {free_port()}, tls: {{certificates: [{{secret: a}}]}}}}
+routes:
+  - {{name: ok, direct_response: {{status: 200, body: ok}}}}
+"""
+    async with run_gateway(config, work_dir) as gateway:
+        code, out, err = await run_cli("config-dump", "--url", f"http://127.0.0.1:{gateway.status_port}")
+        assert code == 0, err
+    key_lines = [line for line in issued.key.splitlines() if line and "-----" not in line]
+    assert key_lines and not any(line in out for line in key_lines)
+    # SDS sends the PEM as bytes, which JSON shows in base64: neither form may appear.
+    assert "PRIVATE KEY" not in out and base64.b64encode(issued.key.encode()).decode()[:40] not in out
+    dump = yaml.safe_load(out)
+    [secret] = dump["resources"]["secrets"]
+    assert dump["versions"]["secrets"]["acked"] is True
+    assert "[redacted]" in json.dumps(secret["tls_certificate"]["private_key"])
+    chain = secret["tls_certificate"]["certificate_chain"]["inline_bytes"]  # not a secret: shown
+    assert base64.b64decode(chain).decode() == issued.cert
