@@ -57,6 +57,7 @@ class ProxyStatus:
     node_id: str = ""
     cluster: str = ""
     role: str = typeurls.ENVOY  # "envoy", or the xgate service it is ("authz", "dyeing", "ratelimit")
+    xds: str = "sotw"  # the variant of ADS it speaks: "sotw" (state of the world) or "delta"
     types: dict[str, TypeStatus] = field(default_factory=dict)
     disconnected_at: float | None = None
     synced_revision: str | None = None
@@ -85,7 +86,7 @@ class ProxyStatus:
                 continue
             if state.names is not None and not state.names >= resources.keys():
                 return False
-            if state.acked_version != Snapshot.version_of(snapshot.select(type_url, state.names)):
+            if state.acked_version != snapshot.version(type_url, state.names):
                 return False
         return True
 
@@ -105,6 +106,7 @@ class ProxyStatus:
             "node": self.node_id,
             "cluster": self.cluster,
             "kind": self.role,
+            "xds": self.xds,
             "peer": self.peer,
             "connected_at": self.connected_at,
             "disconnected_at": self.disconnected_at,
@@ -116,6 +118,7 @@ class ProxyStatus:
                     "sent": state.sent_version,
                     "acked": state.acked_version,
                     "acked_revision": state.acked_revision,
+                    "acked_at": state.acked_at,
                     "rejection": None
                     if state.rejection is None
                     else {
