@@ -94,12 +94,14 @@ def build_bootstrap(
     xds_servers: Sequence[tuple[str, int]],
     admin_host: str = "127.0.0.1",
     admin_port: int = 9901,
+    delta: bool = True,
 ) -> dict[str, Any]:
     """Return an Envoy v3 bootstrap (a plain dict, ready to dump as YAML or JSON).
 
     Listeners and clusters come over ADS from `xds_servers` (IP addresses or host names); the only static
     resource is the cluster that reaches the control planes. `admin_port` 0 lets Envoy pick a port (use
-    --admin-address-path).
+    --admin-address-path). `delta`: the incremental variant of ADS (DELTA_GRPC: a change sends only the
+    resources that changed), else state of the world (GRPC: every resource of a changed type).
 
     Errors: ValueError when `xds_servers` is empty or a port is out of range.
     """
@@ -114,7 +116,7 @@ def build_bootstrap(
         "node": {"id": node_id, "cluster": node_cluster},
         "dynamic_resources": {
             "ads_config": {
-                "api_type": "GRPC",
+                "api_type": "DELTA_GRPC" if delta else "GRPC",
                 "transport_api_version": "V3",
                 "set_node_on_first_message_only": True,
                 "grpc_services": [

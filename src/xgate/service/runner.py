@@ -55,6 +55,7 @@ class ServiceOptions:
     status: tuple[str, int] | None = None  # GET /metrics, /healthz, /readyz; None: off
     node_id: str | None = None  # default: <service>-<host name>-<pid>
     reuse_port: bool = False  # share the gRPC port with other processes of the service (SO_REUSEPORT)
+    delta: bool = True  # incremental ADS (False: state of the world)
 
 
 @dataclass(frozen=True)
@@ -85,7 +86,7 @@ async def run_service(
 
     Errors: PortInUseError when the gRPC address is taken, MetricsAddressError when the status address is."""
     stop = stop or asyncio.Event()
-    client = XdsClient(options.xds, node(service.name, options.node_id), service.subscriptions())
+    client = XdsClient(options.xds, node(service.name, options.node_id), service.subscriptions(), delta=options.delta)
     port = await service.start(*options.listen, options.reuse_port)
     runner: web.AppRunner | None = None
     try:

@@ -78,11 +78,14 @@ class Gateway:
             self._task = None
 
     async def start_envoy(
-        self, node_id: str = "test-envoy", timeout: float = 20.0, xds_ports: list[int] | None = None
+        self, node_id: str = "test-envoy", timeout: float = 20.0, xds_ports: list[int] | None = None, delta: bool = True
     ) -> EnvoyProcess:
-        """Start a real Envoy bootstrapped to this control plane (or to every port in `xds_ports`)."""
+        """Start a real Envoy bootstrapped to this control plane (or to every port in `xds_ports`), speaking delta
+        ADS (`delta=False`: state of the world)."""
         servers = [("127.0.0.1", port) for port in (xds_ports or [self.xds_port])]
-        bootstrap = build_bootstrap(node_id=node_id, node_cluster="test", xds_servers=servers, admin_port=0)
+        bootstrap = build_bootstrap(
+            node_id=node_id, node_cluster="test", xds_servers=servers, admin_port=0, delta=delta
+        )
         envoy = EnvoyProcess(
             bootstrap,
             self.work_dir / f"envoy-{node_id}-{len(self.envoys)}",
