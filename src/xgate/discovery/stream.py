@@ -25,6 +25,7 @@ from xgate.discovery import typeurls
 from xgate.discovery.snapshot import Resource, Snapshot
 from xgate.discovery.status import ProxyStatus, Rejection, TypeStatus
 from xgate.protowire import field_head, string_field
+from xgate.telemetry.fleet import node_addresses
 
 _NONCE = 5  # the nonce's field number, in DiscoveryResponse and DeltaDiscoveryResponse alike
 
@@ -100,6 +101,7 @@ class Stream(ABC, Generic[Request, Out]):
             self.proxy.node_id = node.id
             self.proxy.cluster = node.cluster
             self.proxy.role = typeurls.role_of(node.user_agent_name)
+            self.proxy.addresses = node_addresses(node.metadata)
 
     @abstractmethod
     def on_request(self, request: Request, snapshot: Snapshot | None) -> None:
@@ -168,6 +170,7 @@ class Stream(ABC, Generic[Request, Out]):
     def _nacked(self, type_url: str, version: str, revision: str, message: str, names: Sequence[str]) -> None:
         status = self.proxy.types.setdefault(type_url, TypeStatus())
         status.rejection = Rejection(version, revision, message, tuple(sorted(names)), time.time())
+        self.proxy.note_nack(status.rejection)
 
     def _answered(self) -> None:
         if self.proxy.on_answer is not None:
