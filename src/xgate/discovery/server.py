@@ -35,21 +35,19 @@ class AdsService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: igno
         self,
         request_iterator: AsyncIterator[discovery_v3.DiscoveryRequest],
         context: grpc.aio.ServicerContext,
-    ) -> AsyncIterator[bytes]:
-        stream = AdsStream(self.cache.status.connect(context.peer()))
-        async for data in self._serve(stream, request_iterator):
-            yield data
+    ) -> None:
+        await self._serve(AdsStream(self.cache.status.connect(context.peer())), request_iterator, context)
 
     async def DeltaAggregatedResources(
         self,
         request_iterator: AsyncIterator[discovery_v3.DeltaDiscoveryRequest],
         context: grpc.aio.ServicerContext,
-    ) -> AsyncIterator[bytes]:
-        stream = DeltaStream(self.cache.status.connect(context.peer()))
-        async for data in self._serve(stream, request_iterator):
-            yield data
+    ) -> None:
+        await self._serve(DeltaStream(self.cache.status.connect(context.peer())), request_iterator, context)
 
-    async def _serve(self, stream: Stream[Any, Any], requests: AsyncIterator[Any]) -> AsyncIterator[bytes]:
+    async def _serve(
+        self, stream: Stream[Any, Any], requests: AsyncIterator[Any], context: grpc.aio.ServicerContext
+    ) -> None:
         proxy = stream.proxy
         outbox: deque[bytes] = deque()
         wake = asyncio.Event()
@@ -76,7 +74,9 @@ class AdsService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: igno
                     log.error("the stream of proxy %s (%s) failed", proxy.node_id, proxy.peer, exc_info=failed[0])
                     return
                 while outbox:
-                    yield outbox.popleft()
+                    # Written, not yielded: grpc.aio keeps the last message an async generator yielded until the
+                    # next one, a whole route table per connected consumer between changes.
+                    await context.write(outbox.popleft())
                 if reader.done():
                     return
         finally:
