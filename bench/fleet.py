@@ -153,6 +153,7 @@ class Result:
     ack_ms: list[float] = field(default_factory=list)  # change -> each consumer's route ACK (control plane's view)
     cpu_ms: list[float] = field(default_factory=list)  # the control plane's CPU per change, idle time taken off
     idle_ms_per_s: float = 0.0
+    status_ms: float = 0.0  # the control plane's CPU for one /status of the whole fleet
     missing: int = 0
 
     def summary(self) -> dict[str, Any]:
@@ -165,10 +166,12 @@ class Result:
             "ack_p50_ms": percentile(self.ack_ms, 50) if self.ack_ms else None,
             "ack_p99_ms": percentile(self.ack_ms, 99) if self.ack_ms else None,
             "ack_max_ms": max(self.ack_ms) if self.ack_ms else None,
+            "ack_samples": len(self.ack_ms),
             "cpu_ms_per_change": statistics.median(self.cpu_ms) if self.cpu_ms else None,
             "cpu_ms_per_client_per_change": statistics.median(per_client) if per_client else None,
             "cpu_ms_per_client_range": [min(per_client), max(per_client)] if per_client else None,
             "idle_cpu_ms_per_s": self.idle_ms_per_s,
+            "status_cpu_ms": self.status_ms,
             "missing_acks": self.missing,
         }
 
@@ -237,6 +240,8 @@ async def run_protocol(
             idle_start_cpu, idle_start = plane.cpu_ms(), time.monotonic()
             await asyncio.sleep(2)
             result.idle_ms_per_s = (plane.cpu_ms() - idle_start_cpu) / (time.monotonic() - idle_start)
+            result.status_ms = await _status_cost(plane, session, result.idle_ms_per_s)
+            consumers = args.clients + args.envoys
             acks_before = await _route_acks(envoys)
             profiler = _profile(args.py_spy, plane, protocol) if args.py_spy else None
             for change in range(1, args.changes + 1):
@@ -245,14 +250,14 @@ async def run_protocol(
                 write_atomic(config, render(args.routes, port, generation))
                 answers = workers.ask(f"wait {args.timeout}")
                 await _envoys_acked(envoys, [count + change for count in acks_before], args.timeout)
-                spent = plane.cpu_ms() - cpu0
+                missing = sum(answer["missing"] for answer in answers)
+                # A client counts its ACK once written; the control plane may not have read it yet. Its status
+                # says when it did (the times measured); the polls' own CPU, measured at idle, is taken off.
+                acked, polls = await _acked_at(plane, session, wall0, consumers - missing, args.timeout)
+                spent = plane.cpu_ms() - cpu0 - polls * result.status_ms
                 result.cpu_ms.append(spent - result.idle_ms_per_s * (time.monotonic() - t0))
-                result.missing += sum(answer["missing"] for answer in answers)
-                report = await plane.status(session)
-                for proxy in report["proxies"]:
-                    acked_at = proxy["types"].get("RDS", {}).get("acked_at")
-                    if acked_at is not None and acked_at >= wall0:
-                        result.ack_ms.append((acked_at - wall0) * 1000)
+                result.missing += consumers - len(acked)
+                result.ack_ms += [(at - wall0) * 1000 for at in acked]
                 await asyncio.sleep(0.2)
             if profiler is not None:
                 profiler.send_signal(2)  # SIGINT: py-spy writes what it has
@@ -280,6 +285,36 @@ async def _all_in_sync(plane: ControlPlane, session: aiohttp.ClientSession, cons
             return
         await asyncio.sleep(0.5)
     raise RuntimeError(f"the fleet of {consumers} did not get in sync within 120 s")
+
+
+async def _status_cost(plane: ControlPlane, session: aiohttp.ClientSession, idle_ms_per_s: float) -> float:
+    """The control plane's CPU for one /status (median of 5), idle time taken off."""
+    costs = []
+    for _ in range(5):
+        cpu0, t0 = plane.cpu_ms(), time.monotonic()
+        await plane.status(session)
+        costs.append(plane.cpu_ms() - cpu0 - idle_ms_per_s * (time.monotonic() - t0))
+    return statistics.median(costs)
+
+
+async def _acked_at(
+    plane: ControlPlane, session: aiohttp.ClientSession, since: float, wanted: int, timeout: float
+) -> tuple[list[float], int]:
+    """Poll /status until `wanted` consumers ACKed a route response after `since` (time.time()); return those
+    ACK times and the number of polls."""
+    deadline = time.monotonic() + timeout
+    polls = 0
+    while True:
+        report = await plane.status(session)
+        polls += 1
+        found = [
+            at
+            for proxy in report["proxies"]
+            if (at := proxy["types"].get("RDS", {}).get("acked_at")) is not None and at >= since
+        ]
+        if len(found) >= wanted or time.monotonic() > deadline:
+            return found, polls
+        await asyncio.sleep(0.02)
 
 
 async def _route_acks(envoys: Sequence[EnvoyProcess]) -> list[int]:
@@ -346,11 +381,14 @@ async def run(args: argparse.Namespace) -> int:
     print(f"{args.clients} simulated + {args.envoys} real Envoys, {args.routes} routes, {args.changes} changes each")
     print(f"{'protocol':9} {'ACK p50':>9} {'ACK p99':>9} {'max':>9} {'CPU/change':>11} {'CPU/client/change':>18}")
     for s in summaries:
+        if not s["ack_samples"]:
+            print(f"{s['protocol']:9} no ACK seen after a change (missing ACKs {s['missing_acks']})")
+            continue
         print(
             f"{s['protocol']:9} {s['ack_p50_ms']:8.1f}ms {s['ack_p99_ms']:8.1f}ms {s['ack_max_ms']:8.1f}ms "
             f"{s['cpu_ms_per_change']:9.1f}ms {s['cpu_ms_per_client_per_change']:15.3f} ms"
             f"  (range {s['cpu_ms_per_client_range'][0]:.3f}-{s['cpu_ms_per_client_range'][1]:.3f}; "
-            f"idle {s['idle_cpu_ms_per_s']:.1f} ms/s; missing ACKs {s['missing_acks']})"
+            f"idle {s['idle_cpu_ms_per_s']:.1f} ms/s; {s['ack_samples']} ACKs timed; missing {s['missing_acks']})"
         )
     for when, stalls in (("before", stalls_before), ("after", stalls_after)):
         if stalls:
