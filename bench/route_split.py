@@ -40,6 +40,7 @@ from google.protobuf import any_pb2
 from google.protobuf.message import Message
 
 import _stalls
+from _harness import percentile
 from xgate.discovery.server import ADS_SERVICE
 from xgate.proxy.process import EnvoyProcess
 from xgate.testing.gateway import free_port
@@ -315,6 +316,8 @@ class Result:
             "bytes_per_change": self.bytes_per_change,
             "ack_p50_ms": statistics.median(self.ack_ms) if self.ack_ms else None,
             "serve_p50_ms": statistics.median(self.serve_ms) if self.serve_ms else None,
+            "ack_p99_ms": percentile(self.ack_ms, 99) if self.ack_ms else None,
+            "serve_p99_ms": percentile(self.serve_ms, 99) if self.serve_ms else None,
             "ack_ms": [round(v, 2) for v in self.ack_ms],
             "nacks": self.nacks,
         }
@@ -385,12 +388,14 @@ async def run(args: argparse.Namespace) -> int:
         print(json.dumps({"results": summaries, "stalls": [s.summary() for s in stalls]}))
         return 0
     print(f"{args.routes} routes ({args.hosts} hosts or scopes where split), {args.changes} one-route changes each")
-    print(f"{'mode':6} {'bytes/change':>13} {'ACK p50':>9} {'served p50':>11}  ACK per change (ms)")
+    print(f"{'mode':6} {'bytes/change':>13} {'ACK p50/p99':>16} {'served p50/p99':>16}")
     for s in summaries:
-        ack, served = s["ack_p50_ms"], s["serve_p50_ms"]
-        print(f"{s['mode']:6} {s['bytes_per_change']:13,} {ack:8.1f}ms {served:10.1f}ms  {s['ack_ms']}")
+        ack = f"{s['ack_p50_ms']:.1f}/{s['ack_p99_ms']:.1f}ms" if s["ack_ms"] else "none"
+        served = f"{s['serve_p50_ms']:.1f}/{s['serve_p99_ms']:.1f}ms" if s["serve_p50_ms"] is not None else "none"
+        print(f"{s['mode']:6} {s['bytes_per_change']:13,} {ack:>16} {served:>16}  nacks {s['nacks']}")
     if stalls:
         print(f"machine: {_stalls.line(stalls)}")
+        print(f"  floor (job CPU ms -> p50/p99 wall ms): {_stalls.jobs_line(stalls)}")
     return 1 if any(result.nacks for result in results) else 0
 
 
