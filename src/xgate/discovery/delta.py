@@ -185,6 +185,9 @@ class _TypeState:
     # consumer would wait for it: Envoy's initial fetch timeout is 15 s, and a service is ready only then.
     owed: bool = False
     unanswered: dict[str, _Sent] = field(default_factory=dict)  # nonce -> the response
+    # The state a refused response would have brought: not offered again (as a SotW server does not resend a
+    # version that was NACKed), until something else is sent.
+    refused: str | None = None
 
     @property
     def names(self) -> frozenset[str] | None:
@@ -222,6 +225,12 @@ class DeltaStream(Stream[discovery_v3.DeltaDiscoveryRequest, DeltaResponse]):
                 break
             state.acked = state.acked.after(sent.plan)
         if request.HasField("error_detail"):
+            # It kept what it held: what comes next is planned from there, so a later change sends everything
+            # that differs from it, the refused resources included, unless the snapshot is the refused one.
+            state.refused = sent.plan.after.key
+            state.held = state.acked
+            for later in state.unanswered.values():
+                state.held = state.held.after(later.plan)
             message = request.error_detail.message
             self._nacked(type_url, sent.plan.after.version, sent.revision, message, sorted(sent.plan.names))
         else:
@@ -279,7 +288,10 @@ class DeltaStream(Stream[discovery_v3.DeltaDiscoveryRequest, DeltaResponse]):
             again &= names
         owed = state.owed
         key = ("delta", type_url, names, state.held.key, keep, again, owed)
-        return snapshot.memo(key, lambda: plan(type_url, snapshot, names, state.held, keep, again, owed))
+        found = snapshot.memo(key, lambda: plan(type_url, snapshot, names, state.held, keep, again, owed))
+        if found is not None and found.after.key == state.refused:
+            return None
+        return found
 
     def _pending(self, type_url: str, snapshot: Snapshot) -> bool:
         return type_url in self._types and self._plan(type_url, snapshot, frozenset()) is not None
@@ -300,6 +312,7 @@ class DeltaStream(Stream[discovery_v3.DeltaDiscoveryRequest, DeltaResponse]):
         state.unanswered[nonce] = _Sent(state.held, found, revision)
         state.held = found.after
         state.owed = False
+        state.refused = None
         self._sent(type_url, found.after.version, revision)
         return DeltaResponse(nonce, found)
 

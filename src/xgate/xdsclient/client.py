@@ -146,6 +146,10 @@ class XdsClient:
             try:
                 for url in self.subscriptions:
                     await call.write(self._first(url))
+                # Connected once the stream is up, not at the first response: a control plane that still
+                # serves what the client holds (a reconnect, a restart) sends nothing until the next change.
+                await call.wait_for_connection()
+                self._connected(target)
                 while True:
                     reading = asyncio.ensure_future(call.read())
                     done, _ = await asyncio.wait({reading, stopping}, return_when=asyncio.FIRST_COMPLETED)
