@@ -73,13 +73,13 @@ class CheckedStream(AdsStream):
 
 
 class CheckedDeltaStream(DeltaStream):
-    """A DeltaStream that checks the incremental protocol's rules on every response, against its own model of
-    what the consumer holds (it assumes each response is applied, as an ACK says): nonces grow; a response holds
-    only resources of its type, each named once, each versioned by the digest of its bytes, none also removed;
-    nothing is sent that the consumer holds at that version, except endpoints right after their clusters; a
-    named subscription gets only its names; a removal names something held, or a name asked for that does not
-    exist; the response's version is the state's after it; a batch keeps the push order (a last CDS may only
-    remove clusters); the bytes parse as the DeltaDiscoveryResponse they claim to be."""
+    """A DeltaStream that checks the incremental protocol's rules on every response, against its own model of what the
+    consumer holds (each response is applied, unless NACKed: then it holds what it had): nonces grow; a response
+    holds only resources of its type, each named once, each versioned by the digest of its bytes, none also removed;
+    nothing is sent that the consumer holds at that version, except endpoints right after their clusters; a named
+    subscription gets only its names; a removal names something held, or a name asked for that does not exist; the
+    response's version is the state's after it; a batch keeps the push order (a last CDS may only remove clusters);
+    the bytes parse as the DeltaDiscoveryResponse they claim to be."""
 
     def __init__(self, proxy: ProxyStatus) -> None:
         super().__init__(proxy)
@@ -88,6 +88,7 @@ class CheckedDeltaStream(DeltaStream):
         self._wildcard: dict[str, bool] = {}
         self._names: dict[str, set[str]] = {}
         self.holds: dict[str, dict[str, str]] = {}  # type URL -> name -> version, as the consumer has it
+        self._given: dict[str, list[tuple[str, dict[str, str], DeltaResponse]]] = {}  # url -> (nonce, before, it)
 
     def on_request(self, request: discovery_v3.DeltaDiscoveryRequest, snapshot: Snapshot | None) -> None:
         url = request.type_url
@@ -100,6 +101,16 @@ class CheckedDeltaStream(DeltaStream):
         self._names[url] = (self._names.get(url, set()) | subscribe) - unsubscribe - {"*"}
         if not self._wildcard[url]:
             self.holds[url] = {n: v for n, v in self.holds[url].items() if n in self._names[url]}
+        if request.HasField("error_detail"):  # refused: it holds what it had, plus what was sent after
+            sent = self._given.get(url, [])
+            index = next((i for i, (nonce, _, _) in enumerate(sent) if nonce == request.response_nonce), None)
+            if index is not None:
+                holds = dict(sent[index][1])
+                for _, _, later in sent[index + 1 :]:
+                    for name in later.removed:
+                        holds.pop(name, None)
+                    holds.update((r.name, r.version) for r in later.resources)
+                self.holds[url] = holds
         super().on_request(request, snapshot)
 
     def responses(self, snapshot: Snapshot | None) -> list[DeltaResponse]:
@@ -136,6 +147,7 @@ class CheckedDeltaStream(DeltaStream):
         for name in response.removed:
             asked = not self._wildcard[url] and name in self._names[url]
             assert name in holds or asked, f"removes {name}, which it does not hold"
+        self._given.setdefault(url, []).append((response.nonce, dict(holds), response))
         for name in response.removed:
             holds.pop(name, None)
         holds.update((r.name, r.version) for r in response.resources)

@@ -165,6 +165,27 @@ def test_an_ack_of_another_change_does_not_clear_a_nack() -> None:
     assert not stream.proxy.in_sync(endpoints)
 
 
+def test_after_a_nack_the_next_change_is_planned_from_what_the_consumer_kept() -> None:
+    """A refused removal is not taken as applied: the next change removes the cluster again, with the rest."""
+    two = CONFIG.replace("  - {name: to-b, match: {path: {prefix: /b}}, upstream: b}\n", "")
+    snap = snapshot(two)
+    stream = connected(snap)
+    without_b = two.replace('  - {name: b, endpoints: ["127.0.0.1:8002"]}\n', "")
+    refused = snapshot(without_b, 2, snap)
+    response = stream.responses(refused)[0]
+    assert (response.type_url, response.removed) == (typeurls.CLUSTER, ("upstream/b",))
+    stream.on_request(delta_request(typeurls.CLUSTER, nonce=response.nonce, error="no"), refused)
+    assert holds(stream, typeurls.CLUSTER).keys() == {"upstream/a", "upstream/b"}
+    again = snapshot(without_b, 3, refused)
+    assert [r.type_url for r in stream.responses(again)] == []  # the refused state is not offered again
+    changed = snapshot(without_b.replace('8001"]}', '8001"], lb: random}'), 4, again)
+    batch = stream.responses(changed)
+    clusters = [r for r in batch if r.type_url == typeurls.CLUSTER]
+    assert [([x.name for x in r.resources], r.removed) for r in clusters] == [(["upstream/a"], ("upstream/b",))]
+    ack(stream, batch, changed)
+    assert holds(stream, typeurls.CLUSTER).keys() == {"upstream/a"} and stream.proxy.in_sync(changed)
+
+
 def test_a_stale_nonce_answers_nothing_but_its_subscription_changes_apply() -> None:
     snap = snapshot()
     stream = connected(snap)
