@@ -96,7 +96,8 @@ class XdsClient:
     """Follows `servers` (tried in order, then again) for `subscriptions` until `run`'s stop event is set.
 
     `ready` is set once every subscription has applied a response (a service without its config has nothing
-    to serve). Errors: none escape `run`; a failing server is logged, reported in `health` and retried.
+    to serve), after `before_ready` (how a service starts serving only with its config) has run. Errors: only
+    `before_ready`'s escape `run`; a failing server is logged, reported in `health` and retried.
     """
 
     def __init__(
@@ -108,6 +109,7 @@ class XdsClient:
         retry_initial: float = 0.1,
         retry_max: float = 2.0,
         delta: bool = True,
+        before_ready: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         if not servers:
             raise ValueError("an xDS client needs at least one control plane address")
@@ -117,6 +119,7 @@ class XdsClient:
         self.health = ClientHealth(types={url: TypeHealth() for url in self.subscriptions})
         self.ready = asyncio.Event()
         self.delta = delta
+        self._before_ready = before_ready
         self._retry_initial, self._retry_max = retry_initial, retry_max
         # delta: what the service holds, per type: name -> (version, resource)
         self._held: dict[str, dict[str, tuple[str, Any]]] = {url: {} for url in self.subscriptions}
@@ -212,7 +215,11 @@ class XdsClient:
         state.version, state.resources, state.applied_at = version, len(resources), time.time()
         state.acks += 1
         state.last_error = None
-        if all(other.applied_at is not None for other in self.health.types.values()):
+        if not self.ready.is_set() and all(other.applied_at is not None for other in self.health.types.values()):
+            if self._before_ready is not None:
+                # Before the ACK that lets the control plane send Envoys this revision: the service is serving
+                # by the time Envoy calls it. Its errors (a taken port) end `run`; they are not a NACK.
+                await self._before_ready()
             self.ready.set()
         return self._request(url, version=state.version, nonce=response.nonce)
 
