@@ -13,6 +13,7 @@ its status reads as a state-of-the-world consumer's: in sync, the revision ACKed
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -270,7 +271,8 @@ class DeltaStream(Stream[discovery_v3.DeltaDiscoveryRequest, DeltaResponse]):
 
     @staticmethod
     def _resubscribe(state: _TypeState, subscribe: Sequence[str], unsubscribe: Sequence[str]) -> None:
-        added = frozenset(subscribe)
+        # Interned, as AdsStream does: a fleet asks for the same names, and protobuf gives each request its copies.
+        added = frozenset(map(sys.intern, subscribe))
         dropped = frozenset(unsubscribe)
         state.wildcard = (state.wildcard or WILDCARD in added) and WILDCARD not in dropped
         state.explicit = (state.explicit | added) - dropped - {WILDCARD}

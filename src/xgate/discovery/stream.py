@@ -12,6 +12,7 @@ cluster is removed only after the routes that stopped using it.
 from __future__ import annotations
 
 import itertools
+import sys
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -182,6 +183,7 @@ class _TypeState:
     names: frozenset[str] | None = None
     nonce: str = ""
     version: str | None = None
+    # What it was last sent, in that order: a tuple, not a dict by name (1,000 clusters: 8 KB, not 40, a proxy).
     sent: tuple[Resource, ...] = ()
 
 
@@ -206,7 +208,9 @@ class AdsStream(Stream[discovery_v3.DiscoveryRequest, "Response"]):
             state = self._types[type_url] = _TypeState()
         status = self.proxy.types.setdefault(type_url, TypeStatus())
         wildcard = type_url in typeurls.WILDCARD_TYPES and not request.resource_names
-        state.names = None if wildcard else frozenset(request.resource_names)
+        # Interned: protobuf gives each request its own copy of every name, and a fleet asks for the same ones
+        # (100 proxies subscribed to 1,000 EDS clusters each kept 100,000 strings, ~7 MB).
+        state.names = None if wildcard else frozenset(map(sys.intern, request.resource_names))
         status.names = state.names
         if request.response_nonce and request.HasField("error_detail"):
             names = [resource.name for resource in state.sent]
