@@ -42,6 +42,8 @@ class PolicyTranslator(PluginTranslator[PolicySettings]):
             failure_mode_allow=settings.failure_mode == "open",
             status_on_error=http_status_v3.HttpStatus(code=settings.failure_status),
             metadata_context_namespaces=[JWT_FILTER],
+            # A repeated header's values apart, as jwt_authn sees them (xgate.authz.extract: every token counts).
+            encode_raw_headers=True,
         )
         return [hcm_v3.HttpFilter(name=AUTHZ_FILTER, typed_config=pack(config))]
 
