@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from google.protobuf import json_format
@@ -80,7 +80,8 @@ def config_dump(proxy: ProxyStatus) -> Callable[[], dict[str, Any]]:
         versions: dict[str, dict[str, Any]] = {}
         for type_url, sent, state in captured:
             section = SECTIONS.get(type_url) or typeurls.SHORT.get(type_url, type_url)
-            ordered = sorted(sent, key=lambda resource: resource.name)
+            held = [r for r in sent.values() if r is not None] if isinstance(sent, Mapping) else list(sent)
+            ordered = sorted(held, key=lambda resource: resource.name)
             sections[section] = [redact(_decode(resource.packed)) for resource in ordered]
             versions[section] = state
         return {**head, "versions": versions, "resources": sections}

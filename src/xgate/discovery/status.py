@@ -6,7 +6,7 @@ import asyncio
 import itertools
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,9 +46,9 @@ class TypeStatus:
     acked_revision: str | None = None
     acked_at: float | None = None
     rejection: Rejection | None = None
-    # The resources of the last response: the stream's own tuple, so keeping them costs a pointer (what
-    # `xgate config-dump` shows).
-    sent: tuple[Resource, ...] = ()
+    # What the consumer was last sent (SotW: the response's resources; delta: all it holds then, None for names
+    # said not to exist): the stream's own objects, so keeping them costs a pointer (what config-dump shows).
+    sent: tuple[Resource, ...] | Mapping[str, Resource | None] = ()
 
 
 @dataclass
@@ -61,6 +61,7 @@ class ProxyStatus:
     node_id: str = ""
     cluster: str = ""
     role: str = typeurls.ENVOY  # "envoy", or the xgate service it is ("authz", "dyeing", "ratelimit")
+    xds: str = "sotw"  # the variant of ADS it speaks: "sotw" (state of the world) or "delta"
     types: dict[str, TypeStatus] = field(default_factory=dict)
     disconnected_at: float | None = None
     synced_revision: str | None = None
@@ -92,7 +93,7 @@ class ProxyStatus:
                 continue
             if state.names is not None and not state.names >= resources.keys():
                 return False
-            if state.acked_version != Snapshot.version_of(snapshot.select(type_url, state.names)):
+            if state.acked_version != snapshot.version(type_url, state.names):
                 return False
         return True
 
@@ -118,6 +119,7 @@ class ProxyStatus:
             "node": self.node_id,
             "cluster": self.cluster,
             "kind": self.role,
+            "xds": self.xds,
             "peer": self.peer,
             "connected_at": self.connected_at,
             "disconnected_at": self.disconnected_at,
@@ -129,6 +131,7 @@ class ProxyStatus:
                     "sent": state.sent_version,
                     "acked": state.acked_version,
                     "acked_revision": state.acked_revision,
+                    "acked_at": state.acked_at,
                     "rejection": None
                     if state.rejection is None
                     else {
