@@ -49,6 +49,14 @@ def upstreams_yaml(versions: dict[str, DemoUpstream], health: str = "") -> str:
     )
 
 
+# The route the dyeing tests send users to (shared with test_dyeing_sticky.py): v1 stable, v2 the canary stage,
+# v3 the beta stage.
+USERS_ROUTE = """  - name: users
+    match: {path: {prefix: /users}}
+    upstream: v1
+    canary: [{stage: canary, upstream: v2, fallback: false}, {stage: beta, upstream: v3, fallback: false}]"""
+
+
 def token(**claims: object) -> str:
     payload = {"iss": "https://issuer.test", "exp": int(time.time()) + 600, **claims}
     return jwt.encode(payload, SECRET, algorithm="HS256")
@@ -83,10 +91,7 @@ listeners:
 upstreams:
 {upstreams_yaml(versions)}
 routes:
-  - name: users
-    match: {{path: {{prefix: /users}}}}
-    upstream: v1
-    canary: [{{stage: canary, upstream: v2, fallback: false}}, {{stage: beta, upstream: v3, fallback: false}}]
+{USERS_ROUTE}
   - {{name: plain, match: {{path: {{prefix: /plain}}}}, upstream: v1, plugins: {{dyeing: false}}}}
   - name: beta-only
     match: {{path: {{prefix: /only}}, headers: [{{name: x-xgate-stage, exact: beta}}]}}

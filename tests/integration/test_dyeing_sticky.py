@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import jwt
 import pytest
-from tests.integration.test_dyeing import STAGE, fetch_all, upstreams_yaml, versions
+from tests.integration.test_dyeing import STAGE, USERS_ROUTE, fetch_all, upstreams_yaml, versions
 
 from xgate.demo.upstream import DemoUpstream
 from xgate.dyeing.rules import sticky_bucket
@@ -45,10 +45,7 @@ listeners:
 upstreams:
 {upstreams_yaml(versions)}
 routes:
-  - name: users
-    match: {{path: {{prefix: /users}}}}
-    upstream: v1
-    canary: [{{stage: canary, upstream: v2, fallback: false}}, {{stage: beta, upstream: v3, fallback: false}}]
+{USERS_ROUTE}
     plugins: {{jwt: {{provider: main, optional: true}}}}
   - name: not-canary
     match: {{path: {{prefix: /other}}, headers: [{{name: {STAGE}, exact: canary, invert: true}}]}}
@@ -141,10 +138,7 @@ listeners: [{{name: public, address: 127.0.0.1, port: {port}}}]
 upstreams:
 {upstreams_yaml(versions)}
 routes:
-  - name: users
-    match: {{path: {{prefix: /users}}}}
-    upstream: v1
-    canary: [{{stage: canary, upstream: v2, fallback: false}}, {{stage: beta, upstream: v3, fallback: false}}]
+{USERS_ROUTE}
 """
     users = [f"user-{index}" for index in range(400)]
     sent = [{"x-user-id": user} for user in users] + [{"cookie": f"uid={user}"} for user in users]
