@@ -1,5 +1,5 @@
 """Processes the scale benchmarks start and stop by PID: the control plane as `xgate controlplane`, a real Envoy
-following it, and their sizes.
+following it, and their sizes; and the bootstrap of a static Envoy, the origin several benchmarks answer from.
 
 Unlike _harness.py's control plane child (which reports timestamps from hooks), these run the product as
 deployed; the benchmarks that use them (memory.py, vs_nginx.py) time from outside or read /proc.
@@ -23,6 +23,10 @@ from xgate.proxy.bootstrap import build_bootstrap
 from xgate.proxy.process import EnvoyProcess
 from xgate.supervisor import die_with_parent
 
+HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+ROUTER = {"name": "envoy.filters.http.router",
+          "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}  # fmt: skip
+OK = {"match": {"prefix": "/"}, "direct_response": {"status": 200, "body": {"inline_string": "ok"}}}  # any path
 _READY = re.compile(r"ready: xds [^:\s]+:(\d+) status http://[^:\s]+:(\d+)/status")
 
 
@@ -109,3 +113,29 @@ async def envoy(xds_port: int, work: Path, name: str = "envoy") -> AsyncIterator
             yield process
         finally:
             await process.stop()
+
+
+def static_listener(name: str, port: int, routes: list[dict[str, Any]], **manager: Any) -> dict[str, Any]:
+    """A static Envoy's listener on 127.0.0.1:`port`: one virtual host, any domain, `routes`; `manager` adds fields
+    to its HttpConnectionManager (codec_type, access_log)."""
+    config = {
+        "@type": HCM,
+        "stat_prefix": name,
+        "route_config": {"virtual_hosts": [{"name": name, "domains": ["*"], "routes": routes}]},
+        "http_filters": [ROUTER],
+        **manager,
+    }
+    return {
+        "name": name,
+        "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
+        "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager",
+                                        "typed_config": config}]}],
+    }  # fmt: skip
+
+
+def static_bootstrap(listeners: list[dict[str, Any]]) -> dict[str, Any]:
+    """A static Envoy (no xDS) serving `listeners`, its admin on a port the kernel picks."""
+    return {
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
+        "static_resources": {"listeners": listeners},
+    }

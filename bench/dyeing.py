@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from _harness import stop_process
+from _processes import OK, static_bootstrap, static_listener
 from _wrk import have_wrk, wrk_parser, wrk_run
 from xgate.proxy.process import EnvoyProcess
 from xgate.supervisor import die_with_parent
@@ -81,34 +82,10 @@ def origin_bootstrap(origins: dict[str, int]) -> dict[str, Any]:
 
     def listener(name: str, port: int) -> dict[str, Any]:
         echo = {"x-origin": name, "x-origin-stage": f"%REQ({STAGE})%", "x-origin-baggage": "%REQ(baggage)%"}
-        route = {
-            "match": {"prefix": "/"},
-            "direct_response": {"status": 200, "body": {"inline_string": "ok"}},
-            "response_headers_to_add": [{"header": {"key": k, "value": v}} for k, v in echo.items()],
-        }
-        manager = {
-            "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3"
-            ".HttpConnectionManager",
-            "stat_prefix": name,
-            "route_config": {"virtual_hosts": [{"name": name, "domains": ["*"], "routes": [route]}]},
-            "http_filters": [
-                {
-                    "name": "envoy.filters.http.router",
-                    "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
-                }
-            ],
-        }
-        return {
-            "name": name,
-            "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
-            "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager",
-                                            "typed_config": manager}]}],
-        }  # fmt: skip
+        route = {**OK, "response_headers_to_add": [{"header": {"key": k, "value": v}} for k, v in echo.items()]}
+        return static_listener(name, port, [route])
 
-    return {
-        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
-        "static_resources": {"listeners": [listener(name, port) for name, port in origins.items()]},
-    }
+    return static_bootstrap([listener(name, port) for name, port in origins.items()])
 
 
 class DyeingService:

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from _openloop import generator_argv
+from _processes import OK, static_bootstrap, static_listener
 from _stalls import jobs_line, line, measure
 from _wrk import have_wrk, wrk_run
 from xgate.dyeing.rules import sticky_bucket
@@ -87,30 +88,13 @@ def origin_bootstrap(origins: dict[str, int], log: Path) -> dict[str, Any]:
     """A static Envoy, one listener per version, answering directly and logging user, stage, version, path."""
 
     def listener(name: str, port: int) -> dict[str, Any]:
-        manager = {
-            "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3"
-            ".HttpConnectionManager",
-            "stat_prefix": name,
-            "route_config": {"virtual_hosts": [{"name": name, "domains": ["*"], "routes": [
-                {"match": {"prefix": "/"}, "direct_response": {"status": 200, "body": {"inline_string": "ok"}}}]}]},
-            "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {
-                "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}],
-            "access_log": [{"name": "envoy.access_loggers.file", "typed_config": {
-                "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog", "path": str(log),
-                "log_format": {"text_format_source": {
-                    "inline_string": f"%REQ({USER})% %REQ(X-XGATE-STAGE)% {name} %REQ(:PATH)%\n"}}}}],
-        }  # fmt: skip
-        return {
-            "name": name,
-            "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
-            "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager",
-                                            "typed_config": manager}]}],
-        }  # fmt: skip
+        access_log = [{"name": "envoy.access_loggers.file", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog", "path": str(log),
+            "log_format": {"text_format_source": {
+                "inline_string": f"%REQ({USER})% %REQ(X-XGATE-STAGE)% {name} %REQ(:PATH)%\n"}}}}]  # fmt: skip
+        return static_listener(name, port, [OK], access_log=access_log)
 
-    return {
-        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
-        "static_resources": {"listeners": [listener(name, port) for name, port in origins.items()]},
-    }
+    return static_bootstrap([listener(name, port) for name, port in origins.items()])
 
 
 class Log:

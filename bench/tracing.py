@@ -21,14 +21,12 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import _stalls
+from _processes import OK, static_bootstrap, static_listener
 from _wrk import have_wrk, wrk_parser, wrk_run
 from xgate.proxy.process import EnvoyProcess
 from xgate.testing import free_port, run_gateway
 
 LISTENERS = {"off": None, "1%": 1, "100%": 100}  # the table's name -> sampling (None: no tracing)
-_HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
-_ROUTER = {"name": "envoy.filters.http.router",
-           "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}  # fmt: skip
 
 
 def config(ports: dict[str, int], upstream: int, collector: int) -> str:
@@ -47,24 +45,6 @@ def config(ports: dict[str, int], upstream: int, collector: int) -> str:
 
 def origin_bootstrap(upstream: int, collector: int) -> dict[str, Any]:
     """A static Envoy: the upstream (a direct response) and the OTLP sink (HTTP/2, trailers-only OK answers)."""
-
-    def listener(name: str, port: int, route: dict[str, Any], http2: bool = False) -> dict[str, Any]:
-        manager: dict[str, Any] = {
-            "@type": _HCM,
-            "stat_prefix": name,
-            "route_config": {"virtual_hosts": [{"name": name, "domains": ["*"], "routes": [route]}]},
-            "http_filters": [_ROUTER],
-        }
-        if http2:
-            manager["codec_type"] = "HTTP2"
-        return {
-            "name": name,
-            "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
-            "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager",
-                                            "typed_config": manager}]}],
-        }  # fmt: skip
-
-    ok = {"match": {"prefix": "/"}, "direct_response": {"status": 200, "body": {"inline_string": "ok"}}}
     grpc_ok = {
         "match": {"prefix": "/"},
         "direct_response": {"status": 200},
@@ -73,12 +53,12 @@ def origin_bootstrap(upstream: int, collector: int) -> dict[str, Any]:
             {"header": {"key": "grpc-status", "value": "0"}},
         ],
     }
-    return {
-        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
-        "static_resources": {
-            "listeners": [listener("upstream", upstream, ok), listener("collector", collector, grpc_ok, http2=True)]
-        },
-    }
+    return static_bootstrap(
+        [
+            static_listener("upstream", upstream, [OK]),
+            static_listener("collector", collector, [grpc_ok], codec_type="HTTP2"),
+        ]
+    )
 
 
 class Run(NamedTuple):
