@@ -15,9 +15,7 @@ with the upstream's name (`demo-grpc:hello`). A few texts ask for behaviours tha
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import signal
 from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -25,6 +23,8 @@ from dataclasses import dataclass
 import grpc
 from google.protobuf import wrappers_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from xgate.demo.upstream import run_until_signal
 
 SERVICE = "xgate.demo.v1.Echo"
 _MAX_SLEEP_MS = 60_000
@@ -143,20 +143,6 @@ async def start_grpc_upstream(name: str, host: str = "127.0.0.1", port: int = 0)
     return upstream
 
 
-async def _serve_until_signal(name: str, host: str, port: int) -> None:
-    upstream = await start_grpc_upstream(name, host, port)
-    print(f"demo upstream {name} (gRPC) listening on {host}:{upstream.port}", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
-    try:
-        await stop.wait()
-    finally:
-        await upstream.stop()
-
-
 def run_grpc_upstream(name: str, host: str = "127.0.0.1", port: int = 0) -> None:
     """Run the gRPC echo upstream in the foreground until SIGINT or SIGTERM (`xgate demo-upstream --grpc`)."""
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_serve_until_signal(name, host, port))
+    run_until_signal(lambda: start_grpc_upstream(name, host, port), f"{name} (gRPC)", host)

@@ -7,7 +7,9 @@ import contextlib
 import json
 import signal
 import socket
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from aiohttp import web
 
@@ -116,9 +118,17 @@ async def start_upstream(name: str, host: str = "127.0.0.1", port: int = 0) -> D
     return DemoUpstream(name=name, host=host, port=bound_port, _runner=runner)
 
 
-async def _serve_until_signal(name: str, host: str, port: int) -> None:
-    upstream = await start_upstream(name, host, port)
-    print(f"demo upstream {name} listening on {host}:{upstream.port}", flush=True)
+class Running(Protocol):
+    """What the foreground runner needs of a started upstream (DemoUpstream, GrpcUpstream)."""
+
+    port: int
+
+    async def stop(self) -> None: ...
+
+
+async def _serve_until_signal(start: Callable[[], Awaitable[Running]], label: str, host: str) -> None:
+    upstream = await start()
+    print(f"demo upstream {label} listening on {host}:{upstream.port}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -131,7 +141,12 @@ async def _serve_until_signal(name: str, host: str, port: int) -> None:
         await upstream.stop()
 
 
+def run_until_signal(start: Callable[[], Awaitable[Running]], label: str, host: str) -> None:
+    """Run the upstream `start()` starts in the foreground until SIGINT or SIGTERM, saying where it listens."""
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(_serve_until_signal(start, label, host))
+
+
 def run_upstream(name: str, host: str = "127.0.0.1", port: int = 0) -> None:
     """Run the echo upstream in the foreground until SIGINT or SIGTERM (for `xgate demo-upstream`)."""
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_serve_until_signal(name, host, port))
+    run_until_signal(lambda: start_upstream(name, host, port), name, host)
