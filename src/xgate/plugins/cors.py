@@ -11,6 +11,14 @@ from xgate.config.types import Duration, Regex
 from xgate.plugins.base import PluginSpec
 
 
+def check_origins(origins: tuple[str, ...]) -> tuple[str, ...]:
+    """The `allow_origins` check of the cors and grpc_web settings: each is "*" or scheme://host[:port]."""
+    for origin in origins:
+        if origin != "*" and "://" not in origin:
+            raise ValueError(f"origin {origin!r} must be '*' or scheme://host[:port]")
+    return origins
+
+
 class CorsSettings(Model):
     """Which cross-origin requests browsers may make. `allow_origins: ["*"]` allows any origin."""
 
@@ -22,13 +30,7 @@ class CorsSettings(Model):
     max_age: Duration | None = None
     allow_credentials: bool = False
 
-    @field_validator("allow_origins")
-    @classmethod
-    def _origins(cls, origins: tuple[str, ...]) -> tuple[str, ...]:
-        for origin in origins:
-            if origin != "*" and "://" not in origin:
-                raise ValueError(f"origin {origin!r} must be '*' or scheme://host[:port]")
-        return origins
+    _origins = field_validator("allow_origins")(check_origins)
 
 
 class CorsSpec(PluginSpec[CorsSettings]):

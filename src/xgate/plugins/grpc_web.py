@@ -9,6 +9,7 @@ from pydantic import Field, field_validator
 from xgate.config.schema import Model
 from xgate.config.types import Duration
 from xgate.plugins.base import PluginSpec
+from xgate.plugins.cors import check_origins
 
 # The request headers a gRPC-Web client sends (grpc-web-text and binary alike), and the response headers its
 # JavaScript must read: CORS hides them from the page unless they are allowed and exposed.
@@ -25,13 +26,7 @@ class GrpcWebSettings(Model):
     allow_origins: tuple[str, ...] = Field(default=(), max_length=64)
     max_age: Duration | None = 600.0
 
-    @field_validator("allow_origins")
-    @classmethod
-    def _origins(cls, origins: tuple[str, ...]) -> tuple[str, ...]:
-        for origin in origins:
-            if origin != "*" and "://" not in origin:
-                raise ValueError(f"origin {origin!r} must be '*' or scheme://host[:port]")
-        return origins
+    _origins = field_validator("allow_origins")(check_origins)
 
 
 class GrpcWebSpec(PluginSpec[GrpcWebSettings]):
