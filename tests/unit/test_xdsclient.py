@@ -12,7 +12,7 @@ import grpc
 import pytest
 from envoy.config.cluster.v3 import cluster_pb2 as cluster_v3
 from envoy.config.core.v3 import base_pb2 as core_v3
-from tests.unit.discovery.test_stream import CONFIG, snapshot
+from tests.unit.discovery.test_stream import CONFIG, WITHOUT_B, snapshot
 
 from xgate.discovery import typeurls
 from xgate.discovery.cache import SnapshotCache
@@ -21,13 +21,6 @@ from xgate.testing.gateway import wait_for
 from xgate.xdsclient.client import Subscription, XdsClient
 
 LB_RANDOM = CONFIG.replace('endpoints: ["127.0.0.1:8001"]}', 'endpoints: ["127.0.0.1:8001"], lb: random}')
-WITHOUT_B = """
-listeners: [{name: public, port: 10000}]
-upstreams:
-  - {name: a, endpoints: ["127.0.0.1:8001"]}
-routes:
-  - {name: to-a, match: {path: {prefix: /a}}, upstream: a}
-"""
 
 
 class Applied:

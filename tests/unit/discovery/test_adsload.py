@@ -9,7 +9,7 @@ import contextlib
 from collections.abc import AsyncIterator
 
 import grpc
-from tests.unit.discovery.test_stream import CONFIG, snapshot
+from tests.unit.discovery.test_stream import CONFIG, WITHOUT_B, snapshot
 
 from xgate.discovery import typeurls
 from xgate.discovery.cache import SnapshotCache
@@ -18,13 +18,6 @@ from xgate.testing.adsload import Fleet
 from xgate.testing.gateway import wait_for
 
 CHANGED = CONFIG.replace("prefix: /a", "prefix: /changed")
-WITHOUT_B = """
-listeners: [{name: public, port: 10000}]
-upstreams:
-  - {name: a, endpoints: ["127.0.0.1:8001"]}
-routes:
-  - {name: to-a, match: {path: {prefix: /a}}, upstream: a}
-"""
 
 
 class Plane:

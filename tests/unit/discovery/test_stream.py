@@ -28,6 +28,14 @@ routes:
   - {name: to-a, match: {path: {prefix: /a}}, upstream: a}
   - {name: to-b, match: {path: {prefix: /b}}, upstream: b}
 """
+# CONFIG with upstream b and its route removed.
+WITHOUT_B = """
+listeners: [{name: public, port: 10000}]
+upstreams:
+  - {name: a, endpoints: ["127.0.0.1:8001"]}
+routes:
+  - {name: to-a, match: {path: {prefix: /a}}, upstream: a}
+"""
 
 
 def snapshot(text: str = CONFIG, serial: int = 1, previous: Snapshot | None = None) -> Snapshot:
