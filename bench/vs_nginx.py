@@ -39,7 +39,7 @@ from xgate.sources.etcd.client import EtcdClient, EtcdSettings
 from xgate.sources.etcd.layout import DEFAULT_PREFIX, encode, key_of
 from xgate.testing.etcd import run_etcd
 from xgate.testing.gateway import free_port
-from xgate.testing.nginx import find_nginx, run_nginx
+from xgate.testing.nginx import nginx_argv, run_nginx, temp_paths
 
 now = time.monotonic
 SYSTEMS = ("nginx", "xgate-file", "xgate-etcd")
@@ -88,9 +88,6 @@ def probe_value(generation: int) -> tuple[bytes, bytes]:
 
 
 def nginx_config(prefix: Path, routes: int, port: int, origin: int, generation: int) -> str:
-    temp = "\n".join(
-        f"    {kind}_temp_path {prefix}/{kind};" for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
-    )
     proxied = 'proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection "";'
     locations = "\n".join(f"        location /svc-{n}/ {{ {proxied} }}" for n in range(routes - 1))
     return f"""daemon off;
@@ -100,7 +97,7 @@ error_log {prefix}/error.log warn;
 events {{ worker_connections 1024; }}
 http {{
     access_log off;
-{temp}
+{temp_paths(prefix)}
     upstream origin {{ server 127.0.0.1:{origin}; keepalive 32; }}
     server {{
         listen 127.0.0.1:{port};
@@ -131,7 +128,7 @@ def nginx_gateway(work: Path, routes: int, port: int, origin: int) -> Iterator[C
     prefix.mkdir()
     config = prefix / "nginx.conf"
     config.write_text(nginx_config(prefix, routes, port, origin, 0))
-    argv = [find_nginx(), "-p", str(prefix), "-c", str(config), "-e", str(prefix / "error.log")]
+    argv = nginx_argv(prefix, config)
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def change(generation: int) -> float:

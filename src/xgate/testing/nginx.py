@@ -55,6 +55,16 @@ def find_nginx() -> str:
     raise ProxyError("nginx not found: install Debian's nginx-light (apt-get install nginx-light)")
 
 
+def temp_paths(prefix: Path) -> str:
+    """The http block's `*_temp_path` lines: every temporary file under `prefix`, not in the system's dirs."""
+    return "\n".join(f"    {kind}_temp_path {prefix}/{kind};" for kind in _TEMP_DIRS)
+
+
+def nginx_argv(prefix: Path, config: Path) -> list[str]:
+    """nginx run from `prefix` with `config`, logging to `prefix`/error.log from its first line."""
+    return [find_nginx(), "-p", str(prefix), "-c", str(config), "-e", str(prefix / "error.log")]
+
+
 class NginxProcess(OwnedProcess):
     """One nginx on 127.0.0.1:`port` answering `name` (body and `x-upstream` header) on every path, and 200 on
     /healthz; its config, temp dirs and error log under `<work_dir>/nginx-<name>/`.
@@ -80,9 +90,9 @@ class NginxProcess(OwnedProcess):
         return self.prefix / "error.log"
 
     def write_config(self) -> Path:
-        temp_paths = "\n".join(f"    {kind}_temp_path {self.prefix}/{kind};" for kind in _TEMP_DIRS)
         config = self.prefix / "nginx.conf"
-        config.write_text(_CONFIG.format(prefix=self.prefix, temp_paths=temp_paths, port=self.port, name=self.name))
+        text = _CONFIG.format(prefix=self.prefix, temp_paths=temp_paths(self.prefix), port=self.port, name=self.name)
+        config.write_text(text)
         return config
 
     async def start(self, timeout: float = 5.0) -> None:
@@ -91,8 +101,7 @@ class NginxProcess(OwnedProcess):
             raise ProxyError(f"nginx {self.name} on port {self.port} is already running")
         self.prefix.mkdir(parents=True, exist_ok=True)
         config = self.write_config()
-        argv = [find_nginx(), "-p", str(self.prefix), "-c", str(config), "-e", str(self.log_path)]
-        await self._spawn(argv, asyncio.subprocess.DEVNULL)  # it writes its own error log
+        await self._spawn(nginx_argv(self.prefix, config), asyncio.subprocess.DEVNULL)  # it writes its own error log
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while not await self._accepts():
