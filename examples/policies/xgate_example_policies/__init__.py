@@ -11,7 +11,22 @@ import threading
 import time
 from typing import Any
 
-from xgate.authz import Allow, Decision, Deny, Request, inline
+from xgate.authz import Allow, Decision, Deny, Request, claims, header, inline, method, path, rule, source
+
+# Declarative policies: the control plane lowers these to Envoy's RBAC filter, so no Python runs per request.
+
+admins_read_write = rule(
+    claims.groups.contains("admin") & method.any_of("GET", "POST"),
+    deny=Deny(403, body="admins only"),
+)
+"""Members of the `admin` group may GET and POST; everyone else gets 403 "admins only"."""
+
+internal_or_reader = rule(
+    source.within("10.0.0.0/8", "127.0.0.0/8")
+    | (claims.scope.any_of("read", "write") & path.startswith("/reports/") & header("x-tenant").exists()),
+    deny=Deny(404, body="not found", headers={"cache-control": "no-store"}),
+)
+"""Internal clients, or a reader of reports naming its tenant; the others are told there is nothing here."""
 
 
 def allow_admins(request: Request, claims: dict[str, Any]) -> Decision:

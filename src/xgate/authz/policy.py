@@ -53,6 +53,7 @@ import logging
 import os
 import re
 import sys
+import threading
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType, ModuleType
@@ -243,8 +244,7 @@ class PolicyRegistry:
     def __init__(self) -> None:
         self._policies: Mapping[str, LoadedPolicy] = MappingProxyType({})
         self._errors: Mapping[str, PolicyLoadError] = MappingProxyType({})
-        self._digests: dict[str, bytes | None] = {}  # module -> digest of the source it was (re)imported from
-        self._generations: dict[str, int] = {}
+        self._modules = PolicyModules()
 
     def get(self, name: str) -> LoadedPolicy | None:
         return self._policies.get(name)
@@ -299,25 +299,53 @@ class PolicyRegistry:
         module_name, attributes = _split(path)
         module = modules.get(module_name)
         if module is None:
-            module = modules[module_name] = self._fresh_module(path, module_name)
+            try:
+                module = modules[module_name] = self._modules.fresh(path, module_name)
+            except PolicyLoadError as exc:
+                module = modules[module_name] = exc
         if isinstance(module, PolicyLoadError):
-            raise PolicyLoadError(path, module.reason)
-        generation = self._generations[module_name]
+            raise PolicyLoadError(path, module.reason) from module.__cause__
+        generation = self._modules.generation(module_name)
         if previous is not None and previous.path == path and previous.generation == generation:
             return previous
         call = _resolve(path, module, attributes)
         return LoadedPolicy(name, path, call, _mode(call), generation)
 
-    def _fresh_module(self, path: str, module_name: str) -> ModuleType | PolicyLoadError:
-        """The module, re-imported if its source changed since this registry last (re)imported it."""
-        known = module_name in self._digests
-        current = sys.modules.get(module_name)
-        changed = known and current is not None and _source_digest(current) != self._digests[module_name]
-        try:
+
+class PolicyModules:
+    """The modules policies come from, imported once and again when their source changed (by content: see
+    _drop_bytecode). Shared by `xgate authz` (PolicyRegistry) and the control plane (ir/policies.py); one
+    thread at a time (imports hold Python's import lock anyway)."""
+
+    def __init__(self) -> None:
+        self._digests: dict[str, bytes | None] = {}  # module -> digest of the source it was (re)imported from
+        self._generations: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def generation(self, module_name: str) -> int:
+        """How many times `fresh` (re)imported the module: a policy of another generation is another object."""
+        return self._generations.get(module_name, 0)
+
+    def fresh(self, path: str, module_name: str) -> ModuleType:
+        """The module, re-imported if its source changed since this object last (re)imported it; raises
+        PolicyLoadError (its cause: what the import raised), and the next call tries again."""
+        with self._lock:
+            known = module_name in self._digests
+            current = sys.modules.get(module_name)
+            changed = known and current is not None and _source_digest(current) != self._digests[module_name]
             module = _import(path, module_name, reload=changed)
-        except PolicyLoadError as exc:
-            return exc  # the digest stays old: the next load retries the import
-        if changed or not known or current is None:
-            self._digests[module_name] = _source_digest(module)
-            self._generations[module_name] = self._generations.get(module_name, 0) + 1
-        return module
+            if changed or not known or current is None:
+                self._digests[module_name] = _source_digest(module)
+                self._generations[module_name] = self._generations.get(module_name, 0) + 1
+            return module
+
+    def find(self, path: str) -> object:
+        """What `"pkg.module:name"` names, without instantiating a class (the control plane only looks)."""
+        module_name, attributes = _split(path)
+        target: Any = self.fresh(path, module_name)
+        for attribute in attributes.split("."):
+            try:
+                target = getattr(target, attribute)
+            except AttributeError:
+                raise PolicyLoadError(path, f"{module_name} has no attribute {attributes}") from None
+        return target

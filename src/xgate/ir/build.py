@@ -14,19 +14,26 @@ from xgate.config.messages import explain
 from xgate.config.schema import Listener, Model, Route
 from xgate.errors import ConfigError, ConfigIssue
 from xgate.ir.model import GatewayIR, ListenerIR, RouteIR
+from xgate.ir.policies import PolicyResolver, resolve_plugins
 from xgate.plugins import FILTER_ORDER, PLUGINS
 
 
 def build_ir(
-    config: ConfigSet, revision: str = "", *, lenient: bool = False, fallback: Mapping[str, Route] | None = None
+    config: ConfigSet,
+    revision: str = "",
+    *,
+    lenient: bool = False,
+    fallback: Mapping[str, Route] | None = None,
+    policies: PolicyResolver | None = None,
 ) -> GatewayIR:
     """Check what single objects cannot check alone and resolve defaults.
 
     Strict (a file): any issue raises ConfigError with every issue. Lenient (etcd, where each key is its own
     change): an object with issues is left out, or replaced by its `fallback` version (the one served
     before) when that one is still valid, and the issues travel in `GatewayIR.issues`.
+    `policies` imports the policy modules the plugin defaults name (ir/policies.py; default: a new one).
     """
-    return build_ir_and_context(config, revision, lenient=lenient, fallback=fallback)[0]
+    return build_ir_and_context(config, revision, lenient=lenient, fallback=fallback, policies=policies)[0]
 
 
 @dataclass
@@ -95,7 +102,12 @@ class RouteContext:
 
 
 def build_ir_and_context(
-    config: ConfigSet, revision: str = "", *, lenient: bool = False, fallback: Mapping[str, Route] | None = None
+    config: ConfigSet,
+    revision: str = "",
+    *,
+    lenient: bool = False,
+    fallback: Mapping[str, Route] | None = None,
+    policies: PolicyResolver | None = None,
 ) -> tuple[GatewayIR, RouteContext]:
     """build_ir, plus the RouteContext it used."""
     issues: list[ConfigIssue] = list(config.issues)
@@ -105,13 +117,17 @@ def build_ir_and_context(
     clashes = _port_clashes(config)
     issues += clashes.values()
 
+    resolver = policies or PolicyResolver()
+    resolver.start()
     defaults = _validated_plugins(config, "document", "plugins", config.plugins, "plugins", issues)
+    resolve_plugins(resolver, config, "document", "plugins", defaults, issues)
     invalid_everywhere = {name for name in config.plugins if name in PLUGINS and name not in defaults}
     listener_plugins: dict[str, dict[str, Model | None]] = {}
     invalid_defaults: dict[str, set[str]] = {}
     for listener in config.listeners:
         problems: list[ConfigIssue] = []
         own = _validated_plugins(config, "listener", listener.name, listener.plugins, "plugins", problems)
+        resolve_plugins(resolver, config, "listener", listener.name, own, problems)
         issues += problems
         invalid = {name for name in listener.plugins if name in PLUGINS and name not in own}
         invalid_defaults[listener.name] = invalid | (invalid_everywhere - set(own))

@@ -1,0 +1,254 @@
+"""Declarative policies (xgate.authz.rules) in Envoy: RBAC per route, CEL conditions, the policy's own deny answer.
+
+- The listener gets Envoy's RBAC filter after ext_authz (so claims a token verified in Python are there too),
+  off by default; a route with a lowered policy turns it on with its RBACPerRoute.
+- The rule's allow condition becomes ALLOW policies (ORed): the client's address tests as native principals
+  (`remote_ip`, the address ext_authz reports as the source), every other test as the CEL condition next to them
+  (see rules.alternatives). CEL reads the verified payload where the Python path gets it: jwt_authn's metadata,
+  or ext_authz's for a token `xgate authz` verified (the translator knows which from the route's jwt plugin).
+  Each test is guarded (present, right type) so it is false, never a CEL error; a CEL error would make the
+  policy not match anyway: fail closed.
+- RBAC answers 403 "RBAC: access denied". The listener's local reply config maps that answer, on a route whose
+  metadata names the policy, to the policy's Deny (status, body, headers), so both paths answer alike.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterator, Sequence
+from itertools import count
+
+from envoy.config.accesslog.v3 import accesslog_pb2 as accesslog_v3
+from envoy.config.core.v3 import address_pb2 as address_v3
+from envoy.config.core.v3 import base_pb2 as base_v3
+from envoy.config.rbac.v3 import rbac_pb2 as rbac_v3
+from envoy.extensions.access_loggers.filters.cel.v3 import cel_pb2 as cel_filter_v3
+from envoy.extensions.filters.http.rbac.v3 import rbac_pb2 as rbac_http_v3
+from envoy.extensions.filters.network.http_connection_manager.v3 import (
+    http_connection_manager_pb2 as hcm_v3,
+)
+from google.api.expr.v1alpha1 import syntax_pb2 as cel_v1
+from google.protobuf import wrappers_pb2
+
+from xgate.authz.conditions import AllOf, AnyOf, ClaimTest, Condition, Not, RequestTest, Scalar, SourceTest
+from xgate.authz.rules import Rule, alternatives
+from xgate.plugins.jwt import PAYLOAD_METADATA
+from xgate.translate.protos import pack
+
+RBAC_FILTER = "envoy.filters.http.rbac"
+POLICY_METADATA = "xgate.policy"  # route metadata: {"name": <policy>}, what the deny mapper recognizes
+_CEL_FILTER = "envoy.access_loggers.extension_filters.cel"
+_DENIED = "rbac_access_denied_matched_policy[none]"  # response code details of an RBAC ALLOW policy's denial
+_OVERWRITE = base_v3.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
+
+
+def rbac_filter() -> hcm_v3.HttpFilter:
+    """The listener's RBAC filter: off unless a route's RBACPerRoute turns it on."""
+    return hcm_v3.HttpFilter(name=RBAC_FILTER, typed_config=pack(rbac_http_v3.RBAC()), disabled=True)
+
+
+def per_route(rule: Rule, payload_namespace: str | None) -> rbac_http_v3.RBACPerRoute:
+    """The route's RBAC: allowed when one policy matches (its principals and its CEL condition). The verified
+    payload is in `payload_namespace` of the dynamic metadata (None: the route has no token)."""
+    policies: dict[str, rbac_v3.Policy] = {}
+    for index, (sources, rest) in enumerate(alternatives(rule.allow)):
+        policy = rbac_v3.Policy(
+            permissions=[rbac_v3.Permission(any=True)],
+            principals=[_principal(sources) if sources is not None else rbac_v3.Principal(any=True)],
+        )
+        if rest is not None:
+            policy.condition.CopyFrom(_Cel(payload_namespace).expression(rest))
+        policies[f"allow-{index}"] = policy
+    rules = rbac_v3.RBAC(action=rbac_v3.RBAC.ALLOW, policies=policies)
+    return rbac_http_v3.RBACPerRoute(rbac=rbac_http_v3.RBAC(rules=rules))
+
+
+def route_metadata(name: str) -> base_v3.Metadata:
+    metadata = base_v3.Metadata()
+    metadata.filter_metadata[POLICY_METADATA].update({"name": name})
+    return metadata
+
+
+def deny_mapper(name: str, rule: Rule) -> hcm_v3.ResponseMapper:
+    """The listener's answer, instead of RBAC's, to a request the policy `name` denies."""
+    # Policy names are xgate names ([A-Za-z0-9_.-]): safe inside a CEL string literal.
+    expression = (
+        f"response.code_details == '{_DENIED}' && "
+        f"xds.route_metadata.filter_metadata['{POLICY_METADATA}']['name'] == '{name}'"
+    )
+    deny = rule.deny
+    return hcm_v3.ResponseMapper(
+        filter=accesslog_v3.AccessLogFilter(
+            extension_filter=accesslog_v3.ExtensionFilter(
+                name=_CEL_FILTER, typed_config=pack(cel_filter_v3.ExpressionFilter(expression=expression))
+            )
+        ),
+        status_code=wrappers_pb2.UInt32Value(value=deny.status),
+        body=base_v3.DataSource(inline_string=deny.body),
+        headers_to_add=[
+            base_v3.HeaderValueOption(header=base_v3.HeaderValue(key=key, value=value), append_action=_OVERWRITE)
+            for key, value in sorted(deny.headers.items())
+        ],
+    )
+
+
+def _principal(condition: Condition) -> rbac_v3.Principal:
+    """A condition of source tests alone, as RBAC principals."""
+    if isinstance(condition, SourceTest):
+        ranges = [rbac_v3.Principal(remote_ip=_cidr(network)) for network in condition.networks]
+        return ranges[0] if len(ranges) == 1 else rbac_v3.Principal(or_ids=rbac_v3.Principal.Set(ids=ranges))
+    if isinstance(condition, Not):
+        return rbac_v3.Principal(not_id=_principal(condition.part))
+    assert isinstance(condition, AllOf | AnyOf)
+    ids = rbac_v3.Principal.Set(ids=[_principal(part) for part in condition.parts])
+    return rbac_v3.Principal(and_ids=ids) if isinstance(condition, AllOf) else rbac_v3.Principal(or_ids=ids)
+
+
+def _cidr(network: str) -> address_v3.CidrRange:
+    parsed = ipaddress.ip_network(network)
+    return address_v3.CidrRange(
+        address_prefix=str(parsed.network_address), prefix_len=wrappers_pb2.UInt32Value(value=parsed.prefixlen)
+    )
+
+
+class _Cel:
+    """Builds one CEL expression (unchecked, as Envoy's RBAC `condition` takes it); node ids count from 1.
+
+    `namespace`: where the route's verified payload is (jwt_authn's, or ext_authz's for a token `xgate authz`
+    verified), None on a route without a token. The condition is built twice under one test of the payload:
+    `payload present ? condition : condition with every claim test false` (what the Python path sees: `{}`)."""
+
+    def __init__(self, namespace: str | None) -> None:
+        self._ids: Iterator[int] = count(1)
+        self._namespace = namespace
+
+    def expression(self, condition: Condition) -> cel_v1.Expr:
+        if self._namespace is None or not _has_claims(condition):
+            return self._build(condition, claims=False)
+        metadata = self._select(self._ident("metadata"), "filter_metadata")
+        present = self._chain(
+            "_&&_",
+            [
+                self._call("@in", self._string(self._namespace), metadata),
+                self._call("@in", self._string(PAYLOAD_METADATA), self._in_namespace()),
+                self._is(self._payload(), "map"),
+            ],
+        )
+        with_claims = self._build(condition, claims=True)
+        return self._call("_?_:_", present, with_claims, self._build(condition, claims=False))
+
+    def _build(self, condition: Condition, *, claims: bool) -> cel_v1.Expr:
+        if isinstance(condition, AllOf | AnyOf):
+            function = "_&&_" if isinstance(condition, AllOf) else "_||_"
+            return self._chain(function, [self._build(part, claims=claims) for part in condition.parts])
+        if isinstance(condition, Not):
+            return self._call("!_", self._build(condition.part, claims=claims))
+        if isinstance(condition, ClaimTest):
+            return self._claim(condition) if claims else self._constant(cel_v1.Constant(bool_value=False))
+        assert isinstance(condition, RequestTest)  # source tests are principals (see per_route)
+        return self._request(condition)
+
+    # -- tests
+
+    def _claim(self, test: ClaimTest) -> cel_v1.Expr:
+        guards = [self._call("@in", self._string(test.path[0]), self._payload())]
+        for depth in range(1, len(test.path)):
+            parent = self._claim_value(test.path[:depth])
+            guards += [self._is(parent, "map"), self._call("@in", self._string(test.path[depth]), parent)]
+        if test.op == "equals":
+            guards.append(self._call("_==_", self._claim_value(test.path), self._literal(test.values[0])))
+        elif test.op == "contains":
+            guards += [self._is(self._claim_value(test.path), "list")]
+            guards.append(self._call("@in", self._literal(test.values[0]), self._claim_value(test.path)))
+        elif test.op == "any_of":
+            # One of the values, or a list holding one of them (`in` compares like ==: 1 == 1.0, "a" != 1).
+            scalar = self._call("@in", self._claim_value(test.path), self._list(test.values))
+            members = [self._call("@in", self._literal(value), self._claim_value(test.path)) for value in test.values]
+            is_list = self._is(self._claim_value(test.path), "list")
+            guards.append(self._chain("_||_", [scalar, self._chain("_&&_", [is_list, self._chain("_||_", members)])]))
+        return self._chain("_&&_", guards)
+
+    def _request(self, test: RequestTest) -> cel_v1.Expr:
+        guards: list[cel_v1.Expr] = []
+        if test.attribute == "header":
+            guards.append(self._call("@in", self._string(test.header), self._select(self._ident("request"), "headers")))
+            if test.op == "exists":
+                return guards[0]
+            value = self._call("_[_]", self._select(self._ident("request"), "headers"), self._string(test.header))
+        else:
+            value = self._select(self._ident("request"), "method" if test.attribute == "method" else "url_path")
+        if test.op == "equals":
+            guards.append(self._call("_==_", value, self._string(test.values[0])))
+        elif test.op == "startswith":
+            guards.append(self._method(value, "startsWith", self._string(test.values[0])))
+        else:
+            guards.append(self._call("@in", value, self._list(test.values)))
+        return self._chain("_&&_", guards)
+
+    # -- the verified payload
+
+    def _in_namespace(self) -> cel_v1.Expr:
+        assert self._namespace is not None
+        metadata = self._select(self._ident("metadata"), "filter_metadata")
+        return self._call("_[_]", metadata, self._string(self._namespace))
+
+    def _payload(self) -> cel_v1.Expr:
+        return self._call("_[_]", self._in_namespace(), self._string(PAYLOAD_METADATA))
+
+    def _claim_value(self, path: Sequence[str]) -> cel_v1.Expr:
+        value = self._payload()
+        for key in path:
+            value = self._call("_[_]", value, self._string(key))
+        return value
+
+    # -- nodes
+
+    def _is(self, value: cel_v1.Expr, type_name: str) -> cel_v1.Expr:
+        return self._call("_==_", self._call("type", value), self._ident(type_name))
+
+    def _chain(self, function: str, operands: list[cel_v1.Expr]) -> cel_v1.Expr:
+        result = operands[0]
+        for operand in operands[1:]:
+            result = self._call(function, result, operand)
+        return result
+
+    def _call(self, function: str, *args: cel_v1.Expr) -> cel_v1.Expr:
+        return cel_v1.Expr(id=next(self._ids), call_expr=cel_v1.Expr.Call(function=function, args=list(args)))
+
+    def _method(self, target: cel_v1.Expr, function: str, *args: cel_v1.Expr) -> cel_v1.Expr:
+        return cel_v1.Expr(
+            id=next(self._ids), call_expr=cel_v1.Expr.Call(target=target, function=function, args=list(args))
+        )
+
+    def _select(self, operand: cel_v1.Expr, field: str) -> cel_v1.Expr:
+        return cel_v1.Expr(id=next(self._ids), select_expr=cel_v1.Expr.Select(operand=operand, field=field))
+
+    def _ident(self, name: str) -> cel_v1.Expr:
+        return cel_v1.Expr(id=next(self._ids), ident_expr=cel_v1.Expr.Ident(name=name))
+
+    def _constant(self, constant: cel_v1.Constant) -> cel_v1.Expr:
+        return cel_v1.Expr(id=next(self._ids), const_expr=constant)
+
+    def _string(self, value: str) -> cel_v1.Expr:
+        return self._constant(cel_v1.Constant(string_value=value))
+
+    def _literal(self, value: Scalar) -> cel_v1.Expr:
+        if isinstance(value, str):
+            return self._string(value)
+        if isinstance(value, bool):
+            return self._constant(cel_v1.Constant(bool_value=value))
+        # JSON numbers are doubles in the metadata; an int literal would compare the same, a double reads plainly.
+        return self._constant(cel_v1.Constant(double_value=float(value)))
+
+    def _list(self, values: Sequence[Scalar]) -> cel_v1.Expr:
+        return cel_v1.Expr(
+            id=next(self._ids), list_expr=cel_v1.Expr.CreateList(elements=[self._literal(v) for v in values])
+        )
+
+
+def _has_claims(condition: Condition) -> bool:
+    if isinstance(condition, AllOf | AnyOf):
+        return any(_has_claims(part) for part in condition.parts)
+    if isinstance(condition, Not):
+        return _has_claims(condition.part)
+    return isinstance(condition, ClaimTest)
