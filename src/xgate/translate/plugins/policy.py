@@ -21,6 +21,7 @@ from xgate.config.schema import Route
 from xgate.plugins.jwt import AUTHZ_FILTER, JWT_FILTER, PROVIDER_KEY
 from xgate.plugins.policy import POLICY_KEY, ROUTE_KEY, PolicySettings, PolicySpec, policy_resources
 from xgate.translate.plugins.base import PluginTranslator
+from xgate.translate.plugins.policy_http import HTTP_AUTHZ_FILTER, enabled, http_cluster, http_filter
 from xgate.translate.plugins.policy_rbac import RBAC_FILTER, deny_mapper, per_route, rbac_filter, route_metadata
 from xgate.translate.plugins.services import service_cluster
 from xgate.translate.protos import duration, pack
@@ -47,6 +48,8 @@ class PolicyTranslator(PluginTranslator[PolicySettings]):
             metadata_context_namespaces=[JWT_FILTER],
         )
         filters = [hcm_v3.HttpFilter(name=AUTHZ_FILTER, typed_config=pack(config))]
+        if settings.transport == "http" and settings.in_python:
+            filters.append(http_filter(settings))
         if settings.lowered:
             # After ext_authz: a token verified in Python has its claims in metadata by then.
             filters.append(rbac_filter())
@@ -74,6 +77,12 @@ class PolicyTranslator(PluginTranslator[PolicySettings]):
             proto.typed_per_filter_config[RBAC_FILTER].CopyFrom(pack(per_route(rule, _payload_namespace(proto))))
             proto.metadata.MergeFrom(route_metadata(settings.name))
             return (proto,)
+        if settings.transport == "http" and shared is None:
+            # Plain HTTP to the lean server; the gRPC check stays for a token xgate authz verifies (one call).
+            proto.typed_per_filter_config[AUTHZ_FILTER].CopyFrom(pack(ext_authz_v3.ExtAuthzPerRoute(disabled=True)))
+            proto.typed_per_filter_config[HTTP_AUTHZ_FILTER].CopyFrom(pack(enabled()))
+            proto.metadata.MergeFrom(route_metadata(settings.name))
+            return (proto,)
         check = ext_authz_v3.ExtAuthzPerRoute()
         if shared is not None:
             shared.Unpack(check)
@@ -83,7 +92,10 @@ class PolicyTranslator(PluginTranslator[PolicySettings]):
 
     def resources(self, defaults: PolicySettings | None) -> list[Message]:
         # Few streams per connection, so several authz processes on one port (SO_REUSEPORT) share the load.
-        cluster = service_cluster(SERVICE_CLUSTER, (defaults or _BUILT_IN).service, max_streams=4)
+        settings = defaults or _BUILT_IN
+        cluster = service_cluster(SERVICE_CLUSTER, settings.service, max_streams=4)
+        if settings.transport == "http" and settings.in_python:
+            return [cluster, http_cluster(settings.http_service), *policy_resources(defaults)]
         return [cluster, *policy_resources(defaults)]
 
 

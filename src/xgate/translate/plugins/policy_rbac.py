@@ -33,10 +33,10 @@ from google.protobuf import wrappers_pb2
 from xgate.authz.conditions import AllOf, AnyOf, ClaimTest, Condition, Not, RequestTest, Scalar, SourceTest
 from xgate.authz.rules import Rule, alternatives
 from xgate.plugins.jwt import PAYLOAD_METADATA
+from xgate.plugins.policy import POLICY_METADATA
 from xgate.translate.protos import pack
 
 RBAC_FILTER = "envoy.filters.http.rbac"
-POLICY_METADATA = "xgate.policy"  # route metadata: {"name": <policy>}, what the deny mapper recognizes
 _CEL_FILTER = "envoy.access_loggers.extension_filters.cel"
 _DENIED = "rbac_access_denied_matched_policy[none]"  # response code details of an RBAC ALLOW policy's denial
 _OVERWRITE = base_v3.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
