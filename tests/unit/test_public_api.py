@@ -22,8 +22,8 @@ API: dict[str, list[str]] = {
     "xgate.authz": [
         "Allow", "AuthorizationService", "AuthzServer", "Condition", "Decision", "Deny", "LoadedPolicy", "Outcome",
         "Policy", "PolicyLoadError", "PolicyRegistry", "PolicyRunner", "Request", "Rule", "RuleError", "Verdict",
-        "all_of", "any_of", "claims", "header", "inline", "load_policy", "method", "not_", "path", "rule", "serve",
-        "source",
+        "all_of", "any_of", "cacheable", "claims", "header", "inline", "load_policy", "method", "not_", "path", "rule",
+        "serve", "source",
     ],
     "xgate.config": [
         "ConfigSet", "KINDS", "Listener", "ObjectSource", "Route", "Upstream", "load_file", "parse_document",

@@ -10,7 +10,18 @@ policy.py's and rules.py's docstrings and examples/policies/.
 from __future__ import annotations
 
 from xgate.authz.conditions import Condition, all_of, any_of, not_
-from xgate.authz.policy import Allow, Decision, Deny, LoadedPolicy, Policy, PolicyRegistry, Request, inline, load_policy
+from xgate.authz.policy import (
+    Allow,
+    Decision,
+    Deny,
+    LoadedPolicy,
+    Policy,
+    PolicyRegistry,
+    Request,
+    cacheable,
+    inline,
+    load_policy,
+)
 from xgate.authz.rules import Rule, claims, header, method, path, rule, source
 from xgate.authz.runner import Outcome, PolicyRunner, Verdict
 from xgate.authz.service import AuthorizationService, AuthzServer, serve
@@ -35,6 +46,7 @@ __all__ = [
     "Verdict",
     "all_of",
     "any_of",
+    "cacheable",
     "claims",
     "header",
     "inline",

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import Callable, Coroutine
 from types import MappingProxyType
 from typing import Any
@@ -39,6 +40,7 @@ log = logging.getLogger("xgate.authz")
 
 _MAX_HEAD = 64 * 1024  # Envoy's default limit for request headers is 60 KiB
 _MAX_EXACT = 2**53
+_CACHED = 10_000  # decisions of cacheable policies kept per process
 # Added by Envoy's HTTP client to the check itself, not the client's request: the gRPC path does not show them.
 _NOT_THE_CLIENTS = frozenset({"content-length", "x-envoy-expected-rq-timeout-ms", "x-envoy-internal"})
 _REASONS = {200: "OK", 400: "Bad Request"}
@@ -56,8 +58,18 @@ def _number(text: str) -> int | float:
 class HttpChecks:
     """What the protocol needs of the service: the policies, the runner, the counters, the failure answer."""
 
-    def __init__(self, lookup: Lookup, runner: PolicyRunner, count: Count, closed: Deny) -> None:
-        self.lookup, self.runner, self.count, self.closed = lookup, runner, count, closed
+    def __init__(
+        self,
+        lookup: Lookup,
+        runner: PolicyRunner,
+        count: Count,
+        closed: Deny,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.lookup, self.runner, self.count, self.closed, self.clock = lookup, runner, count, closed, clock
+        # Decisions of `cacheable` policies: (policy, path, generation, route, method, claims) -> (expires,
+        # outcome, answer); the claims as Envoy sent them (the same token gives the same text).
+        self._cache: dict[tuple[str, str, int, str, str, str | None], tuple[float, Outcome, bytes]] = {}
 
     def answer(self, method: str, target: str, headers: dict[str, str]) -> bytes | Coroutine[Any, Any, bytes]:
         """The response to one check: at once for an inline policy (no task, no turn of the loop), else a
@@ -73,6 +85,12 @@ class HttpChecks:
             self.count(name or "(none)", "errors")
             log.error("route %s: unknown policy %r (HTTP check); denying", route or "(unnamed)", name)
             return _response(self.closed)
+        key = (name, policy.path, policy.generation, route, method, claims_text) if policy.cache_seconds else None
+        if key is not None and (kept := self._cache.get(key)) is not None:
+            if kept[0] > self.clock():
+                self.count(name, kept[1])
+                return kept[2]
+            del self._cache[key]
         try:
             claims = json.loads(claims_text, parse_int=_number) if claims_text else {}
         except ValueError:
@@ -83,15 +101,20 @@ class HttpChecks:
             return _response(self.closed)
         request = Request(method, target, MappingProxyType(headers), source, route)
         if policy.mode == "inline":
-            return self._counted(name, self.runner.run_here(policy, request, claims))
-        return self._later(name, policy, request, claims)
+            return self._counted(policy, key, self.runner.run_here(policy, request, claims))
+        return self._later(policy, key, request, claims)
 
-    async def _later(self, name: str, policy: LoadedPolicy, request: Request, claims: dict[str, Any]) -> bytes:
-        return self._counted(name, await self.runner.run_on_loop(policy, request, claims))
+    async def _later(self, policy: LoadedPolicy, key: Any, request: Request, claims: dict[str, Any]) -> bytes:
+        return self._counted(policy, key, await self.runner.run_on_loop(policy, request, claims))
 
-    def _counted(self, name: str, verdict: Verdict) -> bytes:
-        self.count(name, verdict.outcome)
-        return _response(verdict.decision)
+    def _counted(self, policy: LoadedPolicy, key: Any, verdict: Verdict) -> bytes:
+        self.count(policy.name, verdict.outcome)
+        answer = _response(verdict.decision)
+        if key is not None and verdict.outcome in ("allowed", "denied"):  # never a failure answer
+            if len(self._cache) >= _CACHED:
+                del self._cache[next(iter(self._cache))]  # the oldest entry
+            self._cache[key] = (self.clock() + policy.cache_seconds, verdict.outcome, answer)
+        return answer
 
 
 def _response(decision: Decision) -> bytes:

@@ -129,6 +129,7 @@ Policy: TypeAlias = Callable[[Request, dict[str, Any]], Decision | Awaitable[Dec
 
 F = TypeVar("F", bound=Callable[..., Any])
 INLINE_ATTRIBUTE = "__xgate_inline__"
+CACHE_ATTRIBUTE = "__xgate_cache_seconds__"
 
 
 def inline(policy: F) -> F:
@@ -140,6 +141,21 @@ def inline(policy: F) -> F:
     """
     setattr(policy, INLINE_ATTRIBUTE, True)
     return policy
+
+
+def cacheable(seconds: float) -> Callable[[F], F]:
+    """Declare that a policy's decision depends on nothing but the route, the method and the verified claims, so
+    `xgate authz` may answer the same (route, method, claims) from its last decision for `seconds` without
+    calling it (on the HTTP transport, `transport: http`; up to 10,000 answers per process). A policy reading
+    headers, the path, the source, the time or any state must not be cacheable."""
+    if not isinstance(seconds, int | float) or isinstance(seconds, bool) or not 0 < seconds <= 300:
+        raise ValueError(f"cacheable(seconds): from 0 to 300 seconds, not {seconds!r}")
+
+    def mark(policy: F) -> F:
+        setattr(policy, CACHE_ATTRIBUTE, float(seconds))
+        return policy
+
+    return mark
 
 
 # -- loading --------------------------------------------------------------------------------------------------
@@ -157,6 +173,7 @@ class LoadedPolicy:
     call: Callable[..., Any]
     mode: Mode
     generation: int = 0  # of its module: a reload of the module makes a new LoadedPolicy
+    cache_seconds: float = 0.0  # how long a decision may be reused (`cacheable`); 0: never
 
 
 def load_policy(path: str) -> Callable[..., Any]:
@@ -309,7 +326,9 @@ class PolicyRegistry:
         if previous is not None and previous.path == path and previous.generation == generation:
             return previous
         call = _resolve(path, module, attributes)
-        return LoadedPolicy(name, path, call, _mode(call), generation)
+        dunder_call = getattr(call, "__call__", None)  # noqa: B004 - a class-based policy's method may be marked
+        seconds = float(getattr(call, CACHE_ATTRIBUTE, 0.0) or getattr(dunder_call, CACHE_ATTRIBUTE, 0.0))
+        return LoadedPolicy(name, path, call, _mode(call), generation, seconds)
 
 
 class PolicyModules:

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from xgate.authz import Allow, Deny, Request, inline
+from xgate.authz import Allow, Deny, Request, cacheable, inline
 from xgate.authz.http import CheckProtocol, HttpChecks, _parse
 from xgate.authz.policy import LoadedPolicy, _mode
 from xgate.authz.runner import PolicyRunner
@@ -40,17 +40,31 @@ def broken(request: Request, claims: dict[str, Any]) -> Allow:
     raise RuntimeError("bug")
 
 
+CALLS: list[dict[str, Any]] = []
+
+
+@cacheable(5)
+def remembered(request: Request, claims: dict[str, Any]) -> Allow | Deny:
+    CALLS.append(claims)
+    return Allow(headers={"x-call": str(len(CALLS))}) if claims.get("ok") else Deny(403)
+
+
 POLICIES = {
     name: LoadedPolicy(name, f"tests:{name}", call, _mode(call))
     for name, call in {"quick": quick, "slow": slow, "waits": waits, "broken": broken}.items()
 }
+POLICIES["remembered"] = LoadedPolicy("remembered", "tests:remembered", remembered, "thread", cache_seconds=5.0)
+
+
+NOW = [1000.0]  # the clock of the decision cache
 
 
 @pytest.fixture
 async def server() -> AsyncIterator[tuple[int, Counter[tuple[str, str]]]]:
     counts: Counter[tuple[str, str]] = Counter()
     runner = PolicyRunner(timeout=0.5)
-    checks = HttpChecks(POLICIES.get, runner, lambda name, outcome: counts.update([(name, outcome)]), Deny(403))
+    count = lambda name, outcome: counts.update([(name, outcome)])  # noqa: E731
+    checks = HttpChecks(POLICIES.get, runner, count, Deny(403), clock=lambda: NOW[0])
     listening = await asyncio.get_running_loop().create_server(lambda: CheckProtocol(checks), "127.0.0.1", 0)
     try:
         yield listening.sockets[0].getsockname()[1], counts
@@ -149,3 +163,20 @@ async def test_malformed_requests_get_400_and_the_connection_closes(
 def test_parse_keeps_the_clients_headers_only() -> None:
     parsed = _parse(b"GET /p HTTP/1.1\r\nHost: h\r\nX-Envoy-Internal: true\r\nContent-Length: 0\r\nA: 1")
     assert parsed == ("GET", "/p", {":authority": "h", "a": "1", ":method": "GET", ":path": "/p", ":scheme": "http"})
+
+
+async def test_a_cacheable_policys_decisions_are_reused_until_they_expire(
+    server: tuple[int, Counter[tuple[str, str]]],
+) -> None:
+    port, counts = server
+    CALLS.clear()
+    ok, other = {"ok": True, "sub": "a"}, {"ok": True, "sub": "b"}
+    first = await exchange(port, check("remembered", ok), check("remembered", ok), check("remembered", other))
+    assert [(status, headers.get("x-call")) for status, headers, _ in first] == [(200, "1"), (200, "1"), (200, "2")]
+    denied = await exchange(port, check("remembered", {}), check("remembered", {}), check("remembered", ok, "/b"))
+    assert [status for status, _, _ in denied] == [403, 403, 200]
+    assert len(CALLS) == 3  # {} once; the same token on another path of the same route reused its decision
+    NOW[0] += 5.1
+    again = await exchange(port, check("remembered", ok))
+    assert again[0][1]["x-call"] == "4" and len(CALLS) == 4  # expired: asked again
+    assert counts[("remembered", "allowed")] == 5 and counts[("remembered", "denied")] == 2  # every answer counted
