@@ -31,7 +31,8 @@ matrix = rule(
     | (claims.level.equals(3) & path.startswith("/m/reports/") & ~method.equals("DELETE"))
     | (claims.tenant.any_of("acme", "globex") & header("x-tenant").equals("acme") & source.within("127.0.0.0/8"))
     | (claims["org"]["role"].equals("owner") & ~source.within("127.0.0.0/8"))
-    | (claims.flag.equals(True) & path.equals("/m/flag") & ~header("x-block").exists()),
+    | (claims.flag.equals(True) & path.equals("/m/flag") & ~header("x-block").exists())
+    | (claims.vip.exists() & ~claims["vip"]["banned"].exists() & method.equals("DELETE")),
     deny=Deny(451, body="not for you", headers={"x-why": "matrix", "cache-control": "no-store"}),
 )
 
@@ -99,6 +100,10 @@ TOKENS: dict[str, str | None] = {
     "flag": token(flag=True),
     "flag-1": token(flag=1),
     "null": token(groups=None, level=None, tenant=None),
+    "vip-list": token(vip=[1]),
+    "vip-null": token(vip=None),
+    "vip-banned": token(vip={"banned": False}),
+    "vip-object": token(vip={"level": 1}),
 }
 METHODS = ("GET", "POST", "DELETE")
 PATHS = ("/m/reports/q?x=1", "/m/flag", "/m/flag?y", "/other")
@@ -165,6 +170,14 @@ async def test_lowered_and_python_paths_decide_alike(
         assert ("flag", "GET", "/m/flag?y", "plain") in allowed and ("flag", "GET", "/m/flag", "block") not in allowed
         assert ("flag-1", "GET", "/m/flag", "plain") not in allowed
         assert outcomes[("none", "GET", "/other", "plain")] == (451, "not for you", "matrix", "no-store")
+        assert ("vip-null", "DELETE", "/other", "plain") in allowed and (
+            "vip-list",
+            "DELETE",
+            "/m/flag",
+            "plain",
+        ) in allowed
+        assert ("vip-banned", "DELETE", "/other", "plain") not in allowed
+        assert ("vip-object", "DELETE", "/other", "plain") in allowed
         code, stats = await gateway.envoys[0].admin_get("/stats?filter=rbac")
         assert code == 200 and "rbac.allowed" in stats, stats  # the lowered route's decisions were Envoy's own
 

@@ -15,6 +15,7 @@ from xgate.authz.http import CheckProtocol, HttpChecks
 from xgate.authz.policy import PolicyRegistry
 from xgate.authz.service import AuthzServer, serve
 from xgate.authz.tokens import JwtProviders
+from xgate.heap import DeferredFreeze
 from xgate.listen import check_free
 from xgate.metricsapi import counters
 from xgate.plugins.jwt import Provider, provider_from_resource
@@ -37,6 +38,9 @@ class AuthzService:
         self._http = http
         self.server: AuthzServer | None = None
         self.http_server: asyncio.Server | None = None
+        # After each load, the heap (modules, policies, keys) leaves the cyclic collector's reach: its full passes
+        # over it paused every check in flight for 30-45 ms under load.
+        self._freeze = DeferredFreeze(2.0)
 
     async def start(self, host: str, port: int, reuse_port: bool) -> int:
         self.server, bound = await serve(
@@ -72,6 +76,7 @@ class AuthzService:
         if errors:
             raise ValueError("; ".join(f"policy {name}: {error.reason}" for name, error in sorted(errors.items())))
         log.info("policies: %s", ", ".join(sorted(paths)) or "none")
+        self._freeze.soon()
 
     async def apply_providers(self, resources: dict[str, authz_pb2.JwtProvider]) -> None:
         providers: dict[str, Provider] = {}
@@ -85,6 +90,7 @@ class AuthzService:
             raise ValueError("; ".join(problems))
         await self.providers.load(providers, strict=True)
         log.info("jwt providers verified here: %s", ", ".join(sorted(providers)) or "none")
+        self._freeze.soon()
 
     def metrics(self) -> dict[str, Any]:
         service = self._service()

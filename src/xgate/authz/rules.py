@@ -237,9 +237,9 @@ def rule(allow: Condition, *, deny: Deny | None = None) -> Rule:
     count = len(alternatives(allow))
     if count > MAX_ALTERNATIVES:
         raise RuleError(
-            f"this rule needs {count} RBAC policies in Envoy (at most {MAX_ALTERNATIVES}): source.within mixed with "
-            "other tests under | and & multiplies them; test the source once at the top, e.g. "
-            "source.within(...) & (...)"
+            f"this rule needs {count} RBAC policies in Envoy (at most {MAX_ALTERNATIVES}): claims.x.exists() mixed "
+            "with other tests under | and & multiplies them; test presence once at the top, e.g. "
+            "claims.x.exists() & (...), or with .any_of/.equals of the values it may have"
         )
     return Rule(allow, deny)
 
@@ -247,12 +247,19 @@ def rule(allow: Condition, *, deny: Deny | None = None) -> Rule:
 Alternative = tuple[Condition | None, Condition | None]
 
 
-def alternatives(condition: Condition) -> list[Alternative]:
-    """(source part, rest) pairs, the condition holding when one pair's two parts do (None: no test).
+def native(test: Condition) -> bool:
+    """Whether Envoy's RBAC matchers (principals) test this exactly as `evaluate` does: all but a claim's
+    presence (a metadata matcher's present_match ignores lists and objects), which needs CEL."""
+    return not (isinstance(test, ClaimTest) and test.op == "exists")
 
-    Envoy's RBAC policy tests the client's address natively (principals) and the rest in CEL (its condition),
-    ANDed; policies are ORed. So the source tests are split from the rest, as few pairs as the and/or/not
-    structure allows (one when they sit apart: `source.within(...) & (...)`)."""
+
+def alternatives(condition: Condition) -> list[Alternative]:
+    """(native part, CEL part) pairs, the condition holding when one pair's two parts do (None: no test).
+
+    An RBAC policy ANDs its principals (native matchers, much cheaper per request: measured 8% of a route's
+    throughput against 27% for the same test in CEL) and its CEL condition; policies are ORed. So the tests only
+    CEL can make (`claims.x.exists()`) are split from the rest, in as few pairs as the and/or/not structure
+    allows: one when they sit apart (`claims.x.exists() & (...)`), none when there is none."""
     return _split(_negated(condition, negate=False))
 
 
@@ -273,21 +280,21 @@ def _tests(condition: Condition) -> list[Condition]:
 
 
 def _split(condition: Condition) -> list[Alternative]:
-    sources = [isinstance(test, SourceTest) for test in _tests(condition)]
-    if not any(sources):
+    kinds = [native(test) for test in _tests(condition)]
+    if not any(kinds):
         return [(None, condition)]
-    if all(sources):
+    if all(kinds):
         return [(condition, None)]
     assert isinstance(condition, AllOf | AnyOf)  # a single test is one kind or the other
-    pure_sources = [part for part in condition.parts if all(isinstance(t, SourceTest) for t in _tests(part))]
-    no_sources = [part for part in condition.parts if not any(isinstance(t, SourceTest) for t in _tests(part))]
-    placed = {id(part) for part in pure_sources + no_sources}
+    natives = [part for part in condition.parts if all(native(t) for t in _tests(part))]
+    cels = [part for part in condition.parts if not any(native(t) for t in _tests(part))]
+    placed = {id(part) for part in natives + cels}
     mixed = [part for part in condition.parts if id(part) not in placed]
     if isinstance(condition, AnyOf):
-        found: list[Alternative] = [(_joined(AnyOf, pure_sources), None)] if pure_sources else []
-        found += [(None, _joined(AnyOf, no_sources))] if no_sources else []
+        found: list[Alternative] = [(_joined(AnyOf, natives), None)] if natives else []
+        found += [(None, _joined(AnyOf, cels))] if cels else []
         return found + [alternative for part in mixed for alternative in _split(part)]
-    combined: list[Alternative] = [(_joined(AllOf, pure_sources), _joined(AllOf, no_sources))]
+    combined: list[Alternative] = [(_joined(AllOf, natives), _joined(AllOf, cels))]
     for part in mixed:
         combined = [(_both(s1, s2), _both(r1, r2)) for s1, r1 in combined for s2, r2 in _split(part)]
         if len(combined) > MAX_ALTERNATIVES:

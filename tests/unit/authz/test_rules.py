@@ -23,9 +23,9 @@ from xgate.authz import (
     rule,
     source,
 )
-from xgate.authz.conditions import AllOf, AnyOf, Condition, Not, SourceTest
+from xgate.authz.conditions import AllOf, AnyOf, Condition, Not
 from xgate.authz.policy import INLINE_ATTRIBUTE
-from xgate.authz.rules import MAX_ALTERNATIVES, alternatives
+from xgate.authz.rules import MAX_ALTERNATIVES, alternatives, native
 
 
 def request(
@@ -65,6 +65,7 @@ def test_too_many_rbac_policies_are_refused_with_a_way_out() -> None:
     with pytest.raises(RuleError, match=f"needs 32 RBAC policies in Envoy \\(at most {MAX_ALTERNATIVES}\\)"):
         rule(all_of(*mixed))
     rule(source.within("10.0.0.0/8") & all_of(*(claims[f"c{i}"].exists() for i in range(5))))  # one policy
+    assert len(alternatives(claims.a.equals(1) | (method.equals("GET") & ~source.within("10.0.0.0/8")))) == 1
 
 
 def test_claim_tests_are_false_when_missing_or_of_another_type() -> None:
@@ -135,12 +136,8 @@ def _holds(condition: Condition | None, req: Request, data: dict[str, Any]) -> b
     return condition is None or condition.evaluate(req, data)
 
 
-def _sources_only(condition: Condition) -> bool:
-    if isinstance(condition, AllOf | AnyOf):
-        return all(_sources_only(part) for part in condition.parts)
-    if isinstance(condition, Not):
-        return _sources_only(condition.part)
-    return isinstance(condition, SourceTest)
+def _natives_only(condition: Condition) -> bool:
+    return all(native(test) for test in _tests(condition))
 
 
 def test_the_split_into_rbac_policies_keeps_the_meaning() -> None:
@@ -156,8 +153,8 @@ def test_the_split_into_rbac_policies_keeps_the_meaning() -> None:
         condition = _random_condition(rng, 4)
         split = alternatives(condition)
         for sources, rest in split:
-            assert sources is None or _sources_only(sources)  # principals: only what RBAC tests natively
-            assert rest is None or not any(isinstance(t, SourceTest) for t in _tests(rest))
+            assert sources is None or _natives_only(sources)  # principals: only what RBAC tests natively
+            assert rest is None or not any(native(t) for t in _tests(rest))
         for req in requests:
             for data in payloads:
                 expected = condition.evaluate(req, data)

@@ -1,13 +1,16 @@
-"""Declarative policies (xgate.authz.rules) in Envoy: RBAC per route, CEL conditions, the policy's own deny answer.
+"""Declarative policies (xgate.authz.rules) in Envoy: RBAC per route, the policy's own deny answer.
 
 - The listener gets Envoy's RBAC filter after ext_authz (so claims a token verified in Python are there too),
   off by default; a route with a lowered policy turns it on with its RBACPerRoute.
-- The rule's allow condition becomes ALLOW policies (ORed): the client's address tests as native principals
-  (`remote_ip`, the address ext_authz reports as the source), every other test as the CEL condition next to them
-  (see rules.alternatives). CEL reads the verified payload where the Python path gets it: jwt_authn's metadata,
-  or ext_authz's for a token `xgate authz` verified (the translator knows which from the route's jwt plugin).
-  Each test is guarded (present, right type) so it is false, never a CEL error; a CEL error would make the
-  policy not match anyway: fail closed.
+- The rule's allow condition becomes ALLOW policies (ORed) of native matchers where they test exactly what the
+  Python meaning says (rules.native: method and headers as header matchers, the path as a path matcher, the
+  client's address as `remote_ip`, claims as metadata matchers on the verified payload), ANDed with a CEL
+  condition for the rest (a claim's presence), see rules.alternatives. Native first: on the same rule the
+  RBAC route kept 92% of a jwt-only route's throughput with matchers and 72% with CEL (bench note in README).
+- Claims are read where the Python path gets them: jwt_authn's metadata, or ext_authz's for a token `xgate authz`
+  verified (the translator knows which from the route's jwt plugin); a route without a token fails every claim
+  test, as Python does with `{}`. CEL tests are guarded (present, a map on the way) so they are false, never an
+  error; an error would make the policy not match anyway: fail closed.
 - RBAC answers 403 "RBAC: access denied". The listener's local reply config maps that answer, on a route whose
   metadata names the policy, to the policy's Deny (status, body, headers), so both paths answer alike.
 """
@@ -22,11 +25,17 @@ from envoy.config.accesslog.v3 import accesslog_pb2 as accesslog_v3
 from envoy.config.core.v3 import address_pb2 as address_v3
 from envoy.config.core.v3 import base_pb2 as base_v3
 from envoy.config.rbac.v3 import rbac_pb2 as rbac_v3
+from envoy.config.route.v3 import route_components_pb2 as route_components_v3
 from envoy.extensions.access_loggers.filters.cel.v3 import cel_pb2 as cel_filter_v3
 from envoy.extensions.filters.http.rbac.v3 import rbac_pb2 as rbac_http_v3
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_v3,
 )
+from envoy.type.matcher.v3 import metadata_pb2 as metadata_v3
+from envoy.type.matcher.v3 import number_pb2 as number_v3
+from envoy.type.matcher.v3 import path_pb2 as path_v3
+from envoy.type.matcher.v3 import string_pb2 as string_v3
+from envoy.type.matcher.v3 import value_pb2 as value_v3
 from google.api.expr.v1alpha1 import syntax_pb2 as cel_v1
 from google.protobuf import wrappers_pb2
 
@@ -51,10 +60,10 @@ def per_route(rule: Rule, payload_namespace: str | None) -> rbac_http_v3.RBACPer
     """The route's RBAC: allowed when one policy matches (its principals and its CEL condition). The verified
     payload is in `payload_namespace` of the dynamic metadata (None: the route has no token)."""
     policies: dict[str, rbac_v3.Policy] = {}
-    for index, (sources, rest) in enumerate(alternatives(rule.allow)):
+    for index, (natives, rest) in enumerate(alternatives(rule.allow)):
         policy = rbac_v3.Policy(
             permissions=[rbac_v3.Permission(any=True)],
-            principals=[_principal(sources) if sources is not None else rbac_v3.Principal(any=True)],
+            principals=[_principal(natives, payload_namespace) if natives is not None else _ANY],
         )
         if rest is not None:
             policy.condition.CopyFrom(_Cel(payload_namespace).expression(rest))
@@ -92,16 +101,68 @@ def deny_mapper(name: str, rule: Rule) -> hcm_v3.ResponseMapper:
     )
 
 
-def _principal(condition: Condition) -> rbac_v3.Principal:
-    """A condition of source tests alone, as RBAC principals."""
-    if isinstance(condition, SourceTest):
-        ranges = [rbac_v3.Principal(remote_ip=_cidr(network)) for network in condition.networks]
-        return ranges[0] if len(ranges) == 1 else rbac_v3.Principal(or_ids=rbac_v3.Principal.Set(ids=ranges))
+_ANY = rbac_v3.Principal(any=True)
+_NEVER = rbac_v3.Principal(not_id=_ANY)
+
+
+def _principal(condition: Condition, namespace: str | None) -> rbac_v3.Principal:
+    """Tests Envoy's matchers make exactly as `evaluate` does (rules.native), as RBAC principals."""
     if isinstance(condition, Not):
-        return rbac_v3.Principal(not_id=_principal(condition.part))
-    assert isinstance(condition, AllOf | AnyOf)
-    ids = rbac_v3.Principal.Set(ids=[_principal(part) for part in condition.parts])
-    return rbac_v3.Principal(and_ids=ids) if isinstance(condition, AllOf) else rbac_v3.Principal(or_ids=ids)
+        return rbac_v3.Principal(not_id=_principal(condition.part, namespace))
+    if isinstance(condition, AllOf | AnyOf):
+        ids = rbac_v3.Principal.Set(ids=[_principal(part, namespace) for part in condition.parts])
+        return rbac_v3.Principal(and_ids=ids) if isinstance(condition, AllOf) else rbac_v3.Principal(or_ids=ids)
+    if isinstance(condition, SourceTest):
+        return _any([rbac_v3.Principal(remote_ip=_cidr(network)) for network in condition.networks])
+    if isinstance(condition, RequestTest):
+        return _request(condition)
+    assert isinstance(condition, ClaimTest) and condition.op != "exists"  # presence is CEL's (rules.native)
+    if namespace is None:
+        return _NEVER  # no token on this route: no claim test holds, as in Python with claims {}
+    return _any([_claim(condition, namespace, matcher) for matcher in _claim_values(condition)])
+
+
+def _any(principals: list[rbac_v3.Principal]) -> rbac_v3.Principal:
+    return principals[0] if len(principals) == 1 else rbac_v3.Principal(or_ids=rbac_v3.Principal.Set(ids=principals))
+
+
+def _request(test: RequestTest) -> rbac_v3.Principal:
+    if test.attribute == "header" and test.op == "exists":
+        return rbac_v3.Principal(header=route_components_v3.HeaderMatcher(name=test.header, present_match=True))
+    if test.op == "startswith":
+        matchers = [string_v3.StringMatcher(prefix=test.values[0])]
+    else:
+        matchers = [string_v3.StringMatcher(exact=value) for value in test.values]
+    if test.attribute == "path":  # the path without its query, as request.url_path
+        return _any([rbac_v3.Principal(url_path=path_v3.PathMatcher(path=matcher)) for matcher in matchers])
+    name = ":method" if test.attribute == "method" else test.header  # repeated headers: joined with ","
+    return _any(
+        [rbac_v3.Principal(header=route_components_v3.HeaderMatcher(name=name, string_match=m)) for m in matchers]
+    )
+
+
+def _claim_values(test: ClaimTest) -> list[value_v3.ValueMatcher]:
+    """The value matchers the claim must meet one of: the value itself (equals, any_of) or, for a list, one of
+    its elements (contains, any_of). A string matcher meets only a string, a double only a number (1 and 1.0
+    alike: Struct keeps doubles), a bool only a bool, a list matcher only a list."""
+    each = [_value(value) for value in test.values]
+    in_list = [value_v3.ValueMatcher(list_match=value_v3.ListMatcher(one_of=matcher)) for matcher in each]
+    if test.op == "equals":
+        return each
+    return in_list if test.op == "contains" else each + in_list
+
+
+def _value(value: Scalar) -> value_v3.ValueMatcher:
+    if isinstance(value, str):
+        return value_v3.ValueMatcher(string_match=string_v3.StringMatcher(exact=value))
+    if isinstance(value, bool):
+        return value_v3.ValueMatcher(bool_match=value)
+    return value_v3.ValueMatcher(double_match=number_v3.DoubleMatcher(exact=float(value)))
+
+
+def _claim(test: ClaimTest, namespace: str, value: value_v3.ValueMatcher) -> rbac_v3.Principal:
+    path = [metadata_v3.MetadataMatcher.PathSegment(key=key) for key in (PAYLOAD_METADATA, *test.path)]
+    return rbac_v3.Principal(metadata=metadata_v3.MetadataMatcher(filter=namespace, path=path, value=value))
 
 
 def _cidr(network: str) -> address_v3.CidrRange:
@@ -143,46 +204,15 @@ class _Cel:
             return self._chain(function, [self._build(part, claims=claims) for part in condition.parts])
         if isinstance(condition, Not):
             return self._call("!_", self._build(condition.part, claims=claims))
-        if isinstance(condition, ClaimTest):
-            return self._claim(condition) if claims else self._constant(cel_v1.Constant(bool_value=False))
-        assert isinstance(condition, RequestTest)  # source tests are principals (see per_route)
-        return self._request(condition)
+        assert isinstance(condition, ClaimTest) and condition.op == "exists"  # the rest is native (rules.native)
+        return self._present(condition.path) if claims else self._constant(cel_v1.Constant(bool_value=False))
 
-    # -- tests
-
-    def _claim(self, test: ClaimTest) -> cel_v1.Expr:
-        guards = [self._call("@in", self._string(test.path[0]), self._payload())]
-        for depth in range(1, len(test.path)):
-            parent = self._claim_value(test.path[:depth])
-            guards += [self._is(parent, "map"), self._call("@in", self._string(test.path[depth]), parent)]
-        if test.op == "equals":
-            guards.append(self._call("_==_", self._claim_value(test.path), self._literal(test.values[0])))
-        elif test.op == "contains":
-            guards += [self._is(self._claim_value(test.path), "list")]
-            guards.append(self._call("@in", self._literal(test.values[0]), self._claim_value(test.path)))
-        elif test.op == "any_of":
-            # One of the values, or a list holding one of them (`in` compares like ==: 1 == 1.0, "a" != 1).
-            scalar = self._call("@in", self._claim_value(test.path), self._list(test.values))
-            members = [self._call("@in", self._literal(value), self._claim_value(test.path)) for value in test.values]
-            is_list = self._is(self._claim_value(test.path), "list")
-            guards.append(self._chain("_||_", [scalar, self._chain("_&&_", [is_list, self._chain("_||_", members)])]))
-        return self._chain("_&&_", guards)
-
-    def _request(self, test: RequestTest) -> cel_v1.Expr:
-        guards: list[cel_v1.Expr] = []
-        if test.attribute == "header":
-            guards.append(self._call("@in", self._string(test.header), self._select(self._ident("request"), "headers")))
-            if test.op == "exists":
-                return guards[0]
-            value = self._call("_[_]", self._select(self._ident("request"), "headers"), self._string(test.header))
-        else:
-            value = self._select(self._ident("request"), "method" if test.attribute == "method" else "url_path")
-        if test.op == "equals":
-            guards.append(self._call("_==_", value, self._string(test.values[0])))
-        elif test.op == "startswith":
-            guards.append(self._method(value, "startsWith", self._string(test.values[0])))
-        else:
-            guards.append(self._call("@in", value, self._list(test.values)))
+    def _present(self, path: Sequence[str]) -> cel_v1.Expr:
+        """The claim at `path` is there, whatever its value (each step a map that has the next key)."""
+        guards = [self._call("@in", self._string(path[0]), self._payload())]
+        for depth in range(1, len(path)):
+            parent = self._claim_value(path[:depth])
+            guards += [self._is(parent, "map"), self._call("@in", self._string(path[depth]), parent)]
         return self._chain("_&&_", guards)
 
     # -- the verified payload
@@ -215,11 +245,6 @@ class _Cel:
     def _call(self, function: str, *args: cel_v1.Expr) -> cel_v1.Expr:
         return cel_v1.Expr(id=next(self._ids), call_expr=cel_v1.Expr.Call(function=function, args=list(args)))
 
-    def _method(self, target: cel_v1.Expr, function: str, *args: cel_v1.Expr) -> cel_v1.Expr:
-        return cel_v1.Expr(
-            id=next(self._ids), call_expr=cel_v1.Expr.Call(target=target, function=function, args=list(args))
-        )
-
     def _select(self, operand: cel_v1.Expr, field: str) -> cel_v1.Expr:
         return cel_v1.Expr(id=next(self._ids), select_expr=cel_v1.Expr.Select(operand=operand, field=field))
 
@@ -231,19 +256,6 @@ class _Cel:
 
     def _string(self, value: str) -> cel_v1.Expr:
         return self._constant(cel_v1.Constant(string_value=value))
-
-    def _literal(self, value: Scalar) -> cel_v1.Expr:
-        if isinstance(value, str):
-            return self._string(value)
-        if isinstance(value, bool):
-            return self._constant(cel_v1.Constant(bool_value=value))
-        # JSON numbers are doubles in the metadata; an int literal would compare the same, a double reads plainly.
-        return self._constant(cel_v1.Constant(double_value=float(value)))
-
-    def _list(self, values: Sequence[Scalar]) -> cel_v1.Expr:
-        return cel_v1.Expr(
-            id=next(self._ids), list_expr=cel_v1.Expr.CreateList(elements=[self._literal(v) for v in values])
-        )
 
 
 def _has_claims(condition: Condition) -> bool:
