@@ -12,9 +12,9 @@ In a policy module, next to plain Python policies::
     )
 
 Config names it like any policy (`"mypkg.policies:admins_read_write"`). The control plane imports the module,
-finds a `Rule` and lowers it to Envoy's RBAC filter (CEL conditions, see translate/plugins/policy_rbac.py): no
-Python runs per request. A `Rule` is also a plain policy (an `@inline` callable), so `xgate authz` runs it
-with the same decisions wherever it is not lowered.
+finds a `Rule` and lowers it to Envoy's RBAC filter (native matchers, CEL for a claim's presence; see
+translate/plugins/policy_rbac.py): no Python runs per request. A `Rule` is also a plain policy (an `@inline`
+callable), so `xgate authz` runs it with the same decisions wherever it is not lowered.
 
 What a condition may test (each test is false, never an error, when what it reads is missing or of another type):
 - `claims.<name>` or `claims["<name>"]` (nested: `claims["realm"]["roles"]`), the verified JWT payload:
@@ -30,7 +30,8 @@ Combine with `&`, `|`, `~` or `all_of(...)`, `any_of(...)`, `not_(...)`; Python'
 raise (they cannot be overloaded and would silently keep one side).
 
 What the API cannot express raises `RuleError` when the module is imported, with the reason: the control plane
-refuses the config with it (located at the policy's import path in the config), and so does `xgate authz`.
+refuses the config with it (at `plugins.policy.policies.<name>`), and so does `xgate authz`. For anything else
+(a lookup, state, the time, the body) write a plain policy function.
 """
 
 from __future__ import annotations
