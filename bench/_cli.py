@@ -49,10 +49,14 @@ def parse_args(
     doc: str | None,
     serve_metavar: str,
     extra: Callable[[argparse.ArgumentParser], None] = lambda parser: None,
+    changes: tuple[int, str] = (60, "60"),
 ) -> argparse.Namespace:
-    """The options both benchmarks have; `extra` adds a benchmark's own (shown after --json)."""
+    """The options every propagation benchmark has; `extra` adds a benchmark's own (shown after --json);
+    `changes`: the default of --changes and how its help says it."""
     parser = argparse.ArgumentParser(description=doc.splitlines()[0] if doc else None)
-    parser.add_argument("--changes", type=int, default=60, help="measured changes per size (default 60)")
+    parser.add_argument(
+        "--changes", type=int, default=changes[0], help=f"measured changes per size (default {changes[1]})"
+    )
     parser.add_argument("--routes", type=_sizes, default=[100, 10000], help="route counts (default 100,10000)")
     parser.add_argument("--json", action="store_true", help="print JSON (summaries and every change)")
     extra(parser)
@@ -145,10 +149,10 @@ def main(
 # -- figures --------------------------------------------------------------------------------------------------
 
 
-def by_kind(changes: list[Change], stages: Sequence[str]) -> dict[str, Any]:
+def by_kind(changes: list[Change], stages: Sequence[str], kinds: Sequence[str] = KINDS) -> dict[str, Any]:
     """Per kind of change (all, edit, add): counts and the distributions of the total, baseline and `stages`."""
     rows: dict[str, Any] = {}
-    for kind in KINDS:
+    for kind in kinds:
         picked = [c for c in changes if kind in ("all", c.kind)]
         rows[kind] = {
             "changes": len(picked),

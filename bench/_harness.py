@@ -46,7 +46,7 @@ ADD_EVERY = 4  # every 4th change adds a route; the others edit a direct respons
 
 # Reported while a change is on its way through the control plane: buffered, so the timing does not pay a
 # pipe write each (about 50 us apiece in a 2-3 ms window); the next other event flushes them.
-_IN_FLIGHT = frozenset({"watch", "read", "revision", "set"})
+_IN_FLIGHT = frozenset({"watch", "read", "revision", "set", "staged"})
 
 
 def emit(**event: Any) -> None:
@@ -206,6 +206,13 @@ class ControlPlaneChild:
             if self._ready is None:
                 raise RuntimeError(f"the control plane was not ready within {timeout} s (see its log)")
             return int(self._ready["xds"])
+
+    @property
+    def status_port(self) -> int:
+        """The port of the child's status API (GET /status, /metrics), once it is ready."""
+        if self._ready is None:
+            raise RuntimeError("the control plane child is not ready")
+        return int(self._ready["status"])
 
     def wait_event(self, revision: str, key: str, timeout: float) -> dict[str, Any] | None:
         with self._changed:

@@ -27,7 +27,7 @@ from xgate.errors import ConfigIssue
 from xgate.ir.build import RouteContext
 from xgate.ir.model import GatewayIR
 from xgate.translate import Resources, names
-from xgate.translate.cluster import fallback_clusters
+from xgate.translate.failover import route_aggregates
 from xgate.translate.resources import route_service_resources
 from xgate.translate.routetable import RouteTable
 
@@ -103,7 +103,7 @@ class IncrementalCompiler:
                 if problems and not base.context.lenient:
                     return None
             if _fallbacks(served) != _fallbacks(previous):
-                return None  # canary fallbacks are clusters of their own: a full compile adds or drops them
+                return None  # aggregates are clusters of their own: a full compile adds or drops them
             checked.append((name, served, own, problems))
         touched: set[str] = set()
         for name, served, own, problems in checked:
@@ -172,10 +172,11 @@ def route_changes(before: ConfigSet, after: ConfigSet) -> dict[str, Route | None
 
 
 def _fallbacks(route: Route | None) -> frozenset[str]:
-    """The names of a route's canary fallback clusters (a cluster is fully named by its two upstreams)."""
-    if route is None or not route.canary:
+    """The names of a route's aggregate clusters, canary fallbacks and split targets (a cluster is fully named
+    by its upstreams)."""
+    if route is None or not (route.canary or route.split):
         return frozenset()
-    return frozenset(cluster.name for cluster in fallback_clusters(route))
+    return frozenset(name for name, _ in route_aggregates(route))
 
 
 def _same_surroundings(before: ConfigSet, after: ConfigSet) -> bool:

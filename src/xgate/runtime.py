@@ -13,6 +13,7 @@ from typing import Any
 
 import grpc
 from aiohttp import web
+from opentelemetry import trace
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from xgate.controlplane import ControlPlane
@@ -24,6 +25,9 @@ from xgate.sources.etcd.layout import DEFAULT_PREFIX
 from xgate.sources.etcd.source import EtcdSource
 from xgate.sources.file import FileSource
 from xgate.sources.revision import Revision
+from xgate.telemetry import tracing_enabled
+from xgate.telemetry.fleet import FleetStats, Target, target_url
+from xgate.telemetry.journey import RevisionJourneys
 
 log = logging.getLogger("xgate.runtime")
 
@@ -66,7 +70,12 @@ async def start_status(plane: ControlPlane, host: str, port: int) -> tuple[web.A
     app.router.add_get(
         "/metrics",
         metrics_handler(
-            plane.report, lambda: [*status_families(plane.report()), *plane.cache.status.propagation.collect()]
+            plane.report,
+            lambda: [
+                *status_families(plane.report()),
+                *plane.cache.status.propagation.collect(),
+                *(plane.fleet.families() if plane.fleet is not None else ()),
+            ],
         ),
     )
     check_free(host, port, "status API, --status")
@@ -84,6 +93,19 @@ async def start_status(plane: ControlPlane, host: str, port: int) -> tuple[web.A
     # aiohttp has no public getter for the bound port; the runner's addresses hold it.
     addresses = runner.addresses
     return runner, int(addresses[0][1]) if addresses else port
+
+
+def fleet_targets(plane: ControlPlane) -> list[Target]:
+    """The connected Envoys and authz instances whose figures this control plane can read (see FleetStats)."""
+    found = []
+    for proxy in plane.cache.status.connected.values():
+        if proxy.role not in ("envoy", "authz"):
+            continue
+        keys = ("stats", "admin") if proxy.role == "envoy" else ("status",)
+        url = target_url(proxy.peer, proxy.addresses, keys)
+        if url is not None:
+            found.append(Target(proxy.role, proxy.node_id or proxy.peer, url))
+    return found
 
 
 def status_families(report: dict[str, Any]) -> Iterator[Metric]:
@@ -151,6 +173,10 @@ async def run_controlplane(
     check_free(*xds, "xDS, --xds")
     check_free(*status, "status API, --status")
     plane = plane or ControlPlane(allow_empty=allow_empty)
+    if plane.journeys is None and tracing_enabled():
+        plane.trace_revisions(RevisionJourneys(trace.get_tracer("xgate.controlplane")))
+    if plane.fleet is None:
+        plane.fleet = FleetStats(lambda: fleet_targets(plane))
     stop = stop or asyncio.Event()
     tasks: list[Coroutine[Any, Any, None]] = []
     client: EtcdClient | None = None
@@ -187,6 +213,7 @@ async def run_controlplane(
         async with asyncio.TaskGroup() as group:
             for task in tasks:
                 group.create_task(task)
+            group.create_task(plane.fleet.run(stop))
             await stop.wait()
     finally:
         await server.stop(grace=1.0)

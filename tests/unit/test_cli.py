@@ -74,8 +74,14 @@ def test_translate_prints_envoy_resources_and_ir() -> None:
     assert xds.exit_code == 0, xds.output
     data = yaml.safe_load(xds.output)
     assert sorted(data) == ["clusters", "endpoints", "listeners", "routes"]
-    # The example's canary falls back from demo-v2 to demo-v1 through an aggregate cluster.
-    assert sorted(data["clusters"]) == ["fallback/demo-v2/demo-v1", "upstream/demo-v1", "upstream/demo-v2"]
+    # The example's canary falls back from demo-v2 to demo-v1 through an aggregate cluster, and its split's
+    # targets fall back to each other.
+    assert sorted(data["clusters"]) == [
+        "fallback/demo-v1/demo-v2",
+        "fallback/demo-v2/demo-v1",
+        "upstream/demo-v1",
+        "upstream/demo-v2",
+    ]
     ir = runner.invoke(app, ["translate", "-f", str(default_config()), "--to", "ir"])
     assert ir.exit_code == 0
     routes = yaml.safe_load(ir.output)["listeners"][0]["routes"]

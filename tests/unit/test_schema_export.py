@@ -38,6 +38,12 @@ SHAPE_ERRORS: dict[str, list[str]] = {
     "jwt-bad": [],  # a JWKS key's kty, and providers that do not exist
     "jwt-refused": [],  # what Envoy's jwt_authn cannot do natively
     "dyeing-stage-match-bad": [],  # rules Envoy cannot invert
+    # a negative priority, a budget over 100%, an unknown retry condition (the others are cross-field rules)
+    "resilience-bad": [
+        "upstreams.3.endpoints.0",
+        "upstreams.3.circuit_breakers.retry_budget.percent",
+        "routes.0.retries.retry_on.1",
+    ],
 }
 
 
@@ -198,7 +204,7 @@ def test_every_plugins_settings_are_typed_at_every_level() -> None:
     schema = config_schema()
     definitions = schema["$defs"]
     plugins = definitions["Plugins"]["properties"]
-    assert sorted(plugins) == ["cors", "dyeing", "jwt", "policy", "rate_limit"]
+    assert sorted(plugins) == ["cors", "dyeing", "jwt", "policy", "rate_limit", "tracing"]
     for name, spec in plugins.items():
         assert {"type": "boolean"} in spec["anyOf"] and {"type": "null"} in spec["anyOf"], name
         (ref,) = [branch["$ref"] for branch in spec["anyOf"] if "$ref" in branch]

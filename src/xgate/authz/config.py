@@ -8,7 +8,7 @@ import logging
 from collections.abc import Callable, Iterable
 from typing import Any, ClassVar
 
-from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from xgate.api import JWT_PROVIDER, POLICY, authz_pb2
 from xgate.authz.http import CheckProtocol, HttpChecks
@@ -98,6 +98,7 @@ class AuthzService:
             "checks": service.metrics() if service else {},
             "policies": sorted(self.registry.policies),
             "not_loaded": {name: str(error) for name, error in self.registry.errors.items()},
+            "jwks": self.providers.health(),
         }
 
     def families(self) -> Iterable[Metric]:
@@ -117,6 +118,7 @@ class AuthzService:
         for name in self.registry.errors:
             failed.add_metric([name], 1)
         yield failed
+        yield from jwks_families(self.providers.health())
 
     async def stop(self, grace: float) -> None:
         if self.http_server is not None:
@@ -126,6 +128,26 @@ class AuthzService:
 
     def _service(self) -> Any:
         return self.server.service if self.server is not None else None
+
+
+def jwks_families(providers: list[dict[str, Any]]) -> Iterable[Metric]:
+    """Per provider verified here: keys held, JWKS fetches by outcome, the last good fetch."""
+    keys = GaugeMetricFamily("xgate_authz_jwks_keys", "Keys held per jwt provider", labels=["provider"])
+    fetches = CounterMetricFamily(
+        "xgate_authz_jwks_fetches", "JWKS fetches per provider and outcome", labels=["provider", "outcome"]
+    )
+    last = GaugeMetricFamily(
+        "xgate_authz_jwks_last_success_timestamp_seconds", "The provider's last good JWKS fetch", labels=["provider"]
+    )
+    for provider in providers:
+        name = provider["provider"]
+        keys.add_metric([name], provider["keys"])
+        if "fetch_success" in provider:
+            fetches.add_metric([name, "success"], provider["fetch_success"])
+            fetches.add_metric([name, "failed"], provider["fetch_failed"])
+        if provider.get("last_success"):
+            last.add_metric([name], provider["last_success"])
+    return (keys, fetches, last)
 
 
 def _first_line(error: Exception) -> str:

@@ -84,6 +84,10 @@ class StaticKeys:
     async def refetch(self) -> bool:
         return False
 
+    def health(self) -> dict[str, Any]:
+        """For status and metrics: the key ids held (no fetching, nothing to fail)."""
+        return {"source": "static", "kids": sorted(self.keys.kids), "keys": len(self.keys.keys), "failing": False}
+
     async def close(self) -> None:
         return None
 
@@ -100,6 +104,12 @@ class RemoteKeys:
         self.keys = KeySet({}, provider.algorithms)
         self._jwks: Any = None
         self.fetches = 0  # attempts, for tests and logs
+        # JWKS health, for status and metrics: good fetches (changed or not), failures, when and why.
+        self.successes = 0
+        self.failures = 0
+        self.last_success: float | None = None
+        self.last_error: str | None = None
+        self._failing = False
         self._on_change = on_change
         self._clock = clock
         self._last_attempt = -float("inf")
@@ -152,18 +162,38 @@ class RemoteKeys:
         except (aiohttp.ClientError, TimeoutError, ssl.SSLError, ValueError) as exc:
             log.error("jwks of provider %s from %s: fetch failed (%s); keeping the last good keys",
                       self.provider.name, self.uri, exc or type(exc).__name__)  # fmt: skip
+            self._failed(str(exc) or type(exc).__name__)
             return False
         keys = KeySet(jwks, self.provider.algorithms, secrets=False)
         if not keys.keys:
             log.error("jwks of provider %s from %s: no usable key; keeping the last good keys",
                       self.provider.name, self.uri)  # fmt: skip
+            self._failed("no usable key")
             return False
+        self.successes, self.last_success, self._failing = self.successes + 1, time.time(), False
         if jwks == self._jwks:
             return False
         self.keys, self._jwks = keys, jwks
         self._on_change()
         log.info("jwks of provider %s from %s: %d keys", self.provider.name, self.uri, len(keys.keys))
         return True
+
+    def _failed(self, reason: str) -> None:
+        self.failures, self.last_error, self._failing = self.failures + 1, reason, True
+
+    def health(self) -> dict[str, Any]:
+        """For status and metrics: fetches, failures, the last good fetch, whether the last one failed (the keys
+        then are the last good ones), and the key ids held."""
+        return {
+            "source": self.uri,
+            "kids": sorted(self.keys.kids),
+            "keys": len(self.keys.keys),
+            "fetch_success": self.successes,
+            "fetch_failed": self.failures,
+            "last_success": self.last_success,
+            "last_error": self.last_error,
+            "failing": self._failing,
+        }
 
     async def _get(self) -> Any:
         if self._session is None:

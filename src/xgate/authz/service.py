@@ -45,6 +45,7 @@ from xgate.listen import bind_grpc, grpc_options
 from xgate.plugins.jwt import OPTIONAL_KEY, PAYLOAD_METADATA, PROVIDER_KEY, jwt_claims
 from xgate.plugins.policy import HTTP_HEADER_PREFIX as _RESERVED
 from xgate.plugins.policy import POLICY_KEY, ROUTE_KEY
+from xgate.telemetry import server_interceptors
 
 log = logging.getLogger("xgate.authz")
 
@@ -343,7 +344,7 @@ async def serve(
     service.loop = asyncio.get_running_loop()
     server = grpc.server(
         ThreadPoolExecutor(max_workers=workers, thread_name_prefix="xgate-authz"),
-        interceptors=[MalformedGuard()],
+        interceptors=[MalformedGuard(), *server_interceptors()],
         options=grpc_options(reuse_port=reuse_port),
     )
     auth_grpc.add_AuthorizationServicer_to_server(service, server)

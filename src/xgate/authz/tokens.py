@@ -284,6 +284,10 @@ class JwtProviders:
     def get(self, name: str) -> TokenVerifier | None:
         return self._verifiers.get(name)
 
+    def health(self) -> list[dict[str, Any]]:
+        """Each provider's keys: where from, key ids, fetches and failures (see keys.RemoteKeys.health)."""
+        return [{"provider": name, **verifier.keys.health()} for name, verifier in sorted(self._verifiers.items())]
+
     async def load(self, providers: Mapping[str, Provider], *, strict: bool = False) -> None:
         """Swap in `providers`. A provider whose keys cannot be read (a jwks_file that went away or is not
         JSON) is left out and logged; `strict`: it raises ValueError instead and nothing changes."""

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import os
 import sys
 from collections.abc import Awaitable, Callable
@@ -25,6 +24,9 @@ from xgate.sources.etcd.client import EtcdSettings
 if TYPE_CHECKING:
     from xgate.service import Ready, ServiceOptions
 from xgate.sources.etcd.layout import DEFAULT_PREFIX
+
+LOG_FORMAT_VARIABLE = "XGATE_LOG_FORMAT"
+LOG_FORMATS = ("text", "json")
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -50,8 +52,14 @@ def _options(
     shown: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
     ] = False,
+    log_format: Annotated[
+        str, typer.Option("--log-format", envvar=LOG_FORMAT_VARIABLE, help="log lines as text or json (with trace ids)")
+    ] = "text",
 ) -> None:
     """xgate: an API gateway on Envoy."""
+    if log_format not in LOG_FORMATS:
+        raise typer.BadParameter("use text or json", param_hint="--log-format")
+    os.environ[LOG_FORMAT_VARIABLE] = log_format  # `xgate up`'s children log the same way
 
 
 DEFAULT_XDS = "127.0.0.1:18000"
@@ -83,6 +91,20 @@ def _admin_port(value: int) -> int:
 
 
 AdminPort = Annotated[int, typer.Option(callback=_admin_port, help="Envoy's admin port on 127.0.0.1 (0: any)")]
+StatsAddress = Annotated[
+    str | None,
+    typer.Option(help="HOST:PORT of a listener serving only GET /stats/prometheus and /stats (for Prometheus)"),
+]
+
+
+def _stats_address(value: str | None, admin_port: int) -> tuple[str, int] | None:
+    if value is None:
+        return None
+    if admin_port == 0:
+        raise typer.BadParameter(
+            "needs a known --admin-port (the stats listener forwards to it), not 0", param_hint="--stats"
+        )
+    return _host_port(value, "--stats")
 
 
 def _metrics_address(value: str) -> tuple[str, int] | None:
@@ -96,10 +118,13 @@ def _print_issues(error: ConfigError) -> None:
         typer.echo(f"  {issue}", err=True)
 
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
+def _setup_logging(level: str, process: str = "xgate") -> None:
+    """Logging (text or JSON, see --log-format) and, when OTEL_EXPORTER_OTLP_ENDPOINT asks for it, tracing as
+    `xgate-<process>` (see xgate.telemetry)."""
+    from xgate.telemetry import configure_tracing, setup_logging
+
+    setup_logging(level, "json" if os.environ.get(LOG_FORMAT_VARIABLE) == "json" else "text")
+    configure_tracing(f"xgate-{process}")
 
 
 AllowEmpty = Annotated[
@@ -181,7 +206,7 @@ def controlplane(
     from xgate.runtime import Bound, run_controlplane
 
     xds_address, status_address = _host_port(xds, "--xds", any_port=True), _host_port(status, "--status", any_port=True)
-    _setup_logging(log_level)
+    _setup_logging(log_level, "controlplane")
     path = file if file is not None or etcd else default_config()
     store = _etcd(etcd, etcd_ca, etcd_cert, etcd_key, etcd_user, etcd_password)
     described = " + ".join(part for part in (str(path) if path else "", f"etcd {etcd}{prefix}" if etcd else "") if part)
@@ -301,7 +326,7 @@ def authz(
     the control plane sends it."""
     from xgate.authz.config import run_authz
 
-    _setup_logging(log_level)
+    _setup_logging(log_level, "authz")
     _run_service(
         "authz", xds, listen, status, node_id, reuse_port,
         lambda options, ready, stop: run_authz(
@@ -326,7 +351,7 @@ def dyeing(
     sends it."""
     from xgate.dyeing.config import run_dyeing
 
-    _setup_logging(log_level)
+    _setup_logging(log_level, "dyeing")
     _run_service(
         "dyeing", xds, listen, status, node_id, reuse_port,
         lambda options, ready, stop: run_dyeing(options, on_ready=ready, stop=stop),
@@ -354,7 +379,7 @@ def ratelimit(
 
     if failure_mode not in ("open", "closed"):
         raise typer.BadParameter("use open or closed", param_hint="--failure-mode")
-    _setup_logging(log_level)
+    _setup_logging(log_level, "ratelimit")
     _run_service(
         "ratelimit", xds, listen, status, node_id, reuse_port,
         lambda options, ready, stop: run_ratelimit(
@@ -373,12 +398,16 @@ def bootstrap(
     node_id: Annotated[str, typer.Option()] = "xgate-envoy",
     node_cluster: Annotated[str, typer.Option()] = "xgate",
     admin_port: AdminPort = 9901,
+    stats: StatsAddress = None,
 ) -> None:
     """Print the Envoy bootstrap that connects an Envoy to xgate control planes (by IP address or host name)."""
     from xgate.proxy.bootstrap import build_bootstrap
 
     servers = [_host_port(item, "--xds") for item in xds or [DEFAULT_XDS]]
-    data = build_bootstrap(node_id=node_id, node_cluster=node_cluster, xds_servers=servers, admin_port=admin_port)
+    data = build_bootstrap(
+        node_id=node_id, node_cluster=node_cluster, xds_servers=servers, admin_port=admin_port,
+        stats=_stats_address(stats, admin_port),
+    )  # fmt: skip
     typer.echo(yaml.safe_dump(data, sort_keys=False), nl=False)
 
 
@@ -392,12 +421,16 @@ def envoy(
     admin_port: AdminPort = 9901,
     concurrency: Annotated[int | None, typer.Option()] = None,
     log_level: Annotated[str, typer.Option()] = "warn",
+    stats: StatsAddress = None,
 ) -> None:
     """Run a real Envoy bootstrapped to xgate control planes, until SIGINT/SIGTERM."""
     from xgate.proxy.bootstrap import build_bootstrap, find_envoy
 
     servers = [_host_port(item, "--xds") for item in xds or [DEFAULT_XDS]]
-    data = build_bootstrap(node_id=node_id, node_cluster=node_cluster, xds_servers=servers, admin_port=admin_port)
+    data = build_bootstrap(
+        node_id=node_id, node_cluster=node_cluster, xds_servers=servers, admin_port=admin_port,
+        stats=_stats_address(stats, admin_port),
+    )  # fmt: skip
     argv = [
         find_envoy(),
         # On the command line, not in a file: Envoy replaces this process, so nothing would remove the file.

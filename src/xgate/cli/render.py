@@ -98,7 +98,8 @@ def _upstream(obj: Any) -> list[str]:
         for endpoint in obj.endpoints
     )
     check = obj.health_check
-    health = f"{check.path} every {format_duration(check.interval)}" if check is not None else "-"
+    shown = (check.path if check.type == "http" else check.type) if check is not None else ""
+    health = f"{shown} every {format_duration(check.interval)}" if check is not None else "-"
     return [endpoints, obj.protocol, obj.lb, health]
 
 

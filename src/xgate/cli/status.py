@@ -118,6 +118,7 @@ def print_status(report: dict[str, Any]) -> None:
         typer.echo(f"source {name}: UNREACHABLE{when} ({health.get('last_error')})")
         typer.echo(f"  last revision read {health.get('revision')}; changes made since then have not reached any Envoy")
     _print_refusal(config.get("refused"))
+    _print_fleet(report.get("fleet"))
     proxies = report["proxies"]
     if not proxies:
         typer.echo("no Envoy connected")
@@ -130,6 +131,35 @@ def print_status(report: dict[str, Any]) -> None:
             if rejection:
                 typer.echo(f"  {kind} rejected revision {rejection['revision']}: {rejection['message']}")
                 typer.echo(f"    from: {', '.join(rejection['objects'])}")
+
+
+def _print_fleet(fleet: Any) -> None:
+    """What the Envoys and authz instances say: fail-open paths taken lately, JWKS health per provider."""
+    if not isinstance(fleet, dict):
+        return
+    for consumer in fleet.get("consumers") or []:
+        for jwks in consumer.get("jwks") or []:
+            typer.echo(f"jwt provider {jwks.get('provider')} ({consumer.get('kind')} {consumer.get('node')}): "
+                       f"{_jwks_state(jwks)}")  # fmt: skip
+    warnings = fleet.get("warnings") or []
+    if warnings:
+        typer.echo(f"{len(warnings)} WARNING{'S' if len(warnings) != 1 else ''} from the fleet:")
+        for warning in warnings:
+            typer.echo(f"  {warning}")
+
+
+def _jwks_state(jwks: dict[str, Any]) -> str:
+    parts = []
+    if jwks.get("kids") is not None:
+        parts.append(f"{jwks.get('keys', len(jwks['kids']))} keys ({', '.join(jwks['kids']) or 'no kid'})")
+    if "fetch_success" in jwks:
+        parts.append(f"{jwks['fetch_success']:.0f} fetches ok, {jwks.get('fetch_failed', 0):.0f} failed")
+    last = jwks.get("last_success") or jwks.get("last_success_seen")
+    if isinstance(last, int | float):
+        parts.append(f"last good fetch {time.time() - last:.0f} s ago")
+    if jwks.get("failing"):
+        parts.append(f"FAILING: {jwks.get('last_error')}")
+    return ", ".join(parts) or "no fetch yet"
 
 
 def _print_refusal(refused: Any) -> None:

@@ -8,7 +8,6 @@ from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (
     BaseModel,
-    ConfigDict,
     Field,
     GetJsonSchemaHandler,
     StringConstraints,
@@ -19,13 +18,12 @@ from pydantic import (
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema
 
+# Model, HealthCheck and Retries live apart (config.base, config.resilience) and are re-exported from here.
+from xgate.config.base import Model as Model
+from xgate.config.resilience import CircuitBreakers, Method, OutlierDetection
+from xgate.config.resilience import HealthCheck as HealthCheck
+from xgate.config.resilience import Retries as Retries
 from xgate.config.types import Duration, Name, Regex
-
-
-class Model(BaseModel):
-    """Base of every config model: immutable, unknown fields are errors."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid", str_strip_whitespace=False)
 
 
 def exactly_one(model: BaseModel, fields: tuple[str, ...], what: str) -> None:
@@ -49,6 +47,8 @@ class Endpoint(Model):
     host: str = Field(min_length=1, max_length=253)
     port: int = Field(ge=1, le=65535)
     weight: int = Field(default=1, ge=1, le=128)
+    # Failover order: traffic goes to the lowest priority with healthy endpoints (0: primaries, 1: backups...).
+    priority: int = Field(default=0, ge=0, le=127)
 
     @classmethod
     def __get_pydantic_json_schema__(cls, schema: CoreSchema, handler: GetJsonSchemaHandler) -> JsonSchemaValue:
@@ -74,52 +74,8 @@ class Endpoint(Model):
         return True
 
 
-HOST_PATTERN = r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?)(:[0-9]{1,5})?$"
-STATUS_RANGE_PATTERN = r"^[1-5][0-9]{2}-[1-5][0-9]{2}$"
-StatusRange = Annotated[int, Field(ge=100, le=599)] | Annotated[str, StringConstraints(pattern=STATUS_RANGE_PATTERN)]
-
-
-class HealthCheck(Model):
-    """Active HTTP health checks: Envoy asks `path` on every endpoint each `interval`; an endpoint that fails
-    `unhealthy_threshold` times in a row takes no traffic until it passes `healthy_threshold` times.
-
-    `host` is the Host header of the checks; by default each endpoint gets its own `host:port`, what a client
-    calling it directly sends (Envoy would send the cluster's name, `upstream/<name>`, which nginx and Envoy
-    answer with 400). `expected_statuses` are the answers that count as healthy: codes or "200-399" ranges,
-    by default 200-399 as Kubernetes' HTTP probes count them."""
-
-    path: str = Field(default="/healthz", pattern=r"^/[^\s]*$")
-    interval: Duration = 1.0
-    timeout: Duration = 0.5
-    unhealthy_threshold: int = Field(default=2, ge=1, le=100)
-    healthy_threshold: int = Field(default=1, ge=1, le=100)
-    host: str | None = Field(default=None, max_length=255, pattern=HOST_PATTERN)
-    expected_statuses: tuple[StatusRange, ...] = Field(default=("200-399",), min_length=1)
-
-    @model_validator(mode="after")
-    def _positive(self) -> HealthCheck:
-        if self.interval <= 0 or self.timeout <= 0:
-            raise ValueError("interval and timeout must be greater than 0")
-        for start, end in self.status_ranges:
-            if start > end:
-                raise ValueError(f"expected_statuses: {start}-{end} is an empty range")
-        return self
-
-    @property
-    def status_ranges(self) -> list[tuple[int, int]]:
-        """Each expected status or range as (first, last), both included."""
-        ranges = []
-        for item in self.expected_statuses:
-            if isinstance(item, int):
-                ranges.append((item, item))
-            else:
-                first, _, last = item.partition("-")
-                ranges.append((int(first), int(last)))
-        return ranges
-
-
 class Upstream(Model):
-    """A set of endpoints Envoy balances over (an Envoy cluster)."""
+    """A set of endpoints Envoy balances over (an Envoy cluster). Resilience settings: see config.resilience."""
 
     name: Name
     endpoints: tuple[Endpoint, ...] = Field(min_length=1)
@@ -127,6 +83,16 @@ class Upstream(Model):
     lb: Literal["round_robin", "least_request", "random"] = "round_robin"
     connect_timeout: Duration = 1.0
     health_check: HealthCheck | None = None
+    outlier_detection: OutlierDetection | None = Field(default_factory=lambda: OutlierDetection())
+    circuit_breakers: CircuitBreakers = Field(default_factory=lambda: CircuitBreakers())
+    panic_threshold: int = Field(default=50, ge=0, le=100)
+    idle_timeout: Duration | None = None
+
+    @model_validator(mode="after")
+    def _grpc_checks(self) -> Upstream:
+        if self.health_check is not None and self.health_check.type == "grpc" and self.protocol != "http2":
+            raise ValueError("health_check: grpc health checks need protocol: http2")
+        return self
 
 
 # -- routes --------------------------------------------------------------------------------------------------
@@ -172,7 +138,6 @@ class QueryMatch(Model):
         return self
 
 
-Method = Literal["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE"]
 # Methods are read in any case (`get` is GET): the JSON schema offers the usual spelling and accepts any case.
 _ANY_CASE = "|".join("".join(f"[{c.upper()}{c.lower()}]" for c in method) for method in get_args(Method))
 AnyCaseMethod = Annotated[
@@ -223,23 +188,6 @@ class Redirect(Model):
 class DirectResponse(Model):
     status: int = Field(ge=200, le=599)
     body: str = Field(default="", max_length=4096)
-
-
-class Retries(Model):
-    attempts: int = Field(default=1, ge=0, le=10)
-    retry_on: tuple[
-        Literal[
-            "5xx",
-            "gateway-error",
-            "reset",
-            "connect-failure",
-            "retriable-4xx",
-            "refused-stream",
-            "retriable-status-codes",
-        ],
-        ...,
-    ] = ("5xx", "reset", "connect-failure")
-    per_try_timeout: Duration | None = None
 
 
 MAX_HEADER_VALUE = 8192
@@ -311,7 +259,9 @@ class Route(Model):
     redirect: Redirect | None = None
     direct_response: DirectResponse | None = None
     timeout: Duration | None = None
-    retries: Retries | None = None
+    retries: Retries | None = Field(default_factory=lambda: Retries())
+    idle_timeout: Duration | None = None
+    max_stream_duration: Duration | None = None
     headers: HeaderRules = Field(default_factory=lambda: HeaderRules())
     websocket: bool = False
     canary: tuple[Canary, ...] = ()
@@ -362,6 +312,66 @@ class Route(Model):
 # -- listeners ---------------------------------------------------------------------------------------------
 
 
+ACCESS_LOG_FIELD = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$")
+_ACCESS_LOG_OPERATOR = re.compile(
+    r"^%((REQ|RESP|TRAILER)\([A-Za-z0-9:_.-]+(\?[A-Za-z0-9:_.-]+)?\)(:\d+)?"
+    r"|(DYNAMIC_METADATA|FILTER_STATE|CLUSTER_METADATA|UPSTREAM_METADATA|ENVIRONMENT)\([^()%\s]+\)(:\d+)?"
+    r"|(?P<bare>[A-Z][A-Z0-9_]*))%$"
+)
+# The operators without arguments xgate lets through (a subset of Envoy's; an unknown one is a config error).
+# fmt: off
+_ACCESS_LOG_BARE = frozenset((
+    "START_TIME", "REQUEST_DURATION", "REQUEST_TX_DURATION", "RESPONSE_DURATION", "RESPONSE_TX_DURATION",
+    "DURATION", "BYTES_RECEIVED", "BYTES_SENT", "PROTOCOL", "UPSTREAM_PROTOCOL", "RESPONSE_CODE",
+    "RESPONSE_CODE_DETAILS", "RESPONSE_FLAGS", "RESPONSE_FLAGS_LONG", "CONNECTION_TERMINATION_DETAILS",
+    "ROUTE_NAME", "VIRTUAL_CLUSTER_NAME", "UPSTREAM_HOST", "UPSTREAM_CLUSTER", "UPSTREAM_LOCAL_ADDRESS",
+    "UPSTREAM_TRANSPORT_FAILURE_REASON", "UPSTREAM_REQUEST_ATTEMPT_COUNT", "DOWNSTREAM_REMOTE_ADDRESS",
+    "DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT", "DOWNSTREAM_DIRECT_REMOTE_ADDRESS", "DOWNSTREAM_LOCAL_ADDRESS",
+    "DOWNSTREAM_TLS_VERSION", "DOWNSTREAM_PEER_SUBJECT", "REQUESTED_SERVER_NAME", "HOSTNAME", "TRACE_ID",
+    "STREAM_ID", "CONNECTION_ID", "UPSTREAM_CONNECTION_ID",
+))
+# fmt: on
+
+
+def _check_access_log_format(name: str, value: str) -> None:
+    if not value or any(char in value for char in "\r\n\0"):
+        raise ValueError(f"field {name!r}: the format is empty or contains CR, LF or NUL")
+    # Envoy refuses the whole listener for an operator it does not know: checked here instead.
+    for operator in re.findall(r"%[^%]*%?", value):
+        found = _ACCESS_LOG_OPERATOR.match(operator)
+        if found is None or (found.group("bare") is not None and found.group("bare") not in _ACCESS_LOG_BARE):
+            raise ValueError(
+                f"field {name!r}: {operator!r} is not an Envoy command operator xgate accepts (e.g. %REQ(name)%, "
+                "%RESP(name)%, %DYNAMIC_METADATA(namespace:key)%, %FILTER_STATE(key)%, %ROUTE_NAME%)"
+            )
+
+
+class AccessLog(Model):
+    """Envoy's access log of one listener: a JSON line per request (see translate/observability.py for the
+    fields) to `path` (stdout, stderr, or an absolute file path), for `sampling` percent of requests; `fields`
+    adds fields of your own, each an Envoy format string such as "%REQ(x-tenant)%"."""
+
+    path: str = Field(default="stdout", min_length=1, max_length=4096)
+    sampling: float = Field(default=100.0, ge=0, le=100)
+    fields: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, path: str) -> str:
+        if path not in ("stdout", "stderr") and not path.startswith("/"):
+            raise ValueError(f"path {path!r}: use stdout, stderr or an absolute file path")
+        return path
+
+    @field_validator("fields")
+    @classmethod
+    def _fields(cls, fields: dict[str, str]) -> dict[str, str]:
+        for name, value in fields.items():
+            if not ACCESS_LOG_FIELD.match(name):
+                raise ValueError(f"field name {name!r}: use letters, digits, _ . and - (at most 64)")
+            _check_access_log_format(name, value)
+        return fields
+
+
 class Listener(Model):
     """A port Envoy serves HTTP on; routes attach to it."""
 
@@ -369,6 +379,11 @@ class Listener(Model):
     address: str = "0.0.0.0"
     port: int = Field(ge=0, le=65535)
     plugins: dict[str, Any] = Field(default_factory=dict)
+    access_log: AccessLog | None = None  # observability: Envoy's JSON access log of this listener
+    # Downstream connections without a request for this long are closed; streams (requests) that send
+    # nothing either way for stream_idle_timeout are reset. None: Envoy's defaults (1 h, 5 min).
+    idle_timeout: Duration | None = None
+    stream_idle_timeout: Duration | None = None
 
     @field_validator("address")
     @classmethod

@@ -30,6 +30,7 @@ from xgate.discovery import typeurls
 from xgate.discovery.cache import SnapshotCache
 from xgate.discovery.snapshot import Resource, Snapshot, build_snapshot
 from xgate.discovery.status import ProxyStatus
+from xgate.telemetry.journey import Consumer, RevisionJourneys
 from xgate.translate import Resources
 
 log = logging.getLogger("xgate.discovery")
@@ -85,6 +86,7 @@ class Rollout:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._serial = 0
+        self.journeys: RevisionJourneys | None = None  # each revision's way to the consumers, as a trace
 
     def publish(self, resources: Resources, revision: str, seen_at: float = 0.0) -> None:
         """Serve `resources` as revision `revision` (see the module for the order); returns at once."""
@@ -93,6 +95,8 @@ class Rollout:
         envoy = {url: found for url, found in packed.resources.items() if url in typeurls.ENVOY_TYPES}
         services = {url: found for url, found in packed.resources.items() if url not in typeurls.ENVOY_TYPES}
         self._pending = None
+        if self.journeys is not None:
+            self.journeys.published(revision, seen_at)
         if _covers(self._retained, services) or not self._consumers_of(services):
             self._serve_envoys(envoy, services, revision, seen_at)
             return
@@ -100,6 +104,7 @@ class Rollout:
         kept = {url: found for url, found in (current.resources if current else {}).items() if url in envoy}
         staged = _merged(self._retained, services)
         self._set(kept, staged, current.revision if current else "", revision, seen_at)
+        self._trace_push(revision, "services", _roles_of(services))
         self._pending = _Pending(envoy, services, revision, seen_at)
         self._start()
 
@@ -116,6 +121,7 @@ class Rollout:
         self._retained = _merged(self._retained, services)
         self._latest = services
         self._set(envoy, self._retained, revision, revision, seen_at)
+        self._trace_push(revision, "envoys", {typeurls.ENVOY})
         self._prune = not _same(self._retained, services)
         if self.refusal is not None and self.refusal.revision != revision:
             self.refusal = None
@@ -123,6 +129,18 @@ class Rollout:
             self.on_served(revision)
         if self._prune:
             self._start()
+
+    def _trace_push(self, revision: str, phase: str, roles: set[str]) -> None:
+        """Tell the journey of `revision` which consumers it now goes to (and which hold it already)."""
+        if self.journeys is None:
+            return
+        snapshot = self.cache.snapshot
+        going: list[Consumer] = []
+        have: list[Consumer] = []
+        for proxy in self.cache.status.connected.values():
+            if proxy.role in roles:
+                (have if proxy.in_sync(snapshot) else going).append((proxy.role, proxy.node_id or proxy.peer))
+        self.journeys.pushed(revision, phase, going, have)
 
     def _set(self, envoy: ByType, services: ByType, revision: str, services_revision: str, seen_at: float) -> None:
         self._serial += 1
@@ -240,6 +258,8 @@ class Rollout:
 
     def _refused(self, refusal: Refusal) -> None:
         self.refusal = refusal
+        if self.journeys is not None:
+            self.journeys.refused_by_service(refusal.revision, refusal.service, refusal.node, refusal.message)
         log.error(
             "%s; the Envoys keep revision %s", refusal, self.cache.snapshot.revision if self.cache.snapshot else "none"
         )

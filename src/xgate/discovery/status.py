@@ -61,10 +61,13 @@ class ProxyStatus:
     disconnected_at: float | None = None
     synced_revision: str | None = None
     synced_at: float | None = None
+    addresses: dict[str, str] = field(default_factory=dict)  # its node metadata's `xgate` addresses (stats, admin)
     # Called with the role and the seconds from a change being seen to this consumer ACKing all of it.
     on_synced: Callable[[str, float], None] | None = None
     # Called after each ACK or NACK (StatusRegistry.answered), for whoever waits for consumers to answer.
     on_answer: Callable[[], None] | None = None
+    # Called with (this proxy, revision, NACK message or None) when it ACKed all of a revision or NACKed one.
+    on_revision: Callable[[ProxyStatus, str, str | None], None] | None = None
 
     def in_sync(self, snapshot: Snapshot | None) -> bool:
         """True when this proxy holds every resource of the snapshot, each ACKed at the snapshot's content.
@@ -99,6 +102,12 @@ class ProxyStatus:
             # A change reaching a proxy that was already there; a proxy's first sync is a connect, not that.
             if self.on_synced is not None and snapshot.seen_at and self.connected_at < snapshot.created:
                 self.on_synced(self.role, time.perf_counter() - snapshot.seen_at)
+            if self.on_revision is not None:
+                self.on_revision(self, revision, None)
+
+    def note_nack(self, rejection: Rejection) -> None:
+        if self.on_revision is not None:
+            self.on_revision(self, rejection.revision, rejection.message)
 
     def to_dict(self, snapshot: Snapshot | None) -> dict[str, Any]:
         return {
@@ -139,6 +148,8 @@ class StatusRegistry:
         self.connected: dict[int, ProxyStatus] = {}
         self._waiters: set[asyncio.Event] = set()
         self.disconnected: deque[ProxyStatus] = deque(maxlen=keep_disconnected)
+        # (proxy, revision, NACK message or None) for every consumer's answer to a revision (revision traces).
+        self.on_revision: Callable[[ProxyStatus, str, str | None], None] | None = None
         self.propagation = Histogram(
             "xgate_config_propagation_seconds",
             "From a config change seen by the control plane to a consumer having ACKed all of it, per consumer "
@@ -171,9 +182,14 @@ class StatusRegistry:
             connected_at=time.time(),
             on_synced=lambda kind, seconds: self.propagation.labels(kind).observe(seconds),
             on_answer=self.answered,
+            on_revision=self._revision_answered,
         )
         self.connected[proxy.stream_id] = proxy
         return proxy
+
+    def _revision_answered(self, proxy: ProxyStatus, revision: str, nack: str | None) -> None:
+        if self.on_revision is not None:
+            self.on_revision(proxy, revision, nack)
 
     def disconnect(self, proxy: ProxyStatus) -> None:
         proxy.disconnected_at = time.time()

@@ -19,6 +19,7 @@ from xgate.discovery import typeurls
 from xgate.discovery.snapshot import Resource, Snapshot
 from xgate.discovery.status import ProxyStatus, Rejection, TypeStatus
 from xgate.protowire import field_head, string_field
+from xgate.telemetry.fleet import node_addresses
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,7 @@ class AdsStream:
             self.proxy.node_id = request.node.id
             self.proxy.cluster = request.node.cluster
             self.proxy.role = typeurls.role_of(request.node.user_agent_name)
+            self.proxy.addresses = node_addresses(request.node.metadata)
         type_url = request.type_url
         state = self._types.get(type_url)
         if state is not None and request.response_nonce and request.response_nonce != state.nonce:
@@ -83,6 +85,7 @@ class AdsStream:
                 resources=tuple(sorted(state.sent)),
                 at=time.time(),
             )
+            self.proxy.note_nack(status.rejection)
             if self.proxy.on_answer is not None:
                 self.proxy.on_answer()
         elif request.response_nonce:

@@ -42,6 +42,9 @@ class DyeingService:
         dyers: dict[str, Dyer] = {}
         problems: list[str] = []
         for key, resource in resources.items():
+            if (held := self.registry.get(key)) is not None:
+                dyers[key] = held  # a key names one content: what it held is what it would build (12 us a key)
+                continue
             try:
                 dyers[key] = Dyer(settings_from_resource(resource))
             except ValueError as exc:

@@ -25,6 +25,7 @@ from xgate.grpcguard import AsyncMalformedGuard
 from xgate.listen import bind_grpc, grpc_options
 from xgate.plugins.dyeing import EXT_PROC_FILTER, SETTINGS_METADATA, SOURCE_ATTRIBUTE
 from xgate.plugins.jwt import jwt_claims
+from xgate.telemetry import aio_server_interceptors
 
 log = logging.getLogger("xgate.dyeing")
 
@@ -177,7 +178,9 @@ async def serve(
     Errors: RuntimeError from grpc when the port cannot be bound, PortInUseError when another process holds
     it (unless `reuse_port`: several processes then share it)."""
     service = DyeingService(registry)
-    server = grpc.aio.server(interceptors=[AsyncMalformedGuard()], options=grpc_options(reuse_port=reuse_port))
+    server = grpc.aio.server(
+        interceptors=[AsyncMalformedGuard(), *aio_server_interceptors()], options=grpc_options(reuse_port=reuse_port)
+    )
     ext_proc_grpc.add_ExternalProcessorServicer_to_server(service, server)
     bound = bind_grpc(server, host, port, "dyeing gRPC, --listen", reuse_port=reuse_port)
     await server.start()

@@ -16,15 +16,17 @@ from xgate.plugins.dyeing import DyeingSpec
 from xgate.plugins.jwt import JwtSpec
 from xgate.plugins.policy import PolicySpec
 from xgate.plugins.rate_limit import RateLimitSpec
+from xgate.plugins.tracing import TracingSpec
 
 # The order of HTTP filters on every listener. CORS answers preflight requests first, so a browser's
 # OPTIONS never needs a token; later plugins go after it in this order: authentication (jwt), Python
 # policy, dyeing (may need verified claims), rate limits (may key on claims or stage). The router is
-# always last and is added by the listener translator.
-FILTER_ORDER: tuple[str, ...] = ("cors", "jwt", "policy", "dyeing", "rate_limit")
+# always last and is added by the listener translator. tracing adds no filter (it sets up the connection
+# manager's tracer), so its place does not matter.
+FILTER_ORDER: tuple[str, ...] = ("cors", "jwt", "policy", "dyeing", "rate_limit", "tracing")
 
 PLUGINS: Mapping[str, PluginSpec[Any]] = {
-    spec.name: spec for spec in (CorsSpec(), JwtSpec(), PolicySpec(), DyeingSpec(), RateLimitSpec())
+    spec.name: spec for spec in (CorsSpec(), JwtSpec(), PolicySpec(), DyeingSpec(), RateLimitSpec(), TracingSpec())
 }
 
 assert tuple(PLUGINS) == FILTER_ORDER, "FILTER_ORDER and PLUGINS disagree"

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from xgate.errors import ProxyError
+from xgate.proxy.stats import admin_cluster, stats_listener
 
 XDS_CLUSTER_NAME = "xgate-xds"
 
@@ -94,14 +95,17 @@ def build_bootstrap(
     xds_servers: Sequence[tuple[str, int]],
     admin_host: str = "127.0.0.1",
     admin_port: int = 9901,
+    stats: tuple[str, int] | None = None,
 ) -> dict[str, Any]:
     """Return an Envoy v3 bootstrap (a plain dict, ready to dump as YAML or JSON).
 
     Listeners and clusters come over ADS from `xds_servers` (IP addresses or host names); the only static
-    resource is the cluster that reaches the control planes. `admin_port` 0 lets Envoy pick a port (use
-    --admin-address-path).
+    resources are the cluster that reaches the control planes and, with `stats` (host, port), the stats listener
+    (see proxy/stats.py). `admin_port` 0 lets Envoy pick a port (use --admin-address-path). The node's metadata
+    tells the control plane where it may read Envoy's counters (`xgate.admin`, `xgate.stats`).
 
-    Errors: ValueError when `xds_servers` is empty or a port is out of range.
+    Errors: ValueError when `xds_servers` is empty, a port is out of range, or `stats` is asked for with
+    `admin_port` 0 (the stats listener forwards to the admin port, which must be known).
     """
     if not xds_servers:
         raise ValueError("build_bootstrap needs at least one xDS server address")
@@ -110,8 +114,19 @@ def build_bootstrap(
             raise ValueError(f"xDS server {host}:{port}: the port must be from 1 to 65535")
     if not 0 <= admin_port < 65536:
         raise ValueError(f"admin port {admin_port}: must be from 0 (any free port) to 65535")
+    addresses = {"admin": f"{admin_host}:{admin_port}"} if admin_port else {}
+    static = [_xds_cluster(xds_servers)]
+    listeners = []
+    if stats is not None:
+        if not admin_port:
+            raise ValueError("a stats listener needs a known admin port, not 0")
+        if not 0 < stats[1] < 65536:
+            raise ValueError(f"stats port {stats[1]}: must be from 1 to 65535")
+        addresses["stats"] = f"{stats[0]}:{stats[1]}"
+        static.append(admin_cluster(admin_host, admin_port))
+        listeners.append(stats_listener(*stats))
     return {
-        "node": {"id": node_id, "cluster": node_cluster},
+        "node": {"id": node_id, "cluster": node_cluster, "metadata": {"xgate": addresses}},
         "dynamic_resources": {
             "ads_config": {
                 "api_type": "GRPC",
@@ -133,6 +148,6 @@ def build_bootstrap(
             "cds_config": {"ads": {}, "resource_api_version": "V3"},
             "lds_config": {"ads": {}, "resource_api_version": "V3"},
         },
-        "static_resources": {"clusters": [_xds_cluster(xds_servers)]},
+        "static_resources": {"clusters": static, **({"listeners": listeners} if listeners else {})},
         "admin": {"address": _socket_address(admin_host, admin_port)},
     }

@@ -24,6 +24,7 @@ from xgate.listen import bind_grpc, grpc_options
 from xgate.ratelimit.algorithms import Backend, Decision, MemoryBackend
 from xgate.ratelimit.limits import LimitTable, Match
 from xgate.ratelimit.redis_backend import RedisBackend
+from xgate.telemetry import aio_server_interceptors
 
 log = logging.getLogger("xgate.ratelimit")
 
@@ -238,7 +239,9 @@ async def serve(
     """
     backend: Backend = MemoryBackend() if redis_url is None else RedisBackend.connect(redis_url, timeout=timeout)
     service = RateLimitService(table, backend, failure_mode=failure_mode, timeout=timeout)
-    server = grpc.aio.server(interceptors=[AsyncMalformedGuard()], options=grpc_options(reuse_port=reuse_port))
+    server = grpc.aio.server(
+        interceptors=[AsyncMalformedGuard(), *aio_server_interceptors()], options=grpc_options(reuse_port=reuse_port)
+    )
     rls_pb2_grpc.add_RateLimitServiceServicer_to_server(service, server)
     bound = bind_grpc(server, host, port, "ratelimit gRPC, --listen", reuse_port=reuse_port)
     await server.start()

@@ -85,7 +85,8 @@ async def run_service(
 
     Errors: PortInUseError when the gRPC address is taken, MetricsAddressError when the status address is."""
     stop = stop or asyncio.Event()
-    client = XdsClient(options.xds, node(service.name, options.node_id), service.subscriptions())
+    identity = node(service.name, options.node_id)
+    client = XdsClient(options.xds, identity, service.subscriptions())
     port = await service.start(*options.listen, options.reuse_port)
     runner: web.AppRunner | None = None
     try:
@@ -97,6 +98,8 @@ async def run_service(
                 lambda: [*service.families(), *_feed_families(client)],
                 ready=client.ready.is_set,
             )
+            # Where the control plane reads this instance's figures (JWKS health, see telemetry/fleet.py).
+            identity.metadata.update({"xgate": {"status": f"{options.status[0]}:{status_port}"}})
         async with asyncio.TaskGroup() as group:
             group.create_task(client.run(stop))
             ready = group.create_task(client.ready.wait())

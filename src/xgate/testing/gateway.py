@@ -78,11 +78,21 @@ class Gateway:
             self._task = None
 
     async def start_envoy(
-        self, node_id: str = "test-envoy", timeout: float = 20.0, xds_ports: list[int] | None = None
+        self,
+        node_id: str = "test-envoy",
+        timeout: float = 20.0,
+        xds_ports: list[int] | None = None,
+        stats_port: int | None = None,
     ) -> EnvoyProcess:
-        """Start a real Envoy bootstrapped to this control plane (or to every port in `xds_ports`)."""
+        """Start a real Envoy bootstrapped to this control plane (or to every port in `xds_ports`); with
+        `stats_port`, its stats listener there (and its admin on a port chosen now, which the control plane reads
+        its counters from)."""
         servers = [("127.0.0.1", port) for port in (xds_ports or [self.xds_port])]
-        bootstrap = build_bootstrap(node_id=node_id, node_cluster="test", xds_servers=servers, admin_port=0)
+        stats = ("127.0.0.1", stats_port) if stats_port else None
+        bootstrap = build_bootstrap(
+            node_id=node_id, node_cluster="test", xds_servers=servers, admin_port=free_port() if stats else 0,
+            stats=stats,
+        )  # fmt: skip
         envoy = EnvoyProcess(
             bootstrap,
             self.work_dir / f"envoy-{node_id}-{len(self.envoys)}",

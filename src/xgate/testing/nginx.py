@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -34,7 +36,11 @@ http {{
         listen 127.0.0.1:{port};
         default_type text/plain;
         location = /healthz {{ return 200 "ok\\n"; }}
-        location / {{ add_header x-upstream {name} always; return 200 "{name}\\n"; }}
+        location / {{
+            add_header x-upstream {name} always;
+            if (-f {prefix}/failing) {{ return 503 "{name} failing\\n"; }}
+            return 200 "{name}\\n";
+        }}
     }}
 }}
 """
@@ -53,7 +59,9 @@ class NginxProcess(OwnedProcess):
     """One nginx on 127.0.0.1:`port` answering `name` (body and `x-upstream` header) on every path, and 200 on
     /healthz; its config, temp dirs and error log under `<work_dir>/nginx-<name>/`.
 
-    `stop()` and `start()` again on the same port simulate an upstream that dies and comes back.
+    `stop()` and `start()` again on the same port simulate an upstream that dies and comes back; `fail()` makes
+    it answer 503 on every path but /healthz (a health endpoint that lies) until `recover()`; `freeze()` stops
+    the process (SIGSTOP: connections still open in the kernel's backlog, nothing answers) until `thaw()`.
     Errors: ProxyError when nginx is missing, exits during startup or does not accept connections.
     Resources: a child process in its own session (SIGTERMed if we die), the prefix directory.
     """
@@ -105,6 +113,26 @@ class NginxProcess(OwnedProcess):
 
     def log_tail(self, lines: int = 20) -> str:
         return log_tail(self.log_path, lines)
+
+    def fail(self) -> None:
+        """Answer 503 from now on (nginx checks the flag file on each request: no reload, no dropped request)."""
+        (self.prefix / "failing").touch()
+
+    def recover(self) -> None:
+        (self.prefix / "failing").unlink(missing_ok=True)
+
+    def freeze(self) -> None:
+        """SIGSTOP the server: it hangs, as a process stuck in a long GC pause or on a dead disk does."""
+        if self.pid is not None and self.running:
+            os.kill(self.pid, signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        if self.pid is not None and self.running:
+            os.kill(self.pid, signal.SIGCONT)
+
+    async def stop(self, grace: float = 5.0) -> int | None:
+        self.thaw()  # a stopped process would hold SIGTERM until continued
+        return await super().stop(grace)
 
 
 @contextlib.asynccontextmanager

@@ -1,20 +1,22 @@
-"""Upstream -> Envoy Cluster and its ClusterLoadAssignment."""
+"""Upstream -> Envoy Cluster and its ClusterLoadAssignment (resilience settings: translate.resilience; the
+aggregate clusters of failover: translate.failover)."""
 
 from __future__ import annotations
 
+from itertools import groupby
+
 from envoy.config.cluster.v3 import cluster_pb2 as cluster_v3
-from envoy.config.core.v3 import health_check_pb2 as health_check_v3
-from envoy.config.core.v3 import protocol_pb2 as protocol_v3
 from envoy.config.endpoint.v3 import endpoint_components_pb2 as endpoint_components_v3
 from envoy.config.endpoint.v3 import endpoint_pb2 as endpoint_v3
-from envoy.extensions.clusters.aggregate.v3 import cluster_pb2 as aggregate_v3
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2 as http_options_v3
-from envoy.type.v3 import range_pb2 as range_v3
 from google.protobuf import wrappers_pb2
 
-from xgate.config.schema import HealthCheck, Route, Upstream
+from xgate.config.schema import Endpoint, Upstream
 from xgate.translate import names
+from xgate.translate.failover import AGGREGATE as AGGREGATE
+from xgate.translate.failover import fallback_clusters as fallback_clusters
 from xgate.translate.protos import ads_source, duration, pack, socket_address
+from xgate.translate.resilience import apply_cluster_resilience, upstream_http_options
 
 _LB = {
     "round_robin": cluster_v3.Cluster.ROUND_ROBIN,
@@ -42,82 +44,56 @@ def translate_cluster(upstream: Upstream) -> cluster_v3.Cluster:
         cluster.type = cluster_v3.Cluster.STRICT_DNS
         cluster.dns_lookup_family = cluster_v3.Cluster.V4_PREFERRED
         cluster.load_assignment.CopyFrom(translate_endpoints(upstream))
-    if upstream.health_check is not None:
-        cluster.health_checks.append(_health_check(upstream.health_check))
-    if upstream.protocol == "http2":
-        options = http_options_v3.HttpProtocolOptions(
-            explicit_http_config=http_options_v3.HttpProtocolOptions.ExplicitHttpConfig(
-                http2_protocol_options=protocol_v3.Http2ProtocolOptions()
-            )
-        )
-        cluster.typed_extension_protocol_options[HTTP_OPTIONS].CopyFrom(pack(options))
+    apply_cluster_resilience(cluster, upstream)
+    _protocol_options(cluster, upstream)
     return cluster
 
 
+def _protocol_options(cluster: cluster_v3.Cluster, upstream: Upstream) -> None:
+    common = upstream_http_options(upstream)
+    if upstream.protocol == "http1" and common is None:
+        return  # Envoy's defaults: HTTP/1.1, connections idle for up to an hour
+    options = http_options_v3.HttpProtocolOptions(common_http_protocol_options=common)
+    explicit = options.explicit_http_config
+    if upstream.protocol == "http2":
+        explicit.http2_protocol_options.SetInParent()
+    else:
+        explicit.http_protocol_options.SetInParent()
+    cluster.typed_extension_protocol_options[HTTP_OPTIONS].CopyFrom(pack(options))
+
+
 def translate_endpoints(upstream: Upstream) -> endpoint_v3.ClusterLoadAssignment:
-    # Without a host of its own, each endpoint's health checks carry its own host:port (see HealthCheck):
-    # Envoy's default, the cluster name, is not a valid Host and real servers answer it with 400.
-    own_host = upstream.health_check is not None and upstream.health_check.host is None
-    lb_endpoints = [
-        endpoint_components_v3.LbEndpoint(
-            endpoint=endpoint_components_v3.Endpoint(
-                address=socket_address(endpoint.host, endpoint.port),
-                health_check_config=endpoint_components_v3.Endpoint.HealthCheckConfig(
-                    hostname=_host_header(endpoint.host, endpoint.port)
-                )
-                if own_host
-                else None,
-            ),
-            load_balancing_weight=wrappers_pb2.UInt32Value(value=endpoint.weight),
-        )
-        for endpoint in upstream.endpoints
-    ]
+    """The endpoints by priority (Envoy wants priorities 0, 1, 2... without gaps: the config's are ranked)."""
+    ranked = sorted(upstream.endpoints, key=lambda endpoint: endpoint.priority)
+    groups = [list(group) for _, group in groupby(ranked, key=lambda endpoint: endpoint.priority)]
     return endpoint_v3.ClusterLoadAssignment(
         cluster_name=names.cluster(upstream.name),
-        endpoints=[endpoint_components_v3.LocalityLbEndpoints(lb_endpoints=lb_endpoints)],
+        endpoints=[
+            endpoint_components_v3.LocalityLbEndpoints(
+                lb_endpoints=[_lb_endpoint(upstream, endpoint) for endpoint in group], priority=priority
+            )
+            for priority, group in enumerate(groups)
+        ],
+    )
+
+
+def _lb_endpoint(upstream: Upstream, endpoint: Endpoint) -> endpoint_components_v3.LbEndpoint:
+    # Without a host of its own, each endpoint's HTTP and gRPC health checks carry its own host:port (see
+    # HealthCheck): Envoy's default, the cluster name, is not a valid Host and real servers answer it with 400.
+    check = upstream.health_check
+    own_host = check is not None and check.type != "tcp" and check.host is None
+    return endpoint_components_v3.LbEndpoint(
+        endpoint=endpoint_components_v3.Endpoint(
+            address=socket_address(endpoint.host, endpoint.port),
+            health_check_config=endpoint_components_v3.Endpoint.HealthCheckConfig(
+                hostname=_host_header(endpoint.host, endpoint.port)
+            )
+            if own_host
+            else None,
+        ),
+        load_balancing_weight=wrappers_pb2.UInt32Value(value=endpoint.weight),
     )
 
 
 def _host_header(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def _health_check(check: HealthCheck) -> health_check_v3.HealthCheck:
-    # Envoy checks a cluster that has had no traffic only once a minute by default (no_traffic_interval); a
-    # canary may get none for a while, and its fallback must still know at once when it goes down.
-    return health_check_v3.HealthCheck(
-        timeout=duration(check.timeout),
-        interval=duration(check.interval),
-        no_traffic_interval=duration(check.interval),
-        unhealthy_threshold=wrappers_pb2.UInt32Value(value=check.unhealthy_threshold),
-        healthy_threshold=wrappers_pb2.UInt32Value(value=check.healthy_threshold),
-        http_health_check=health_check_v3.HealthCheck.HttpHealthCheck(
-            path=check.path,
-            host=check.host or "",
-            # Envoy's ranges are half-open: [start, end).
-            expected_statuses=[range_v3.Int64Range(start=first, end=last + 1) for first, last in check.status_ranges],
-        ),
-    )
-
-
-AGGREGATE = "envoy.clusters.aggregate"
-
-
-def fallback_clusters(route: Route) -> list[cluster_v3.Cluster]:
-    """The aggregate clusters of a route's canaries that fall back: the canary upstream first, the stable one
-    second, so Envoy sends to the stable one only while the canary has no healthy endpoint."""
-    stable = route.stable_upstream
-    clusters = []
-    for canary in route.canary:
-        if not canary.fallback or stable is None:
-            continue
-        config = aggregate_v3.ClusterConfig(clusters=[names.cluster(canary.upstream), names.cluster(stable)])
-        clusters.append(
-            cluster_v3.Cluster(
-                name=names.fallback_cluster(canary.upstream, stable),
-                connect_timeout=duration(1.0),
-                lb_policy=cluster_v3.Cluster.CLUSTER_PROVIDED,
-                cluster_type=cluster_v3.Cluster.CustomClusterType(name=AGGREGATE, typed_config=pack(config)),
-            )
-        )
-    return clusters

@@ -17,8 +17,10 @@ from google.protobuf import wrappers_pb2
 
 from xgate.ir.model import ListenerIR
 from xgate.translate import names
+from xgate.translate.observability import access_logs
 from xgate.translate.plugins import TRANSLATORS, pack
 from xgate.translate.protos import ads_source, socket_address
+from xgate.translate.resilience import apply_listener_timeouts
 
 HCM = "envoy.filters.network.http_connection_manager"
 ROUTER = "envoy.filters.http.router"
@@ -45,7 +47,9 @@ def translate_listener(ir: ListenerIR) -> listener_v3.Listener:
         http_protocol_options=protocol_v3.Http1ProtocolOptions(
             accept_http_10=True, default_host_for_http_10=HTTP_10_DEFAULT_HOST
         ),
+        access_log=access_logs(ir.listener),
     )
+    apply_listener_timeouts(manager, ir.listener)
     for name in ir.filters:
         manager.http_filters.extend(TRANSLATORS[name].http_filters(ir.defaults.get(name), manager))
     manager.http_filters.append(hcm_v3.HttpFilter(name=ROUTER, typed_config=pack(router_v3.Router())))

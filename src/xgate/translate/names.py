@@ -20,9 +20,10 @@ def cluster(upstream_name: str) -> str:
     return UPSTREAM + upstream_name
 
 
-def fallback_cluster(canary: str, stable: str) -> str:
-    """The aggregate cluster that sends to `canary` while it has healthy endpoints, else to `stable`."""
-    return f"{FALLBACK}{canary}/{stable}"
+def fallback_cluster(first: str, *then: str) -> str:
+    """The aggregate cluster that sends to upstream `first` while it has healthy endpoints, else to the first
+    of `then` that has (a canary and its stable upstream; a split target and the split's other targets)."""
+    return f"{FALLBACK}{first}/{','.join(then)}"
 
 
 def virtual_host(listener_name: str, hosts: tuple[str, ...]) -> str:
@@ -32,8 +33,8 @@ def virtual_host(listener_name: str, hosts: tuple[str, ...]) -> str:
 def origin(resource_name: str) -> str:
     """Name the config object behind an Envoy resource, for NACK reports ("upstream users")."""
     if resource_name.startswith(FALLBACK):
-        canary, _, stable = resource_name.removeprefix(FALLBACK).partition("/")
-        return f"canary fallback from upstream {canary} to upstream {stable}"
+        first, _, then = resource_name.removeprefix(FALLBACK).partition("/")
+        return f"fallback from upstream {first} to {', '.join(f'upstream {name}' for name in then.split(','))}"
     for prefix, kind in ((LISTENER, "listener"), (UPSTREAM, "upstream")):
         if resource_name.startswith(prefix):
             return f"{kind} {resource_name.removeprefix(prefix)}"

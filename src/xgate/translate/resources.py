@@ -128,15 +128,15 @@ class Translator:
             resources.clusters[name] = protos[0]
             if len(protos) > 1:
                 resources.endpoints[name] = protos[1]
+        upstreams = {upstream.name: upstream for upstream in ir.upstreams}
         for listener in ir.listeners:
             proto = translate_listener(listener)
             resources.listeners[proto.name] = proto
             routes = translate_routes(listener, self._route)
             resources.routes[routes.name] = routes
             for route in listener.routes:
-                if route.route.canary:
-                    for extra in fallback_clusters(route.route):
-                        resources.clusters.setdefault(extra.name, extra)
+                for extra in fallback_clusters(route.route, upstreams):
+                    resources.clusters.setdefault(extra.name, extra)
                 for extra in route_service_resources(route):
                     resources.add(extra)
             for name in listener.filters:

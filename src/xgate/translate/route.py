@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from envoy.config.core.v3 import base_pb2 as base_v3
 from envoy.config.route.v3 import route_components_pb2 as route_components_v3
@@ -14,8 +14,10 @@ from google.protobuf import wrappers_pb2
 from xgate.config.schema import HeaderMatch, HeaderOps, Match, QueryMatch, Route
 from xgate.ir.model import ListenerIR, RouteIR
 from xgate.translate import names
+from xgate.translate.failover import split_target
 from xgate.translate.plugins import TRANSLATORS
-from xgate.translate.protos import duration
+from xgate.translate.resilience import route_timeouts
+from xgate.translate.retries import virtual_host_retry_policy, with_retries
 
 _REDIRECT_CODES = {
     301: route_components_v3.RedirectAction.MOVED_PERMANENTLY,
@@ -47,6 +49,7 @@ def translate_routes(ir: ListenerIR, build: RouteBuilder | None = None) -> route
             routes=[
                 proto for route_hosts, protos in built if host in route_hosts or "*" in route_hosts for proto in protos
             ],
+            retry_policy=virtual_host_retry_policy(),
         )
         for host in hosts
     ]
@@ -55,6 +58,7 @@ def translate_routes(ir: ListenerIR, build: RouteBuilder | None = None) -> route
             name=names.virtual_host(ir.name, ("*",)),
             domains=["*"],
             routes=[proto for route_hosts, protos in built if "*" in route_hosts for proto in protos],
+            retry_policy=virtual_host_retry_policy(),
         )
     )
     # Hosts in routes never carry a port; the Host header is matched without its port but kept intact,
@@ -79,7 +83,7 @@ def translate_route(ir: RouteIR, listener_filters: tuple[str, ...]) -> list[rout
         proto.route.CopyFrom(_action(route))
     _headers(route.headers.request, proto.request_headers_to_add, proto.request_headers_to_remove)
     _headers(route.headers.response, proto.response_headers_to_add, proto.response_headers_to_remove)
-    protos: list[route_components_v3.Route] = [proto]
+    protos = with_retries(route, proto, method_matcher) if proto.HasField("route") else [proto]
     for name in listener_filters:
         translator, settings = TRANSLATORS[name], ir.plugins.get(name)
         protos = [entry for each in protos for entry in translator.route(settings, route, each)]
@@ -103,12 +107,16 @@ def _match(match: Match) -> route_components_v3.RouteMatch:
     else:
         proto.prefix = match.path.prefix or "/"
     if match.methods:
-        methods = sorted(set(match.methods))
-        matcher = _string(exact=methods[0]) if len(methods) == 1 else _string(regex=f"^({'|'.join(methods)})$")
-        proto.headers.append(route_components_v3.HeaderMatcher(name=":method", string_match=matcher))
+        proto.headers.append(method_matcher(match.methods))
     proto.headers.extend(_header(header) for header in match.headers)
     proto.query_parameters.extend(_query(query) for query in match.query)
     return proto
+
+
+def method_matcher(methods: Iterable[str]) -> route_components_v3.HeaderMatcher:
+    ordered = sorted(set(methods))
+    matcher = _string(exact=ordered[0]) if len(ordered) == 1 else _string(regex=f"^({'|'.join(ordered)})$")
+    return route_components_v3.HeaderMatcher(name=":method", string_match=matcher)
 
 
 def _header(header: HeaderMatch) -> route_components_v3.HeaderMatcher:
@@ -137,17 +145,11 @@ def _action(route: Route) -> route_components_v3.RouteAction:
     else:
         action.weighted_clusters.clusters.extend(
             route_components_v3.WeightedCluster.ClusterWeight(
-                name=names.cluster(target.upstream), weight=wrappers_pb2.UInt32Value(value=target.weight)
+                name=split_target(route, target.upstream), weight=wrappers_pb2.UInt32Value(value=target.weight)
             )
             for target in route.split or ()
         )
-    if route.timeout is not None:
-        action.timeout.CopyFrom(duration(route.timeout))
-    if route.retries is not None:
-        action.retry_policy.retry_on = ",".join(route.retries.retry_on)
-        action.retry_policy.num_retries.value = route.retries.attempts
-        if route.retries.per_try_timeout is not None:
-            action.retry_policy.per_try_timeout.CopyFrom(duration(route.retries.per_try_timeout))
+    route_timeouts(action, route)
     if route.websocket:
         action.upgrade_configs.append(
             route_components_v3.RouteAction.UpgradeConfig(

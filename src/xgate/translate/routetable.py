@@ -18,6 +18,7 @@ from xgate.ir.model import RouteIR
 from xgate.protowire import field_head, length_delimited
 from xgate.sortedblocks import Block, SortedBlocks
 from xgate.translate import names
+from xgate.translate.retries import virtual_host_retry_policy
 from xgate.translate.route import translate_route
 
 _VIRTUAL_HOSTS = 2  # RouteConfiguration.virtual_hosts
@@ -47,6 +48,7 @@ class RouteTable:
         self._wire_size = 0  # the routes' bytes in all
         self._hosts: Counter[str] = Counter()  # host name -> routes naming it
         self._hosted = 0  # routes that name a host
+        self._tail: bytes | None = None
 
     def __contains__(self, name: str) -> bool:
         return name in self._entries
@@ -100,13 +102,15 @@ class RouteTable:
         )
         if not self._hosted:
             blocks = [_joined(block) for block in self._blocks.blocks]
-            return b"".join([head, *self._virtual_host_head(("*",), self._wire_size), *blocks, tail])
+            after = self._virtual_host_tail()
+            return b"".join([head, *self._virtual_host_head(("*",), self._wire_size), *blocks, after, tail])
         ordered = self._ordered()
         parts = [head]
         for hosts in [*((host,) for host in sorted(self._hosts)), ("*",)]:
             wires = [e.wire for e in ordered if "*" in e.hosts or hosts[0] in e.hosts]
             parts += self._virtual_host_head(hosts, sum(map(len, wires)))
             parts += wires
+            parts.append(self._virtual_host_tail())
         parts.append(tail)
         return b"".join(parts)
 
@@ -114,7 +118,14 @@ class RouteTable:
         """RouteConfiguration.virtual_hosts' tag and length, and the VirtualHost's fields before its routes."""
         head = route_components_v3.VirtualHost(name=names.virtual_host(self.listener, hosts), domains=list(hosts))
         encoded: bytes = head.SerializeToString(deterministic=True)
-        return field_head(_VIRTUAL_HOSTS, len(encoded) + routes_size), encoded
+        return field_head(_VIRTUAL_HOSTS, len(encoded) + routes_size + len(self._virtual_host_tail())), encoded
+
+    def _virtual_host_tail(self) -> bytes:
+        """The VirtualHost's fields after its routes: the default retry policy (see translate.retries)."""
+        if self._tail is None:
+            tail = route_components_v3.VirtualHost(retry_policy=virtual_host_retry_policy())
+            self._tail = tail.SerializeToString(deterministic=True)
+        return self._tail
 
 
 def _joined(block: Block[Position, bytes]) -> bytes:

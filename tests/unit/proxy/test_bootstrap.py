@@ -26,8 +26,20 @@ def _build(**overrides: Any) -> dict[str, Any]:
 
 def test_node_and_admin() -> None:
     bootstrap = _build(admin_port=0)
-    assert bootstrap["node"] == {"id": "gw-1", "cluster": "edge"}
+    assert bootstrap["node"] == {"id": "gw-1", "cluster": "edge", "metadata": {"xgate": {}}}
     assert bootstrap["admin"]["address"]["socket_address"] == {"address": "127.0.0.1", "port_value": 0}
+
+
+def test_the_node_says_where_its_counters_are_and_the_stats_listener_forwards_two_paths() -> None:
+    bootstrap = _build(admin_port=9901, stats=("0.0.0.0", 9902))
+    assert bootstrap["node"]["metadata"] == {"xgate": {"admin": "127.0.0.1:9901", "stats": "0.0.0.0:9902"}}
+    (listener,) = bootstrap["static_resources"]["listeners"]
+    routes = listener["filter_chains"][0]["filters"][0]["typed_config"]["route_config"]["virtual_hosts"][0]["routes"]
+    forwarded = [(r["match"].get("path"), r.get("route", {}).get("cluster")) for r in routes if "route" in r]
+    assert forwarded == [("/stats/prometheus", "xgate-admin"), ("/stats", "xgate-admin")]
+    assert routes[-1] == {"match": {"prefix": "/"}, "direct_response": {"status": 404}}
+    with pytest.raises(ValueError, match="a stats listener needs a known admin port"):
+        _build(admin_port=0, stats=("0.0.0.0", 9902))
 
 
 def test_ads_config() -> None:
@@ -75,6 +87,7 @@ DOCUMENTED_FORMS = [
     ["--xds", "[::1]:18000"],
     ["--xds", "xgate-cp.default.svc.cluster.local:18000", "--admin-port", "0"],
     ["--node-id", "edge-1", "--node-cluster", "edge", "--admin-port", "19901"],
+    ["--stats", "0.0.0.0:9902"],
 ]
 
 

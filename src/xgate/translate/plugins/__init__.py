@@ -12,11 +12,19 @@ from xgate.translate.plugins.dyeing import DyeingTranslator
 from xgate.translate.plugins.jwt import JwtTranslator
 from xgate.translate.plugins.policy import PolicyTranslator
 from xgate.translate.plugins.rate_limit import RateLimitTranslator
+from xgate.translate.plugins.tracing import TracingTranslator
 from xgate.translate.protos import pack
 
 TRANSLATORS: Mapping[str, PluginTranslator[Any]] = {
     translator.name: translator
-    for translator in (CorsTranslator(), JwtTranslator(), PolicyTranslator(), DyeingTranslator(), RateLimitTranslator())
+    for translator in (
+        CorsTranslator(),
+        JwtTranslator(),
+        PolicyTranslator(),
+        DyeingTranslator(),
+        RateLimitTranslator(),
+        TracingTranslator(),
+    )
 }
 
 assert tuple(TRANSLATORS) == FILTER_ORDER, "every plugin needs a translator, in filter order"
