@@ -12,7 +12,8 @@ In a policy module, next to plain Python policies::
     )
 
 Config names it like any policy (`"mypkg.policies:admins_read_write"`). The control plane imports the module,
-finds a `Rule` and lowers it to Envoy's RBAC filter (native matchers, CEL for a claim's presence; see
+finds a `Rule` and lowers it to Envoy's RBAC filter (native matchers, CEL for a claim's presence and a header's
+value; see
 translate/plugins/policy_rbac.py): no Python runs per request. A `Rule` is also a plain policy (an `@inline`
 callable), so `xgate authz` runs it with the same decisions wherever it is not lowered.
 
@@ -238,9 +239,9 @@ def rule(allow: Condition, *, deny: Deny | None = None) -> Rule:
     count = len(alternatives(allow))
     if count > MAX_ALTERNATIVES:
         raise RuleError(
-            f"this rule needs {count} RBAC policies in Envoy (at most {MAX_ALTERNATIVES}): claims.x.exists() mixed "
-            "with other tests under | and & multiplies them; test presence once at the top, e.g. "
-            "claims.x.exists() & (...), or with .any_of/.equals of the values it may have"
+            f"this rule needs {count} RBAC policies in Envoy (at most {MAX_ALTERNATIVES}): claims.x.exists() and "
+            "header values mixed with other tests under | and & multiply them; test them once at the top, e.g. "
+            "claims.x.exists() & (...), or a claim with .any_of/.equals of the values it may have"
         )
     return Rule(allow, deny)
 
@@ -250,8 +251,12 @@ Alternative = tuple[Condition | None, Condition | None]
 
 def native(test: Condition) -> bool:
     """Whether Envoy's RBAC matchers (principals) test this exactly as `evaluate` does: all but a claim's
-    presence (a metadata matcher's present_match ignores lists and objects), which needs CEL."""
-    return not (isinstance(test, ClaimTest) and test.op == "exists")
+    presence (a metadata matcher's present_match ignores lists and objects) and a header's value (since
+    CVE-2026-26308 RBAC's header matcher meets a repeated header when one of its values does, where the Python
+    path sees the values joined with ","; CEL's request.headers joins them too), which need CEL."""
+    if isinstance(test, ClaimTest):
+        return test.op != "exists"
+    return not (isinstance(test, RequestTest) and test.attribute == "header" and test.op != "exists")
 
 
 def alternatives(condition: Condition) -> list[Alternative]:

@@ -121,6 +121,7 @@ def _random_condition(rng: random.Random, depth: int) -> Condition:
                 claims.b.equals(1),
                 method.equals("GET"),
                 header("x").exists(),
+                header("x").equals("1"),
             ]
         )
     parts = [_random_condition(rng, depth - 1) for _ in range(rng.randint(1, 3))]
@@ -138,6 +139,16 @@ def _holds(condition: Condition | None, req: Request, data: dict[str, Any]) -> b
 
 def _natives_only(condition: Condition) -> bool:
     return all(native(test) for test in _tests(condition))
+
+
+def test_header_values_are_tested_in_cel() -> None:
+    """RBAC's header matcher meets a repeated header when one value does; the Python path sees them joined."""
+    assert native(header("x").exists()) and native(method.equals("GET")) and native(path.startswith("/a"))
+    assert not native(header("x").equals("a")) and not native(header("x").startswith("a"))
+    assert not native(header("x").any_of("a", "b"))
+    assert alternatives(header("x").equals("a") & method.equals("GET")) == [
+        (method.equals("GET"), header("x").equals("a"))
+    ]
 
 
 def test_the_split_into_rbac_policies_keeps_the_meaning() -> None:

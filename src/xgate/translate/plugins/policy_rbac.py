@@ -3,10 +3,12 @@
 - The listener gets Envoy's RBAC filter after ext_authz (so claims a token verified in Python are there too),
   off by default; a route with a lowered policy turns it on with its RBACPerRoute.
 - The rule's allow condition becomes ALLOW policies (ORed) of native matchers where they test exactly what the
-  Python meaning says (rules.native: method and headers as header matchers, the path as a path matcher, the
-  client's address as `remote_ip`, claims as metadata matchers on the verified payload), ANDed with a CEL
-  condition for the rest (a claim's presence), see rules.alternatives. Native first: on the same rule the
-  RBAC route kept 92% of a jwt-only route's throughput with matchers and 72% with CEL (bench note in README).
+  Python meaning says (rules.native: the method and a header's presence as header matchers, the path as a path
+  matcher, the client's address as `remote_ip`, claims as metadata matchers on the verified payload), ANDed with
+  a CEL condition for the rest (a claim's presence, a header's value: on request.headers, which joins a
+  repeated header's values with "," as the Python path sees them), see rules.alternatives. Native first: on the
+  same rule the RBAC route kept 92% of a jwt-only route's throughput with matchers and 72% with CEL (bench note
+  in README).
 - Claims are read where the Python path gets them: jwt_authn's metadata, or ext_authz's for a token `xgate authz`
   verified (the translator knows which from the route's jwt plugin); a route without a token fails every claim
   test, as Python does with `{}`. CEL tests are guarded (present, a map on the way) so they are false, never an
@@ -127,7 +129,8 @@ def _any(principals: list[rbac_v3.Principal]) -> rbac_v3.Principal:
 
 
 def _request(test: RequestTest) -> rbac_v3.Principal:
-    if test.attribute == "header" and test.op == "exists":
+    if test.attribute == "header":  # only presence is native (rules.native): the value is CEL's
+        assert test.op == "exists"
         return rbac_v3.Principal(header=route_components_v3.HeaderMatcher(name=test.header, present_match=True))
     if test.op == "startswith":
         matchers = [string_v3.StringMatcher(prefix=test.values[0])]
@@ -135,9 +138,8 @@ def _request(test: RequestTest) -> rbac_v3.Principal:
         matchers = [string_v3.StringMatcher(exact=value) for value in test.values]
     if test.attribute == "path":  # the path without its query, as request.url_path
         return _any([rbac_v3.Principal(url_path=path_v3.PathMatcher(path=matcher)) for matcher in matchers])
-    name = ":method" if test.attribute == "method" else test.header  # repeated headers: joined with ","
     return _any(
-        [rbac_v3.Principal(header=route_components_v3.HeaderMatcher(name=name, string_match=m)) for m in matchers]
+        [rbac_v3.Principal(header=route_components_v3.HeaderMatcher(name=":method", string_match=m)) for m in matchers]
     )
 
 
@@ -162,7 +164,10 @@ def _value(value: Scalar) -> value_v3.ValueMatcher:
 
 def _claim(test: ClaimTest, namespace: str, value: value_v3.ValueMatcher) -> rbac_v3.Principal:
     path = [metadata_v3.MetadataMatcher.PathSegment(key=key) for key in (PAYLOAD_METADATA, *test.path)]
-    return rbac_v3.Principal(metadata=metadata_v3.MetadataMatcher(filter=namespace, path=path, value=value))
+    matcher = metadata_v3.MetadataMatcher(filter=namespace, path=path, value=value)
+    return rbac_v3.Principal(
+        sourced_metadata=rbac_v3.SourcedMetadata(metadata_matcher=matcher, metadata_source=rbac_v3.DYNAMIC)
+    )
 
 
 def _cidr(network: str) -> address_v3.CidrRange:
@@ -204,6 +209,8 @@ class _Cel:
             return self._chain(function, [self._build(part, claims=claims) for part in condition.parts])
         if isinstance(condition, Not):
             return self._call("!_", self._build(condition.part, claims=claims))
+        if isinstance(condition, RequestTest):
+            return self._header(condition)
         assert isinstance(condition, ClaimTest) and condition.op == "exists"  # the rest is native (rules.native)
         return self._present(condition.path) if claims else self._constant(cel_v1.Constant(bool_value=False))
 
@@ -214,6 +221,23 @@ class _Cel:
             parent = self._claim_value(path[:depth])
             guards += [self._is(parent, "map"), self._call("@in", self._string(path[depth]), parent)]
         return self._chain("_&&_", guards)
+
+    def _header(self, test: RequestTest) -> cel_v1.Expr:
+        """A header's value test on request.headers (repeated values joined with ","), false when it is absent."""
+        assert test.attribute == "header" and test.op != "exists"  # the rest is native (rules.native)
+        present = self._call("@in", self._string(test.header), self._headers())
+        if test.op == "startswith":
+            check = self._method(self._header_value(test.header), "startsWith", self._string(test.values[0]))
+        else:
+            tests = [self._call("_==_", self._header_value(test.header), self._string(v)) for v in test.values]
+            check = self._chain("_||_", tests)
+        return self._call("_&&_", present, check)
+
+    def _headers(self) -> cel_v1.Expr:
+        return self._select(self._ident("request"), "headers")
+
+    def _header_value(self, name: str) -> cel_v1.Expr:
+        return self._call("_[_]", self._headers(), self._string(name))
 
     # -- the verified payload
 
@@ -244,6 +268,10 @@ class _Cel:
 
     def _call(self, function: str, *args: cel_v1.Expr) -> cel_v1.Expr:
         return cel_v1.Expr(id=next(self._ids), call_expr=cel_v1.Expr.Call(function=function, args=list(args)))
+
+    def _method(self, target: cel_v1.Expr, function: str, *args: cel_v1.Expr) -> cel_v1.Expr:
+        call = cel_v1.Expr.Call(target=target, function=function, args=list(args))
+        return cel_v1.Expr(id=next(self._ids), call_expr=call)
 
     def _select(self, operand: cel_v1.Expr, field: str) -> cel_v1.Expr:
         return cel_v1.Expr(id=next(self._ids), select_expr=cel_v1.Expr.Select(operand=operand, field=field))
