@@ -2,11 +2,12 @@
 own jwt_authn (native, RS256), the same provider verified in Python by `xgate authz` (ext_authz over gRPC,
 verified-token cache), a declarative policy lowered to Envoy's RBAC filter (`lowered`), and routes with native jwt
 plus a Python policy in `xgate authz`, over gRPC and over the HTTP transport (`-http`): a plain function (run in
-the service's thread pool) and an `@inline` one (run where the check is handled).
+the service's thread pool; `@cacheable`, and without the mark: `policy-uncached-http`) and an `@inline` one (run
+where the check is handled).
 
     flock /tmp/xgate-bench.lock .venv/bin/python bench/auth.py [--seconds 5] [--connections 32] [--threads 1]
-        [--rounds 2] [--fixed-seconds 10] [--fixed-routes policy-http,policy-inline-http] [--pin]
-        [--distinct-tokens N] [--generator c|python]
+        [--rounds 2] [--fixed-seconds 10] [--fixed-routes policy-http,policy-inline-http,policy-uncached-http]
+        [--pin] [--distinct-tokens N] [--generator c|python]
 
 Part 1, wrk (Debian package, closed loop): the routes measured alternately, `--rounds` times each; the table
 shows each run, the best rate with its p99, and each route's share of the bare route's best rate.
@@ -50,10 +51,24 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "policies"
 # The example policies: allow_admins is a plain function (runs in the service's thread pool), read_only an
 # @inline one (runs where the check is handled), admins_read_write a declarative rule (lowered to Envoy); all
 # allow the benchmark's GET with its admin token.
-ROUTES = ("bare", "jwt", "jwt-py", "lowered", "policy", "policy-inline", "policy-http", "policy-inline-http")
-FIXED_ROUTES = ("policy-http", "policy-inline-http")
+ROUTES = (
+    "bare", "jwt", "jwt-py", "lowered", "policy", "policy-inline", "policy-http", "policy-inline-http",
+    "policy-uncached-http",
+)  # fmt: skip
+FIXED_ROUTES = ("policy-http", "policy-inline-http", "policy-uncached-http")
 # The targets of issue 19, as shares of the bare route's best rate in the same run.
-TARGETS = {"lowered": 0.80, "policy-http": 0.25, "policy-inline-http": 0.25}
+TARGETS = {"lowered": 0.80, "policy-http": 0.25, "policy-inline-http": 0.25, "policy-uncached-http": 0.25}
+# allow_admins declares itself cacheable: with one token, its HTTP route measures the decision cache. The same
+# function without the mark (run in the policy pool for every check) is measured too, from a module of the run.
+UNCACHED = """
+from xgate.authz import Allow, Deny
+
+
+def allow_admins(request, claims):
+    if "admin" in claims.get("roles", []):
+        return Allow(headers={"x-xgate-user": str(claims["sub"])})
+    return Deny(403, body="admins only")
+"""
 P99_MARGIN_MS = 5.0  # a policy route's p99 at half its best rate may exceed bare's at that rate by this much
 
 
@@ -99,6 +114,7 @@ def config(port: int, authz: int, jwks: dict[str, Any], http_port: int = 0, auth
     policy = {"policies": {"admins": "xgate_example_policies:allow_admins",
                            "read-only": "xgate_example_policies:read_only",
                            "declarative": "xgate_example_policies:admins_read_write"},
+              "uncached": "xgate_bench_uncached:allow_admins",
               "service": f"127.0.0.1:{authz}"}  # fmt: skip
     listeners: list[dict[str, Any]] = [{"name": "public", "address": "127.0.0.1", "port": port}]
     if http_port:
@@ -124,6 +140,9 @@ def config(port: int, authz: int, jwks: dict[str, Any], http_port: int = 0, auth
             {"name": "policy", "match": {"path": {"exact": "/policy"}},
              "direct_response": {"status": 200, "body": "ok"},
              "plugins": {"jwt": {"provider": "main"}, "policy": {"name": "admins"}}},
+            {"name": "policy-uncached", "match": {"path": {"exact": "/policy-uncached"}},
+             "direct_response": {"status": 200, "body": "ok"},
+             "plugins": {"jwt": {"provider": "main"}, "policy": {"name": "uncached"}}},
             {"name": "policy-inline", "match": {"path": {"exact": "/policy-inline"}},
              "direct_response": {"status": 200, "body": "ok"},
              "plugins": {"jwt": {"provider": "main"}, "policy": {"name": "read-only"}}},
@@ -155,10 +174,14 @@ async def main(args: argparse.Namespace) -> int:
     # The control plane imports the example policies too (it lowers the declarative one).
     sys.path.insert(0, str(EXAMPLES))
     with tempfile.TemporaryDirectory(prefix="xgate-bench-auth-") as work:
+        (Path(work) / "xgate_bench_uncached.py").write_text(UNCACHED)
+        sys.path.insert(0, work)
         text = config(ports["public"], ports["authz"], jwks, ports["http"], ports["authz_http"])
         script = token_script(Path(work), tokens) if args.distinct_tokens else None
         async with run_gateway(text, Path(work) / "gw") as gateway:
-            service = await start_authz(gateway.xds_port, ports["authz"], ports["authz_http"], pin=args.pin)
+            service = await start_authz(
+                gateway.xds_port, ports["authz"], ports["authz_http"], pin=args.pin, path=Path(work)
+            )
             try:
                 await gateway.wait_synced(gateway.plane.state.applied or "")
                 assert not gateway.plane.state.warnings, gateway.plane.state.warnings  # the rule is lowered
@@ -248,10 +271,13 @@ def verdict(route: str, rate: float, fixed: list[tuple[str, float, dict[str, flo
     return f"{route:18} {rate:>6,.0f} rps: {rounds}; medians {median:.2f} vs {floor:.2f} + {P99_MARGIN_MS:g}: {met}"
 
 
-async def start_authz(xds_port: int, port: int, http_port: int = 0, *, pin: bool = False) -> asyncio.subprocess.Process:
+async def start_authz(
+    xds_port: int, port: int, http_port: int = 0, *, pin: bool = False, path: Path | None = None
+) -> asyncio.subprocess.Process:
     """`xgate authz` configured by the control plane on `xds_port`, with the example policies importable (on
     CPU 1 alone with `pin`), answering HTTP checks on `http_port` too if given; returns once it serves."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(EXAMPLES), os.environ.get("PYTHONPATH")]))}
+    paths = [str(EXAMPLES), str(path or ""), os.environ.get("PYTHONPATH")]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, paths))}
     argv = [sys.executable, "-m", "xgate", "authz", "--xds", f"127.0.0.1:{xds_port}", "--listen", f"127.0.0.1:{port}"]
     if http_port:
         argv += ["--http-listen", f"127.0.0.1:{http_port}"]
