@@ -113,8 +113,8 @@ def config(port: int, authz: int, jwks: dict[str, Any], http_port: int = 0, auth
     Python policies xgate authz answers over HTTP at `authz_http` (its --http-listen)."""
     policy = {"policies": {"admins": "xgate_example_policies:allow_admins",
                            "read-only": "xgate_example_policies:read_only",
-                           "declarative": "xgate_example_policies:admins_read_write"},
-              "uncached": "xgate_bench_uncached:allow_admins",
+                           "declarative": "xgate_example_policies:admins_read_write",
+                           "uncached": "xgate_bench_uncached:allow_admins"},
               "service": f"127.0.0.1:{authz}"}  # fmt: skip
     listeners: list[dict[str, Any]] = [{"name": "public", "address": "127.0.0.1", "port": port}]
     if http_port:
