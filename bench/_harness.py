@@ -19,10 +19,10 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, NamedTuple, cast
+from typing import IO, TYPE_CHECKING, Any, NamedTuple
 
 from xgate.proxy.bootstrap import build_bootstrap
 from xgate.proxy.process import EnvoyProcess
@@ -97,17 +97,23 @@ def install_ads_hooks() -> None:
                 emit(ev="ack", rev=revision, type=request.type_url, t=now(), nack=request.HasField("error_detail"))
         original_request(self, request, snapshot)
 
-    async def stream(self: AdsService, requests: Any, context: Any) -> AsyncIterator[Any]:
-        responses = cast(AsyncGenerator[Any, None], original_stream(self, requests, context))
-        try:
-            async for response in responses:
-                sent = serialized.pop(id(response), None)
-                yield response
-                # grpc.aio resumes the generator once the send operation completed: the response is written.
-                if sent is not None:
-                    emit(ev="written", rev=sent[0], type=sent[1], built=sent[2], t=now(), bytes=len(response))
-        finally:
-            await responses.aclose()
+    class WrittenContext:
+        """The servicer's context, reporting each response once grpc completed its send (context.write)."""
+
+        def __init__(self, context: Any) -> None:
+            self._context = context
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self._context, name)
+
+        async def write(self, response: bytes) -> None:
+            sent = serialized.pop(id(response), None)
+            await self._context.write(response)
+            if sent is not None:
+                emit(ev="written", rev=sent[0], type=sent[1], built=sent[2], t=now(), bytes=len(response))
+
+    async def stream(self: AdsService, requests: Any, context: Any) -> None:
+        await original_stream(self, requests, WrittenContext(context))
 
     Response.wire = wire  # type: ignore[method-assign]
     SnapshotCache.set = set_snapshot  # type: ignore[method-assign]

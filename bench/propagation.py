@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import json
 import os
 import sys
 from dataclasses import dataclass
@@ -72,6 +73,28 @@ class ConfigState(RouteState):
         ]
         return "\n".join(lines) + "\n"
 
+    def render_files(self, files: int) -> dict[str, str]:
+        """The same config as a directory of `files` files: the listener and upstreams in one, the probe in one
+        (a change edits that file alone), each added route in one, the `/svc-<n>/` routes spread over the rest."""
+        lines = self.render().splitlines()
+        routes = lines.index("routes:")
+        probe, steady = lines[routes + 1 : routes + 3]
+        svc = lines[routes + 3 : routes + 3 + max(0, self.routes - 2)]
+        found = {"00-base.yaml": "\n".join(lines[:routes]) + "\n", "01-probe.yaml": f"routes:\n{probe}\n{steady}\n"}
+        parts = max(1, files - 2)
+        for part in range(parts):
+            chunk = svc[part::parts]
+            if chunk:
+                found[f"svc-{part:05d}.yaml"] = "routes:\n" + "\n".join(chunk) + "\n"
+        for index, line in zip(self.added, lines[routes + 3 + len(svc) :], strict=True):
+            found[f"new-{index:05d}.yaml"] = f"routes:\n{line}\n"
+        return found
+
+
+def directory_revision(files: dict[str, str]) -> str:
+    """The revision the file source gives a directory holding `files` (sources/file.py: names and texts)."""
+    return revision_of(json.dumps([[name, files[name]] for name in sorted(files)]))
+
 
 # -- the control plane child: run_controlplane with timestamped hooks ----------------------------------------
 
@@ -121,8 +144,21 @@ def _stages(events: dict[str, dict[str, Any]], t0: float, t1: float | None) -> d
     }
 
 
-def save(state: ConfigState, config_path: Path) -> Made:
-    """Write the config the way editors save: a temporary file, then os.replace over the config."""
+def save(state: ConfigState, config_path: Path, files: int = 1, kind: str = "edit") -> Made:
+    """Write the config the way editors save: a temporary file, then os.replace over the config. With `files`
+    over 1 the config is a directory: only the file that changed (the probe's, or the added route's) is written."""
+    if files > 1:
+        rendered = state.render_files(files)
+        changed = (
+            f"new-{state.added[-1]:05d}.yaml"
+            if state.added and not (config_path / f"new-{state.added[-1]:05d}.yaml").exists()
+            else "01-probe.yaml"
+        )
+        temporary = config_path / f".{changed}.tmp"
+        temporary.write_text(rendered[changed], encoding="utf-8")
+        t0 = now()
+        os.replace(temporary, config_path / changed)
+        return Made(t0, directory_revision(rendered), lambda events, t1: _stages(events, t0, t1))
     text = state.render()
     temporary = config_path.with_name(f".{config_path.name}.tmp")
     temporary.write_text(text, encoding="utf-8")
@@ -135,16 +171,25 @@ async def measure(routes: int, count: int, args: argparse.Namespace, work: Path)
     """Start a control plane child and an Envoy on a `routes`-route config; time `count` changes."""
     work.mkdir()
     state = ConfigState(routes=routes, port=free_port())
-    config_path = work / "gateway.yaml"
-    text = state.render()
-    config_path.write_text(text, encoding="utf-8")
+    if args.files > 1:
+        config_path = work / "config"
+        config_path.mkdir()
+        rendered = state.render_files(args.files)
+        for name, content in rendered.items():
+            (config_path / name).write_text(content, encoding="utf-8")
+        text, revision = "".join(rendered.values()), directory_revision(rendered)
+    else:
+        config_path = work / "gateway.yaml"
+        text = state.render()
+        config_path.write_text(text, encoding="utf-8")
+        revision = revision_of(text)
     argv = [sys.executable, str(Path(__file__).absolute()), "--serve-controlplane", str(config_path)]
     logs = [work / "controlplane.log", work / "envoy.log"]
     async with run_rig(argv, state.port, args, work, logs) as rig:
-        rig.plane.wait_event(revision_of(text), f"ack:{ROUTE_TYPE}", 10)
+        rig.plane.wait_event(revision, f"ack:{ROUTE_TYPE}", 10)
 
         async def change(index: int, kind: str) -> Made:
-            return save(state, config_path)
+            return save(state, config_path, args.files, kind)
 
         changes = await run_changes(state, rig, count, args.timeout, change)
         rds = await rds_stats(rig.envoy)
@@ -199,8 +244,14 @@ def print_report(summaries: list[dict[str, Any]], args: argparse.Namespace, out:
 # -- command line ---------------------------------------------------------------------------------------------
 
 
+def _options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--files", type=int, default=1, help="the config as a directory of this many files (default 1: one file)"
+    )
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    return _cli.parse_args(argv, __doc__, "FILE")
+    return _cli.parse_args(argv, __doc__, "FILE", _options)
 
 
 def main(argv: list[str] | None = None, out: IO[str] = sys.stdout) -> int:

@@ -9,6 +9,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from google.protobuf.message import Message
+
 from xgate.config.load import ConfigSet
 from xgate.config.schema import Route
 from xgate.discovery import SnapshotCache
@@ -131,7 +133,7 @@ class ControlPlane:
             self._reject(source, revision.revision, exc, revision.seen_at)
             return
         served = {route.route.name: route.route for ir in compiled.ir.listeners for route in ir.routes}
-        if not self._serve(source, revision, combined, compiled.resources, served):
+        if not self._serve(source, revision, combined, serialized_routes(compiled.resources), served):
             self._held[source] = revision
             return
         self._inputs = inputs
@@ -271,6 +273,16 @@ class ControlPlane:
         if self.fleet is not None:
             report["fleet"] = self.fleet.report()
         return report
+
+
+def serialized_routes(resources: Resources) -> Resources:
+    """`resources` with each route configuration serialized as the snapshot would serialize it: the snapshot then
+    keeps the bytes, not the message (6 MB at 10,000 routes, until the next change)."""
+    routes: dict[str, Message | bytes] = {
+        name: config if isinstance(config, bytes) else config.SerializeToString(deterministic=True)
+        for name, config in resources.routes.items()
+    }
+    return replace(resources, routes=routes)
 
 
 def merge_inputs(inputs: Mapping[str, Revision]) -> tuple[ConfigSet, list[str]]:

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from itertools import compress, count
+from operator import is_not
 from typing import Any, cast
 
 from envoy.config.route.v3 import route_components_pb2 as route_components_v3
@@ -52,7 +54,8 @@ class IncrementalCompiler:
         self._base: _Base | None = None
 
     def reset(self, config: ConfigSet, ir: GatewayIR, context: RouteContext, resources: Resources) -> None:
-        """Take the state of a full compile (its routes' protos are reused, not translated again)."""
+        """Take the state of a full compile (its routes' protos are reused, not translated again; its route
+        configurations are kept as the bytes the tables assemble, not as messages: 6 MB at 10,000 routes)."""
         tables: dict[str, RouteTable] = {}
         plugin_use: dict[str, Counter[str]] = {}
         for listener in ir.listeners:
@@ -68,6 +71,7 @@ class IncrementalCompiler:
             (route_issues.setdefault(name, []) if kind == "route" else other).append(issue)
         served = {route.route.name: route.route for listener in ir.listeners for route in listener.routes}
         assembled = {names.route_config(name): table.assemble() for name, table in tables.items()}
+        resources = replace(resources, routes={**resources.routes, **assembled})
         self._base = _Base(config, context, tables, assembled, resources, served, route_issues, other, plugin_use)
         self._base.services = {url: dict(found) for url, found in resources.services.items()}
         for listener in ir.listeners:
@@ -162,9 +166,18 @@ def route_changes(before: ConfigSet, after: ConfigSet) -> dict[str, Route | None
     hands back the same object for an unchanged route), or None when anything else differs."""
     if not _same_surroundings(before, after):
         return None
-    old = {route.name: route for route in before.routes}
+    old_routes, new_routes = before.routes, after.routes
+    if isinstance(old_routes, tuple) and isinstance(new_routes, tuple):
+        # Names are unique in each, so the same objects at the same places at both ends are no change: compare
+        # only the middle (at C speed to find it: a save of one route of 10,000 took ~2 ms in the loop below).
+        first = next(compress(count(), map(is_not, old_routes, new_routes)), min(len(old_routes), len(new_routes)))
+        ends = map(is_not, reversed(old_routes[first:]), reversed(new_routes[first:]))
+        last = next(compress(count(), ends), min(len(old_routes), len(new_routes)) - first)
+        old_routes = old_routes[first : len(old_routes) - last]
+        new_routes = new_routes[first : len(new_routes) - last]
+    old = {route.name: route for route in old_routes}
     changes: dict[str, Route | None] = {}
-    for route in after.routes:
+    for route in new_routes:
         if old.pop(route.name, None) is not route:
             changes[route.name] = route
     changes.update(dict.fromkeys(old))

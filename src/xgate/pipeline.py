@@ -37,4 +37,4 @@ def compile_config(
     """
     with gc_paused():
         ir, context = build_ir_and_context(config, revision, lenient=lenient, fallback=fallback, policies=policies)
-        return Compiled(ir=ir, resources=(translator or Translator()).translate(ir), context=context)
+        return Compiled(ir=ir, resources=(translator or Translator(remember=False)).translate(ir), context=context)

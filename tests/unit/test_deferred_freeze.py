@@ -7,6 +7,7 @@ import asyncio
 import gc
 import weakref
 from collections.abc import Iterator
+from pathlib import Path
 from unittest import mock
 
 import pytest
@@ -45,3 +46,21 @@ async def test_garbage_frozen_by_an_earlier_load_is_freed(unfrozen: None) -> Non
     assert ref() is not None  # frozen objects are out of the collector's reach
     DeferredFreeze(0.01).now()
     assert ref() is None
+
+
+def resident_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS in /proc/self/status")
+
+
+def test_memory_a_load_dropped_goes_back_to_the_system(unfrozen: None) -> None:
+    """Freed blocks between ones still alive stay in the process (glibc keeps them) until the freeze's trim."""
+    loaded = [b"x" * 5000 + bytes([n % 256]) for n in range(40_000)]  # ~200 MB, as a big parse's leftovers
+    kept = loaded[::50]  # what outlives the load, spread over the heap
+    del loaded
+    before = resident_mb()
+    DeferredFreeze().now()
+    assert before - resident_mb() > 100, "the freed 200 MB stayed in the process"
+    assert len(kept) == 800

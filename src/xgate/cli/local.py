@@ -7,7 +7,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from xgate.config.load import ConfigSet, load_path
+from xgate.config.directory import load_path
+from xgate.config.load import ConfigSet
 from xgate.errors import ConfigError, PortInUseError
 from xgate.listen import check_free
 

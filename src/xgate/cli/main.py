@@ -16,7 +16,7 @@ import yaml
 
 from xgate.cli.store import ETCD_ENVIRONMENT, CaFile, CertFile, KeyFile, Password, Prefix, User, settings
 from xgate.cli.store import register as register_store_commands
-from xgate.config.load import load_path
+from xgate.config.directory import load_path
 from xgate.errors import ConfigError, PortInUseError
 from xgate.metricsapi import MetricsAddressError
 from xgate.sources.etcd.client import EtcdSettings

@@ -37,7 +37,7 @@ from xgate.cli.etcdstore import (
     read_stored,
     references_to,
 )
-from xgate.config.load import load_path
+from xgate.config.directory import load_path
 from xgate.errors import ConfigError
 from xgate.sources.etcd.client import EtcdClient, EtcdRequestError, EtcdSettings, EtcdUnavailableError
 from xgate.sources.etcd.layout import (

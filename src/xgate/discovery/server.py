@@ -25,7 +25,7 @@ class AdsService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: igno
         self,
         request_iterator: AsyncIterator[discovery_v3.DiscoveryRequest],
         context: grpc.aio.ServicerContext,
-    ) -> AsyncIterator[bytes]:
+    ) -> None:
         proxy = self.cache.status.connect(context.peer())
         stream = AdsStream(proxy)
         wake = asyncio.Event()
@@ -50,7 +50,9 @@ class AdsService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: igno
                             request.error_detail.message,
                         )
                 for response in stream.responses(snapshot):
-                    yield response.wire()
+                    # Written, not yielded: grpc.aio keeps the last message an async generator yielded until the
+                    # next one, a 740 KB route table per connected proxy between changes (74 MB at 100).
+                    await context.write(response.wire())
         finally:
             reader.cancel()
             self.cache.unsubscribe(wake)

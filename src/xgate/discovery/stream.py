@@ -10,8 +10,9 @@ cluster is removed only after the routes that stopped using it.
 from __future__ import annotations
 
 import itertools
+import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from envoy.service.discovery.v3 import discovery_pb2 as discovery_v3
 
@@ -49,7 +50,8 @@ class _TypeState:
     names: frozenset[str] | None = None
     nonce: str = ""
     version: str | None = None
-    sent: dict[str, Resource] = field(default_factory=dict)
+    # What it was last sent, in that order: a tuple, not a dict by name (1,000 clusters: 8 KB, not 40, a proxy).
+    sent: tuple[Resource, ...] = ()
     resend: bool = False
 
 
@@ -75,14 +77,16 @@ class AdsStream:
             state = self._types[type_url] = _TypeState()
         status = self.proxy.types.setdefault(type_url, TypeStatus())
         wildcard = type_url in typeurls.WILDCARD_TYPES and not request.resource_names
-        state.names = None if wildcard else frozenset(request.resource_names)
+        # Interned: protobuf gives each request its own copy of every name, and a fleet asks for the same ones
+        # (100 proxies subscribed to 1,000 EDS clusters each kept 100,000 strings, ~7 MB).
+        state.names = None if wildcard else frozenset(map(sys.intern, request.resource_names))
         status.names = state.names
         if request.response_nonce and request.HasField("error_detail"):
             status.rejection = Rejection(
                 version=state.version or "",
                 revision=status.sent_revision or "",
                 message=request.error_detail.message,
-                resources=tuple(sorted(state.sent)),
+                resources=tuple(sorted(resource.name for resource in state.sent)),
                 at=time.time(),
             )
             self.proxy.note_nack(status.rejection)
@@ -105,7 +109,7 @@ class AdsStream:
             # A proxy reconnecting (e.g. after a control plane restart) says what it already has; versions
             # are content digests, so when they match there is nothing to send.
             state.version = request.version_info
-            state.sent = {r.name: r for r in snapshot.select(type_url, state.names)}
+            state.sent = tuple(snapshot.select(type_url, state.names))
             status.acked_version = status.sent_version = request.version_info
             status.acked_revision = status.sent_revision = snapshot.revision_for(self.proxy.role)
 
@@ -127,7 +131,7 @@ class AdsStream:
                 continue
             if type_url == typeurls.CLUSTER:
                 current = {resource.name for resource in wanted}
-                removed = [resource for name, resource in state.sent.items() if name not in current]
+                removed = [resource for resource in state.sent if resource.name not in current]
                 if removed and not self._only_clusters_change(snapshot):
                     final_clusters, wanted = wanted, sorted(wanted + removed, key=lambda r: r.name)
                     version = Snapshot.version_of(wanted)
@@ -157,7 +161,7 @@ class AdsStream:
     ) -> Response:
         state.nonce = str(next(self._nonces))
         state.version = version
-        state.sent = {resource.name: resource for resource in resources}
+        state.sent = tuple(resources)
         state.resend = False
         status = self.proxy.types.setdefault(type_url, TypeStatus())
         status.sent_version, status.sent_revision = version, snapshot.revision_for(self.proxy.role)

@@ -49,20 +49,21 @@ class RouteContext:
     # Per listener, the plugins whose defaults (document or listener) failed validation: reported already; a
     # route's issue with such a plugin says so (else "provider 'a' is not defined" hides that 'a' had a typo).
     invalid_defaults: dict[str, set[str]] = field(default_factory=dict)
+    memo: PluginMemo = field(default_factory=lambda: PluginMemo())
 
     def check(
         self, route: Route, fallback: Route | None
     ) -> tuple[Route | None, dict[str, Model | None], list[ConfigIssue]]:
         """(the version to serve or None, its plugin settings, issues); lenient builds fall back to `fallback`."""
         problems: list[ConfigIssue] = []
-        own = _route_checks(self.config, route, self.upstreams, self.listeners, problems)
+        own = _route_checks(self.config, route, self.upstreams, self.listeners, problems, self.memo)
         problems += self._plugin_checks(route, own)
         if not problems:
             return route, own, []
         previous = fallback if self.lenient else None
         again: list[ConfigIssue] = []
         if previous is not None and previous is not route:
-            own = _route_checks(self.config, previous, self.upstreams, self.listeners, again)
+            own = _route_checks(self.config, previous, self.upstreams, self.listeners, again, self.memo)
         if previous is None or previous is route or again:
             return None, {}, problems
         note = " (serving its last good version)"
@@ -95,7 +96,7 @@ class RouteContext:
     def attach(self, route: Route, own: Mapping[str, Model | None]) -> dict[str, RouteIR]:
         """The route as served on each listener it applies to."""
         return {
-            name: _route_ir(route, self.listener_plugins[name], own)
+            name: _route_ir(route, self.listener_plugins[name], own, self.memo)
             for name in (route.listeners or sorted(self.listener_plugins))
             if name in self.listener_plugins
         }
@@ -179,7 +180,12 @@ def precedence(route: Route) -> tuple[int, int, int, int, int, int]:
 
 
 def _route_checks(
-    config: ConfigSet, route: Route, upstreams: set[str], listeners: set[str], issues: list[ConfigIssue]
+    config: ConfigSet,
+    route: Route,
+    upstreams: set[str],
+    listeners: set[str],
+    issues: list[ConfigIssue],
+    memo: PluginMemo | None = None,
 ) -> dict[str, Model | None]:
     """Append the route's reference and plugin issues to `issues`; return its validated plugin settings."""
     for field_name, ref in _upstream_refs(route):
@@ -192,7 +198,7 @@ def _route_checks(
         _canary_checks(config, route, issues)
     if not route.plugins:
         return {}
-    return _validated_plugins(config, "route", route.name, route.plugins, "plugins", issues)
+    return _validated_plugins(config, "route", route.name, route.plugins, "plugins", issues, memo)
 
 
 def _upstream_refs(route: Route) -> list[tuple[str, str]]:
@@ -205,7 +211,7 @@ def _upstream_refs(route: Route) -> list[tuple[str, str]]:
 def _canary_checks(config: ConfigSet, route: Route, issues: list[ConfigIssue]) -> None:
     """A canary that falls back needs health checks on its upstream: without them its endpoints never count
     as unhealthy, so the fallback could never happen."""
-    upstreams = {upstream.name: upstream for upstream in config.upstreams}
+    upstreams = config.upstream_named
     for index, canary in enumerate(route.canary):
         upstream = upstreams.get(canary.upstream)
         if canary.fallback and upstream is not None and upstream.health_check is None:
@@ -219,12 +225,14 @@ def _canary_checks(config: ConfigSet, route: Route, issues: list[ConfigIssue]) -
 _NO_PLUGINS: Mapping[str, Model] = {}
 
 
-def _route_ir(route: Route, inherited: Mapping[str, Model | None], own: Mapping[str, Model | None]) -> RouteIR:
+def _route_ir(
+    route: Route, inherited: Mapping[str, Model | None], own: Mapping[str, Model | None], memo: PluginMemo
+) -> RouteIR:
     if not inherited and not own:
         return RouteIR(route=route, plugins=_NO_PLUGINS)
     merged = {**inherited, **own}
     enabled = {
-        name: PLUGINS[name].resolve(settings, inherited.get(name)) if name in own else settings
+        name: memo.resolve(name, settings, inherited.get(name)) if name in own else settings
         for name, settings in merged.items()
         if settings is not None
     }
@@ -241,6 +249,45 @@ def _listener_ir(listener: Listener, routes: tuple[RouteIR, ...], plugins: Mappi
     )
 
 
+class PluginMemo:
+    """Plugin settings validated, and resolved against a listener's defaults, once per distinct value: 10,000
+    routes saying `jwt: {provider: main}` share one settings object and one resolved copy of the provider, where
+    each had its own (validation per route, and the jwt plugin copies its provider into each route's settings).
+    Kept with the RouteContext, so for one full compile and the incremental changes after it; never more than
+    LIMIT entries (it is emptied then: only speed is lost)."""
+
+    LIMIT = 100_000
+
+    def __init__(self) -> None:
+        self._validated: dict[tuple[str, str], Model] = {}
+        self._resolved: dict[tuple[str, int, int], tuple[Model, Model | None, Model]] = {}
+
+    def validate(self, plugin_name: str, settings: Any) -> Model:
+        """PLUGINS[plugin_name].validate(settings), or the same object for settings validated before (errors:
+        pydantic's ValidationError, as validate's)."""
+        key = (plugin_name, repr(settings))  # plain YAML data: equal reprs are equal data (1 and "1" differ)
+        found = self._validated.get(key)
+        if found is None:
+            found = PLUGINS[plugin_name].validate(settings)
+            self._keep(self._validated)[key] = found
+        return found
+
+    def resolve(self, plugin_name: str, settings: Model, defaults: Model | None) -> Model:
+        """PLUGINS[plugin_name].resolve(settings, defaults), once per pair of objects."""
+        key = (plugin_name, id(settings), id(defaults))
+        found = self._resolved.get(key)
+        # The entry holds the objects its ids name, so the ids cannot be reused by other objects meanwhile.
+        if found is None or found[0] is not settings or found[1] is not defaults:
+            found = (settings, defaults, PLUGINS[plugin_name].resolve(settings, defaults))
+            self._keep(self._resolved)[key] = found
+        return found[2]
+
+    def _keep(self, memo: dict[Any, Any]) -> dict[Any, Any]:
+        if len(memo) >= self.LIMIT:
+            memo.clear()
+        return memo
+
+
 def _validated_plugins(
     config: ConfigSet,
     kind: str,
@@ -248,6 +295,7 @@ def _validated_plugins(
     raw: Mapping[str, Any],
     field_name: str,
     issues: list[ConfigIssue],
+    memo: PluginMemo | None = None,
 ) -> dict[str, Model | None]:
     """Validate each plugin's settings; `false`/`null` means "off here" and is kept as None."""
     result: dict[str, Model | None] = {}
@@ -262,7 +310,9 @@ def _validated_plugins(
             result[plugin_name] = None
             continue
         try:
-            result[plugin_name] = plugin.validate(settings)
+            result[plugin_name] = (
+                memo.validate(plugin_name, settings) if memo is not None else plugin.validate(settings)
+            )
         except ValidationError as exc:
             for loc, message in explain(exc.errors()):
                 issues.append(config.issue(kind, name, ".".join(str(part) for part in (where, *loc)), message))

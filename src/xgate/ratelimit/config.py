@@ -45,10 +45,11 @@ class RateLimitService:
     def __init__(self, *, redis_url: str | None = None, failure_mode: FailureMode = "open", timeout: float = 0.05):
         self.redis_url, self.failure_mode, self.timeout = redis_url, failure_mode, timeout
         self.server: RateLimitServer | None = None
+        self._table = LimitTable()  # applied before the server starts (it starts with its first config)
 
     async def start(self, host: str, port: int, reuse_port: bool) -> int:
         self.server, bound = await serve(
-            LimitTable(),
+            self._table,
             host=host,
             port=port,
             reuse_port=reuse_port,
@@ -62,9 +63,9 @@ class RateLimitService:
         return [Subscription(RATE_LIMIT, ratelimit_pb2.RateLimit, self.apply)]
 
     async def apply(self, resources: dict[str, ratelimit_pb2.RateLimit]) -> None:
-        table = limit_table(resources.values())
-        assert self.server is not None
-        self.server.service.set_limits(table)
+        table = self._table = limit_table(resources.values())
+        if self.server is not None:
+            self.server.service.set_limits(table)
         log.info("%d global limits", len(table))
 
     def metrics(self) -> dict[str, Any]:
@@ -77,7 +78,7 @@ class RateLimitService:
             ("limit", "outcome"),
             self.server.service.metrics() if self.server else {},
         )
-        size = len(self.server.service.limits) if self.server else 0
+        size = len(self._table)
         yield GaugeMetricFamily("xgate_ratelimit_limits", "Global limits held", value=size)
 
     async def stop(self, grace: float) -> None:

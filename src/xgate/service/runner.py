@@ -3,7 +3,8 @@ and stop, so authz, dyeing and ratelimit behave alike on a good, an invalid or a
 
 A service only says what is its own: how it serves (`start`, `stop`), which resource types configure it and how
 it applies them (`subscriptions`: a response it cannot apply raises, is NACKed and changes nothing), and its
-metrics. It is ready (the ready callback, GET /readyz) once it has applied the first config of every type.
+metrics. It serves, and is ready (the ready callback, GET /readyz), once it has applied the first config of every
+type: never with a config it has not received.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from envoy.config.core.v3 import base_pb2 as core_v3
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 import xgate
+from xgate.listen import check_free
 from xgate.metricsapi import serve_metrics
 from xgate.xdsclient import Subscription, XdsClient
 
@@ -86,8 +88,18 @@ async def run_service(
     Errors: PortInUseError when the gRPC address is taken, MetricsAddressError when the status address is."""
     stop = stop or asyncio.Event()
     identity = node(service.name, options.node_id)
-    client = XdsClient(options.xds, identity, service.subscriptions())
-    port = await service.start(*options.listen, options.reuse_port)
+    if not options.reuse_port:
+        check_free(*options.listen, f"{service.name} gRPC, --listen")  # a taken port fails now, not at the config
+    port = 0
+
+    async def serve() -> None:
+        # Only with its first config: before it, a rate-limit service would answer OK to every descriptor it
+        # does not know yet and an authz service would check against no policy, and Envoy would count neither as
+        # the failure it is. Until then Envoy's calls are refused and its failure mode answers, counted.
+        nonlocal port
+        port = await service.start(*options.listen, options.reuse_port)
+
+    client = XdsClient(options.xds, identity, service.subscriptions(), before_ready=serve)
     runner: web.AppRunner | None = None
     try:
         status_port = None

@@ -91,7 +91,8 @@ class XdsClient:
     """Follows `servers` (tried in order, then again) for `subscriptions` until `run`'s stop event is set.
 
     `ready` is set once every subscription has applied a response (a service without its config has nothing
-    to serve). Errors: none escape `run`; a failing server is logged, reported in `health` and retried.
+    to serve), after `before_ready` (how a service starts serving only with its config) has run. Errors: only
+    `before_ready`'s escape `run`; a failing server is logged, reported in `health` and retried.
     """
 
     def __init__(
@@ -102,6 +103,7 @@ class XdsClient:
         *,
         retry_initial: float = 0.1,
         retry_max: float = 2.0,
+        before_ready: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         if not servers:
             raise ValueError("an xDS client needs at least one control plane address")
@@ -110,6 +112,7 @@ class XdsClient:
         self.subscriptions = {subscription.type_url: subscription for subscription in subscriptions}
         self.health = ClientHealth(types={url: TypeHealth() for url in self.subscriptions})
         self.ready = asyncio.Event()
+        self._before_ready = before_ready
         self._retry_initial, self._retry_max = retry_initial, retry_max
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -186,7 +189,11 @@ class XdsClient:
         state.version, state.resources, state.applied_at = response.version_info, len(resources), time.time()
         state.acks += 1
         state.last_error = None
-        if all(other.applied_at is not None for other in self.health.types.values()):
+        if not self.ready.is_set() and all(other.applied_at is not None for other in self.health.types.values()):
+            if self._before_ready is not None:
+                # Before the ACK that lets the control plane send Envoys this revision: the service is serving
+                # by the time Envoy calls it. Its errors (a taken port) end `run`; they are not a NACK.
+                await self._before_ready()
             self.ready.set()
         return self._request(url, version=state.version, nonce=response.nonce)
 

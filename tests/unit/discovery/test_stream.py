@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 import itertools
+import json
+import tracemalloc
 
 import pytest
 from envoy.service.discovery.v3 import discovery_pb2 as discovery_v3
@@ -196,3 +199,51 @@ def test_the_double_checks_every_response_and_catches_a_broken_rule() -> None:
     changed = snapshot(CONFIG.replace("8002", "8003"), 2, snap)
     with pytest.raises(AssertionError, match="nonce"):
         stream.responses(changed)
+
+
+def test_proxies_asking_for_the_same_names_hold_one_copy_of_each() -> None:
+    """100 proxies subscribed to 1,000 EDS clusters each held 100,000 strings (~7 MB): protobuf gives every request
+    its own copy of each name, and each stream kept its copies."""
+    snap = snapshot()
+    held = []
+    for peer in ("p1", "p2"):
+        stream = AdsStream(StatusRegistry().connect(peer))
+        stream.on_request(request(typeurls.ENDPOINT, ("upstream/a", "upstream/b")), snap)
+        names = stream.proxy.types[typeurls.ENDPOINT].names
+        assert names == frozenset({"upstream/a", "upstream/b"})
+        held.append({name: name for name in names})
+    assert all(held[0][name] is held[1][name] for name in held[0])
+
+
+def test_a_proxy_in_sync_on_1000_clusters_costs_the_control_plane_little() -> None:
+    """Per proxy, the names it asked for and what it was last sent: 86 KB with the latter as dicts by name, 51 KB as
+    tuples (100 proxies on 1,000 upstreams: 3.5 MB less)."""
+    config = {
+        "listeners": [{"name": "l", "port": 1}],
+        "upstreams": [{"name": f"u{n}", "endpoints": ["127.0.0.1:1"]} for n in range(1000)],
+        "routes": [{"name": f"r{n}", "match": {"path": {"prefix": f"/{n}"}}, "upstream": f"u{n}"} for n in range(1000)],
+    }
+    snap = build_snapshot(compile_config(parse_document(json.dumps(config), "t")).resources, "r", 1)
+    endpoints = tuple(snap.resources[typeurls.ENDPOINT])
+    registry = StatusRegistry()
+
+    def in_sync(peer: str) -> AdsStream:
+        stream = AdsStream(registry.connect(peer))
+        for type_url, names in ((typeurls.CLUSTER, ()), (typeurls.ENDPOINT, endpoints)):
+            stream.on_request(request(type_url, names), snap)
+            for response in stream.responses(snap):
+                stream.on_request(request(type_url, names, response.nonce, response.version_info), snap)
+        assert stream.proxy.types[typeurls.ENDPOINT].acked_version
+        return stream
+
+    streams = [in_sync("first")]  # the first one interns the names
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        streams.append(in_sync("second"))
+        gc.collect()
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert held < 64 * 1024, f"a proxy in sync holds {held} bytes"

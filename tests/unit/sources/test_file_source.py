@@ -4,8 +4,15 @@ and undecodable files."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from pathlib import Path
 
+import pytest
+
+from xgate.config import load
+from xgate.config.load import ConfigSet, ObjectCache, parse_document
+from xgate.errors import ConfigError
+from xgate.sources import file as file_source
 from xgate.sources.file import FileSource
 from xgate.sources.revision import Revision, revision_of
 from xgate.testing import write_atomic
@@ -140,3 +147,53 @@ async def test_an_undecodable_save_is_reported_with_a_revision_and_good_content_
     stop.set()
     await task
     assert seen[2].error is None and seen[2].revision == revision_of(GOOD)
+
+
+async def test_saves_of_a_big_file_are_spliced_and_equal_a_whole_read_and_a_broken_save_changes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Above 256 KB a save of a few items is spliced into the last good revision on the event loop
+    (parse_change); each revision must be what a fresh whole read of the same text gives, a broken save must be
+    reported and leave that last good revision to splice the next save into."""
+    spliced: list[bool] = []
+
+    def counting(text: str, source: str, cache: ObjectCache, most: int | None = None) -> ConfigSet | None:
+        config = load.parse_change(text, source, cache, most)
+        spliced.append(config is not None)
+        return config
+
+    monkeypatch.setattr(file_source, "parse_change", counting)
+    head = "listeners: [{name: l, port: 1}]\nupstreams:\n  - {name: a, endpoints: ['127.0.0.1:1']}\nroutes:\n"
+    routes = [f"  - {{name: r{n}, match: {{path: {{prefix: /route-{n}/}}}}, upstream: a}}\n" for n in range(5000)]
+    path = tmp_path / "gw.yaml"
+    path.write_text(head + "".join(routes))
+    assert path.stat().st_size > 256 * 1024
+    _, seen, stop, task = await _collect(path)
+    texts = []
+    edits: list[tuple[int, str, bool]] = [  # (where, the item's text, inserted or replacing)
+        (10, routes[10].replace("/route-10/", "/changed/"), False),
+        (20, "  - {name: r20, match: {path: {prefix: /unterminated\n", False),  # YAML refuses it
+        (20, routes[21].replace("r21", "r20"), False),  # good again
+        (30, "  - {name: new, upstream: a}\n", True),
+        (40, "    - {name: r40, upstream: a}\n", False),  # another indentation: read whole
+    ]
+    for where, item, inserted in edits:
+        if inserted:
+            routes.insert(where, item)
+        else:
+            routes[where] = item
+        texts.append(head + "".join(routes))
+        write_atomic(path, texts[-1])
+        await _until(lambda: len(seen) == len(texts) + 1)
+    stop.set()
+    await task
+    for text, revision in zip(texts, seen[1:], strict=True):
+        if "unterminated" in text:
+            assert revision.config is None and "not valid YAML" in str(revision.error)
+            continue
+        whole: ConfigSet | None = None
+        with contextlib.suppress(ConfigError):
+            whole = parse_document(text, str(path))
+        assert revision.config == whole
+    # The first read and the broken save are read whole (the latter refused), and so is the re-indented item.
+    assert spliced == [False, True, False, True, True, False]
