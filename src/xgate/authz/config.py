@@ -169,5 +169,7 @@ async def run_authz(
     `options.status`, GET /metrics there answers the checks per policy (and per jwt provider, as
     "jwt:<name>") and outcome (allowed, denied, errors, timeouts), and the config feed's state. With `http`, it
     also answers Envoy's HTTP checks there (the policy plugin's `transport: http`, see http.py)."""
+    if http is not None:  # the service starts serving with its first config: a taken port must fail before it
+        check_free(*http, "authz HTTP checks, --http-listen")
     service = AuthzService(timeout=timeout, fail_open=fail_open, http=http)
     await run_service(service, options, on_ready=on_ready, stop=stop)
