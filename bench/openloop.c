@@ -43,7 +43,7 @@
 #define TIMER_TAG UINT64_MAX
 
 static const char USAGE[] = "usage: openloop http://A.B.C.D[:port][/path] --rate R [--seconds S] [--connections N]"
-                            " [-H 'Name: value']... [--json]\n";
+                            " [-H 'Name: value']... [--vary NAME --users U] [--json]\n";
 
 enum conn_state { CONN_CONNECTING, CONN_IDLE, CONN_BUSY, CONN_LOST };
 
@@ -73,6 +73,8 @@ struct run {
     struct sockaddr_in address;
     char *request;
     size_t request_len;
+    const char *vary; /* --vary: a header whose value is "u<request number mod users>" (bench/overload.py) */
+    uint64_t users;
     int64_t start;
     uint64_t total;
     uint64_t sent;       /* requests due so far; [dispatched, sent) wait in the FIFO */
@@ -190,6 +192,12 @@ static void parse_args(int argc, char **argv, struct run *run) {
             run->conn_count = (size_t)positive(arg, value_of(argc, argv, &i), MAX_CONNECTIONS, true);
         } else if (strcmp(arg, "-H") == 0 || strcmp(arg, "--header") == 0) {
             headers[header_count++] = value_of(argc, argv, &i);
+        } else if (strcmp(arg, "--vary") == 0) {
+            run->vary = value_of(argc, argv, &i);
+            if (strlen(run->vary) > 64 || strcspn(run->vary, ":\r\n ") != strlen(run->vary))
+                fail(2, "argument --vary: expected a header name, got '%s'", run->vary);
+        } else if (strcmp(arg, "--users") == 0) {
+            run->users = (uint64_t)positive(arg, value_of(argc, argv, &i), 1e12, true);
         } else if (arg[0] == '-' || run->url) {
             fail(2, "unrecognized argument: %s", arg);
         } else {
@@ -198,6 +206,8 @@ static void parse_args(int argc, char **argv, struct run *run) {
     }
     if (!run->url || run->rate == 0)
         fail(2, "the following arguments are required: %s", run->url ? "--rate" : "url");
+    if (!run->vary != !run->users)
+        fail(2, "--vary and --users go together");
     build_request(run, headers, header_count);
     free(headers);
 }
@@ -280,8 +290,17 @@ static void dispatch(struct run *run) {
         conn->request = run->dispatched++;
         conn->in_body = false;
         conn->head_len = 0;
-        ssize_t n = send(conn->fd, run->request, run->request_len, MSG_NOSIGNAL);
-        if (n != (ssize_t)run->request_len)
+        const char *data = run->request;
+        size_t len = run->request_len;
+        char varied[REQUEST_MAX + 160];
+        if (run->vary) { /* the request without its blank line, then the varying header and the blank line */
+            int made = snprintf(varied, sizeof varied, "%.*s%s: u%llu\r\n\r\n", (int)(len - 2), data, run->vary,
+                                (unsigned long long)(conn->request % run->users));
+            data = varied;
+            len = (size_t)made;
+        }
+        ssize_t n = send(conn->fd, data, len, MSG_NOSIGNAL);
+        if (n != (ssize_t)len)
             broke(run, conn, &run->broken_tally, "send: %s", n < 0 ? strerror(errno) : "only part of the request");
     }
 }

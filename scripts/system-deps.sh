@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Debian packages the tests use: etcd, Redis and nginx (started by the tests, never as services), openssl, and
+# Debian packages the tests use: etcd, Redis and nginx (started by the tests, never as services), openssl (TLS tests,
+# scripts/example-certs.sh), h2load (bench/protocols.py), and
 # podman for the container tests (with runc, netavark and aardvark-dns for networks whose containers find each
 # other by name, debootstrap for the local base images). Podman is configured by containers/containers.conf
 # (CONTAINERS_CONF), not in /etc; this script fails when podman cannot run a container here.
@@ -9,6 +10,7 @@ missing=()
 command -v etcd >/dev/null || missing+=(etcd-server)
 command -v openssl >/dev/null || missing+=(openssl)  # certificates for the etcd TLS test
 command -v redis-server >/dev/null || missing+=(redis-server)
+command -v h2load >/dev/null || missing+=(nghttp2-client)  # bench/protocols.py: h2c and h2 load
 # nginx answers a malformed Host with 400, as real upstreams do: the health-check and failover tests need it.
 command -v nginx >/dev/null || [[ -x /usr/sbin/nginx ]] || missing+=(nginx-light)
 command -v podman >/dev/null || missing+=(podman)

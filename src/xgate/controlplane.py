@@ -22,6 +22,7 @@ from xgate.incremental import IncrementalCompiler, route_changes
 from xgate.ir.model import GatewayIR
 from xgate.ir.policies import PolicyResolver
 from xgate.pipeline import Compiled, compile_config
+from xgate.plugins.jwt import JwtSettings, jwks_files
 from xgate.sources.revision import Revision
 from xgate.telemetry.fleet import FleetStats
 from xgate.telemetry.journey import RevisionJourneys
@@ -104,6 +105,7 @@ class ControlPlane:
         self._served_routes: dict[str, Route] = {}
         self._incremental = IncrementalCompiler()
         self._freeze = DeferredFreeze(_FREEZE_DELAY)  # after full compiles: millions of objects at 10k routes
+        self._read_files: dict[str, str] = {}  # files the served config read (jwks_file), with their digest
         self.journeys: RevisionJourneys | None = None
         self.fleet: FleetStats | None = None  # what Envoys and services say of their fail-open paths and JWKS
 
@@ -114,7 +116,20 @@ class ControlPlane:
             proxy.role, proxy.node_id or proxy.peer, revision, nack
         )
 
-    async def on_revision(self, revision: Revision, source: str = "file") -> None:
+    def read_files(self) -> dict[str, str]:
+        """Files the served config read besides itself, path -> digest of what was read (sources.watched)."""
+        return self._read_files
+
+    async def reread(self, label: str) -> None:
+        """Compile the served inputs again in full: a file they read changed. The revision gets `label`."""
+        source = next((name for name in SOURCE_PRECEDENCE if name in self._inputs), None)
+        if source is not None:
+            served = self._inputs[source]
+            label = f"{served.revision.split('~')[0]}~{label}"
+            again = replace(served, revision=label, seen_at=time.perf_counter(), changes=None)
+            await self.on_revision(again, source, full=True)
+
+    async def on_revision(self, revision: Revision, source: str = "file", full: bool = False) -> None:
         started = time.perf_counter()
         self._held.pop(source, None)
         if revision.error is not None or revision.config is None:
@@ -122,7 +137,7 @@ class ControlPlane:
                 self._reject(source, revision.revision, revision.error, revision.seen_at)
             return
         inputs = {**self._inputs, **self._held, source: revision}
-        if len(inputs) == 1 and self._apply_changes(revision, source, started):
+        if len(inputs) == 1 and not full and self._apply_changes(revision, source, started):
             return
         config, conflicts = merge_inputs(inputs)
         lenient = "etcd" in inputs
@@ -140,6 +155,12 @@ class ControlPlane:
         for name in (source, *self._held):
             self._rejections.pop(name, None)
         self._held.clear()
+        self._read_files = {
+            path: digest
+            for listener in compiled.ir.listeners
+            if isinstance(settings := listener.defaults.get("jwt"), JwtSettings)
+            for path, digest in jwks_files(settings).items()
+        }
         if len(inputs) == 1:
             await self._reset_incremental(config, compiled)
         else:
@@ -297,7 +318,7 @@ def merge_inputs(inputs: Mapping[str, Revision]) -> tuple[ConfigSet, list[str]]:
     plugins: dict[str, Any] = {}
     plugin_from: dict[str, str] = {}
     for name, config in configs:
-        for kind, objects in (("listener", config.listeners), ("upstream", config.upstreams), ("route", config.routes)):
+        for kind, objects in config.objects():
             for obj in objects:
                 key = (kind, obj.name)
                 where = config.source_of(kind, obj.name).source
@@ -316,7 +337,7 @@ def merge_inputs(inputs: Mapping[str, Revision]) -> tuple[ConfigSet, list[str]]:
                 )
                 continue
             plugins[plugin], plugin_from[plugin] = settings, name
-    by_kind: dict[str, list[Any]] = {"listener": [], "upstream": [], "route": []}
+    by_kind: dict[str, list[Any]] = {"listener": [], "upstream": [], "route": [], "secret": []}
     for (kind, _), (_, obj, _) in chosen.items():
         by_kind[kind].append(obj)
     merged = ConfigSet(
@@ -324,6 +345,7 @@ def merge_inputs(inputs: Mapping[str, Revision]) -> tuple[ConfigSet, list[str]]:
         upstreams=tuple(by_kind["upstream"]),
         routes=tuple(by_kind["route"]),
         plugins=plugins,
+        secrets=tuple(by_kind["secret"]),
         source="merged",
         sources={key: where for key, (_, _, where) in chosen.items()},
         issues=tuple(issue for _, config in configs for issue in config.issues),

@@ -151,6 +151,7 @@ class IncrementalCompiler:
             endpoints=base.resources.endpoints,
             listeners=base.resources.listeners,
             routes=routes,
+            secrets=base.resources.secrets,
             services={url: dict(found) for url, found in base.services.items() if found},
         )
         issues = base.other_issues + [issue for name in sorted(base.route_issues) for issue in base.route_issues[name]]
@@ -193,10 +194,11 @@ def _fallbacks(route: Route | None) -> frozenset[str]:
 
 
 def _same_surroundings(before: ConfigSet, after: ConfigSet) -> bool:
-    """True when only routes may differ: the same listener and upstream objects and plugin defaults."""
+    """True when only routes may differ: the same listener, upstream and secret objects and plugin defaults."""
     return (
         _same_objects(before.listeners, after.listeners)
         and _same_objects(before.upstreams, after.upstreams)
+        and _same_objects(before.secrets, after.secrets)
         and before.plugins == after.plugins
     )
 

@@ -25,6 +25,7 @@ from xgate.sources.etcd.layout import DEFAULT_PREFIX
 from xgate.sources.etcd.source import EtcdSource
 from xgate.sources.file import FileSource
 from xgate.sources.revision import Revision
+from xgate.sources.watched import WatchedFiles
 from xgate.telemetry import tracing_enabled
 from xgate.telemetry.fleet import FleetStats, Target, target_url
 from xgate.telemetry.journey import RevisionJourneys
@@ -197,6 +198,7 @@ async def run_controlplane(
         with contextlib.suppress(EtcdUnavailableError, EtcdRequestError, TimeoutError):
             await asyncio.wait_for(etcd_source.read_all(), etcd.timeout)
         tasks.append(etcd_source.run(stop))
+    tasks.append(WatchedFiles(plane.read_files, plane.reread).run(stop))  # a jwks_file is read here, sent inline
     server, xds_port = await start_xds(plane.cache, *xds)
     try:
         runner, status_port = await start_status(plane, *status)

@@ -1,5 +1,6 @@
 """Every golden translation is a config Envoy itself accepts: `envoy --mode validate` on a static bootstrap
-holding the same resources (each listener's RDS routes inlined, each EDS cluster's endpoints inlined).
+holding the same resources (each listener's RDS routes inlined, each EDS cluster's endpoints inlined, SDS
+secrets as static secrets).
 
 Validation in xgate should refuse whatever Envoy would refuse (an Envoy that NACKs the first route config of
 a listener serves 404s); this is where a translation that Envoy's own checks reject shows up first.
@@ -42,7 +43,7 @@ def static_bootstrap(case: Path) -> dict[str, Any]:
         for chain in listener["filter_chains"]:
             for network_filter in chain["filters"]:
                 config = network_filter["typed_config"]
-                if config["@type"] == HCM:
+                if config["@type"] == HCM and "rds" in config:
                     config["route_config"] = routes[config.pop("rds")["route_config_name"]]
         listeners.append(listener)
     clusters = []
@@ -53,7 +54,18 @@ def static_bootstrap(case: Path) -> dict[str, Any]:
             cluster["type"] = "STATIC"
             cluster["load_assignment"] = _data(resources.endpoints[name])
         clusters.append(cluster)
-    return {"static_resources": {"listeners": listeners, "clusters": clusters}}
+    secrets = [_data(message) for message in resources.secrets.values()]
+    static = {"listeners": _static_secrets(listeners), "clusters": _static_secrets(clusters), "secrets": secrets}
+    return {"static_resources": static}
+
+
+def _static_secrets(data: Any) -> Any:
+    """`data` with each SDS secret reference naming a static secret (no sds_config: no ADS in this bootstrap)."""
+    if isinstance(data, list):
+        return [_static_secrets(item) for item in data]
+    if isinstance(data, dict):
+        return {key: _static_secrets(value) for key, value in data.items() if key != "sds_config"}
+    return data
 
 
 @pytest.mark.parametrize(

@@ -25,7 +25,8 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
 from xgate.demo.upstream import DemoUpstream
-from xgate.testing import free_port, run_authz_service, run_gateway
+from xgate.testing import free_port, run_authz_service, run_gateway, write_atomic
+from xgate.testing.gateway import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -311,12 +312,9 @@ HOSTILE_OWN = _hostile_own_tokens()
 
 @pytest.mark.parametrize("name", sorted(HOSTILE_OWN))
 async def test_hostile_tokens_of_our_own_keys_get_401(client: httpx.AsyncClient, verify: str, name: str) -> None:
+    """`crit-unknown` included: jwt_authn ignores crit, and xgate's guard in front of it refuses it."""
     response = await call(client, "/own", HOSTILE_OWN[name])
-    # The one known gap of the native path: Envoy's jwt_authn ignores `crit` (RFC 7515 says refuse what is not
-    # understood); the token is still signed by the provider's own key. README "Authentication" says so; if
-    # Envoy starts refusing it, this fails and the note goes.
-    expected = 200 if (verify, name) == ("native", "crit-unknown") else 401
-    assert response.status_code == expected, (name, response.status_code, response.text)
+    assert response.status_code == 401, (name, response.status_code, response.text)
 
 
 async def test_audience_rules_answer_403_and_good_tokens_pass(client: httpx.AsyncClient) -> None:
@@ -377,3 +375,60 @@ async def test_cors_preflight_passes_without_a_token(client: httpx.AsyncClient) 
     preflight = {"origin": "https://app.test", "access-control-request-method": "POST"}
     assert (await client.options("/own", headers=preflight)).status_code == 200
     assert (await client.options("/own", headers={"origin": "https://app.test"})).status_code == 401
+
+
+async def test_a_key_removed_from_the_jwks_file_stops_verifying_on_both_paths(
+    upstreams: dict[str, DemoUpstream], tmp_path: Path
+) -> None:
+    """The control plane reads jwks_file, watches it and sends its keys inline to both paths: an edit of the
+    file alone (no config change) reaches both within a bounded time. A broken file is refused like a bad
+    config, with its name, and the last good keys keep verifying."""
+    jwks = tmp_path / "keys" / "jwks.json"
+    jwks.parent.mkdir()
+    write_atomic(jwks, json.dumps({"keys": [public_jwk(RSA_KEY, "rsa-1"), public_jwk(EC_KEY, "ec-1")]}))
+    port, authz = free_port(), free_port()
+    providers = [
+        {"name": name, "verify": verify, "issuer": OWN_ISSUER, "audiences": ["api"], "jwks_file": str(jwks)}
+        for name, verify in (("fn", "native"), ("fp", "python"))
+    ]
+    text = yaml.safe_dump({
+        "plugins": {"jwt": {"providers": providers}, "policy": {"service": f"127.0.0.1:{authz}", "timeout": "2s"}},
+        "listeners": [{"name": "public", "address": "127.0.0.1", "port": port}],
+        "upstreams": [{"name": "app", "endpoints": [f"127.0.0.1:{upstreams['v1'].port}"]}],
+        "routes": [{"name": name, "match": {"path": {"prefix": f"/{name}"}}, "upstream": "app",
+                    "plugins": {"jwt": {"provider": name}}} for name in ("fn", "fp")],
+    })  # fmt: skip
+    async with (
+        run_gateway(text, tmp_path / "gw") as gateway,
+        run_authz_service(gateway.xds_port, authz),
+        httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client,
+    ):
+        rsa_token, ec_token = own_token(), own_token(key=EC_KEY, header={"kid": "ec-1"})
+        for path in ("/fn", "/fp"):
+            for _ in range(3):  # verified, then answered from each path's cache
+                assert (await call(client, path, rsa_token)).status_code == 200, path
+
+        removed = time.monotonic()
+        write_atomic(jwks, json.dumps({"keys": [public_jwk(EC_KEY, "ec-1")]}))
+        took: dict[str, float] = {}
+        for path in ("/fn", "/fp"):
+
+            async def refused(path: str = path) -> bool:
+                return (await call(client, path, rsa_token)).status_code == 401
+
+            await wait_for(refused, 15, f"{path} to refuse the removed key")
+            took[path] = time.monotonic() - removed
+        print(f"removed key refused after {took}")
+        assert max(took.values()) < 5, took  # polled every 0.2 s; compile, push and Envoy's 1 s drain
+        for path in ("/fn", "/fp"):
+            assert (await call(client, path, ec_token)).status_code == 200, path
+
+        jwks.write_text("{not json", encoding="utf-8")
+
+        async def reported() -> bool:
+            return any("jwks_file" in issue and "not JSON" in issue for issue in gateway.plane.state.issues)
+
+        await wait_for(reported, 10, "the broken jwks_file to be reported")
+        for path in ("/fn", "/fp"):  # the last good keys stay
+            assert (await call(client, path, ec_token)).status_code == 200, path
+            assert (await call(client, path, rsa_token)).status_code == 401, path

@@ -76,7 +76,9 @@ async def test_limit_headers_clients_and_live_changes(upstreams: dict[str, DemoU
                 assert answers[-1].headers["x-ratelimit-remaining"] == "0"
                 assert all(answer.status_code == 200 for answer in [await client.get("/other") for _ in range(10)])
                 metrics = (await client.get(f"http://127.0.0.1:{metrics_port}/metrics")).json()
-                assert metrics["limits"]["limited"]["limited"] >= 3, metrics
+                # The pre-limit (5 + one step) refused the last ones itself: the service saw one over the limit.
+                assert metrics["limits"]["limited"]["limited"] >= 1, metrics
+                assert answers[-1].headers["x-xgate-rate-limited"] == "global"
                 assert metrics["limits"]["limited"]["allowed"] == 5, metrics
                 scraped = await scrape(f"http://127.0.0.1:{metrics_port}/metrics")
                 assert scraped['xgate_ratelimit_decisions_total{limit="limited",outcome="allowed"}'] == 5
@@ -106,14 +108,18 @@ def _limits_loaded(client: httpx.AsyncClient):  # type: ignore[no-untyped-def]
 
 
 async def ratelimit_stats(envoy: EnvoyProcess) -> Counter[str]:
-    """Envoy's ratelimit filter counters for the route's cluster: ok, over_limit, error, failure_mode_allowed."""
-    status, body = await envoy.admin_get("/stats?filter=ratelimit")
+    """Envoy's ratelimit filter counters for the route's cluster: ok, over_limit, error, failure_mode_allowed;
+    and `prelimited`: the requests each Envoy's pre-limit refused without asking the service."""
+    status, body = await envoy.admin_get("/stats?filter=ratelimit|prelimit")
     assert status == 200, body
     prefix = "cluster.upstream/app.ratelimit."
-    return Counter(
-        {key.removeprefix(prefix): int(value) for key, _, value in (line.partition(": ") for line in body.splitlines())
-         if key.startswith(prefix)}
-    )  # fmt: skip
+    lines = (line.partition(": ") for line in body.splitlines())
+    pairs = [(key, int(value)) for key, _, value in lines if value.isdigit()]  # counters, not histograms
+    counts = Counter({key.removeprefix(prefix): value for key, value in pairs if key.startswith(prefix)})
+    counts["prelimited"] = sum(
+        value for key, value in pairs if key.endswith("prelimit.http_local_rate_limit.rate_limited")
+    )
+    return counts
 
 
 async def service_counts(metrics_port: int) -> Counter[str]:
@@ -197,11 +203,11 @@ async def test_two_envoys_share_one_limit_and_gcra_admits_no_burst(
                 f"service: {dict(service_counts_delta)}; slowest answer "
                 f"{max(answered - sent for sent, answered in decided):.3f} s"
             )
-            # Every request is accounted for by Envoy, and every pass without a decision by a fail-open counter.
+            # Every request is accounted for by Envoy, and every pass without a decision by a fail-open counter;
+            # a refusal is the service's or (without asking it) the pre-limit's.
             assert envoy_counts["ok"] + envoy_counts["failure_mode_allowed"] == passed
-            assert (
-                envoy_counts["over_limit"] == denied and envoy_counts["error"] == envoy_counts["failure_mode_allowed"]
-            )
+            assert envoy_counts["over_limit"] + envoy_counts["prelimited"] == denied
+            assert envoy_counts["error"] == envoy_counts["failure_mode_allowed"]
             without_answer = envoy_counts["failure_mode_allowed"]  # Envoy's timeout: no answer, no header
             assert without_answer <= len(failed_open) <= without_answer + service_counts_delta["errors"]
             assert len(decided) <= service_counts_delta["allowed"]  # each decided pass is a decision of Redis
@@ -219,7 +225,8 @@ async def test_two_envoys_share_one_limit_and_gcra_admits_no_burst(
 
 async def test_redis_outage_fails_open_quickly_and_recovers(upstreams: dict[str, DemoUpstream], tmp_path: Path) -> None:
     port, rls = free_port(), free_port()
-    text = config(port, upstreams["v1"].port, rls, "{requests: 3, per: 30s}")
+    # The service's own fail-open path: without the pre-limit (which would hold each Envoy to 3 per 30 s).
+    text = config(port, upstreams["v1"].port, rls, "{requests: 3, per: 30s, prelimit: false}")
     async with run_redis(tmp_path / "redis") as redis, run_gateway(text, tmp_path / "gw") as gateway:
         assert gateway.config_path is not None
         async with (
@@ -249,7 +256,7 @@ async def test_unreachable_service_fails_open_within_envoys_timeout(
     upstreams: dict[str, DemoUpstream], tmp_path: Path
 ) -> None:
     port, rls = free_port(), free_port()  # nothing listens on rls
-    text = config(port, upstreams["v1"].port, rls, "{requests: 1, per: 1m}")
+    text = config(port, upstreams["v1"].port, rls, "{requests: 1, per: 1m, prelimit: false}")
     async with run_gateway(text, tmp_path / "gw"), httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
         timings = []
         for _ in range(10):
@@ -260,3 +267,19 @@ async def test_unreachable_service_fails_open_within_envoys_timeout(
     closed = text.replace("timeout: 100ms}", "timeout: 100ms, failure_mode: closed}")
     async with run_gateway(closed, tmp_path / "gw2"), httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
         assert (await http.get("/limited")).status_code == 503  # failure_mode closed: Envoy denies
+
+
+async def test_failing_open_each_envoy_still_holds_to_the_limit(
+    upstreams: dict[str, DemoUpstream], tmp_path: Path
+) -> None:
+    """The service unreachable (failure_mode open): without the pre-limit every request passed; with it (the
+    default) an Envoy passes the limit (plus one refill step) and refuses the rest itself, saying so."""
+    port, rls = free_port(), free_port()  # nothing listens on rls
+    text = config(port, upstreams["v1"].port, rls, "{requests: 3, per: 1m}")
+    async with run_gateway(text, tmp_path / "gw"), httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
+        answers = [await http.get("/limited") for _ in range(10)]
+    codes = [answer.status_code for answer in answers]
+    assert codes == [200] * 4 + [429] * 6, codes  # 3 a minute, plus one step (20 s) of headroom
+    refused = answers[-1].headers
+    assert refused["x-xgate-rate-limited"] == "global" and refused["x-ratelimit-limit"] == "3", refused
+    assert refused["x-ratelimit-remaining"] == "0" and refused["x-ratelimit-reset"] == "20", refused

@@ -38,6 +38,7 @@ def config(ports: dict[str, int], upstream: int, *, percent: int = 100, policy: 
     return f"""
 plugins:
   dyeing:
+    mode: ext_proc  # the service decides (a sticky rule alone would run in Envoy's Lua filter)
     service: "127.0.0.1:{ports["dyeing"]}"
     rules: [{{stage: canary, sticky: {{percent: {percent}, key: {{header: x-user}}}}}}]
   policy:

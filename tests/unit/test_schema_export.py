@@ -164,7 +164,7 @@ def _with_base(text: str) -> Any:
         "routes: [{name: r, upstream: u, plugins: {rate_limit: {local: {requests: 5, per: 1s}, global: "
         "{requests: 9, per: 1m, algorithm: gcra, burst: 2}}}}]",
         "plugins: {dyeing: {trust: [10.0.0.0/8], rules: [{stage: c, header: {name: X-Canary, exact: '1'}}]}}",
-        "plugins: {jwt: {providers: [{name: a, issuer: i, jwks_file: /etc/hostname, clock_skew: 30s}]}}",
+        "plugins: {jwt: {providers: [{name: a, issuer: i, jwks_file: JWKS_FILE, clock_skew: 30s}]}}",
         # empty sections
         "routes:\nupstreams: []\nplugins:",
         # refused on shape or type: by both
@@ -186,8 +186,10 @@ def _with_base(text: str) -> Any:
         "extra: 1",
     ],
 )
-def test_schema_and_validate_agree(text: str, validator: jsonschema.Draft202012Validator) -> None:
-    document = _with_base(text)
+def test_schema_and_validate_agree(text: str, validator: jsonschema.Draft202012Validator, tmp_path: Path) -> None:
+    jwks = tmp_path / "jwks.json"  # validation reads a jwks_file: it must hold keys
+    jwks.write_text('{"keys": [{"kty": "oct", "k": "c2VjcmV0"}]}')
+    document = _with_base(text.replace("JWKS_FILE", str(jwks)))
     try:
         compile_config(parse_document(json.dumps(document), "gw.json"))
         valid = True
@@ -204,7 +206,7 @@ def test_every_plugins_settings_are_typed_at_every_level() -> None:
     schema = config_schema()
     definitions = schema["$defs"]
     plugins = definitions["Plugins"]["properties"]
-    assert sorted(plugins) == ["cors", "dyeing", "jwt", "policy", "rate_limit", "tracing"]
+    assert sorted(plugins) == ["cors", "dyeing", "grpc_web", "jwt", "policy", "rate_limit", "tracing"]
     for name, spec in plugins.items():
         assert {"type": "boolean"} in spec["anyOf"] and {"type": "null"} in spec["anyOf"], name
         (ref,) = [branch["$ref"] for branch in spec["anyOf"] if "$ref" in branch]

@@ -18,7 +18,6 @@ import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -72,11 +71,11 @@ class KeySet:
 
 
 class StaticKeys:
-    """Inline `jwks` or `jwks_file` (read when the provider is loaded)."""
+    """Inline `jwks`, or the `jwks_file` the control plane read and sent inline (both are the provider's
+    `key_set`); a changed file arrives as a new provider, with a new cache."""
 
     def __init__(self, provider: Provider) -> None:
-        jwks = provider.jwks if provider.jwks is not None else json.loads(Path(str(provider.jwks_file)).read_text())
-        self.keys = KeySet(jwks, provider.algorithms)
+        self.keys = KeySet(provider.key_set or {}, provider.algorithms)
 
     def may_refetch(self) -> bool:
         return False

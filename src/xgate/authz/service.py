@@ -37,6 +37,7 @@ from envoy.service.auth.v3 import external_auth_pb2_grpc as auth_grpc
 from envoy.type.v3 import http_status_pb2 as http_status_v3
 from google.rpc import code_pb2, status_pb2
 
+from xgate.authz.extract import header_pairs, realm
 from xgate.authz.policy import Allow, Decision, Deny, PolicyRegistry, Request
 from xgate.authz.runner import OUTCOMES, Outcome, PolicyRunner
 from xgate.authz.tokens import JwtProviders, NeedsKeys, Refusal, claim_headers
@@ -188,15 +189,16 @@ class AuthorizationService(auth_grpc.AuthorizationServicer):  # type: ignore[mis
             log.error("route %s: jwt provider %r is not loaded; denying", route or "(unnamed)", provider_name)
             self.count(counted, "errors")
             return response(self.closed_answer)
-        found = verifier.find(headers, http.path)
+        preflight = _cors_preflight(http.method, headers)  # jwt_authn's bypass_cors_preflight: even with a token
+        found = None if preflight else verifier.find(header_pairs(http), http.path)
         if found is None:
-            if optional or _cors_preflight(http.method, headers):  # jwt_authn's bypass_cors_preflight, as native
+            if optional or preflight:
                 _, removed = claim_headers(verifier.provider, {})
                 return {}, {}, removed
             result: dict[str, Any] | Refusal = Refusal(401, "Jwt is missing", missing=True)
-        elif isinstance(now := verifier.verify_now(found[0]), NeedsKeys):
+        elif isinstance(now := verifier.verify_now(found), NeedsKeys):
             # An unknown kid: the keys are fetched again on the loop, then the token verified again there.
-            future = asyncio.run_coroutine_threadsafe(verifier.verify(found[0]), self._loop())
+            future = asyncio.run_coroutine_threadsafe(verifier.verify(found), self._loop())
             try:
                 result = self._wait(future, _REFETCH_WAIT)
             except TimeoutError:
@@ -206,13 +208,13 @@ class AuthorizationService(auth_grpc.AuthorizationServicer):  # type: ignore[mis
             result = now
         if isinstance(result, Refusal):
             self.count(counted, "denied")
-            realm = f"{http.scheme or 'http'}://{http.host}{http.path.split('?', 1)[0]}"
             body = result.description if not result.missing else "Jwt is missing"
-            return response(Deny(result.status, body, {"www-authenticate": result.challenge(realm)}))
+            challenge = result.challenge(realm(http.scheme, http.host, http.path))
+            return response(Deny(result.status, body, {"www-authenticate": challenge}))
         self.count(counted, "allowed")
         forwarded, removed = claim_headers(verifier.provider, result)
-        if found is not None and found[1] is not None:
-            removed.append(found[1])  # jwt_authn removes the token's header before the upstream (forward: false)
+        if found is not None:
+            removed.extend(found.headers)  # jwt_authn removes the tokens' headers before the upstream (forward: false)
         return result, forwarded, removed
 
     def count(self, name: str, outcome: Outcome) -> None:

@@ -1,12 +1,14 @@
-"""JWT verification in the authz service (providers with `verify: python`), with PyJWT doing the JOSE.
+"""JWT verification in the authz service (providers with `verify: python`): Envoy's jwt_authn, step for step.
 
-For one request: find the token where the provider says (headers with a prefix, cookies, query parameters;
-the first found wins, as Envoy's extractor), look it up in the provider's verified-token cache, else verify:
-header parsed, `alg` among the provider's algorithms, no `crit`, a key chosen by `kid`/`alg` from the
-provider's own key set only, signature, `exp` (required unless `require_exp: false`), `nbf`, `clock_skew`,
-`max_lifetime`, exact `iss`, `required_claims`, then the audience. The answers are the native path's: 401 with
-`WWW-Authenticate: Bearer realm=..., error="invalid_token", error_description=...` (RFC 6750; no error for a
-missing token) for a missing or invalid token, 403 for a valid token whose audience is not allowed.
+For one request: every token where the provider looks (xgate.authz.extract), xgate's guard on each (size,
+`crit`, `b64`, ECDSA signature length: xgate.authz.jose.guard, which the native path runs in Lua), then each
+token from the last found to the first, as jwt_authn does: parsed as jwt_verify_lib parses it
+(xgate.authz.jose), the issuer, nbf and exp with `clock_skew`, the audience (403), `require_exp` and
+`max_lifetime` (exp at most that far from now), then the key (by `kid` and `alg`, from the provider's own
+keys only) and the signature, whose crypto PyJWT does; then `required_claims` (Python path only). The first
+refusal is the answer: 401 with `WWW-Authenticate: Bearer realm=..., error="invalid_token",
+error_description=...` (RFC 6750; no error for a missing token), or 403 for a valid token whose audience is
+not allowed. The order matters: it decides which of two faults a token is refused for, and so the status.
 
 Each provider has its own cache of tokens that passed every check, keyed by a SHA-256 of the whole token,
 trusted until the earlier of `exp` + clock skew and `CACHE_TTL` after verification; it is bounded (least
@@ -18,20 +20,15 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import re
 import threading
 import time
-import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from http.cookies import SimpleCookie
 from typing import Any
-from urllib.parse import parse_qsl
 
-import jwt
-from jwt.types import Options
-
+from xgate.authz import jose
+from xgate.authz.extract import Found, find
 from xgate.authz.keys import KeySource, RemoteKeys, StaticKeys
 from xgate.plugins.jwt import Provider
 
@@ -42,10 +39,8 @@ class NeedsKeys:
     """Verifier.verify_now's answer when the provider's keys must be fetched again first."""
 
 
-MAX_TOKEN_BYTES = 16 * 1024  # Envoy refuses a whole header block over 60 KiB; a real token is < 4 KiB
 CACHE_ENTRIES = 10_000
 CACHE_TTL = 300.0  # seconds a verified token is trusted without verifying again, at most
-_JWT_RUN = re.compile(r"[A-Za-z0-9_.-]+")
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,140 +114,103 @@ def _digest(token: str) -> bytes:
 
 
 class TokenVerifier:
-    """One provider's verification: `find(headers, path)` the token, `verify(token)` it."""
+    """One provider's verification: `find(headers, path)` the tokens, `verify(found)` them."""
 
-    def __init__(self, provider: Provider, *, cache_entries: int = CACHE_ENTRIES) -> None:
+    def __init__(
+        self, provider: Provider, *, cache_entries: int = CACHE_ENTRIES, clock: Callable[[], float] = time.time
+    ) -> None:
         self.provider = provider
-        self.cache = TokenCache(max_entries=cache_entries)
+        self.cache = TokenCache(max_entries=cache_entries, clock=clock)
         self.keys: KeySource = (
             RemoteKeys(provider, self.cache.clear) if provider.jwks_uri is not None else StaticKeys(provider)
         )
-        # iss and aud are checked here (exact match, 403 for aud); iat, sub, jti are not checked, as in Envoy.
-        self._options = Options(
-            verify_aud=False, verify_iss=False, verify_iat=False, verify_sub=False, verify_jti=False,
-            require=["exp"] if provider.require_exp else [],
-        )  # fmt: skip
+        self._clock = clock
+        # jwt_authn reads a clock skew of 0 as its default, 60 s (the config refuses less than 1 s).
+        self._skew = int(provider.clock_skew) or 60
+        self._audiences = frozenset(_sanitized(audience) for audience in provider.audiences)
 
-    def find(self, headers: Mapping[str, str], path: str) -> tuple[str, str | None] | None:
-        """(token, header name it came in or None) from the first place the provider names that has one."""
-        for source in self.provider.headers:
-            value = headers.get(source.name.lower())
-            if value is not None and (token := _after_prefix(value, source.prefix)):
-                return token, source.name.lower()
-        if self.provider.cookies and (cookie := headers.get("cookie")):
-            jar = SimpleCookie()
-            try:
-                jar.load(cookie)
-            except Exception:  # http.cookies raises CookieError on hostile input; treat as no cookie
-                jar = SimpleCookie()
-            for name in self.provider.cookies:
-                if name in jar and jar[name].value:
-                    return jar[name].value, None
-        if self.provider.query and "?" in path:
-            params = dict(parse_qsl(path.split("?", 1)[1], keep_blank_values=False))
-            for name in self.provider.query:
-                if params.get(name):
-                    return params[name], None
-        return None
+    def find(self, headers: list[tuple[str, str]], path: str) -> Found | None:
+        """The request's tokens (headers as (lower-case name, value) pairs), or None when it has none."""
+        return find(self.provider, headers, path)
 
-    async def verify(self, token: str) -> dict[str, Any] | Refusal:
-        """The token's claims (a fresh copy) or why it is refused; never raises for any token."""
-        result = self.verify_now(token)
+    async def verify(self, found: Found) -> dict[str, Any] | Refusal:
+        """The claims of the request's first token (a fresh copy) or why it is refused; never raises."""
+        result = self.verify_now(found)
         if isinstance(result, NeedsKeys):
             await self.keys.refetch()
-            result = self.verify_now(token, refetched=True)
+            result = self.verify_now(found, refetched=True)
         assert not isinstance(result, NeedsKeys)
         return result
 
-    def verify_now(self, token: str, refetched: bool = False) -> dict[str, Any] | Refusal | NeedsKeys:
-        """As `verify`, without waiting for anything, from any thread: NeedsKeys when the token names a key
-        the JWKS lacks and may be fetched again for; then `await keys.refetch()` and call again `refetched`."""
-        cached = self.cache.get(token)
-        if cached is not None:
-            return cached
-        result = self._verify(token, refetched)
-        if isinstance(result, Refusal | NeedsKeys):
-            return result
-        exp = result.get("exp")
-        self.cache.put(token, result, float(exp) + self.provider.clock_skew if isinstance(exp, int | float) else None)
-        return result  # PyJWT's own fresh dict; the cache keeps its JSON text
+    def verify_now(self, found: Found, refetched: bool = False) -> dict[str, Any] | Refusal | NeedsKeys:
+        """As `verify`, without waiting for anything, from any thread: NeedsKeys when a token names a key the
+        JWKS lacks and may be fetched again for; then `await keys.refetch()` and call again `refetched`."""
+        cached = [self.cache.get(token) for token in found.tokens]
+        for token, claims in zip(found.tokens, cached, strict=True):
+            # A cached token passed the guard already (the cache belongs to this provider's settings).
+            if claims is None and (reason := jose.guard(token, self.provider.max_token_bytes)) is not None:
+                return Refusal(401, reason)
+        result: dict[str, Any] | Refusal | NeedsKeys = {}
+        for token, claims in reversed(list(zip(found.tokens, cached, strict=True))):
+            result = claims if claims is not None else self._verified(token, refetched)
+            if not isinstance(result, dict):
+                return result
+        return result
 
-    def _verify(self, token: str, refetched: bool) -> dict[str, Any] | Refusal | NeedsKeys:
-        if len(token) > MAX_TOKEN_BYTES:
-            return Refusal(401, "Jwt is too large")
-        try:
-            header = jwt.get_unverified_header(token)
-        except jwt.PyJWTError:
-            return Refusal(401, "Jwt is not in the form of Header.Payload.Signature")
-        algorithm, kid = header.get("alg"), header.get("kid")
-        if "crit" in header:
-            return Refusal(401, "Jwt header has crit parameters this verifier does not understand")
-        if not isinstance(algorithm, str) or (kid is not None and not isinstance(kid, str)):
-            return Refusal(401, "Jwt header alg or kid is not a string")
-        keys = self.keys.keys.candidates(kid, algorithm)
-        unknown_kid = kid is not None and kid not in self.keys.keys.kids
+    def _verified(self, token: str, refetched: bool) -> dict[str, Any] | Refusal | NeedsKeys:
+        parsed = jose.parse(token)
+        if isinstance(parsed, str):
+            return Refusal(401, parsed)
+        result = self._check(parsed, refetched)
+        if isinstance(result, dict):
+            expires = float(parsed.exp + self._skew) if parsed.exp else None
+            self.cache.put(token, result, expires)
+        return result
+
+    def _check(self, jwt: jose.Jwt, refetched: bool) -> dict[str, Any] | Refusal | NeedsKeys:
+        provider = self.provider
+        if provider.issuer is not None and jwt.iss != provider.issuer:
+            return Refusal(401, "Jwt issuer is not configured")
+        now = self._clock()
+        if int(now) + self._skew < jwt.nbf:
+            return Refusal(401, "Jwt not yet valid")
+        if jwt.exp and int(now) > jwt.exp + self._skew:
+            return Refusal(401, "Jwt is expired")
+        if self._audiences and not any(_sanitized(audience) in self._audiences for audience in jwt.audiences):
+            return Refusal(403, "Audiences in Jwt are not allowed")
+        lifetime = provider.max_lifetime
+        if (provider.require_exp or lifetime is not None) and not jwt.exp:
+            return Refusal(401, "Jwt verification fails")  # jwt_authn's words for a missing exp
+        if lifetime is not None and jwt.exp - now >= lifetime:
+            return Refusal(401, "Jwt verification fails")
+        keys = self.keys.keys.candidates(jwt.kid or None, jwt.alg)
+        unknown_kid = bool(jwt.kid) and jwt.kid not in self.keys.keys.kids
         if not keys and unknown_kid and not refetched and self.keys.may_refetch():
             return NeedsKeys()
         if not keys:
             return Refusal(401, "Jwks doesn't have key to match kid or alg from Jwt")
-        claims: dict[str, Any] | None = None
-        for key in keys:
-            try:
-                with warnings.catch_warnings():
-                    # A short HMAC secret is the operator's choice, logged when the keys load, not per request.
-                    warnings.simplefilter("ignore", jwt.InsecureKeyLengthWarning)
-                    claims = jwt.decode(
-                        token, key, algorithms=[algorithm], options=self._options, leeway=self.provider.clock_skew
-                    )
-                break
-            except jwt.InvalidSignatureError:
-                continue
-            except jwt.ExpiredSignatureError:
-                return Refusal(401, "Jwt is expired")
-            except jwt.ImmatureSignatureError:
-                return Refusal(401, "Jwt not yet valid")
-            except jwt.MissingRequiredClaimError as exc:
-                return Refusal(401, f"Jwt has no {exc.claim} claim")
-            except (jwt.PyJWTError, ValueError, TypeError, json.JSONDecodeError):
-                return Refusal(401, "Jwt verification fails")
-        if claims is None:
+        if not any(_signed(jwt, key) for key in keys):
             return Refusal(401, "Jwt verification fails")
-        return self._claims(claims)
-
-    def _claims(self, claims: dict[str, Any]) -> dict[str, Any] | Refusal:
-        provider = self.provider
-        for name in ("exp", "nbf", "iat"):  # PyJWT would take "1700000000" (a string) for a date; Envoy does not
-            if name in claims and (isinstance(claims[name], bool) or not isinstance(claims[name], int | float)):
-                return Refusal(401, f"Jwt {name} claim is not a number")
-        if provider.issuer is not None and claims.get("iss") != provider.issuer:
-            return Refusal(401, "Jwt issuer is not configured")
-        if provider.max_lifetime is not None:
-            exp, iat = claims.get("exp"), claims.get("iat")
-            if not isinstance(exp, int | float) or not isinstance(iat, int | float):
-                return Refusal(401, "Jwt needs exp and iat for max_lifetime")
-            if exp - iat > provider.max_lifetime:
-                return Refusal(401, "Jwt lifetime is longer than allowed")
         for name in provider.required_claims:
-            if name not in claims:
+            if name not in jwt.payload:
                 return Refusal(401, f"Jwt has no {name} claim")
-        if provider.audiences:
-            audience = claims.get("aud")
-            given = [audience] if isinstance(audience, str) else audience if isinstance(audience, list) else []
-            if not any(isinstance(item, str) and item in provider.audiences for item in given):
-                return Refusal(403, "Audiences in Jwt are not allowed")
+        claims: dict[str, Any] = jose.plain(jwt.payload)
         return claims
 
 
-def _after_prefix(value: str, prefix: str) -> str:
-    """The token in a header value, read as Envoy's extractor reads it: the value must start with `prefix`;
-    the token is the first run of base64url characters and dots after it (the whole value when there is none,
-    so garbage is refused as an invalid token, not as a missing one)."""
-    if not value.startswith(prefix):
-        return ""
-    if not prefix:
-        return value
-    found = _JWT_RUN.search(value, len(prefix))
-    return found.group() if found is not None else value
+def _signed(jwt: jose.Jwt, key: Any) -> bool:
+    try:
+        return bool(key.Algorithm.verify(jwt.signing_input, key.key, jwt.signature))
+    except (ValueError, TypeError):  # a signature the algorithm cannot even read
+        return False
+
+
+def _sanitized(audience: str) -> str:
+    """An audience as jwt_verify_lib compares it: without an http:// or https:// scheme and one trailing slash."""
+    for scheme in ("https://", "http://"):
+        if audience.startswith(scheme):
+            return audience[len(scheme) : -1 if audience.endswith("/") else None]
+    return audience[:-1] if audience.endswith("/") else audience
 
 
 def claim_headers(provider: Provider, claims: Mapping[str, Any]) -> tuple[dict[str, str], list[str]]:

@@ -15,6 +15,7 @@ from aetcd.rpc import rpc_pb2
 
 from xgate.config.load import ConfigSet
 from xgate.config.schema import KINDS, Listener, Route, Upstream
+from xgate.config.tls import Secret
 from xgate.errors import ConfigError, ConfigIssue, XgateError
 from xgate.ir import build_ir
 from xgate.sources.etcd.client import EtcdClient, EtcdRequestError, EtcdUnavailableError, prefix_end
@@ -94,7 +95,7 @@ async def read_stored(client: EtcdClient, prefix: str) -> Stored:
 
 def desired_objects(config: ConfigSet) -> dict[tuple[str, str], Any]:
     objects: dict[tuple[str, str], Any] = {}
-    for kind, items in (("listener", config.listeners), ("upstream", config.upstreams), ("route", config.routes)):
+    for kind, items in config.objects():
         for item in items:
             objects[(kind, item.name)] = item
     for plugin, settings in config.plugins.items():
@@ -158,7 +159,7 @@ def _stored_data(kind: str, name: str, key: str, value: bytes) -> Any:
 
 # etcd refuses a transaction with more than --max-txn-ops (default 128) compares or operations.
 MAX_TXN_OPS = 128
-_ORDER = {PLUGIN: 0, "listener": 1, "upstream": 2, "route": 3}
+_ORDER = {PLUGIN: 0, "secret": 0, "listener": 1, "upstream": 2, "route": 3}
 AfterBatch = Callable[[int], Awaitable[None]]
 
 
@@ -300,6 +301,10 @@ def references_to(stored: Stored, kind: str, name: str) -> list[str]:
             continue
         if (kind == "upstream" and name in obj.upstream_refs) or (kind == "listener" and name in obj.listeners):
             found.append(f"route {other_name}")
+    if kind == "secret":
+        for (other_kind, other_name), obj in stored.objects.items():
+            if other_kind in ("listener", "upstream") and obj.tls is not None and name in obj.tls.secrets:
+                found.append(f"{other_kind} {other_name}")
     return sorted(found)
 
 
@@ -338,7 +343,7 @@ def _referenced_keys(plan: Plan) -> set[str]:
 def _config_set(objects: dict[tuple[str, str], Any], stored: Stored, config: ConfigSet | None = None) -> ConfigSet:
     """One config of `objects`, each located where it came from: the file (and line) of `config`'s objects,
     the etcd key of the others, so an issue points at what the user has to fix."""
-    by_kind: dict[str, list[Any]] = {"listener": [], "upstream": [], "route": []}
+    by_kind: dict[str, list[Any]] = {"listener": [], "upstream": [], "route": [], "secret": []}
     plugins: dict[str, Any] = {}
     sources: dict[tuple[str, str], str] = {}
     mine = desired_objects(config) if config is not None else {}
@@ -360,6 +365,7 @@ def _config_set(objects: dict[tuple[str, str], Any], stored: Stored, config: Con
         upstreams=tuple[Upstream, ...](by_kind["upstream"]),
         routes=tuple[Route, ...](by_kind["route"]),
         plugins=plugins,
+        secrets=tuple[Secret, ...](by_kind["secret"]),
         source=config.source if config is not None else "etcd",
         sources=sources,
         paths=dict(config.paths) if config is not None else {},

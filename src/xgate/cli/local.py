@@ -10,10 +10,13 @@ from pathlib import Path
 from xgate.config.directory import load_path
 from xgate.config.load import ConfigSet
 from xgate.errors import ConfigError, PortInUseError
+from xgate.ir.tls import listener_ports
 from xgate.listen import check_free
 
 # The echo upstreams of the bundled example, on the ports its upstreams name.
 DEMO_UPSTREAMS = (("demo-v1", 18081), ("demo-v2", 18082))
+# The gRPC echo upstream (examples/edge.yaml): started when the config's upstreams point at it.
+GRPC_DEMOS = (("demo-grpc", 18091),)
 # Endpoint hosts that mean "this machine", where `xgate up` can start a demo upstream.
 _THIS_MACHINE = {"127.0.0.1", "localhost", "::1"}
 
@@ -54,7 +57,7 @@ def named_demos(config: ConfigSet) -> list[tuple[str, int]]:
     """The demo upstreams the config's upstreams point at: an endpoint on this machine at a demo port (a copy
     of the bundled example, or a config written from it)."""
     ports = {e.port for upstream in config.upstreams for e in upstream.endpoints if e.host in _THIS_MACHINE}
-    return [(name, port) for name, port in DEMO_UPSTREAMS if port in ports]
+    return [(name, port) for name, port in DEMO_UPSTREAMS + GRPC_DEMOS if port in ports]
 
 
 def taken_by(port: Port) -> str | None:
@@ -80,13 +83,13 @@ def first_taken(ports: Sequence[Port]) -> str | None:
 def choose_demos(
     demo: bool | None, *, example: bool, config: ConfigSet | None, say: Callable[[str], None]
 ) -> list[tuple[str, int]]:
-    """The demo upstreams `xgate up` starts: both with `--demo` or the bundled example, none with `--no-demo`;
-    otherwise those the config's upstreams point at whose port is free (a server already there is taken to be
-    the user's own). `say` tells the user what was decided when it was not asked for."""
-    if demo is not None:
-        return list(DEMO_UPSTREAMS) if demo else []
-    if example:
-        return list(DEMO_UPSTREAMS)
+    """The demo upstreams `xgate up` starts: both HTTP ones with `--demo` or the bundled example (and the gRPC
+    one when the config points at it), none with `--no-demo`; otherwise those the config's upstreams point at
+    whose port is free (a server already there is taken to be the user's own). `say` tells the user what was
+    decided when it was not asked for."""
+    if demo is not None or example:
+        grpc = [found for found in named_demos(config) if found in GRPC_DEMOS] if config is not None else []
+        return list(DEMO_UPSTREAMS) + grpc if demo is not False else []
     chosen: list[tuple[str, int]] = []
     for name, port in named_demos(config) if config is not None else []:
         held = taken_by(Port("127.0.0.1", port, f"demo upstream {name}"))
@@ -106,7 +109,15 @@ def ports_needed(
     """Every port `xgate up` will bind, in the order they are reported: the control plane's and Envoy's admin,
     the config's listeners (Envoy would share a listener port with another Envoy, each getting some of the
     connections), the services', the demo upstreams'."""
-    listeners = [Port(item.address, item.port, f"listener {item.name}") for item in config.listeners] if config else []
+    listeners = (
+        [
+            Port(item.address, port, f"listener {item.name}" + (" (its HTTP redirect)" if field != "port" else ""))
+            for item in config.listeners
+            for port, field in listener_ports(item)
+        ]
+        if config
+        else []
+    )
     return [
         *control_plane,
         *listeners,

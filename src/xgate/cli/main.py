@@ -466,8 +466,14 @@ def demo_upstream(
     name: Annotated[str, typer.Option()] = "demo",
     host: Annotated[str, typer.Option()] = "127.0.0.1",
     port: Annotated[int, typer.Option()] = 18081,
+    grpc: Annotated[bool, typer.Option("--grpc", help="a gRPC echo service with grpc.health.v1 instead")] = False,
 ) -> None:
-    """Run a tiny echo upstream (answers JSON describing the request)."""
+    """Run a tiny echo upstream (answers JSON describing the request; --grpc: see xgate.demo.grpc)."""
+    if grpc:
+        from xgate.demo.grpc import run_grpc_upstream
+
+        run_grpc_upstream(name, host, port)
+        return
     from xgate.demo.upstream import run_upstream
 
     run_upstream(name, host, port)
@@ -501,7 +507,7 @@ def up(
     both. The etcd options reach the children as XGATE_ETCD_* environment variables, not in their command
     lines. Every port it needs is checked first: a taken one is named with the process holding it (exit 2).
     """
-    from xgate.cli.local import Port, choose_demos, first_taken, load_or_none, ports_needed
+    from xgate.cli.local import GRPC_DEMOS, Port, choose_demos, first_taken, load_or_none, ports_needed
     from xgate.supervisor import ChildSpec, Supervisor
 
     xds_host, xds_port = _host_port(xds, "--xds")  # Envoy connects to it: port 0 would not do
@@ -532,7 +538,11 @@ def up(
         raise typer.Exit(2)
     me = [sys.executable, "-m", "xgate"]
     children = [
-        ChildSpec(name, [*me, "demo-upstream", "--name", name, "--port", str(port)], ready_line="listening")
+        ChildSpec(
+            name,
+            [*me, "demo-upstream", "--name", name, "--port", str(port), *(["--grpc"] * ((name, port) in GRPC_DEMOS))],
+            ready_line="listening",
+        )
         for name, port in demos
     ]
     # The control plane first: the services are configured by it, and Envoy's routes name what they serve.

@@ -1,4 +1,4 @@
-"""Turn IR and Envoy resources into plain data for `xgate translate` and the golden tests."""
+"""Turn IR and Envoy resources into plain data for `xgate translate` and the golden tests, secrets redacted."""
 
 from __future__ import annotations
 
@@ -7,10 +7,12 @@ import json
 from typing import Any
 
 import yaml
+from cryptography import x509
 from google.protobuf import json_format
 from pydantic import BaseModel
 
 from xgate.api import KINDS
+from xgate.config.tls import REDACTED
 from xgate.config.types import format_duration
 from xgate.ir import GatewayIR
 from xgate.translate import Resources
@@ -32,7 +34,9 @@ def ir_to_data(ir: GatewayIR) -> dict[str, Any]:
             return sorted(plain(v) for v in value)
         return value
 
-    data: dict[str, Any] = plain(ir)
+    data: dict[str, Any] = redact(plain(ir))
+    if not data.get("secrets"):
+        data.pop("secrets", None)  # configs without TLS read as before
     return data
 
 
@@ -41,18 +45,59 @@ def resources_to_data(resources: Resources) -> dict[str, dict[str, Any]]:
     names of the API's docs (snake_case), defaults left out, sorted."""
     return {
         KINDS.get(kind, kind): {
-            name: json.loads(json_format.MessageToJson(message, preserving_proto_field_name=True))
+            name: redact(json.loads(json_format.MessageToJson(message, preserving_proto_field_name=True)))
             for name, message in sorted(protos.items())
         }
         for kind, protos in resources.by_kind().items()
+        if protos or kind != "secrets"  # configs without TLS read as before
     }
+
+
+# Members of a JWK that are secret: an `oct` key's shared secret, the private parts of RSA, EC and OKP keys.
+_PRIVATE_JWK = frozenset({"k", "d", "p", "q", "dp", "dq", "qi", "oth"})
+# Envoy fields whose whole value is key material.
+_SECRET_FIELDS = frozenset({"private_key", "session_ticket_keys"})
+
+
+def redact(value: Any) -> Any:
+    """`value` (plain data of a config or of Envoy resources) with every private key, ticket key and secret
+    JWK member replaced by "[redacted]", also inside JWKS held as JSON text."""
+    if isinstance(value, list):
+        return [redact(item) for item in value]
+    if not isinstance(value, dict):
+        return value
+    if "kty" in value:
+        return {key: REDACTED if key in _PRIVATE_JWK else redact(item) for key, item in value.items()}
+    shown: dict[str, Any] = {}
+    for key, item in value.items():
+        if key in _SECRET_FIELDS:
+            shown[key] = REDACTED
+        elif key in ("inline_string", "jwks_json") and isinstance(item, str) and '"keys"' in item:
+            shown[key] = _redacted_json(item)
+        else:
+            shown[key] = redact(item)
+    return shown
+
+
+def _redacted_json(text: str) -> str:
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return text
+    return json.dumps(redact(data), sort_keys=True)
 
 
 def dump_yaml(data: Any) -> str:
     return yaml.safe_dump(data, sort_keys=True, default_flow_style=False, allow_unicode=True)
 
 
-SECTIONS = {"plugin": "plugins", "listener": "listeners", "upstream": "upstreams", "route": "routes"}
+SECTIONS = {
+    "plugin": "plugins",
+    "secret": "secrets",
+    "listener": "listeners",
+    "upstream": "upstreams",
+    "route": "routes",
+}
 
 
 def config_document(objects: dict[tuple[str, str], Any]) -> dict[str, Any]:
@@ -89,7 +134,22 @@ def _plugins(plugins: dict[str, Any]) -> str:
 
 
 def _listener(obj: Any) -> list[str]:
-    return [obj.address, str(obj.port), _plugins(obj.plugins)]
+    tls = ",".join(host for cert in obj.tls.certificates for host in cert.hosts or ("*",)) if obj.tls else "-"
+    return [obj.address, str(obj.port), tls, _plugins(obj.plugins)]
+
+
+def _secret(obj: Any) -> list[str]:
+    """What a secret holds and, for a certificate, whom it names and until when: never the key."""
+    holds = [part for part, value in (("cert", obj.cert), ("ca", obj.ca), ("ticket_keys", obj.ticket_keys)) if value]
+    leaf = obj.leaf
+    if leaf is None:
+        return [",".join(holds), "-", "-"]
+    try:
+        san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        named = ",".join(san.get_values_for_type(x509.DNSName)) or "-"
+    except x509.ExtensionNotFound:
+        named = "-"
+    return [",".join(holds), named, leaf.not_valid_after_utc.strftime("%Y-%m-%dT%H:%M:%SZ")]
 
 
 def _upstream(obj: Any) -> list[str]:
@@ -138,7 +198,8 @@ def _route_wide(obj: Any) -> list[str]:
 
 
 _COLUMNS: dict[str, tuple[list[str], Any]] = {
-    "listener": (["ADDRESS", "PORT", "PLUGINS"], _listener),
+    "listener": (["ADDRESS", "PORT", "TLS", "PLUGINS"], _listener),
+    "secret": (["HOLDS", "NAMES", "EXPIRES"], _secret),
     "upstream": (["ENDPOINTS", "PROTOCOL", "LB", "HEALTH CHECK"], _upstream),
     "route": (["HOSTS", "MATCH", "ACTION", "CANARY", "PLUGINS"], _route),
     "plugin": (["SETTINGS"], _plugin),
@@ -148,4 +209,5 @@ _WIDE: dict[str, tuple[list[str], Any]] = {
     "upstream": (["CONNECT TIMEOUT"], lambda obj: [str(format_duration(obj.connect_timeout))]),
     "route": (["LISTENERS", "PRIORITY", "TIMEOUT"], _route_wide),
     "plugin": ([], lambda obj: []),
+    "secret": ([], lambda obj: []),
 }

@@ -48,6 +48,7 @@ from xgate.sources.etcd.layout import (
     normalize_prefix,
     object_data,
     parse_key,
+    redacted_data,
 )
 
 EXIT_DIFFERENT, EXIT_INVALID, EXIT_CONFLICT, EXIT_UNREACHABLE, EXIT_PARTIAL = 1, 2, 3, 4, 5
@@ -211,10 +212,11 @@ def register(app: typer.Typer) -> None:
 
         plan = _plan(file, settings(etcd, ca, cert, key, user, password), prefix, prune)
         for change in plan.pending:
-            before = yaml.safe_dump(change.old, sort_keys=True).splitlines() if change.old is not None else []
+            old, new = redacted_data(change.kind, change.old), redacted_data(change.kind, change.new)
+            before = yaml.safe_dump(old, sort_keys=True).splitlines() if change.old is not None else []
             if change.old is None and change.action != "create":  # stored, but not a valid object: its text
-                before = plan.stored.values[change.key][1].decode("utf-8", "replace").splitlines()
-            after = yaml.safe_dump(change.new, sort_keys=True).splitlines() if change.action != "delete" else []
+                before = _raw_text(change.kind, plan.stored.values[change.key][1]).splitlines()
+            after = yaml.safe_dump(new, sort_keys=True).splitlines() if change.action != "delete" else []
             typer.echo(f"{change.action} {change.kind}/{change.name} ({change.key})")
             for line in difflib.unified_diff(before, after, "etcd", str(file), lineterm="", n=2):
                 typer.echo(f"  {line}")
@@ -276,7 +278,7 @@ def register(app: typer.Typer) -> None:
             if not tables:
                 typer.echo(f"no objects under {normalize_prefix(prefix)}", err=True)
             return
-        data = {key: obj if key[0] == PLUGIN else object_data(obj) for key, obj in found.items()}
+        data = {key: obj if key[0] == PLUGIN else redacted_data(key[0], object_data(obj)) for key, obj in found.items()}
         document = config_document(data)
         text = json.dumps(document, indent=2, ensure_ascii=False) + "\n" if output is Output.json else None
         typer.echo(text or yaml.safe_dump(document, sort_keys=False, allow_unicode=True), nl=False)
@@ -332,6 +334,13 @@ def _check_kind(kind: str) -> str:
 RAW_SHOWN = 400  # characters of an invalid stored value that `get` prints
 
 
+def _raw_text(kind: str, value: bytes) -> str:
+    """A stored value's text as it may be shown; never a secret's (it may hold a private key)."""
+    if kind == "secret":
+        return f"(a secret's value, {len(value):,} bytes, is not shown)"
+    return value.decode("utf-8", "replace")
+
+
 def _report_invalid(stored: Stored, wanted: Callable[[str], bool]) -> bool:
     """On stderr, each problem of the stored values whose key is `wanted`, then (once) the value's start;
     whether there was any."""
@@ -342,7 +351,8 @@ def _report_invalid(stored: Stored, wanted: Callable[[str], bool]) -> bool:
         typer.echo(str(issue), err=True)
         if issue.source not in shown:
             shown.add(issue.source)
-            text = stored.values[issue.source][1].decode("utf-8", "replace")
+            parsed = parse_key(stored.prefix, issue.source.encode())
+            text = _raw_text(parsed[0] if parsed else "", stored.values[issue.source][1])
             more = f" ... ({len(text):,} characters)" if len(text) > RAW_SHOWN else ""
             typer.echo(f"  stored value: {text[:RAW_SHOWN]!r}{more}", err=True)
     return bool(shown)

@@ -10,6 +10,7 @@ from xgate.config.lines import FieldPath
 from xgate.config.load import ConfigSet, load_file, parse_document
 from xgate.config.pieces import ObjectCache
 from xgate.config.schema import KINDS
+from xgate.config.secrets import resolve_secret_files
 from xgate.errors import ConfigError, ConfigIssue
 
 CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
@@ -28,10 +29,11 @@ def config_files(root: Path) -> list[Path]:
 
 def load_path(path: str | Path) -> ConfigSet:
     """A config file, or a directory of them (see config_files) merged into one config; the same object name
-    in two files is an error. The file source follows a directory by the same rules (parse_files)."""
+    in two files is an error. The file source follows a directory by the same rules (parse_files). The files that
+    secrets name are read into them (see config.secrets)."""
     root = Path(path)
     if not root.is_dir():
-        return load_file(root)
+        return resolve_secret_files(load_file(root))
     documents: list[tuple[str, str]] = []
     unreadable: list[ConfigIssue] = []
     for file in config_files(root):
@@ -47,7 +49,7 @@ def load_path(path: str | Path) -> ConfigSet:
         raise ConfigError(unreadable + list(exc.issues)) from None
     if unreadable:
         raise ConfigError(unreadable + list(config.issues))
-    return config
+    return resolve_secret_files(config)
 
 
 def parse_files(
@@ -85,7 +87,7 @@ def _merge_files(parts: list[ConfigSet]) -> ConfigSet:
     plugins: dict[str, Any] = {}
     issues = [issue for part in parts for issue in part.issues]
     for part in parts:
-        for kind, objects in (("listener", part.listeners), ("upstream", part.upstreams), ("route", part.routes)):
+        for kind, objects in part.objects():
             for obj in objects:
                 key = (kind, obj.name)
                 if key in sources:
@@ -105,6 +107,7 @@ def _merge_files(parts: list[ConfigSet]) -> ConfigSet:
         upstreams=tuple(found["upstream"]),
         routes=tuple(found["route"]),
         plugins=plugins,
+        secrets=tuple(found["secret"]),
         source=parts[0].source,
         paths=paths,
         sources=sources,

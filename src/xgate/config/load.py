@@ -21,10 +21,11 @@ from xgate.config.messages import explain
 from xgate.config.pieces import Items, Layout, Prior, Unsplit, load_piece, resplit, split_document
 from xgate.config.pieces import ObjectCache as ObjectCache  # where the sources have always found it
 from xgate.config.schema import KINDS, Listener, Route, Upstream
+from xgate.config.tls import Secret
 from xgate.errors import ConfigError, ConfigIssue
 
 M = TypeVar("M", bound=BaseModel)
-SECTIONS = {"listeners": "listener", "upstreams": "upstream", "routes": "route"}
+SECTIONS = {"listeners": "listener", "upstreams": "upstream", "routes": "route", "secrets": "secret"}
 TOP_LEVEL = {"xgate", "plugins", *SECTIONS}
 _LINE = re.compile(r"at line (\d+)")
 # An alias bomb (anchors nested nine deep) took 84 s to reach yaml-rs's default limit of 1,000,000 replayed
@@ -48,6 +49,7 @@ class ConfigSet:
     upstreams: tuple[Upstream, ...] = ()
     routes: Sequence[Route] = ()  # a tuple, or a Chain sharing blocks with the source's (etcd)
     plugins: Mapping[str, Any] = field(default_factory=dict)
+    secrets: tuple[Secret, ...] = ()
     source: str = ""
     paths: Mapping[tuple[str, str], FieldPath] = field(default_factory=dict)
     # Per-object sources where objects come from different places (etcd keys); default: `source`.
@@ -57,6 +59,15 @@ class ConfigSet:
     text: str = field(default="", repr=False, compare=False)
     # The text of each other source (the files of a directory), so issues found later get their lines too.
     texts: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
+
+    def objects(self) -> tuple[tuple[str, Sequence[Any]], ...]:
+        """(kind, its objects) for every kind of object."""
+        return (
+            ("listener", self.listeners),
+            ("upstream", self.upstreams),
+            ("route", self.routes),
+            ("secret", self.secrets),
+        )
 
     def source_of(self, kind: str, name: str) -> ObjectSource:
         """Where (kind, name) came from; the document's plugin defaults are ("document", "plugins")."""
@@ -222,6 +233,7 @@ def _config_of(prior: Prior, text: str, source: str) -> ConfigSet:
         upstreams=tuple(objects.get("upstreams", ())),
         routes=tuple(objects.get("routes", ())),
         plugins=prior.config.plugins,
+        secrets=tuple(objects.get("secrets", ())),
         source=source,
         paths=paths,
         text=text,
@@ -301,6 +313,7 @@ def _parse(text: str, source: str, cache: ObjectCache | None, layout: Layout | N
         upstreams=tuple(found["upstream"]),
         routes=tuple(found["route"]),
         plugins=plugins,
+        secrets=tuple(found["secret"]),
         source=source,
         paths=where,
         issues=tuple(_locate(problems, text, source)) if problems else (),

@@ -7,7 +7,6 @@ import re
 from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (
-    BaseModel,
     Field,
     GetJsonSchemaHandler,
     StringConstraints,
@@ -20,20 +19,14 @@ from pydantic_core import CoreSchema
 
 # Model, HealthCheck and Retries live apart (config.base, config.resilience) and are re-exported from here.
 from xgate.config.base import Model as Model
+from xgate.config.base import exactly_one as exactly_one
+from xgate.config.grpc import GrpcMatch, GrpcRoute, with_grpc_path
+from xgate.config.limits import ListenerLimits
 from xgate.config.resilience import CircuitBreakers, Method, OutlierDetection
 from xgate.config.resilience import HealthCheck as HealthCheck
 from xgate.config.resilience import Retries as Retries
+from xgate.config.tls import ListenerTls, Secret, UpstreamTls
 from xgate.config.types import Duration, Name, Regex
-
-
-def exactly_one(model: BaseModel, fields: tuple[str, ...], what: str) -> None:
-    chosen = [name for name in fields if getattr(model, name) is not None]
-    if len(chosen) != 1:
-        options = ", ".join(fields)
-        if chosen:
-            raise ValueError(f"{what}: set exactly one of {options} (got {', '.join(chosen)})")
-        raise ValueError(f"{what}: set one of {options}")
-
 
 # -- upstreams ---------------------------------------------------------------------------------------------
 
@@ -83,6 +76,7 @@ class Upstream(Model):
     lb: Literal["round_robin", "least_request", "random"] = "round_robin"
     connect_timeout: Duration = 1.0
     health_check: HealthCheck | None = None
+    tls: UpstreamTls | None = None
     outlier_detection: OutlierDetection | None = Field(default_factory=lambda: OutlierDetection())
     circuit_breakers: CircuitBreakers = Field(default_factory=lambda: CircuitBreakers())
     panic_threshold: int = Field(default=50, ge=0, le=100)
@@ -152,6 +146,9 @@ class Match(Model):
     methods: tuple[Method, ...] = ()
     headers: tuple[HeaderMatch, ...] = ()
     query: tuple[QueryMatch, ...] = ()
+    grpc: GrpcMatch | None = None
+
+    _grpc_path = model_validator(mode="after")(with_grpc_path)
 
     @field_validator("hosts")
     @classmethod
@@ -265,6 +262,7 @@ class Route(Model):
     headers: HeaderRules = Field(default_factory=lambda: HeaderRules())
     websocket: bool = False
     canary: tuple[Canary, ...] = ()
+    grpc: GrpcRoute | None = None
     plugins: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("canary", mode="before", json_schema_input_type=Canary | tuple[Canary, ...])
@@ -276,6 +274,8 @@ class Route(Model):
     @model_validator(mode="after")
     def _action(self) -> Route:
         exactly_one(self, ACTIONS, "action")
+        if self.grpc is not None and self.grpc.retry_on and (self.retries is None or self.retries.attempts == 0):
+            raise ValueError("grpc.retry_on: retries are switched off on this route (retries: attempts above 0)")
         if self.split is not None:
             if not self.split:
                 raise ValueError("split: list at least one upstream")
@@ -378,6 +378,8 @@ class Listener(Model):
     name: Name
     address: str = "0.0.0.0"
     port: int = Field(ge=0, le=65535)
+    tls: ListenerTls | None = None
+    limits: ListenerLimits | None = None
     plugins: dict[str, Any] = Field(default_factory=dict)
     access_log: AccessLog | None = None  # observability: Envoy's JSON access log of this listener
     # Downstream connections without a request for this long are closed; streams (requests) that send
@@ -395,7 +397,7 @@ class Listener(Model):
         return address
 
 
-KINDS: dict[str, type[Model]] = {"listener": Listener, "upstream": Upstream, "route": Route}
+KINDS: dict[str, type[Model]] = {"listener": Listener, "upstream": Upstream, "route": Route, "secret": Secret}
 
 
 class Document(Model):
@@ -406,3 +408,4 @@ class Document(Model):
     listeners: tuple[Listener, ...] = ()
     upstreams: tuple[Upstream, ...] = ()
     routes: tuple[Route, ...] = ()
+    secrets: tuple[Secret, ...] = ()

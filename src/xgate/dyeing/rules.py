@@ -82,7 +82,8 @@ def baggage_with(current: str | None, key: str, stage: str) -> str:
 
 
 def sticky_bucket(seed: str, key: str) -> int:
-    """The bucket (0 to SCALE-1) of a key: stable across processes and versions (no Python hash())."""
+    """The bucket (0 to SCALE-1) of a key: stable across processes and versions (no Python hash()). Envoy's
+    Lua filter computes the same (translate/plugins/dyeing_sticky.py): change both or neither."""
     digest = hashlib.blake2b(f"{seed}\0{key}".encode("utf-8", "surrogatepass"), digest_size=8).digest()
     return int.from_bytes(digest, "big") % SCALE
 
@@ -100,10 +101,11 @@ def first_query_value(path: str, name: str) -> str | None:
 
 
 def cookie_value(cookies: str | None, name: str) -> str | None:
-    """The value of the first cookie `name` in a Cookie header, or None."""
+    """The value of the first cookie `name` in a Cookie header, or None (ASCII whitespace after a `;` is
+    skipped, as the native path's Lua does)."""
     if not cookies:
         return None
-    for part in re.split(r";\s*", cookies):
+    for part in re.split(r";[ \t\n\r\f\v]*", cookies):
         key, sep, value = part.partition("=")
         if sep and key == name:
             return value
@@ -144,12 +146,16 @@ def _text(value: Any) -> str | None:
 
 
 def _sticky_key(key: StickyKey, request: DyeRequest) -> str | None:
+    """The rule's key, or None. A key holding U+FFFD counts as none: header bytes that are not UTF-8 arrive
+    here as U+FFFD, while Envoy's Lua hashes them as they are, so the two paths could not agree on them."""
     if key.claim is not None:
-        return _text(request.claims.get(key.claim))
-    if key.header is not None:
-        return request.headers.get(key.header)
-    assert key.cookie is not None
-    return cookie_value(request.headers.get("cookie"), key.cookie)
+        found = _text(request.claims.get(key.claim))
+    elif key.header is not None:
+        found = request.headers.get(key.header)
+    else:
+        assert key.cookie is not None
+        found = cookie_value(request.headers.get("cookie"), key.cookie)
+    return None if found is None or "\ufffd" in found else found
 
 
 def _condition(rule: Rule) -> Condition:

@@ -15,6 +15,7 @@ from xgate.config.schema import Listener, Model, Route
 from xgate.errors import ConfigError, ConfigIssue
 from xgate.ir.model import GatewayIR, ListenerIR, RouteIR
 from xgate.ir.policies import PolicyResolver, resolve_plugins
+from xgate.ir.tls import listener_ports, listener_tls_issues, upstream_tls_issues, used_secrets
 from xgate.plugins import FILTER_ORDER, PLUGINS
 
 
@@ -117,6 +118,9 @@ def build_ir_and_context(
     known_upstreams = upstream_names | {name for kind, name in config.broken if kind == "upstream"}
     clashes = _port_clashes(config)
     issues += clashes.values()
+    secrets = {secret.name: secret for secret in config.secrets}
+    for upstream in config.upstreams:
+        issues += upstream_tls_issues(config, upstream, secrets)
 
     resolver = policies or PolicyResolver()
     resolver.start()
@@ -129,6 +133,7 @@ def build_ir_and_context(
         problems: list[ConfigIssue] = []
         own = _validated_plugins(config, "listener", listener.name, listener.plugins, "plugins", problems)
         resolve_plugins(resolver, config, "listener", listener.name, own, problems)
+        problems += listener_tls_issues(config, listener, secrets)
         issues += problems
         invalid = {name for name in listener.plugins if name in PLUGINS and name not in own}
         invalid_defaults[listener.name] = invalid | (invalid_everywhere - set(own))
@@ -158,7 +163,9 @@ def build_ir_and_context(
         if listener.name in attached
     )
     upstreams = tuple(sorted(config.upstreams, key=lambda item: item.name))
-    return GatewayIR(listeners=listeners, upstreams=upstreams, revision=revision, issues=tuple(issues)), context
+    named = used_secrets([item.listener for item in listeners], upstreams, config)
+    ir = GatewayIR(listeners=listeners, upstreams=upstreams, revision=revision, issues=tuple(issues), secrets=named)
+    return ir, context
 
 
 def precedence(route: Route) -> tuple[int, int, int, int, int, int]:
@@ -320,17 +327,18 @@ def _validated_plugins(
 
 
 def _port_clashes(config: ConfigSet) -> dict[str, ConfigIssue]:
-    """Listeners that ask for a port an earlier listener has, by name."""
+    """Listeners that ask for a port an earlier listener has (its own, or a TLS listener's redirect port)."""
     issues: dict[str, ConfigIssue] = {}
     taken: dict[int, list[Listener]] = {}
     for listener in config.listeners:
-        if listener.port == 0:
-            continue
-        for other in taken.get(listener.port, []):
-            if _overlap(listener.address, other.address):
-                message = f"port {listener.port} is already used by listener {other.name}"
-                issues[listener.name] = config.issue("listener", listener.name, "port", message)
-        taken.setdefault(listener.port, []).append(listener)
+        for port, field_name in listener_ports(listener):
+            if port == 0:
+                continue
+            for other in taken.get(port, []):
+                if other is not listener and _overlap(listener.address, other.address):
+                    message = f"port {port} is already used by listener {other.name}"
+                    issues[listener.name] = config.issue("listener", listener.name, field_name, message)
+            taken.setdefault(port, []).append(listener)
     return issues
 
 

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from xgate.config.schema import Listener, Model, Route, Upstream
+from xgate.config.tls import Secret
 from xgate.errors import ConfigIssue
 
 
@@ -50,3 +51,4 @@ class GatewayIR:
     upstreams: tuple[Upstream, ...]
     revision: str = ""
     issues: tuple[ConfigIssue, ...] = ()  # lenient builds only: what was left out or held back, and why
+    secrets: Mapping[str, Secret] = field(default_factory=dict)  # those the listeners and upstreams name

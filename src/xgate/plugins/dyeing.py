@@ -2,8 +2,10 @@
 the ext_proc service share (the settings key, the cookie pattern, the sticky scale).
 
 Rules live in the global or listener defaults, first match wins, the `default` stage when none matches. Rules on
-headers, cookies and query parameters compile to route matches (native, no Python per request); the others run
-in `xgate dyeing`, Envoy's ext_proc service. Both give the same answers (tests hold them to that).
+headers, cookies and query parameters compile to route matches, and sticky rules to a small Lua filter that
+computes the same bucket as the service (BLAKE2b, in LuaJIT): native, no Python per request. The others (source
+ranges, claims, trust by source) run in `xgate dyeing`, Envoy's ext_proc service. Both give the same answers
+(tests hold them to that).
 """
 
 from __future__ import annotations
@@ -30,6 +32,10 @@ SETTINGS_METADATA = "x-xgate-dyeing"
 _HEADER_NAME = r"^[a-z0-9!#$%&'*+.^_`|~-]+$"
 _COOKIE_NAME = r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$"
 SCALE = 10_000  # sticky buckets: percentages to 0.01
+# The native path's Lua filter marks each sticky rule a request satisfies in this dynamic metadata namespace
+# (key STICKY_KEY % rule index, value true); the rule's route entries match on it. Clients cannot set it.
+STICKY_NAMESPACE = "xgate.dyeing"
+STICKY_KEY = "sticky_%d"
 
 
 def _lower(value: Any) -> Any:
@@ -136,6 +142,11 @@ class Rule(Model):
         """Envoy can evaluate it as a route match."""
         return self.header is not None or self.cookie is not None or self.query is not None
 
+    @property
+    def in_envoy(self) -> bool:
+        """Envoy evaluates it without the service: a route match, or a sticky rule (its Lua filter)."""
+        return self.native or self.sticky is not None
+
 
 CONDITIONS = ("header", "cookie", "query", "source", "claim", "sticky")
 
@@ -166,7 +177,7 @@ class DyeingSettings(Model):
     def _native(self) -> DyeingSettings:
         if self.mode == "native":
             for index, rule in enumerate(self.rules):
-                if not rule.native:
+                if not rule.in_envoy:
                     kind = next(name for name in CONDITIONS if getattr(rule, name) is not None)
                     raise ValueError(f"rules.{index}: a {kind} rule needs mode ext_proc (or auto)")
             if isinstance(self.trust, tuple):
@@ -178,7 +189,7 @@ class DyeingSettings(Model):
         """The rules run in the ext_proc service (else they compile to route matches)."""
         if self.mode != "auto":
             return self.mode == "ext_proc"
-        return isinstance(self.trust, tuple) or not all(rule.native for rule in self.rules)
+        return isinstance(self.trust, tuple) or not all(rule.in_envoy for rule in self.rules)
 
 
 @functools.lru_cache(maxsize=256)

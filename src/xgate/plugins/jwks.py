@@ -51,13 +51,14 @@ def key_algorithms(jwk: dict[str, Any], allowed: tuple[Algorithm, ...] | None) -
 
 def stamped_jwks(jwks: dict[str, Any], allowed: tuple[Algorithm, ...] | None) -> dict[str, Any]:
     """The JWKS for Envoy: each key once per algorithm it may verify, with that `alg` set; keys that may verify
-    none are left out. With `allowed` None an asymmetric key without `alg` is passed as it is (Envoy matches
-    it by type, as `compatible` does) and an `oct` key gets `alg: HS256`."""
+    none are left out. With `allowed` None an RSA key without `alg` is passed as it is (Envoy tries it for
+    every RS and PS algorithm, as `compatible` does). An EC key gets its curve's only algorithm: Envoy would
+    otherwise try a P-256 key with ES384's hash, which the Python path refuses."""
     keys: list[dict[str, Any]] = []
     for jwk in jwks["keys"]:
         algorithms = key_algorithms(jwk, allowed)
-        if allowed is None and "alg" not in jwk and jwk.get("kty") != "oct":
-            keys += [jwk] if algorithms else []
+        if allowed is None and "alg" not in jwk and len(algorithms) > 1:
+            keys.append(jwk)
             continue
         keys += [{**jwk, "alg": algorithm} for algorithm in algorithms]
     return {"keys": keys}

@@ -4,12 +4,17 @@ Tokens are verified by Envoy's own jwt_authn (`verify: native`, the default) or 
 python`). Providers (issuer, audiences, keys, where the token is) are defined once, in the global or listener
 defaults; a route names the provider it requires. What the native path cannot express is refused with a
 pointer to `verify: python`, never silently weakened: `required_claims` (jwt_authn has no such check), and
-`algorithms` with keys Envoy loads itself (`jwks_file`, `jwks_uri`; inline keys are stamped with their allowed
-`alg`, see plugins/jwks.py).
+`algorithms` with `jwks_uri` (Envoy fetches those keys itself; keys in `jwks` or `jwks_file` are stamped with
+their allowed `alg`, see plugins/jwks.py).
+
+A `jwks_file` is read here, when the config is validated (on the control plane's machine), and its keys travel
+inline to Envoy and to `xgate authz`, so both paths verify with the same keys; the control plane watches the
+file and sends a changed one again (xgate.sources.watched).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -36,6 +41,10 @@ OPTIONAL_KEY = "xgate_jwt_optional"  # ext_authz context extension: "true" lets 
 ROUTE_KEY = "xgate_route"  # ext_authz context extension: the config route's name
 _KEY_TYPES = {"RSA", "EC", "OKP", "oct"}
 _MAX_EXACT_FLOAT = 2**53
+MAX_JWKS_FILE_BYTES = 1 << 20
+# A token above this size is refused on both paths (401): a real one is 1-4 KiB, and many proxies cap one
+# header at 8 KiB. Envoy's own limit is the whole header block (60 KiB).
+DEFAULT_MAX_TOKEN_BYTES = 8192
 
 
 class TokenHeader(Model):
@@ -49,7 +58,8 @@ class Provider(Model):
     with an unknown `kid` at most once per `jwks_min_refetch`). `algorithms` limits the signature algorithms
     (default: each key's own `alg`, else every algorithm its type can verify); HS256 needs an `oct` key listed
     in `jwks` or `jwks_file`: an RSA or EC key is never used as an HMAC secret, and a secret never comes over
-    the network. `required_claims` must be present in the token (Python path only). `verify`: who checks."""
+    the network. `required_claims` must be present in the token (Python path only). `verify`: who checks.
+    `max_token_bytes`: longer tokens are refused (both paths). `max_lifetime`: exp at most this far from now."""
 
     name: Name
     verify: Literal["native", "python"] = "native"
@@ -70,19 +80,26 @@ class Provider(Model):
     clock_skew: Duration = 60.0
     require_exp: bool = True
     max_lifetime: Duration | None = None
+    max_token_bytes: int = Field(default=DEFAULT_MAX_TOKEN_BYTES, ge=256, le=60 * 1024)
+    _file_keys: dict[str, Any] | None = PrivateAttr(default=None)  # jwks_file's keys, read when validated
+    _file_digest: str = PrivateAttr(default="")  # of the bytes read: the control plane notices a change
+
+    @property
+    def key_set(self) -> dict[str, Any] | None:
+        """The provider's own keys, from `jwks` or `jwks_file` (None: they come from `jwks_uri`)."""
+        return self.jwks if self.jwks is not None else self._file_keys
 
     @field_validator("jwks")
     @classmethod
     def _jwks(cls, jwks: dict[str, Any] | None) -> dict[str, Any] | None:
-        if jwks is None:
-            return None
-        keys = jwks.get("keys")
-        if not isinstance(keys, list) or not keys:
-            raise ValueError("jwks must be a JWKS object with a non-empty 'keys' list")
-        for index, key in enumerate(keys):
-            if not isinstance(key, dict) or key.get("kty") not in _KEY_TYPES:
-                raise ValueError(f"jwks key {index}: kty must be one of {sorted(_KEY_TYPES)}")
-        return jwks
+        return None if jwks is None else _checked_jwks(jwks, "jwks")
+
+    @field_validator("clock_skew")
+    @classmethod
+    def _skew(cls, skew: float) -> float:
+        if skew < 1:
+            raise ValueError("clock_skew must be at least 1s (Envoy's jwt_authn reads 0 as its default, 60s)")
+        return skew
 
     @field_validator("jwks_uri")
     @classmethod
@@ -97,30 +114,79 @@ class Provider(Model):
     def _keys(self) -> Provider:
         if sum(source is not None for source in (self.jwks, self.jwks_file, self.jwks_uri)) != 1:
             raise ValueError("set exactly one of jwks, jwks_file, jwks_uri")
-        for what in ("jwks_file", "jwks_ca_file"):
-            path = getattr(self, what)
-            if path is not None and not Path(path).is_file():
-                raise ValueError(f"{what} {path!r} does not exist")
+        if self.jwks_ca_file is not None and not Path(self.jwks_ca_file).is_file():
+            raise ValueError(f"jwks_ca_file {self.jwks_ca_file!r} does not exist")
+        if self.jwks_file is not None:
+            self._file_keys, self._file_digest = read_jwks_file(self.jwks_file)
         if self.jwks_ca_file is not None and self.jwks_uri is None:
             raise ValueError("jwks_ca_file only goes with jwks_uri")
+        keys = self.key_set
         hmac = self.algorithms is not None and "HS256" in self.algorithms
-        if hmac and (self.jwks_uri is not None or (self.jwks is not None and not _has_oct(self.jwks))):
+        if hmac and (keys is None or not _has_oct(keys)):
             raise ValueError("HS256 needs an explicit oct key in jwks or jwks_file (never from jwks_uri)")
-        if self.jwks is not None and not stamped_jwks(self.jwks, self.algorithms)["keys"]:
-            raise ValueError("no key in jwks may verify any of the allowed algorithms")
+        if keys is not None and not stamped_jwks(keys, self.algorithms)["keys"]:
+            where = "jwks" if self.jwks is not None else f"jwks_file {self.jwks_file!r}"
+            raise ValueError(f"no key in {where} may verify any of the allowed algorithms")
         if self.verify == "native":
             if self.required_claims:
                 raise ValueError("required_claims: Envoy's jwt_authn cannot require claims; set verify: python")
-            if self.algorithms is not None and self.jwks is None:
+            if self.algorithms is not None and keys is None:
                 raise ValueError(
-                    "algorithms: Envoy loads jwks_file/jwks_uri keys itself and cannot be limited to them; "
-                    "list the keys inline in jwks, or set verify: python"
+                    "algorithms: Envoy fetches jwks_uri keys itself and cannot be limited to them; "
+                    "list the keys in jwks or jwks_file, or set verify: python"
                 )
         return self
 
 
 def _has_oct(jwks: dict[str, Any]) -> bool:
     return any(key.get("kty") == "oct" for key in jwks["keys"])
+
+
+def _checked_jwks(jwks: Any, where: str) -> dict[str, Any]:
+    keys = jwks.get("keys") if isinstance(jwks, dict) else None
+    if not isinstance(keys, list) or not keys:
+        raise ValueError(f"{where} must be a JWKS object with a non-empty 'keys' list")
+    for index, key in enumerate(keys):
+        if not isinstance(key, dict) or key.get("kty") not in _KEY_TYPES:
+            raise ValueError(f"{where} key {index}: kty must be one of {sorted(_KEY_TYPES)}")
+    return dict(jwks)
+
+
+def read_jwks_file(path: str) -> tuple[dict[str, Any], str]:
+    """A jwks_file's keys and a digest of its bytes (raises ValueError saying what is wrong with the file)."""
+    where = f"jwks_file {path!r}"
+    try:
+        with open(path, "rb") as file:
+            data = file.read(MAX_JWKS_FILE_BYTES + 1)
+    except FileNotFoundError:
+        raise ValueError(f"{where} does not exist") from None
+    except OSError as exc:
+        raise ValueError(f"{where} cannot be read: {exc.strerror or exc}") from None
+    if len(data) > MAX_JWKS_FILE_BYTES:
+        raise ValueError(f"{where} is larger than {MAX_JWKS_FILE_BYTES} bytes")
+    try:
+        jwks = json.loads(data)
+    except ValueError as exc:
+        raise ValueError(f"{where} is not JSON: {exc}") from None
+    return _checked_jwks(jwks, where), file_digest(data)
+
+
+def file_digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()[:16]
+
+
+def header_locations(provider: Provider) -> tuple[tuple[str, str], ...]:
+    """The provider's token headers as (lower-case name, prefix), each once, in the order jwt_authn reads
+    them (sorted by name + prefix): both paths look in this order (see xgate.authz.extract)."""
+    pairs = {(header.name.lower(), header.prefix) for header in provider.headers}
+    return tuple(sorted(pairs, key=lambda pair: pair[0] + pair[1]))
+
+
+def jwks_files(defaults: JwtSettings | None) -> dict[str, str]:
+    """The jwks_file paths some defaults read, each with the digest of what was read (the control plane
+    watches them, see xgate.sources.watched)."""
+    providers = defaults.providers if defaults is not None else ()
+    return {provider.jwks_file: provider._file_digest for provider in providers if provider.jwks_file is not None}
 
 
 class JwtSettings(Model):
@@ -196,13 +262,13 @@ def provider_resource(provider: Provider) -> authz_pb2.JwtProvider:
         forward_claims=provider.forward_claims,
         clock_skew=duration(provider.clock_skew),
         require_exp=provider.require_exp,
+        max_token_bytes=provider.max_token_bytes,
     )
     if provider.issuer is not None:
         resource.issuer = provider.issuer
-    if provider.jwks is not None:
-        resource.jwks_json = json.dumps(provider.jwks, sort_keys=True)
-    elif provider.jwks_file is not None:
-        resource.jwks_file = provider.jwks_file
+    if (keys := provider.key_set) is not None:
+        # A jwks_file's keys too: read once, by the control plane, so both paths verify with the same keys.
+        resource.jwks_json = json.dumps(keys, sort_keys=True)
     elif provider.jwks_uri is not None:
         resource.jwks_uri = provider.jwks_uri
     if provider.max_lifetime is not None:
@@ -212,7 +278,7 @@ def provider_resource(provider: Provider) -> authz_pb2.JwtProvider:
 
 def provider_from_resource(resource: authz_pb2.JwtProvider) -> Provider:
     """The provider back from its resource; raises ValueError (a pydantic ValidationError among them) when it
-    does not make a valid one here, e.g. its jwks_file does not exist on this machine."""
+    does not make a valid one here, e.g. its jwks_ca_file does not exist on this machine."""
     keys = resource.WhichOneof("keys")
     data: dict[str, Any] = {
         "name": resource.name,
@@ -228,9 +294,10 @@ def provider_from_resource(resource: authz_pb2.JwtProvider) -> Provider:
         "cookies": tuple(resource.cookies),
         "query": tuple(resource.query),
         "forward_claims": dict(resource.forward_claims),
-        "clock_skew": seconds(resource.clock_skew),
+        "clock_skew": seconds(resource.clock_skew) or 60.0,  # unset: jwt_authn's default, as Envoy reads 0
         "require_exp": resource.require_exp,
         "max_lifetime": seconds(resource.max_lifetime) if resource.HasField("max_lifetime") else None,
+        "max_token_bytes": resource.max_token_bytes or DEFAULT_MAX_TOKEN_BYTES,
     }
     if keys == "jwks_json":
         data["jwks"] = json.loads(resource.jwks_json)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import ClassVar, Literal
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
@@ -15,6 +16,8 @@ from xgate.plugins.base import PluginSpec
 DOMAIN = "xgate"  # the rate-limit domain of every descriptor Envoy sends
 ROUTE_KEY = "xgate_route"  # descriptor entry: the config route's name
 DEFAULT_SERVICE = "127.0.0.1:18003"
+MAX_TOKENS = 2**32 - 1  # Envoy's token buckets count in uint32
+PRELIMIT_GCRA_FACTOR = 3
 
 
 def check_by(by: str) -> str:
@@ -60,7 +63,8 @@ class LocalLimit(Model):
 class GlobalLimit(Model):
     """`requests` per `per` across the whole fleet, counted by the rate-limit service. `algorithm`:
     token_bucket (bursts up to `burst`, default `requests`) or gcra (smooth: at most `burst` requests back
-    to back, default 1). `shadow`: count and report, never deny."""
+    to back, default 1). `shadow`: count and report, never deny. `prelimit` (default on): each Envoy first
+    counts the same limit alone and refuses what is over it without asking the service (see `prelimit`)."""
 
     requests: int = Field(ge=1, le=1_000_000_000)
     per: Duration = 1.0
@@ -68,6 +72,7 @@ class GlobalLimit(Model):
     burst: int = Field(default=0, ge=0, le=1_000_000_000)
     by: str = "route"
     shadow: bool = False
+    prelimit: bool = True
 
     _by = field_validator("by")(classmethod(lambda cls, by: check_by(by)))
 
@@ -98,6 +103,31 @@ class RateLimitSpec(PluginSpec[RateLimitSettings]):
         if not inherited and settings.local is None and settings.shared is None:
             return ["set local, global or both"]
         return []
+
+
+def prelimit(limit: GlobalLimit) -> LocalLimit | None:
+    """The local bucket each Envoy keeps in front of a global limit, or None (shadow, or switched off).
+
+    No single Envoy may pass more than the whole fleet may, so a local bucket of the same rate refuses only
+    requests the global limit would refuse too, give or take Envoy's refill steps (at least 50ms: the bucket
+    gets one step of tokens more than the global one holds, and a step's tokens rounded up). A request it
+    passes and the service refuses costs it a token the service did not take, which costs an Envoy over the
+    limit at most a step's worth of admissions (tests/unit/ratelimit/test_prelimit.py). GCRA's exact spacing
+    would lose more to the steps, so in front of it the bucket runs at three times the rate. The pre-limit
+    keeps the service at no more than that rate per Envoy however much traffic comes, so an overloaded
+    service fails open less often, and when it does, no Envoy admits more than that rate."""
+    if limit.shadow or not limit.prelimit:
+        return None
+    gcra = limit.algorithm == "gcra"
+    capacity = max(limit.burst, 1) if gcra else (limit.burst or limit.requests)
+    rate = limit.requests * (PRELIMIT_GCRA_FACTOR if gcra else 1) / limit.per  # requests a second
+    step = max(1 / rate, 0.05)
+    tokens = math.ceil(rate * step - 1e-9)
+    # Built, not validated: the sums may pass LocalLimit's bounds; Envoy's own bound is 2^32 - 1.
+    return LocalLimit.model_construct(
+        requests=min(tokens, MAX_TOKENS), per=step, burst=min(capacity + tokens, MAX_TOKENS), by=limit.by,
+        max_keys=10_000,
+    )  # fmt: skip
 
 
 def limit_resource(route: str, limit: GlobalLimit) -> ratelimit_pb2.RateLimit:

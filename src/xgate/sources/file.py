@@ -1,9 +1,10 @@
-"""The file source: watch a YAML file or a directory of them (editors that save by rename included) and emit each new
-revision."""
+"""The file source: watch a YAML file or a directory of them (editors that save by rename included), and the
+certificate and key files its secrets name, and emit each new revision."""
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import time
@@ -15,6 +16,7 @@ from asyncinotify import Inotify, Mask
 
 from xgate.config.directory import config_files, is_config_name, parse_files
 from xgate.config.load import ConfigSet, ObjectCache, parse_change, parse_document
+from xgate.config.secrets import SecretFiles
 from xgate.errors import ConfigError, ConfigIssue
 from xgate.heap import gc_paused
 from xgate.sources.revision import Revision, revision_of
@@ -56,6 +58,11 @@ class FileSource:
     `path` may be a directory: its config files (see config_files) are one config, as for `xgate validate`,
     and a change to any of them is a change, under the same settle rule. A file removed from it counts
     after `settle` seconds (a save that deletes and writes the file again is not a removal).
+
+    The files that secrets name (certificates, keys, CA bundles) are part of the content: their directories
+    are watched too, a rotated certificate is a new revision (`<config digest>.<files digest>`), and a
+    rotation seen half-done (a new certificate, the old key) is read again after `settle` like a half-written
+    config, then refused if it stays so (the last good certificate keeps serving).
     """
 
     def __init__(
@@ -72,6 +79,10 @@ class FileSource:
         self._cache = ObjectCache()
         self._directory = self.path.is_dir()
         self._caches: dict[str, ObjectCache] = {}  # a directory's: one per file
+        self._secret_files = SecretFiles(reader=self._secret_bytes)
+        self._secret_paths: list[Path] = []  # the files the last parse's secrets named, in the compared text
+        self._secret_read: dict[Path, bytes] = {}  # their bytes as read for this revision's text
+        self._watched: set[Path] = set()
 
     async def load(self) -> Revision:
         revision = await self._read()
@@ -91,7 +102,10 @@ class FileSource:
             await self.load()
         stop = stop or asyncio.Event()
         with Inotify() as inotify:
-            inotify.add_watch(self.path if self._directory else self.path.parent, _EVENTS)
+            watched = self.path if self._directory else self.path.parent
+            inotify.add_watch(watched, _EVENTS)
+            self._watched.add(watched)
+            self._watch_secret_files(inotify)
             events = inotify.__aiter__()
             stopping = asyncio.create_task(stop.wait())
             try:
@@ -106,26 +120,62 @@ class FileSource:
                     if self._directory and event.mask & _GONE and is_config_name(name):
                         await asyncio.sleep(self._settle)
                     revision = await self._read()
+                    self._watch_secret_files(inotify)
                     if revision is not None:
                         await self._emit(revision)
             finally:
                 stopping.cancel()
 
+    def _watch_secret_files(self, inotify: Inotify) -> None:
+        """Watch the directories of the files secrets name (a rename or a Kubernetes symlink swap there too)."""
+        for path in self._secret_paths:
+            if path.parent not in self._watched and path.parent.is_dir():
+                inotify.add_watch(path.parent, _EVENTS)
+                self._watched.add(path.parent)
+
+    def _secret_bytes(self, path: Path) -> bytes:
+        """A secret file's bytes: as read for the compared text when it was, so the served content is the one
+        the revision's digest covers."""
+        if path in self._secret_read:
+            return self._secret_read[path]
+        return path.read_bytes()
+
     def _parse(self, text: str) -> ConfigSet:
+        config_text, _ = _split(text)
         with gc_paused():
             if self._directory:
-                files = [(str(self.path / name), content) for name, content in json.loads(text)]
-                return parse_files(str(self.path), files, self._caches)
-            return parse_document(text, str(self.path), self._cache)
+                files = [(str(self.path / name), content) for name, content in json.loads(config_text)]
+                config = parse_files(str(self.path), files, self._caches)
+            else:
+                config = parse_document(config_text, str(self.path), self._cache)
+            return self._secret_files.resolve(config)
 
     def _change(self, text: str) -> ConfigSet | None:
         """A save of a few items of the file, read at once (see parse_change); None: parse it."""
         if self._directory:
             return None
+        config_text, _ = _split(text)
         with gc_paused():
-            return parse_change(text, str(self.path), self._cache, _INLINE_ITEMS)
+            config = parse_change(config_text, str(self.path), self._cache, _INLINE_ITEMS)
+            return self._secret_files.resolve(config) if config is not None else None
 
     def _content(self) -> str | _Unreadable:
+        """The config's text, then the digests of the secrets' files (see _split), so that a rotated
+        certificate is a changed content too."""
+        text = self._config_text()
+        self._secret_read = {}
+        if isinstance(text, _Unreadable) or not self._secret_paths:
+            return text
+        parts = []
+        for path in self._secret_paths:
+            try:
+                data = self._secret_read[path] = path.read_bytes()
+                parts.append(f"{path}\0{len(data)}\0{hashlib.sha256(data).hexdigest()}")
+            except OSError as exc:
+                parts.append(f"{path}\0unreadable\0{exc.errno}")
+        return text + _FILES_MARK + "\n".join(parts)
+
+    def _config_text(self) -> str | _Unreadable:
         """The file's text; a directory's is its config files' names and texts as one JSON string, so that
         `_read` compares, digests and re-reads a directory as it does one file."""
         if self._directory:
@@ -171,10 +221,29 @@ class FileSource:
                 await asyncio.sleep(self._settle)
                 if self._content() != content:
                     continue
-            self._last = content
             if isinstance(content, _Unreadable):
+                self._last = content
                 return Revision(revision=content.revision, config=None, error=error, seen_at=seen_at)
-            return Revision(revision=revision_of(content), config=config, error=error, seen_at=seen_at)
+            named = sorted(self._secret_files.read)
+            if named != self._secret_paths:
+                # The secrets name other files than the compared content holds: read again with them in it.
+                self._secret_paths = named
+                continue
+            self._last = content
+            config_text, files = _split(content)
+            revision = revision_of(config_text) + (f".{revision_of(files)[:8]}" if files else "")
+            return Revision(revision=revision, config=config, error=error, seen_at=seen_at)
+
+
+# Separates the config's text from the digests of the secrets' files in the compared content (a NUL never
+# occurs in a config: it is not valid YAML).
+_FILES_MARK = "\0xgate-secret-files\0"
+
+
+def _split(text: str) -> tuple[str, str]:
+    """(the config's text, the secrets' files part: "" when there are none)."""
+    config_text, _, files = text.partition(_FILES_MARK)
+    return config_text, files
 
 
 def _text_of(file: Path) -> str:

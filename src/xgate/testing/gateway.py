@@ -116,8 +116,10 @@ class Gateway:
     async def wait_synced(self, revision: str, timeout: float = 10.0) -> None:
         async def synced() -> bool:
             report = self.plane.report()
+            applied = str(report["config"]["applied_revision"])
             return (
-                report["config"]["applied_revision"] == revision
+                # A config whose secrets name files has revision <config digest>.<files digest>.
+                (applied == revision or applied.startswith(revision + "."))
                 and len(report["proxies"]) >= len([e for e in self.envoys if e.returncode is None])
                 and report["all_in_sync"]
             )

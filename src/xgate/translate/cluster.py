@@ -17,6 +17,7 @@ from xgate.translate.failover import AGGREGATE as AGGREGATE
 from xgate.translate.failover import fallback_clusters as fallback_clusters
 from xgate.translate.protos import ads_source, duration, pack, socket_address
 from xgate.translate.resilience import apply_cluster_resilience, upstream_http_options
+from xgate.translate.tls import upstream_transport_socket
 
 _LB = {
     "round_robin": cluster_v3.Cluster.ROUND_ROBIN,
@@ -46,16 +47,23 @@ def translate_cluster(upstream: Upstream) -> cluster_v3.Cluster:
         cluster.load_assignment.CopyFrom(translate_endpoints(upstream))
     apply_cluster_resilience(cluster, upstream)
     _protocol_options(cluster, upstream)
+    socket = upstream_transport_socket(upstream)
+    if socket is not None:
+        cluster.transport_socket.CopyFrom(socket)
     return cluster
 
 
 def _protocol_options(cluster: cluster_v3.Cluster, upstream: Upstream) -> None:
     common = upstream_http_options(upstream)
-    if upstream.protocol == "http1" and common is None:
+    alpn = upstream.tls is not None and upstream.tls.alpn
+    if upstream.protocol == "http1" and common is None and not alpn:
         return  # Envoy's defaults: HTTP/1.1, connections idle for up to an hour
     options = http_options_v3.HttpProtocolOptions(common_http_protocol_options=common)
     explicit = options.explicit_http_config
-    if upstream.protocol == "http2":
+    if alpn:  # TLS with ALPN: Envoy offers h2 and http/1.1 and speaks what the server picks
+        options.auto_config.http_protocol_options.SetInParent()
+        options.auto_config.http2_protocol_options.SetInParent()
+    elif upstream.protocol == "http2":
         explicit.http2_protocol_options.SetInParent()
     else:
         explicit.http_protocol_options.SetInParent()

@@ -1,7 +1,13 @@
-"""ListenerIR -> Envoy Listener: one HTTP connection manager whose routes come over RDS.
+"""ListenerIR -> Envoy Listener: one HTTP connection manager whose routes come over RDS; with TLS, one filter
+chain per SNI certificate (see translate.tls) and, when asked, a plain-HTTP listener redirecting to it.
 
-The listener only changes when its address, port or set of plugin filters changes; route and plugin
-settings travel in the RouteConfiguration, so a config change never drains connections.
+The listener only changes when its address, port, TLS settings (not the certificates: they travel over SDS) or
+set of plugin filters changes; route and plugin settings travel in the RouteConfiguration, so a config change
+never drains connections.
+
+Protocols: HTTP/1.0, HTTP/1.1 and h2c (prior knowledge) on every listener, the codec chosen from the first
+bytes; over TLS, h2 or http/1.1 by ALPN. An HTTP/1.1 `Upgrade: h2c` is answered over HTTP/1.1 (RFC 9113
+deprecated that upgrade; clients then stay on HTTP/1.1).
 """
 
 from __future__ import annotations
@@ -15,20 +21,22 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 )
 from google.protobuf import wrappers_pb2
 
+from xgate.config.limits import ListenerLimits
 from xgate.ir.model import ListenerIR
 from xgate.translate import names
 from xgate.translate.observability import access_logs
 from xgate.translate.plugins import TRANSLATORS, pack
 from xgate.translate.protos import ads_source, socket_address
 from xgate.translate.resilience import apply_listener_timeouts
+from xgate.translate.tls import HCM as HCM  # re-exported: tests name the filter by it
+from xgate.translate.tls import redirect_listener, tls_filter_chains, tls_inspector
 
-HCM = "envoy.filters.network.http_connection_manager"
 ROUTER = "envoy.filters.http.router"
 # The Host an HTTP/1.0 request without one is routed by (nginx would route it to its default server).
 HTTP_10_DEFAULT_HOST = "localhost"
 
 
-def translate_listener(ir: ListenerIR) -> listener_v3.Listener:
+def _manager(ir: ListenerIR) -> hcm_v3.HttpConnectionManager:
     manager = hcm_v3.HttpConnectionManager(
         stat_prefix=ir.name,
         codec_type=hcm_v3.HttpConnectionManager.AUTO,
@@ -50,14 +58,47 @@ def translate_listener(ir: ListenerIR) -> listener_v3.Listener:
         access_log=access_logs(ir.listener),
     )
     apply_listener_timeouts(manager, ir.listener)
+    if ir.listener.limits is not None:
+        _limits(ir.listener.limits, manager)
     for name in ir.filters:
         manager.http_filters.extend(TRANSLATORS[name].http_filters(ir.defaults.get(name), manager))
     manager.http_filters.append(hcm_v3.HttpFilter(name=ROUTER, typed_config=pack(router_v3.Router())))
-    chain = listener_components_v3.FilterChain(
-        filters=[listener_components_v3.Filter(name=HCM, typed_config=pack(manager))]
+    return manager
+
+
+def _limits(limits: ListenerLimits, manager: hcm_v3.HttpConnectionManager) -> None:
+    """Only what the config sets: the rest stays at Envoy's defaults (config.limits.ENVOY_DEFAULTS)."""
+    http2 = manager.http2_protocol_options
+    for field in ("max_concurrent_streams", "initial_stream_window_size", "initial_connection_window_size"):
+        value = getattr(limits, field)
+        if value is not None:
+            getattr(http2, field).value = value
+    if limits.max_request_headers_kb is not None:
+        manager.max_request_headers_kb.value = limits.max_request_headers_kb
+    if limits.max_headers_count is not None:
+        manager.common_http_protocol_options.max_headers_count.value = limits.max_headers_count
+
+
+def translate_listener(ir: ListenerIR) -> listener_v3.Listener:
+    manager = _manager(ir)
+    listener = listener_v3.Listener(
+        name=names.listener(ir.name), address=socket_address(ir.listener.address, ir.listener.port)
     )
-    return listener_v3.Listener(
-        name=names.listener(ir.name),
-        address=socket_address(ir.listener.address, ir.listener.port),
-        filter_chains=[chain],
-    )
+    if ir.listener.tls is None:
+        listener.filter_chains.append(
+            listener_components_v3.FilterChain(
+                filters=[listener_components_v3.Filter(name=HCM, typed_config=pack(manager))]
+            )
+        )
+    else:
+        listener.listener_filters.append(tls_inspector())
+        listener.filter_chains.extend(tls_filter_chains(ir.listener.tls, manager))
+    return listener
+
+
+def translate_listeners(ir: ListenerIR) -> list[listener_v3.Listener]:
+    """The listener, and its plain-HTTP redirect listener when it has one."""
+    found = [translate_listener(ir)]
+    if (redirect := redirect_listener(ir.listener)) is not None:
+        found.append(redirect)
+    return found

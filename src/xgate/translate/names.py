@@ -6,6 +6,10 @@ LISTENER = "listener/"
 ROUTES = "routes/"
 UPSTREAM = "upstream/"
 FALLBACK = "fallback/"
+SECRET = "secret/"
+# What an SDS secret made from a config secret holds: its certificate and key, its CA bundle, its ticket keys.
+CA_SUFFIX = "/ca"
+TICKETS_SUFFIX = "/tickets"
 
 
 def listener(name: str) -> str:
@@ -14,6 +18,26 @@ def listener(name: str) -> str:
 
 def route_config(listener_name: str) -> str:
     return ROUTES + listener_name
+
+
+def redirect_listener(name: str) -> str:
+    """The plain-HTTP listener that redirects to TLS listener `name`."""
+    return f"{LISTENER}{name}/http"
+
+
+def secret(name: str) -> str:
+    """The SDS secret with the certificate and key of config secret `name`."""
+    return SECRET + name
+
+
+def ca_secret(name: str) -> str:
+    """The SDS secret with the CA bundle (a validation context) of config secret `name`."""
+    return SECRET + name + CA_SUFFIX
+
+
+def tickets_secret(name: str) -> str:
+    """The SDS secret with the session ticket keys of config secret `name`."""
+    return SECRET + name + TICKETS_SUFFIX
 
 
 def cluster(upstream_name: str) -> str:
@@ -35,6 +59,10 @@ def origin(resource_name: str) -> str:
     if resource_name.startswith(FALLBACK):
         first, _, then = resource_name.removeprefix(FALLBACK).partition("/")
         return f"fallback from upstream {first} to {', '.join(f'upstream {name}' for name in then.split(','))}"
+    if resource_name.startswith(SECRET):
+        return f"secret {resource_name.removeprefix(SECRET).split('/')[0]}"
+    if resource_name.startswith(LISTENER) and resource_name.endswith("/http"):
+        return f"listener {resource_name.removeprefix(LISTENER).removesuffix('/http')} (its HTTP redirect)"
     for prefix, kind in ((LISTENER, "listener"), (UPSTREAM, "upstream")):
         if resource_name.startswith(prefix):
             return f"{kind} {resource_name.removeprefix(prefix)}"

@@ -16,9 +16,10 @@ from xgate.config.schema import Model, Route, Upstream
 from xgate.ir.model import GatewayIR, RouteIR
 from xgate.translate import names
 from xgate.translate.cluster import fallback_clusters, translate_cluster, translate_endpoints, uses_eds
-from xgate.translate.listener import translate_listener
+from xgate.translate.listener import translate_listeners
 from xgate.translate.plugins import TRANSLATORS
 from xgate.translate.route import translate_route, translate_routes
+from xgate.translate.tls import translate_secrets
 
 
 @dataclass(frozen=True)
@@ -30,12 +31,15 @@ class Resources:
     listeners: dict[str, Message] = field(default_factory=dict)
     # A route configuration may come already serialized (the incremental compiler assembles bytes).
     routes: dict[str, Message | bytes] = field(default_factory=dict)
+    # SDS secrets (certificates and keys, CA bundles, ticket keys) that listeners and clusters name.
+    secrets: dict[str, Message] = field(default_factory=dict)
     # xgate's own resources for its services (xgate.api), by type URL, then name.
     services: dict[str, dict[str, Message]] = field(default_factory=dict)
 
     def by_kind(self) -> dict[str, dict[str, Any]]:
         """Every resource by kind: Envoy's by name ("clusters", ...), the services' by type URL."""
         return {
+            "secrets": self.secrets,
             "clusters": self.clusters,
             "endpoints": self.endpoints,
             "listeners": self.listeners,
@@ -130,7 +134,7 @@ class Translator:
             self._previous, self._current = self._current, {}
 
     def _translate(self, ir: GatewayIR) -> Resources:
-        resources = Resources()
+        resources = Resources(secrets=dict(translate_secrets(ir)))
         for upstream in ir.upstreams:
             protos = self._upstream(upstream)
             self._upstreams[id(upstream)] = (upstream, protos)
@@ -140,8 +144,8 @@ class Translator:
                 resources.endpoints[name] = protos[1]
         upstreams = {upstream.name: upstream for upstream in ir.upstreams}
         for listener in ir.listeners:
-            proto = translate_listener(listener)
-            resources.listeners[proto.name] = proto
+            for proto in translate_listeners(listener):
+                resources.listeners[proto.name] = proto
             routes = translate_routes(listener, self._route)
             resources.routes[routes.name] = routes
             for route in listener.routes:

@@ -15,6 +15,7 @@ from xgate.config.schema import HeaderMatch, HeaderOps, Match, QueryMatch, Route
 from xgate.ir.model import ListenerIR, RouteIR
 from xgate.translate import names
 from xgate.translate.failover import split_target
+from xgate.translate.grpc import grpc_action, grpc_retries
 from xgate.translate.plugins import TRANSLATORS
 from xgate.translate.resilience import route_timeouts
 from xgate.translate.retries import virtual_host_retry_policy, with_retries
@@ -82,6 +83,7 @@ def translate_route(ir: RouteIR, listener_filters: tuple[str, ...]) -> list[rout
     _headers(route.headers.request, proto.request_headers_to_add, proto.request_headers_to_remove)
     _headers(route.headers.response, proto.response_headers_to_add, proto.response_headers_to_remove)
     protos = with_retries(route, proto, method_matcher) if proto.HasField("route") else [proto]
+    grpc_retries(route, protos)
     for name in listener_filters:
         translator, settings = TRANSLATORS[name], ir.plugins.get(name)
         protos = [entry for each in protos for entry in translator.route(settings, route, each)]
@@ -154,6 +156,7 @@ def _action(route: Route) -> route_components_v3.RouteAction:
                 upgrade_type="websocket", enabled=wrappers_pb2.BoolValue(value=True)
             )
         )
+    grpc_action(route, action)
     return action
 
 

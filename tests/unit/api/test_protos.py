@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from xgate.api import authz_pb2
 from xgate.plugins.dyeing import DyeingSettings, settings_from_resource, settings_resource
 from xgate.plugins.jwt import Provider, TokenHeader, provider_from_resource, provider_resource
 
@@ -79,17 +80,31 @@ def test_a_python_provider_survives_its_resource(tmp_path: Path) -> None:
             clock_skew=1.5,
             require_exp=False,
             max_lifetime=3600,
+            max_token_bytes=4096,
         ),
         Provider(name="remote", verify="python", jwks_uri="https://idp.example/jwks", jwks_refresh=60),
     ]
     for provider in providers:
-        assert provider_from_resource(provider_resource(provider)) == provider
+        back = provider_from_resource(provider_resource(provider))
+        if provider.jwks_file is None:
+            assert back == provider
+        else:  # the file's keys travel inline: the service never reads the control plane's files
+            assert back.jwks == provider.key_set and back.jwks_file is None
+            assert back.model_dump(exclude={"jwks", "jwks_file"}) == provider.model_dump(exclude={"jwks", "jwks_file"})
 
 
-def test_a_provider_whose_file_is_missing_here_is_refused(tmp_path: Path) -> None:
+def test_a_jwks_file_is_read_by_the_control_plane_and_sent_inline(tmp_path: Path) -> None:
+    """The service gets the keys, not a path: a file missing on its machine no longer matters."""
     jwks = tmp_path / "jwks.json"
     jwks.write_text('{"keys": [{"kty": "oct", "k": "c2VjcmV0"}]}')
     resource = provider_resource(Provider(name="p", verify="python", jwks_file=str(jwks)))
     jwks.unlink()
+    assert resource.WhichOneof("keys") == "jwks_json"
+    assert provider_from_resource(resource).key_set == {"keys": [{"kty": "oct", "k": "c2VjcmV0"}]}
+
+
+def test_a_resource_naming_a_file_missing_here_is_refused(tmp_path: Path) -> None:
+    """A resource from an older control plane may still name a file: read here, and refused when missing."""
+    resource = authz_pb2.JwtProvider(name="p", jwks_file=str(tmp_path / "gone.json"))
     with pytest.raises(ValueError, match="does not exist"):
         provider_from_resource(resource)

@@ -11,6 +11,7 @@ from typing import Any
 import jwt
 import pytest
 
+from xgate.authz.extract import Found
 from xgate.authz.keys import KeySet
 from xgate.authz.tokens import Refusal, TokenVerifier
 from xgate.plugins.jwks import Algorithm
@@ -68,5 +69,5 @@ def test_an_allow_list_without_the_example_alg_offers_no_key(name: str) -> None:
 async def test_a_signed_non_jwt_payload_is_refused_as_a_token(name: str) -> None:
     compact, _, _, jwk = _example(name)
     provider = Provider.model_validate({"name": "p", "verify": "python", "require_exp": False, "jwks": {"keys": [jwk]}})
-    refused = await TokenVerifier(provider).verify(compact)
+    refused = await TokenVerifier(provider).verify(Found((compact,), ()))
     assert isinstance(refused, Refusal) and refused.status == 401

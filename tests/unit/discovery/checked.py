@@ -30,7 +30,7 @@ class CheckedStream(AdsStream):
     def responses(self, snapshot: Snapshot | None) -> list[Response]:
         batch = super().responses(snapshot)
         order = [typeurls.PUSH_ORDER.index(r.type_url) for r in batch if r.type_url in typeurls.PUSH_ORDER]
-        final_cds = len(order) > 1 and order[-1] == 0
+        final_cds = len(order) > 1 and order[-1] == typeurls.PUSH_ORDER.index(typeurls.CLUSTER)
         assert order[: -1 if final_cds else None] == sorted(order[: -1 if final_cds else None]), order
         clusters_sent = False
         for response in batch:

@@ -11,7 +11,7 @@ from xgate.pipeline import compile_config
 
 CONFIG = """
 plugins:
-  dyeing: {rules: [{stage: canary, sticky: {percent: 10, key: {header: x-user}}}]}
+  dyeing: {mode: ext_proc, rules: [{stage: canary, sticky: {percent: 10, key: {header: x-user}}}]}
   policy: {policies: {admins: "pkg.module:admins"}}
 listeners: [{name: public, port: 10000}]
 upstreams:

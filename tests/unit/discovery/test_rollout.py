@@ -19,7 +19,7 @@ from xgate.translate import Resources
 def resources(percent: int, body: str = "one") -> Resources:
     text = f"""
 plugins:
-  dyeing: {{rules: [{{stage: canary, sticky: {{percent: {percent}, key: {{header: x-user}}}}}}]}}
+  dyeing: {{mode: ext_proc, rules: [{{stage: canary, sticky: {{percent: {percent}, key: {{header: x-user}}}}}}]}}
 listeners: [{{name: public, port: 10000}}]
 routes:
   - {{name: body, match: {{path: {{exact: /body}}}}, direct_response: {{status: 200, body: {body}}}}}

@@ -134,4 +134,9 @@ def test_which_path_runs_the_rules() -> None:
     assert DyeingSettings.model_validate({**native, "trust": ["10.0.0.0/8"]}).uses_service
     assert not DyeingSettings.model_validate({**native, "trust": "all"}).uses_service
     sticky = {"rules": [{"stage": "c", "sticky": {"percent": 5, "key": {"header": "x-user"}}}]}
-    assert DyeingSettings.model_validate(sticky).uses_service
+    assert not DyeingSettings.model_validate(sticky).uses_service  # Envoy's Lua computes the bucket
+    assert not DyeingSettings.model_validate({**sticky, "mode": "native"}).uses_service
+    with_source = {"rules": [*sticky["rules"], {"stage": "i", "source": ["10.0.0.0/8"]}]}
+    assert DyeingSettings.model_validate(with_source).uses_service  # then every rule runs in the service
+    with pytest.raises(ValidationError, match="a source rule needs mode ext_proc"):
+        DyeingSettings.model_validate({**with_source, "mode": "native"})

@@ -16,6 +16,7 @@ from xgate.sources import file as file_source
 from xgate.sources.file import FileSource
 from xgate.sources.revision import Revision, revision_of
 from xgate.testing import write_atomic
+from xgate.testing.tls import TestCA
 
 GOOD = "listeners: [{name: l, port: 1}]\n"
 
@@ -197,3 +198,41 @@ async def test_saves_of_a_big_file_are_spliced_and_equal_a_whole_read_and_a_brok
         assert revision.config == whole
     # The first read and the broken save are read whole (the latter refused), and so is the re-indented item.
     assert spliced == [False, True, False, True, True, False]
+
+
+async def test_a_spliced_save_of_a_big_file_keeps_its_secrets_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A save of a big file (above 256 KB, see above) whose secrets name files is spliced too: the revision
+    still holds the secret with the files' content, and the revision's name still covers the files."""
+    spliced_saves: list[bool] = []
+
+    def counting(text: str, source: str, cache: ObjectCache, most: int | None = None) -> ConfigSet | None:
+        config = load.parse_change(text, source, cache, most)
+        spliced_saves.append(config is not None)
+        return config
+
+    monkeypatch.setattr(file_source, "parse_change", counting)
+    issued = TestCA().issue("a.example.test")
+    issued.write(tmp_path, "a")
+    head = (
+        "secrets:\n  - {name: a, cert_file: a.pem, key_file: a-key.pem}\n"
+        "listeners: [{name: l, port: 1, tls: {certificates: [{secret: a}]}}]\n"
+        "upstreams:\n  - {name: u, endpoints: ['127.0.0.1:1']}\nroutes:\n"
+    )
+    routes = [f"  - {{name: r{n}, match: {{path: {{prefix: /route-{n}/}}}}, upstream: u}}\n" for n in range(5000)]
+    path = tmp_path / "gw.yaml"
+    path.write_text(head + "".join(routes))
+    _, seen, stop, task = await _collect(path)
+    routes[10] = routes[10].replace("/route-10/", "/changed/")
+    write_atomic(path, head + "".join(routes))
+    await _until(lambda: len(seen) == 2)
+    stop.set()
+    await task
+    first, spliced = seen
+    assert spliced.error is None and spliced.config is not None, spliced.error
+    assert spliced.config.routes[10].match.path.prefix == "/changed/"
+    (secret,) = spliced.config.secrets
+    assert secret.cert == issued.cert
+    assert spliced.revision.split(".")[1] == first.revision.split(".")[1]  # the same files, named the same
+    assert spliced_saves[-1], spliced_saves  # the save was spliced, not read whole

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18xgate/api/v1/authz.proto\x12\x0cxgate.api.v1\x1a\x1egoogle/protobuf/duration.proto\"+\n\x06Policy\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0bimport_path\x18\x02 \x01(\t\"\xfa\x04\n\x0bJwtProvider\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x06issuer\x18\x02 \x01(\tH\x01\x88\x01\x01\x12\x11\n\taudiences\x18\x03 \x03(\t\x12\x13\n\tjwks_json\x18\x04 \x01(\tH\x00\x12\x13\n\tjwks_file\x18\x05 \x01(\tH\x00\x12\x12\n\x08jwks_uri\x18\x06 \x01(\tH\x00\x12\x14\n\x0cjwks_ca_file\x18\x07 \x01(\t\x12/\n\x0cjwks_refresh\x18\x08 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x33\n\x10jwks_min_refetch\x18\t \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x12\n\nalgorithms\x18\n \x03(\t\x12\x17\n\x0frequired_claims\x18\x0b \x03(\t\x12*\n\x07headers\x18\x0c \x03(\x0b\x32\x19.xgate.api.v1.TokenHeader\x12\x0f\n\x07\x63ookies\x18\r \x03(\t\x12\r\n\x05query\x18\x0e \x03(\t\x12\x44\n\x0e\x66orward_claims\x18\x0f \x03(\x0b\x32,.xgate.api.v1.JwtProvider.ForwardClaimsEntry\x12-\n\nclock_skew\x18\x10 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x13\n\x0brequire_exp\x18\x11 \x01(\x08\x12/\n\x0cmax_lifetime\x18\x12 \x01(\x0b\x32\x19.google.protobuf.Duration\x1a\x34\n\x12\x46orwardClaimsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x06\n\x04keysB\t\n\x07_issuer\"+\n\x0bTokenHeader\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06prefix\x18\x02 \x01(\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18xgate/api/v1/authz.proto\x12\x0cxgate.api.v1\x1a\x1egoogle/protobuf/duration.proto\"+\n\x06Policy\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0bimport_path\x18\x02 \x01(\t\"\x93\x05\n\x0bJwtProvider\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x06issuer\x18\x02 \x01(\tH\x01\x88\x01\x01\x12\x11\n\taudiences\x18\x03 \x03(\t\x12\x13\n\tjwks_json\x18\x04 \x01(\tH\x00\x12\x13\n\tjwks_file\x18\x05 \x01(\tH\x00\x12\x12\n\x08jwks_uri\x18\x06 \x01(\tH\x00\x12\x14\n\x0cjwks_ca_file\x18\x07 \x01(\t\x12/\n\x0cjwks_refresh\x18\x08 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x33\n\x10jwks_min_refetch\x18\t \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x12\n\nalgorithms\x18\n \x03(\t\x12\x17\n\x0frequired_claims\x18\x0b \x03(\t\x12*\n\x07headers\x18\x0c \x03(\x0b\x32\x19.xgate.api.v1.TokenHeader\x12\x0f\n\x07\x63ookies\x18\r \x03(\t\x12\r\n\x05query\x18\x0e \x03(\t\x12\x44\n\x0e\x66orward_claims\x18\x0f \x03(\x0b\x32,.xgate.api.v1.JwtProvider.ForwardClaimsEntry\x12-\n\nclock_skew\x18\x10 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x13\n\x0brequire_exp\x18\x11 \x01(\x08\x12/\n\x0cmax_lifetime\x18\x12 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x17\n\x0fmax_token_bytes\x18\x13 \x01(\r\x1a\x34\n\x12\x46orwardClaimsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x06\n\x04keysB\t\n\x07_issuer\"+\n\x0bTokenHeader\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06prefix\x18\x02 \x01(\tb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,9 +37,9 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_POLICY']._serialized_start=74
   _globals['_POLICY']._serialized_end=117
   _globals['_JWTPROVIDER']._serialized_start=120
-  _globals['_JWTPROVIDER']._serialized_end=754
-  _globals['_JWTPROVIDER_FORWARDCLAIMSENTRY']._serialized_start=683
-  _globals['_JWTPROVIDER_FORWARDCLAIMSENTRY']._serialized_end=735
-  _globals['_TOKENHEADER']._serialized_start=756
-  _globals['_TOKENHEADER']._serialized_end=799
+  _globals['_JWTPROVIDER']._serialized_end=779
+  _globals['_JWTPROVIDER_FORWARDCLAIMSENTRY']._serialized_start=708
+  _globals['_JWTPROVIDER_FORWARDCLAIMSENTRY']._serialized_end=760
+  _globals['_TOKENHEADER']._serialized_start=781
+  _globals['_TOKENHEADER']._serialized_end=824
 # @@protoc_insertion_point(module_scope)

@@ -18,7 +18,7 @@ class Policy(_message.Message):
     def __init__(self, name: _Optional[str] = ..., import_path: _Optional[str] = ...) -> None: ...
 
 class JwtProvider(_message.Message):
-    __slots__ = ("name", "issuer", "audiences", "jwks_json", "jwks_file", "jwks_uri", "jwks_ca_file", "jwks_refresh", "jwks_min_refetch", "algorithms", "required_claims", "headers", "cookies", "query", "forward_claims", "clock_skew", "require_exp", "max_lifetime")
+    __slots__ = ("name", "issuer", "audiences", "jwks_json", "jwks_file", "jwks_uri", "jwks_ca_file", "jwks_refresh", "jwks_min_refetch", "algorithms", "required_claims", "headers", "cookies", "query", "forward_claims", "clock_skew", "require_exp", "max_lifetime", "max_token_bytes")
     class ForwardClaimsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -44,6 +44,7 @@ class JwtProvider(_message.Message):
     CLOCK_SKEW_FIELD_NUMBER: _ClassVar[int]
     REQUIRE_EXP_FIELD_NUMBER: _ClassVar[int]
     MAX_LIFETIME_FIELD_NUMBER: _ClassVar[int]
+    MAX_TOKEN_BYTES_FIELD_NUMBER: _ClassVar[int]
     name: str
     issuer: str
     audiences: _containers.RepeatedScalarFieldContainer[str]
@@ -62,7 +63,8 @@ class JwtProvider(_message.Message):
     clock_skew: _duration_pb2.Duration
     require_exp: bool
     max_lifetime: _duration_pb2.Duration
-    def __init__(self, name: _Optional[str] = ..., issuer: _Optional[str] = ..., audiences: _Optional[_Iterable[str]] = ..., jwks_json: _Optional[str] = ..., jwks_file: _Optional[str] = ..., jwks_uri: _Optional[str] = ..., jwks_ca_file: _Optional[str] = ..., jwks_refresh: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., jwks_min_refetch: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., algorithms: _Optional[_Iterable[str]] = ..., required_claims: _Optional[_Iterable[str]] = ..., headers: _Optional[_Iterable[_Union[TokenHeader, _Mapping]]] = ..., cookies: _Optional[_Iterable[str]] = ..., query: _Optional[_Iterable[str]] = ..., forward_claims: _Optional[_Mapping[str, str]] = ..., clock_skew: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., require_exp: _Optional[bool] = ..., max_lifetime: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+    max_token_bytes: int
+    def __init__(self, name: _Optional[str] = ..., issuer: _Optional[str] = ..., audiences: _Optional[_Iterable[str]] = ..., jwks_json: _Optional[str] = ..., jwks_file: _Optional[str] = ..., jwks_uri: _Optional[str] = ..., jwks_ca_file: _Optional[str] = ..., jwks_refresh: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., jwks_min_refetch: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., algorithms: _Optional[_Iterable[str]] = ..., required_claims: _Optional[_Iterable[str]] = ..., headers: _Optional[_Iterable[_Union[TokenHeader, _Mapping]]] = ..., cookies: _Optional[_Iterable[str]] = ..., query: _Optional[_Iterable[str]] = ..., forward_claims: _Optional[_Mapping[str, str]] = ..., clock_skew: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., require_exp: _Optional[bool] = ..., max_lifetime: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., max_token_bytes: _Optional[int] = ...) -> None: ...
 
 class TokenHeader(_message.Message):
     __slots__ = ("name", "prefix")

@@ -25,7 +25,7 @@ from xgate.sources.etcd.layout import KEY_KINDS, PLUGIN, decode, key_of, normali
 from xgate.sources.revision import Revision
 
 log = logging.getLogger("xgate.sources.etcd")
-_NOT_A_KEY = "not an xgate key: use <prefix><kind>/<name>, kind one of listener, upstream, route, plugin"
+_NOT_A_KEY = "not an xgate key: use <prefix><kind>/<name>, kind one of listener, upstream, route, secret, plugin"
 
 
 @dataclass
@@ -218,6 +218,7 @@ class EtcdSource:
             upstreams=self._ordered["upstream"].snapshot().as_tuple(),
             routes=self._ordered["route"].snapshot(),
             plugins=dict(sorted(self._good[PLUGIN].items())),
+            secrets=self._ordered["secret"].snapshot().as_tuple(),
             source=f"etcd {self.prefix}",
             sources=_Keys(self.prefix),
         )

@@ -9,6 +9,7 @@ from xgate.plugins import FILTER_ORDER
 from xgate.translate.plugins.base import PluginTranslator
 from xgate.translate.plugins.cors import CorsTranslator
 from xgate.translate.plugins.dyeing import DyeingTranslator
+from xgate.translate.plugins.grpc_web import GrpcWebTranslator
 from xgate.translate.plugins.jwt import JwtTranslator
 from xgate.translate.plugins.policy import PolicyTranslator
 from xgate.translate.plugins.rate_limit import RateLimitTranslator
@@ -19,6 +20,7 @@ TRANSLATORS: Mapping[str, PluginTranslator[Any]] = {
     translator.name: translator
     for translator in (
         CorsTranslator(),
+        GrpcWebTranslator(),
         JwtTranslator(),
         PolicyTranslator(),
         DyeingTranslator(),

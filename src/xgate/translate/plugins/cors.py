@@ -33,12 +33,12 @@ class CorsTranslator(PluginTranslator[CorsSettings]):
     def route(
         self, settings: CorsSettings | None, route: Route, proto: route_components_v3.Route
     ) -> Sequence[route_components_v3.Route]:
-        config = route_components_v3.FilterConfig(disabled=True) if settings is None else _policy(settings)
+        config = route_components_v3.FilterConfig(disabled=True) if settings is None else cors_policy(settings)
         proto.typed_per_filter_config[FILTER].CopyFrom(pack(config))
         return (proto,)
 
 
-def _policy(settings: CorsSettings) -> cors_v3.CorsPolicy:
+def cors_policy(settings: CorsSettings) -> cors_v3.CorsPolicy:
     matchers = [
         # Envoy refuses an empty prefix, so "any origin" is the regex ".*".
         string_v3.StringMatcher(safe_regex=regex_v3.RegexMatcher(regex=".*"))

@@ -1,10 +1,10 @@
 """The dyeing plugin in Envoy: native rules as route matches, the others through the ext_proc service.
 
-- native: rules on headers, cookies and query parameters become route matches (see dyeing_routes): no filter,
-  no Python per request.
-- ext_proc: rules Envoy cannot express (source ranges, JWT claims, sticky percentages, trust by source) run in
-  `xgate dyeing`, Envoy's ext_proc service. It sees only the request headers, sets the stage and clears the
-  route cache, and the route's entries match on the stage header.
+- native: rules on headers, cookies and query parameters become route matches (see dyeing_routes), sticky
+  rules a Lua filter marking the requests in their percentage (dyeing_sticky): no Python per request.
+- ext_proc: rules Envoy cannot express (source ranges, JWT claims, trust by source) run in `xgate dyeing`,
+  Envoy's ext_proc service, with every other rule of the same settings. It sees only the request headers, sets
+  the stage and clears the route cache, and the route's entries match on the stage header.
 
 A stage sent by the client is removed before routing unless the client is trusted (`trust`).
 """
@@ -45,6 +45,7 @@ from xgate.plugins.dyeing import (
 from xgate.plugins.jwt import PAYLOAD_NAMESPACES
 from xgate.translate.plugins.base import PluginTranslator
 from xgate.translate.plugins.dyeing_routes import expand
+from xgate.translate.plugins.dyeing_sticky import STICKY_FILTER, sticky_filter, sticky_off
 from xgate.translate.plugins.services import service_cluster
 from xgate.translate.protos import duration, pack
 
@@ -69,7 +70,7 @@ class DyeingTranslator(PluginTranslator[DyeingSettings]):
                 extension_v3.TypedExtensionConfig(name="xgate.dyeing.untrusted-stage", typed_config=pack(mutation))
             )
         if not settings.uses_service:
-            return []
+            return sticky_filter(settings)
         config = ext_proc_v3.ExternalProcessor(
             grpc_service=grpc_service_v3.GrpcService(
                 envoy_grpc=grpc_service_v3.GrpcService.EnvoyGrpc(cluster_name=SERVICE_CLUSTER),
@@ -103,6 +104,7 @@ class DyeingTranslator(PluginTranslator[DyeingSettings]):
     ) -> Sequence[route_components_v3.Route]:
         if settings is None:
             proto.typed_per_filter_config[EXT_PROC_FILTER].CopyFrom(pack(ext_proc_v3.ExtProcPerRoute(disabled=True)))
+            proto.typed_per_filter_config[STICKY_FILTER].CopyFrom(pack(sticky_off()))
             return (proto,)
         if settings.uses_service:
             # The rules travel by key with each route (RDS), so changing a rule never changes the listener.

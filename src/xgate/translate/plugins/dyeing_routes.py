@@ -2,7 +2,8 @@
 
 Each rule becomes one Envoy route (the route's match plus the rule's condition), in rule order, then one for
 the default stage; Envoy takes the first route that matches, which is first-match-wins of the rules. The
-entry writes the stage header and baggage, and sends canary stages to their upstream.
+entry writes the stage header and baggage, and sends canary stages to their upstream. A sticky rule's
+condition is the dynamic metadata its Lua filter sets (dyeing_sticky).
 
 A route may also match on the stage header itself (`match.headers: [{name: x-xgate-stage, exact: beta}]`).
 On the native path that header does not exist yet when Envoy routes, so the stage is decided here instead:
@@ -22,17 +23,29 @@ from typing import Any, TypeAlias
 
 from envoy.config.core.v3 import base_pb2 as base_v3
 from envoy.config.route.v3 import route_components_pb2 as route_components_v3
+from envoy.type.matcher.v3 import metadata_pb2 as metadata_matcher_v3
 from envoy.type.matcher.v3 import regex_pb2 as regex_v3
 from envoy.type.matcher.v3 import string_pb2 as string_v3
+from envoy.type.matcher.v3 import value_pb2 as value_v3
 
 from xgate.config.schema import Canary, Route
-from xgate.plugins.dyeing import DyeingSettings, Rule, cookie_regex, satisfies, stage_matches
+from xgate.plugins.dyeing import (
+    STICKY_KEY,
+    STICKY_NAMESPACE,
+    DyeingSettings,
+    Rule,
+    cookie_regex,
+    satisfies,
+    stage_matches,
+)
 from xgate.translate import names
 
 _SET = base_v3.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
 _ADD = base_v3.HeaderValueOption.APPEND_IF_EXISTS_OR_ADD
 
-Condition: TypeAlias = route_components_v3.HeaderMatcher | route_components_v3.QueryParameterMatcher
+Condition: TypeAlias = (
+    route_components_v3.HeaderMatcher | route_components_v3.QueryParameterMatcher | metadata_matcher_v3.MetadataMatcher
+)
 
 
 def expand(settings: DyeingSettings, route: Route, proto: route_components_v3.Route) -> list[route_components_v3.Route]:
@@ -52,13 +65,13 @@ def expand(settings: DyeingSettings, route: Route, proto: route_components_v3.Ro
         entries.append(_entry(proto, route, None, [present], None, settings))
     wanted = stage_matches(settings, route)
     base = _without_stage_matches(proto, settings) if wanted else proto
-    dropped: list[Rule] = []
-    for rule in settings.rules:
+    dropped: list[tuple[int, Rule]] = []
+    for index, rule in enumerate(settings.rules):
         if all(satisfies(match, rule.stage) for match in wanted):
-            conditions = [*_negations(dropped), *_conditions(rule)]
+            conditions = [*_negations(dropped), *_conditions(index, rule)]
             entries.append(_entry(base, route, canaries.get(rule.stage), conditions, rule.stage, settings))
         else:
-            dropped.append(rule)
+            dropped.append((index, rule))
     if all(satisfies(match, settings.default) for match in wanted):
         conditions = _negations(dropped)
         entries.append(_entry(base, route, canaries.get(settings.default), conditions, settings.default, settings))
@@ -87,6 +100,8 @@ def _entry(
     for condition in conditions:
         if isinstance(condition, route_components_v3.QueryParameterMatcher):
             entry.match.query_parameters.append(condition)
+        elif isinstance(condition, metadata_matcher_v3.MetadataMatcher):
+            entry.match.dynamic_metadata.append(condition)
         else:
             entry.match.headers.append(condition)
     if canary is not None:
@@ -111,7 +126,15 @@ def _stage_is(settings: DyeingSettings, stage: str) -> route_components_v3.Heade
     return route_components_v3.HeaderMatcher(name=settings.header, string_match=string_v3.StringMatcher(exact=stage))
 
 
-def _conditions(rule: Rule) -> list[Condition]:
+def _conditions(index: int, rule: Rule) -> list[Condition]:
+    if rule.sticky is not None:
+        return [
+            metadata_matcher_v3.MetadataMatcher(
+                filter=STICKY_NAMESPACE,
+                path=[metadata_matcher_v3.MetadataMatcher.PathSegment(key=STICKY_KEY % index)],
+                value=value_v3.ValueMatcher(bool_match=True),
+            )
+        ]
     if rule.header is not None:
         header = route_components_v3.HeaderMatcher(name=rule.header.name)
         if rule.header.present:
@@ -133,12 +156,17 @@ def _conditions(rule: Rule) -> list[Condition]:
     return [query]
 
 
-def _negations(rules: list[Rule]) -> list[Condition]:
+def _negations(rules: list[tuple[int, Rule]]) -> list[Condition]:
     """The rules' conditions, each inverted: a missing header counts as empty, so "no such header" passes
-    (native_problems refuses rules that match an empty value, and query rules, which Envoy cannot invert)."""
+    (native_problems refuses rules that match an empty value, and query rules, which Envoy cannot invert); a
+    sticky rule's metadata inverted matches when the filter did not set it."""
     inverted: list[Condition] = []
-    for rule in rules:
-        (condition,) = _conditions(rule)
+    for index, rule in rules:
+        (condition,) = _conditions(index, rule)
+        if isinstance(condition, metadata_matcher_v3.MetadataMatcher):
+            condition.invert = True
+            inverted.append(condition)
+            continue
         assert isinstance(condition, route_components_v3.HeaderMatcher), "query rules cannot be inverted"
         if condition.HasField("present_match"):
             inverted.append(route_components_v3.HeaderMatcher(name=condition.name, present_match=False))

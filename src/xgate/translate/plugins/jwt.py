@@ -1,10 +1,12 @@
 """The jwt plugin in Envoy: native providers in the listener's jwt_authn filter, a requirement per route.
 
-A provider with `verify: native` compiles into the listener's jwt_authn filter (no Python per request). One with
-`verify: python` gives its routes no jwt_authn requirement: the route goes to the ext_authz filter of the
-`policy` plugin with the provider's name as a context extension, and `xgate authz` verifies with PyJWT (see
-xgate.authz.tokens). Both paths give the same answers (see xgate.plugins.jwt for the settings and what the
-native path refuses).
+A provider with `verify: native` compiles into the listener's jwt_authn filter (no Python per request), behind
+the guard (jwt_guard.py: a small Lua filter refusing what jwt_authn would let through: oversized tokens, `crit`,
+`b64`, ECDSA signatures of the wrong length). One with `verify: python` gives its routes no jwt_authn
+requirement: the route goes to the ext_authz filter of the `policy` plugin with the provider's name as a context
+extension, and `xgate authz` verifies as jwt_authn does (see xgate.authz.tokens). Both paths give the same
+answers (tests/integration/test_jwt_agreement.py; xgate.plugins.jwt for the settings and what the native path
+refuses).
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from xgate.plugins.jwt import (
     providers_of,
 )
 from xgate.translate.plugins.base import PluginTranslator
+from xgate.translate.plugins.jwt_guard import GUARD_FILTER, guard_filter, guard_route
 from xgate.translate.plugins.services import https_cluster
 from xgate.translate.protos import duration, pack
 
@@ -55,13 +58,14 @@ class JwtTranslator(PluginTranslator[JwtSettings]):
         self, defaults: JwtSettings | None, manager: hcm_v3.HttpConnectionManager
     ) -> list[hcm_v3.HttpFilter]:
         config = jwt_v3.JwtAuthentication(bypass_cors_preflight=True)
-        for provider in providers_of(defaults, "native"):
+        native = providers_of(defaults, "native")
+        for provider in native:
             config.providers[provider.name].CopyFrom(_provider(provider))
             config.requirement_map[provider.name].provider_name = provider.name
             optional = config.requirement_map[f"{provider.name}?"]
             optional.requires_any.requirements.add().provider_name = provider.name
             optional.requires_any.requirements.add().allow_missing.SetInParent()
-        return [hcm_v3.HttpFilter(name=JWT_FILTER, typed_config=pack(config))]
+        return [*guard_filter(native), hcm_v3.HttpFilter(name=JWT_FILTER, typed_config=pack(config))]
 
     def route(
         self, settings: JwtSettings | None, route: Route, proto: route_components_v3.Route
@@ -74,6 +78,7 @@ class JwtTranslator(PluginTranslator[JwtSettings]):
             proto.typed_per_filter_config[JWT_FILTER].CopyFrom(
                 pack(jwt_v3.PerRouteConfig(requirement_name=requirement))
             )
+            proto.typed_per_filter_config[GUARD_FILTER].CopyFrom(pack(guard_route(provider)))
         if settings is not None and provider is not None and provider.verify == "python":
             # The route's ext_authz check carries the provider's name (the policy plugin, translated after this
             # one, adds its own keys to the same check), so one call verifies and runs the policy.
@@ -118,15 +123,13 @@ def _provider(provider: Provider) -> jwt_v3.JwtProvider:
         payload_in_metadata=PAYLOAD_METADATA,
     )
     # Envoy's verified-token cache (per provider, LRU, honours exp; tokens over 4 KiB are not cached) saves the
-    # signature check on repeated tokens: jwt_authn's largest cost. Only for keys that come with the config:
+    # signature check on repeated tokens: jwt_authn's largest cost. Only for keys that come with the config
+    # (a jwks_file's too: the control plane reads it and sends its keys inline, and again when it changes):
     # a key change is a new filter config and an empty cache. Envoy does not empty it when a remote JWKS
     # changes, so with jwks_uri a token of a rotated-out key would keep passing: no cache there.
-    if provider.jwks is not None:
-        jwks = stamped_jwks(provider.jwks, provider.algorithms)
+    if (keys := provider.key_set) is not None:
+        jwks = stamped_jwks(keys, provider.algorithms)
         proto.local_jwks.CopyFrom(base_v3.DataSource(inline_string=json.dumps(jwks, sort_keys=True)))
-        proto.jwt_cache_config.jwt_cache_size = JWT_CACHE_SIZE
-    elif provider.jwks_file is not None:
-        proto.local_jwks.CopyFrom(base_v3.DataSource(filename=provider.jwks_file))
         proto.jwt_cache_config.jwt_cache_size = JWT_CACHE_SIZE
     else:
         assert provider.jwks_uri is not None

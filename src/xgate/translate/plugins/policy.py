@@ -46,6 +46,8 @@ class PolicyTranslator(PluginTranslator[PolicySettings]):
             failure_mode_allow=settings.failure_mode == "open",
             status_on_error=http_status_v3.HttpStatus(code=settings.failure_status),
             metadata_context_namespaces=[JWT_FILTER],
+            # A repeated header's values apart, as jwt_authn sees them (xgate.authz.extract: every token counts).
+            encode_raw_headers=True,
         )
         filters = [hcm_v3.HttpFilter(name=AUTHZ_FILTER, typed_config=pack(config))]
         if settings.transport == "http" and settings.in_python:

@@ -1,10 +1,13 @@
 """The rate_limit plugin in Envoy. Local tier: Envoy's own token bucket per route (and per client IP or header
 value), enforced inside each Envoy with no call out, so a burst is absorbed at zero added latency. Global tier:
 a limit shared by every Envoy, counted by xgate's rate-limit service (token bucket or GCRA, in Redis); the
-route carries the rate-limit actions that describe a request, the service the limits for those descriptors."""
+route carries the rate-limit actions that describe a request, the service the limits for those descriptors.
+In front of the global tier, each Envoy's pre-limit (a second local_ratelimit filter, plugins.rate_limit
+`prelimit`) refuses what the global limit would refuse anyway, so the service only decides what could pass."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import ClassVar
 
@@ -30,12 +33,15 @@ from xgate.config.schema import Route
 from xgate.plugins.jwt import PAYLOAD_METADATA, PAYLOAD_NAMESPACES
 from xgate.plugins.rate_limit import (
     DOMAIN,
+    MAX_TOKENS,
     ROUTE_KEY,
+    GlobalLimit,
     LocalLimit,
     RateLimitSettings,
     RateLimitSpec,
     descriptor_key,
     limit_resource,
+    prelimit,
 )
 from xgate.translate.plugins.base import PluginTranslator
 from xgate.translate.plugins.services import service_cluster
@@ -43,8 +49,11 @@ from xgate.translate.protos import duration, pack
 
 STAT_PREFIX = "xgate_local_rate_limit"
 LOCAL_FILTER = "envoy.filters.http.local_ratelimit"
+PRELIMIT_FILTER = "xgate.global_prelimit"  # a second local_ratelimit filter: the global limit's pre-limit
+PRELIMIT_STAT_PREFIX = "xgate_global_prelimit"
 GLOBAL_FILTER = "envoy.filters.http.ratelimit"
 SERVICE_CLUSTER = "xgate-ratelimit"
+_SET = base_v3.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
 _ON = percent_v3.FractionalPercent(numerator=100, denominator=percent_v3.FractionalPercent.HUNDRED)
 _BUILT_IN = RateLimitSettings.model_construct(
     service="127.0.0.1:18003", timeout=0.05, failure_mode="open", local=None, shared=None, headers=True
@@ -77,8 +86,10 @@ class RateLimitTranslator(PluginTranslator[RateLimitSettings]):
         )
         # No bucket at the listener: only routes with their own config are limited.
         local = local_v3.LocalRateLimit(stat_prefix=STAT_PREFIX)
+        pre = local_v3.LocalRateLimit(stat_prefix=PRELIMIT_STAT_PREFIX)
         return [
             hcm_v3.HttpFilter(name=LOCAL_FILTER, typed_config=pack(local)),
+            hcm_v3.HttpFilter(name=PRELIMIT_FILTER, typed_config=pack(pre)),
             hcm_v3.HttpFilter(name=GLOBAL_FILTER, typed_config=pack(service)),
         ]
 
@@ -90,6 +101,9 @@ class RateLimitTranslator(PluginTranslator[RateLimitSettings]):
             return (proto,)
         if settings.local is not None:
             proto.typed_per_filter_config[LOCAL_FILTER].CopyFrom(pack(_local(settings.local, settings.headers)))
+        pre = _prelimit(settings.shared, settings.headers) if settings.shared is not None else None
+        if pre is not None and proto.HasField("route"):
+            proto.typed_per_filter_config[PRELIMIT_FILTER].CopyFrom(pack(pre))
         if settings.shared is not None and proto.HasField("route"):
             # The global tier's descriptor: this route's name, plus the client IP or header value to count by.
             actions = [
@@ -115,7 +129,7 @@ class RateLimitTranslator(PluginTranslator[RateLimitSettings]):
         return [limit_resource(route.name, settings.shared)]
 
 
-def _local(limit: LocalLimit, headers: bool) -> local_v3.LocalRateLimit:
+def _local(limit: LocalLimit, headers: bool, prefix: str = STAT_PREFIX, tier: str = "local") -> local_v3.LocalRateLimit:
     bucket = token_bucket_v3.TokenBucket(
         max_tokens=limit.burst or limit.requests,
         tokens_per_fill=wrappers_pb2.UInt32Value(value=limit.requests),
@@ -123,14 +137,13 @@ def _local(limit: LocalLimit, headers: bool) -> local_v3.LocalRateLimit:
     )
     # filter_enabled and filter_enforced default to 0%: without them the filter neither counts nor limits.
     config = local_v3.LocalRateLimit(
-        stat_prefix=STAT_PREFIX,
+        stat_prefix=prefix,
         token_bucket=bucket,
-        filter_enabled=base_v3.RuntimeFractionalPercent(default_value=_ON, runtime_key=f"{STAT_PREFIX}_enabled"),
-        filter_enforced=base_v3.RuntimeFractionalPercent(default_value=_ON, runtime_key=f"{STAT_PREFIX}_enforced"),
+        filter_enabled=base_v3.RuntimeFractionalPercent(default_value=_ON, runtime_key=f"{prefix}_enabled"),
+        filter_enforced=base_v3.RuntimeFractionalPercent(default_value=_ON, runtime_key=f"{prefix}_enforced"),
         response_headers_to_add=[
             base_v3.HeaderValueOption(
-                header=base_v3.HeaderValue(key="x-xgate-rate-limited", value="local"),
-                append_action=base_v3.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD,
+                header=base_v3.HeaderValue(key="x-xgate-rate-limited", value=tier), append_action=_SET
             )
         ],
     )
@@ -147,6 +160,36 @@ def _local(limit: LocalLimit, headers: bool) -> local_v3.LocalRateLimit:
         )
         config.max_dynamic_descriptors.value = limit.max_keys
         config.always_consume_default_token_bucket.value = False
+    return config
+
+
+def _prelimit(limit: GlobalLimit, headers: bool) -> local_v3.LocalRateLimit | None:
+    """The pre-limit's config, or None. Its 429 says `x-xgate-rate-limited: global` and, like the service's,
+    the global limit's `x-ratelimit-limit` (its bucket is not the limit), none left, and when to try again
+    (at most one refill step). Counted by a header or claim, a request without one has no global
+    descriptor and no global limit: the route's own bucket, which such a request falls into here, is then
+    made unlimited."""
+    local = prelimit(limit)
+    if local is None:
+        return None
+    config = _local(local, False, PRELIMIT_STAT_PREFIX, "global")
+    if headers:
+        for name, value in (
+            ("x-ratelimit-limit", str(limit.requests)),
+            ("x-ratelimit-remaining", "0"),
+            ("x-ratelimit-reset", str(math.ceil(local.per))),
+        ):
+            config.response_headers_to_add.append(
+                base_v3.HeaderValueOption(header=base_v3.HeaderValue(key=name, value=value), append_action=_SET)
+            )
+    if limit.by != "route":
+        config.token_bucket.CopyFrom(
+            token_bucket_v3.TokenBucket(
+                max_tokens=MAX_TOKENS,
+                tokens_per_fill=wrappers_pb2.UInt32Value(value=MAX_TOKENS),
+                fill_interval=duration(0.05),
+            )
+        )
     return config
 
 
