@@ -57,45 +57,58 @@ def emit(**event: Any) -> None:
 
 
 def install_ads_hooks() -> None:
-    """Wrap the snapshot cache and the ADS stream to report, per config revision: `set` (SnapshotCache.set),
-    `written` (a DiscoveryResponse's send completed, with when it was built) and `ack` (Envoy's answer)."""
+    """Wrap the snapshot cache and the ADS streams (both variants) to report, per config revision: `set`
+    (SnapshotCache.set), `written` (a response's send completed, with when it was built) and `ack` (Envoy's
+    answer)."""
     from xgate.discovery.cache import SnapshotCache
+    from xgate.discovery.delta import DeltaResponse, DeltaStream
     from xgate.discovery.server import AdsService
     from xgate.discovery.snapshot import Snapshot
-    from xgate.discovery.stream import AdsStream, Response
+    from xgate.discovery.stream import AdsStream, Response, Stream
 
-    original_wire = Response.wire
+    original_wires: dict[Any, Callable[[Any], bytes]] = {kind: kind.wire for kind in (Response, DeltaResponse)}
     original_set = SnapshotCache.set
-    original_respond = AdsStream._respond
-    original_request = AdsStream.on_request
-    original_stream = AdsService.StreamAggregatedResources
+    original_next = {kind: kind._next for kind in (AdsStream, DeltaStream)}
+    original_requests = {kind: kind.on_request for kind in (AdsStream, DeltaStream)}
+    original_serve = AdsService._serve
     built: dict[int, tuple[str, str, float]] = {}  # id(response) -> (revision, type URL, built at)
     serialized: dict[int, tuple[str, str, float]] = {}  # id(the bytes sent) -> the same
 
-    def wire(self: Response) -> bytes:
-        data = original_wire(self)
-        info = built.pop(id(self), None)
-        if info is not None:
-            serialized[id(data)] = info
-        return data
+    def wire(original: Callable[[Any], bytes]) -> Callable[[Any], bytes]:
+        def wrapped(self: Any) -> bytes:
+            data = original(self)
+            info = built.pop(id(self), None)
+            if info is not None:
+                serialized[id(data)] = info
+            return data
+
+        return wrapped
 
     def set_snapshot(self: SnapshotCache, snapshot: Snapshot) -> None:
         emit(ev="set", rev=snapshot.revision, t=now())
         original_set(self, snapshot)
 
-    def respond(self: AdsStream, type_url: str, *args: Any) -> Any:
-        response = original_respond(self, type_url, *args)
-        revision = self.proxy.types[type_url].sent_revision or ""
-        built[id(response)] = (revision, type_url, now())
-        self.__dict__.setdefault("bench_nonces", {})[(type_url, response.nonce)] = revision
-        return response
+    def respond(original: Callable[..., Any]) -> Callable[..., Any]:
+        def wrapped(self: Stream[Any, Any], type_url: str, *args: Any) -> Any:
+            response = original(self, type_url, *args)
+            if response is not None:
+                revision = self.proxy.types[type_url].sent_revision or ""
+                built[id(response)] = (revision, type_url, now())
+                self.__dict__.setdefault("bench_nonces", {})[(type_url, response.nonce)] = revision
+            return response
 
-    def on_request(self: AdsStream, request: Any, snapshot: Any) -> None:
-        if request.response_nonce:
-            revision = self.__dict__.get("bench_nonces", {}).get((request.type_url, request.response_nonce))
-            if revision is not None:
-                emit(ev="ack", rev=revision, type=request.type_url, t=now(), nack=request.HasField("error_detail"))
-        original_request(self, request, snapshot)
+        return wrapped
+
+    def on_request(original: Callable[..., None]) -> Callable[..., None]:
+        def wrapped(self: Stream[Any, Any], request: Any, snapshot: Any) -> None:
+            if request.response_nonce:
+                revision = self.__dict__.get("bench_nonces", {}).get((request.type_url, request.response_nonce))
+                if revision is not None:
+                    nack = request.HasField("error_detail")
+                    emit(ev="ack", rev=revision, type=request.type_url, t=now(), nack=nack)
+            original(self, request, snapshot)
+
+        return wrapped
 
     class WrittenContext:
         """The servicer's context, reporting each response once grpc completed its send (context.write)."""
@@ -112,14 +125,16 @@ def install_ads_hooks() -> None:
             if sent is not None:
                 emit(ev="written", rev=sent[0], type=sent[1], built=sent[2], t=now(), bytes=len(response))
 
-    async def stream(self: AdsService, requests: Any, context: Any) -> None:
-        await original_stream(self, requests, WrittenContext(context))
+    async def serve(self: AdsService, stream: Any, requests: Any, context: Any) -> None:
+        await original_serve(self, stream, requests, WrittenContext(context))
 
-    Response.wire = wire  # type: ignore[method-assign]
+    for kind, original in original_wires.items():
+        kind.wire = wire(original)
     SnapshotCache.set = set_snapshot  # type: ignore[method-assign]
-    AdsStream._respond = respond  # type: ignore[method-assign, assignment]
-    AdsStream.on_request = on_request  # type: ignore[method-assign]
-    AdsService.StreamAggregatedResources = stream  # type: ignore[method-assign, assignment]
+    for stream_kind in (AdsStream, DeltaStream):
+        stream_kind._next = respond(original_next[stream_kind])  # type: ignore[method-assign]
+        stream_kind.on_request = on_request(original_requests[stream_kind])  # type: ignore[method-assign]
+    AdsService._serve = serve  # type: ignore[method-assign]
 
 
 def serve_controlplane(config_path: str | None, etcd: EtcdSettings | None = None) -> None:

@@ -170,6 +170,37 @@ def _scale(data: Any) -> list[Row]:
     return found
 
 
+def _fleet(data: Any) -> list[Row]:
+    found: list[Row] = []
+    floor = _floor(data.get("stalls", []))
+    for r in data["results"]:
+        p99, cpu = r["ack_p99_ms"], r["cpu_ms_per_client_per_change"]
+        found.append(
+            (
+                f"{r['consumers']:,} consumers ACK one change ({r['protocol']})",
+                f"p50 {r['ack_p50_ms']:.0f} / p99 {p99:.0f} ms; CPU {cpu:.3f} ms per client and change",
+                floor,
+                "p99 <= 1 s; <= 0.1 ms",
+                _ok(p99 <= 1000 and cpu <= 0.1 and not r["missing_acks"]),
+            )
+        )
+    return found
+
+
+def _route_split(data: Any) -> list[Row]:
+    floor = _floor(data.get("stalls", []))
+    return [
+        (
+            f"  one-route change, Envoy applies ({r['mode']})",
+            f"ACK p50 {r['ack_p50_ms']:.1f} ms, {r['bytes_per_change']:,} bytes",
+            floor,
+            "measured",
+            "",
+        )
+        for r in data["results"]
+    ]
+
+
 # What each known benchmark runs with, quick and full. Others found in bench/ run as they are.
 KNOWN = {
     "propagation.py": Benchmark(
@@ -188,6 +219,8 @@ KNOWN = {
     "vs_nginx.py": Benchmark("vs_nginx.py", ("--json",), ("--changes", "5"), _vs_nginx),
     "memory.py": Benchmark("memory.py", ("--json",), ("--clients", "20", "--service-routes", "5000"), _memory),
     "scale.py": Benchmark("scale.py", ("--json",), ("--routes", "10000"), _scale),
+    "fleet.py": Benchmark("fleet.py", ("--json",), ("--clients", "200", "--changes", "3"), _fleet),
+    "route_split.py": Benchmark("route_split.py", ("--json",), ("--changes", "5"), _route_split),
     "auth.py": Benchmark(
         "auth.py", (), ("--seconds", "2", "--rounds", "1", "--fixed-seconds", "3", "--fixed-rounds", "1"), json=False
     ),

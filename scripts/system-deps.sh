@@ -18,6 +18,7 @@ command -v runc >/dev/null || missing+=(runc)
 [[ -x /usr/lib/podman/netavark ]] || missing+=(netavark)
 [[ -x /usr/lib/podman/aardvark-dns ]] || missing+=(aardvark-dns)
 command -v debootstrap >/dev/null || [[ -x /usr/sbin/debootstrap ]] || missing+=(debootstrap)
+command -v chromium >/dev/null || missing+=(chromium)  # the dashboard's page test runs it headless
 if ((${#missing[@]})); then
     SUDO=""
     [[ $(id -u) -eq 0 ]] || SUDO="sudo"

@@ -75,13 +75,13 @@ def echo(gateway: GatewayUnderTest) -> Iterator[Echo]:
 
 
 def config(gateway: GatewayUnderTest, echo: Echo, *routes: dict[str, Any]) -> dict[str, Any]:
-    # A sticky rule needs the dyeing service: every request with x-user goes through it.
+    # The dyeing service's container decides (mode ext_proc): every request with x-user goes through it.
     sticky = {"stage": "beta", "sticky": {"percent": 100, "key": {"header": "x-user"}}}
     policies = {"gate": "fixture_policies:needs_pass"}
     return {
         "plugins": {
             "policy": {"service": gateway.services["authz"], "timeout": "1s", "policies": policies},
-            "dyeing": {"service": gateway.services["dyeing"], "timeout": "1s", "rules": [sticky]},
+            "dyeing": {"service": gateway.services["dyeing"], "timeout": "1s", "mode": "ext_proc", "rules": [sticky]},
             "rate_limit": {"service": gateway.services["ratelimit"], "timeout": "250ms"},
         },
         "upstreams": [{"name": "echo", "endpoints": [echo.address]}],

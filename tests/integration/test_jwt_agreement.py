@@ -6,6 +6,7 @@ Python path adds error_description, which names the reason)."""
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,17 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "X": {"require_exp": False},
     "H": {"headers": [{"name": "x-tok", "prefix": ""}, {"name": "authorization", "prefix": "Bearer "}]},
 }
-CASES = cases()
+CASES = cases()  # the names, at collection; the tokens a test sends come from `fresh`
+_minted: tuple[float, dict[str, Case]] = (time.monotonic(), CASES)
+
+
+def fresh(name: str) -> Case:
+    """The case with tokens at most 10 s old: the classes near a time limit (expired-within-skew is 20 s past its
+    exp under a 60 s skew) would cross it when minted at collection and sent minutes later in a whole-suite run."""
+    global _minted
+    if time.monotonic() - _minted[0] > 10:
+        _minted = (time.monotonic(), cases())
+    return _minted[1][name]
 
 
 def gateway_config(port: int, upstream: int, authz: int) -> str:
@@ -80,7 +91,7 @@ def challenge(response: httpx.Response) -> str:
 
 @pytest.mark.parametrize("name", sorted(CASES))
 async def test_both_paths_answer_alike(client: httpx.AsyncClient, name: str) -> None:
-    case = CASES[name]
+    case = fresh(name)
     native, python = await send(client, "n", case), await send(client, "p", case)
     answers = {"native": (native.status_code, native.text[:80]), "python": (python.status_code, python.text[:80])}
     assert native.status_code == python.status_code == case.expect, (name, answers)
@@ -92,7 +103,7 @@ async def test_both_paths_answer_alike(client: httpx.AsyncClient, name: str) -> 
 
 async def test_the_guard_answers_like_jwt_authn(client: httpx.AsyncClient) -> None:
     """A refusal of the native guard (Lua) looks like jwt_authn's own: the realm is the request's URL."""
-    crit = CASES["crit-unknown"]
+    crit = fresh("crit-unknown")
     refused = await client.get("/n/x?a=1", headers=crit.request_headers())
     assert refused.status_code == 401
     url = f"http://127.0.0.1:{client.base_url.port}/n/x?a=1"

@@ -38,6 +38,7 @@ plugins:
     policies: {{members: "trace_policies:members"}}
   dyeing:
     service: "127.0.0.1:{ports["dyeing"]}"
+    mode: ext_proc  # the service dyes, and traces (a sticky rule alone would run in Envoy's Lua filter)
     rules: [{{stage: canary, sticky: {{percent: 100, key: {{claim: sub}}}}}}]
   rate_limit: {{service: "127.0.0.1:{ports["ratelimit"]}", timeout: 500ms}}
 listeners:

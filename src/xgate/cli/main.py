@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 import yaml
 
+from xgate.cli.configdump import register as register_config_dump
+from xgate.cli.explain import register as register_explain
 from xgate.cli.store import ETCD_ENVIRONMENT, CaFile, CertFile, KeyFile, Password, Prefix, User, settings
 from xgate.cli.store import register as register_store_commands
 from xgate.config.directory import load_path
@@ -258,6 +260,7 @@ NodeId = Annotated[str | None, typer.Option(help="its node id in `xgate status` 
 ReusePort = Annotated[
     bool, typer.Option("--reuse-port", help="share --listen with other processes started with it (SO_REUSEPORT)")
 ]
+Sotw = Annotated[bool, typer.Option("--sotw", help="state-of-the-world ADS instead of the incremental (delta) variant")]
 LogLevel = Annotated[str, typer.Option()]
 # (options, report ready, stop) -> the service, until stop
 ServiceRun = Callable[["ServiceOptions", Callable[["Ready"], None], asyncio.Event], Awaitable[None]]
@@ -272,6 +275,7 @@ def _run_service(
     reuse_port: bool,
     run: ServiceRun,
     ready: str = "",
+    sotw: bool = False,
 ) -> None:
     """What every service command does around its service: its options, SIGINT/SIGTERM to stop, and the ready
     line `xgate NAME ready: grpc HOST:PORT` (+ `ready`) once it has its first config from the control plane."""
@@ -283,6 +287,7 @@ def _run_service(
         status=_metrics_address(status),
         node_id=node_id,
         reuse_port=reuse_port,
+        delta=not sotw,
     )
 
     def announce(bound: Ready) -> None:
@@ -320,6 +325,7 @@ def authz(
     ] = "127.0.0.1:18085",
     node_id: NodeId = None,
     reuse_port: ReusePort = False,
+    sotw: Sotw = False,
     log_level: LogLevel = "info",
 ) -> None:
     """Run the ext_authz service (envoy.service.auth.v3): the Python policies and `verify: python` jwt providers
@@ -333,6 +339,7 @@ def authz(
             options, timeout=timeout, fail_open=fail_open, on_ready=ready, stop=stop,
             http=None if http_listen == "off" else _host_port(http_listen, "--http-listen", any_port=True),
         ),
+        sotw=sotw,
     )  # fmt: skip
 
 
@@ -345,6 +352,7 @@ def dyeing(
     ] = "127.0.0.1:18084",
     node_id: NodeId = None,
     reuse_port: ReusePort = False,
+    sotw: Sotw = False,
     log_level: LogLevel = "info",
 ) -> None:
     """Run the ext_proc service (envoy.service.ext_proc.v3) that dyes requests with the rules the control plane
@@ -355,6 +363,7 @@ def dyeing(
     _run_service(
         "dyeing", xds, listen, status, node_id, reuse_port,
         lambda options, ready, stop: run_dyeing(options, on_ready=ready, stop=stop),
+        sotw=sotw,
     )  # fmt: skip
 
 
@@ -372,6 +381,7 @@ def ratelimit(
     ] = "127.0.0.1:18083",
     node_id: NodeId = None,
     reuse_port: ReusePort = False,
+    sotw: Sotw = False,
     log_level: LogLevel = "info",
 ) -> None:
     """Run the global rate-limit service (envoy.service.ratelimit.v3) on the limits the control plane sends it."""
@@ -387,6 +397,7 @@ def ratelimit(
             timeout=timeout, on_ready=ready, stop=stop,
         ),
         ready=f" counters {redis or 'memory'}",
+        sotw=sotw,
     )  # fmt: skip
 
 
@@ -398,6 +409,7 @@ def bootstrap(
     node_id: Annotated[str, typer.Option()] = "xgate-envoy",
     node_cluster: Annotated[str, typer.Option()] = "xgate",
     admin_port: AdminPort = 9901,
+    sotw: Sotw = False,
     stats: StatsAddress = None,
 ) -> None:
     """Print the Envoy bootstrap that connects an Envoy to xgate control planes (by IP address or host name)."""
@@ -406,7 +418,7 @@ def bootstrap(
     servers = [_host_port(item, "--xds") for item in xds or [DEFAULT_XDS]]
     data = build_bootstrap(
         node_id=node_id, node_cluster=node_cluster, xds_servers=servers, admin_port=admin_port,
-        stats=_stats_address(stats, admin_port),
+        stats=_stats_address(stats, admin_port), delta=not sotw,
     )  # fmt: skip
     typer.echo(yaml.safe_dump(data, sort_keys=False), nl=False)
 
@@ -421,6 +433,7 @@ def envoy(
     admin_port: AdminPort = 9901,
     concurrency: Annotated[int | None, typer.Option()] = None,
     log_level: Annotated[str, typer.Option()] = "warn",
+    sotw: Sotw = False,
     stats: StatsAddress = None,
 ) -> None:
     """Run a real Envoy bootstrapped to xgate control planes, until SIGINT/SIGTERM."""
@@ -429,7 +442,7 @@ def envoy(
     servers = [_host_port(item, "--xds") for item in xds or [DEFAULT_XDS]]
     data = build_bootstrap(
         node_id=node_id, node_cluster=node_cluster, xds_servers=servers, admin_port=admin_port,
-        stats=_stats_address(stats, admin_port),
+        stats=_stats_address(stats, admin_port), delta=not sotw,
     )  # fmt: skip
     argv = [
         find_envoy(),
@@ -566,13 +579,24 @@ def up(
 @app.command()
 def status(
     url: Annotated[str, typer.Option(help="control plane status API")] = "http://127.0.0.1:18080",
-    as_json: Annotated[bool, typer.Option("--json")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="the same as -o json")] = False,
+    output: Annotated[str, typer.Option("--output", "-o", help="text or json")] = "text",
+    watch: Annotated[bool, typer.Option("--watch", "-w", help="show it again every --interval seconds")] = False,
+    interval: Annotated[float, typer.Option(min=0.1, help="seconds between two reports with --watch")] = 2.0,
+    count: Annotated[int | None, typer.Option(min=1, help="with --watch: stop after this many reports")] = None,
 ) -> None:
     """Has the current config reached every Envoy? Exit 0 when every proxy ACKed it, the last change was accepted
     and every config source is reachable (while etcd is not, changes made there reach no Envoy); 1 otherwise;
-    2 when the URL does not answer as an xgate control plane."""
+    2 when the URL does not answer as an xgate control plane. --watch: the exit code of the last report."""
     from xgate.cli.status import StatusError, fetch_status, print_status, status_ok
 
+    if output not in ("text", "json"):
+        raise typer.BadParameter("use text or json", param_hint="--output")
+    as_json = as_json or output == "json"
+    if watch:
+        from xgate.cli.statuswatch import watch_status
+
+        raise typer.Exit(watch_status(url, "json" if as_json else "text", interval, count))
     try:
         report = fetch_status(url)
     except StatusError as exc:
@@ -586,6 +610,8 @@ def status(
 
 
 register_store_commands(app)
+register_config_dump(app)
+register_explain(app)
 
 
 def main() -> None:

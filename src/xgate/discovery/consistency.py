@@ -49,7 +49,7 @@ def problems(snapshot: Snapshot) -> list[str]:
             if member not in clusters:
                 found.append(f"aggregate cluster {name} names cluster {member}, which is not served")
     for name, resource in snapshot.resources.get(typeurls.LISTENER, {}).items():
-        for route_config in _route_configs(_parse(listener_v3.Listener, resource)):
+        for route_config in route_configs(_parse(listener_v3.Listener, resource)):
             if route_config not in served.get(typeurls.ROUTE, set()):
                 found.append(f"listener {name} reads route config {route_config}, which is not served")
     for name, resource in snapshot.resources.get(typeurls.ROUTE, {}).items():
@@ -92,7 +92,7 @@ def _route_problems(
             yield f"verifies with jwt provider {provider}, which authz is not sent"
 
 
-def _route_configs(listener: listener_v3.Listener) -> Iterator[str]:
+def route_configs(listener: listener_v3.Listener) -> Iterator[str]:
     chains = [*listener.filter_chains]
     if listener.HasField("default_filter_chain"):
         chains.append(listener.default_filter_chain)

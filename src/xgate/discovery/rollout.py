@@ -275,7 +275,7 @@ def _nacked(proxy: ProxyStatus, snapshot: Snapshot | None) -> str | None:
         rejection = state.rejection
         if rejection is None or type_url not in snapshot.resources:
             continue
-        if rejection.version == Snapshot.version_of(snapshot.select(type_url, state.names)):
+        if rejection.version == snapshot.version(type_url, state.names):
             return rejection.message
     return None
 

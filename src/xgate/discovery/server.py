@@ -1,10 +1,18 @@
-"""The ADS gRPC service: streams snapshots from the cache to each Envoy (state of the world)."""
+"""The ADS gRPC service: streams snapshots from the cache to each consumer, state of the world or delta.
+
+Each stream costs one task beside gRPC's own: it reads the consumer's requests and answers them at once. A new
+snapshot is handed to every stream by the cache itself (SnapshotCache.set), which wakes only the streams that
+have something to send; a response's bytes are shared by every consumer in the same state, only the nonce
+is each stream's own.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import grpc
 from envoy.service.discovery.v3 import ads_pb2_grpc
@@ -12,7 +20,9 @@ from envoy.service.discovery.v3 import discovery_pb2 as discovery_v3
 
 from xgate.discovery import typeurls
 from xgate.discovery.cache import SnapshotCache
-from xgate.discovery.stream import AdsStream
+from xgate.discovery.delta import DeltaStream
+from xgate.discovery.snapshot import Snapshot
+from xgate.discovery.stream import AdsStream, Stream
 
 log = logging.getLogger("xgate.discovery")
 
@@ -26,68 +36,87 @@ class AdsService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: igno
         request_iterator: AsyncIterator[discovery_v3.DiscoveryRequest],
         context: grpc.aio.ServicerContext,
     ) -> None:
-        proxy = self.cache.status.connect(context.peer())
-        stream = AdsStream(proxy)
-        wake = asyncio.Event()
-        requests: asyncio.Queue[discovery_v3.DiscoveryRequest | None] = asyncio.Queue()
-        self.cache.subscribe(wake)
-        reader = asyncio.create_task(_read(request_iterator, requests, wake))
-        try:
-            while True:
-                await wake.wait()
-                wake.clear()
-                snapshot = self.cache.snapshot
-                while not requests.empty():
-                    request = requests.get_nowait()
-                    if request is None:
-                        return
-                    stream.on_request(request, snapshot)
-                    if request.HasField("error_detail"):
-                        log.warning(
-                            "proxy %s rejected %s: %s",
-                            proxy.node_id,
-                            typeurls.SHORT.get(request.type_url, request.type_url),
-                            request.error_detail.message,
-                        )
-                for response in stream.responses(snapshot):
-                    # Written, not yielded: grpc.aio keeps the last message an async generator yielded until the
-                    # next one, a 740 KB route table per connected proxy between changes (74 MB at 100).
-                    await context.write(response.wire())
-        finally:
-            reader.cancel()
-            self.cache.unsubscribe(wake)
-            self.cache.status.disconnect(proxy)
-            log.info("proxy %s (%s) disconnected", proxy.node_id, proxy.peer)
+        await self._serve(AdsStream(self.cache.status.connect(context.peer())), request_iterator, context)
 
     async def DeltaAggregatedResources(
         self,
         request_iterator: AsyncIterator[discovery_v3.DeltaDiscoveryRequest],
         context: grpc.aio.ServicerContext,
-    ) -> AsyncIterator[discovery_v3.DeltaDiscoveryResponse]:
-        await context.abort(
-            grpc.StatusCode.UNIMPLEMENTED, "xgate serves state-of-the-world ADS; use GRPC, not DELTA_GRPC"
-        )
-        yield discovery_v3.DeltaDiscoveryResponse()  # pragma: no cover (abort raises)
+    ) -> None:
+        await self._serve(DeltaStream(self.cache.status.connect(context.peer())), request_iterator, context)
+
+    async def _serve(
+        self, stream: Stream[Any, Any], requests: AsyncIterator[Any], context: grpc.aio.ServicerContext
+    ) -> None:
+        proxy = stream.proxy
+        outbox: deque[bytes] = deque()
+        wake = asyncio.Event()
+        failed: list[BaseException] = []
+
+        def send(snapshot: Snapshot | None) -> None:
+            try:
+                responses = stream.responses(snapshot)
+            except Exception as exc:  # a bug of ours: end this stream (the consumer reconnects), keep the others
+                failed.append(exc)
+                wake.set()
+                return
+            if responses:
+                outbox.extend(response.wire() for response in responses)
+                wake.set()
+
+        self.cache.follow(proxy.stream_id, send)
+        reader = asyncio.create_task(_read(stream, requests, self.cache, send, wake, failed))
+        try:
+            while True:
+                await wake.wait()
+                wake.clear()
+                if failed:
+                    log.error("the stream of proxy %s (%s) failed", proxy.node_id, proxy.peer, exc_info=failed[0])
+                    return
+                while outbox:
+                    # Written, not yielded: grpc.aio keeps the last message an async generator yielded until the
+                    # next one, a whole route table per connected consumer between changes.
+                    await context.write(outbox.popleft())
+                if reader.done():
+                    return
+        finally:
+            reader.cancel()
+            self.cache.unfollow(proxy.stream_id)
+            self.cache.status.disconnect(proxy)
+            log.info("proxy %s (%s) disconnected", proxy.node_id, proxy.peer)
 
 
 async def _read(
-    source: AsyncIterator[discovery_v3.DiscoveryRequest],
-    sink: asyncio.Queue[discovery_v3.DiscoveryRequest | None],
+    stream: Stream[Any, Any],
+    requests: AsyncIterator[Any],
+    cache: SnapshotCache,
+    send: Callable[[Snapshot | None], None],
     wake: asyncio.Event,
+    failed: list[BaseException],
 ) -> None:
+    """Answer each request as it comes: most are ACKs that need no response, and wake nothing."""
     try:
-        async for request in source:
-            sink.put_nowait(request)
-            wake.set()
+        async for request in requests:
+            snapshot = cache.snapshot
+            stream.on_request(request, snapshot)
+            if request.HasField("error_detail"):
+                log.warning(
+                    "proxy %s rejected %s: %s",
+                    stream.proxy.node_id,
+                    typeurls.SHORT.get(request.type_url, request.type_url),
+                    request.error_detail.message,
+                )
+            send(snapshot)
     except (asyncio.CancelledError, grpc.aio.AioRpcError):
         pass
+    except Exception as exc:
+        failed.append(exc)
     finally:
-        sink.put_nowait(None)
         wake.set()
 
 
 def add_to_server(server: grpc.aio.Server, cache: SnapshotCache) -> None:
-    """Register ADS; state-of-the-world responses go out as the bytes AdsStream assembled."""
+    """Register ADS, both variants; responses go out as the bytes the streams assembled."""
     service = AdsService(cache)
     handlers = {
         "StreamAggregatedResources": grpc.stream_stream_rpc_method_handler(
@@ -98,7 +127,7 @@ def add_to_server(server: grpc.aio.Server, cache: SnapshotCache) -> None:
         "DeltaAggregatedResources": grpc.stream_stream_rpc_method_handler(
             service.DeltaAggregatedResources,
             request_deserializer=discovery_v3.DeltaDiscoveryRequest.FromString,
-            response_serializer=discovery_v3.DeltaDiscoveryResponse.SerializeToString,
+            response_serializer=_already_serialized,
         ),
     }
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(ADS_SERVICE, handlers),))

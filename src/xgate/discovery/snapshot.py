@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 import xxhash
 from google.protobuf import any_pb2
@@ -14,6 +15,8 @@ from google.protobuf.message import Message
 from xgate.discovery import typeurls
 from xgate.protowire import field_head, string_field
 from xgate.translate import Resources
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,9 @@ class Snapshot:
     created: float = field(default_factory=time.time)
     seen_at: float = 0.0  # time.perf_counter() when a source saw the change that made it (0: not known)
     services_revision: str | None = None
+    # What every stream works out from this snapshot, worked out once for all of them: selections, their
+    # versions, response bytes (a thousand Envoys in the same state get the same answer).
+    _memo: dict[Hashable, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def revision_for(self, role: str) -> str:
         """The config revision what a consumer of `role` is served comes from."""
@@ -58,12 +64,31 @@ class Snapshot:
             return self.revision
         return self.services_revision
 
-    def select(self, type_url: str, names: frozenset[str] | None) -> list[Resource]:
+    def select(self, type_url: str, names: frozenset[str] | None) -> tuple[Resource, ...]:
         """The resources of `type_url` a proxy asked for (None: all of them), sorted by name."""
+        return self.memo(("select", type_url, names), lambda: self._select(type_url, names))
+
+    def _select(self, type_url: str, names: frozenset[str] | None) -> tuple[Resource, ...]:
         available = self.resources.get(type_url, {})
         if names is None:
-            return [available[name] for name in sorted(available)]
-        return [available[name] for name in sorted(names) if name in available]
+            return tuple(available[name] for name in sorted(available))
+        return tuple(available[name] for name in sorted(names) if name in available)
+
+    def names(self, type_url: str) -> frozenset[str]:
+        """The names of every resource of `type_url`."""
+        return self.memo(("names", type_url), lambda: frozenset(self.resources.get(type_url, {})))
+
+    def version(self, type_url: str, names: frozenset[str] | None) -> str:
+        """The version of what `select` gives: what a proxy in sync with this snapshot has ACKed."""
+        return self.memo(("version", type_url, names), lambda: Snapshot.version_of(self.select(type_url, names)))
+
+    def memo(self, key: Hashable, make: Callable[[], T]) -> T:
+        """`make()`'s result, made once per snapshot and `key` (the snapshot never changes, so neither does it)."""
+        try:
+            found: T = self._memo[key]
+        except KeyError:
+            found = self._memo[key] = make()
+        return found
 
     @staticmethod
     def version_of(resources: Iterable[Resource]) -> str:

@@ -6,14 +6,15 @@ import asyncio
 import itertools
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from prometheus_client import Histogram
 
 from xgate.discovery import typeurls
-from xgate.discovery.snapshot import Snapshot
+from xgate.discovery.history import RevisionHistory
+from xgate.discovery.snapshot import Resource, Snapshot
 from xgate.translate import names
 
 # Seconds: a route change reaches an Envoy in milliseconds, a 10,000-route table in about a tenth of a second.
@@ -45,6 +46,9 @@ class TypeStatus:
     acked_revision: str | None = None
     acked_at: float | None = None
     rejection: Rejection | None = None
+    # What the consumer was last sent (SotW: the response's resources; delta: all it holds then, None for names
+    # said not to exist): the stream's own objects, so keeping them costs a pointer (what config-dump shows).
+    sent: tuple[Resource, ...] | Mapping[str, Resource | None] = ()
 
 
 @dataclass
@@ -57,6 +61,7 @@ class ProxyStatus:
     node_id: str = ""
     cluster: str = ""
     role: str = typeurls.ENVOY  # "envoy", or the xgate service it is ("authz", "dyeing", "ratelimit")
+    xds: str = "sotw"  # the variant of ADS it speaks: "sotw" (state of the world) or "delta"
     types: dict[str, TypeStatus] = field(default_factory=dict)
     disconnected_at: float | None = None
     synced_revision: str | None = None
@@ -88,7 +93,7 @@ class ProxyStatus:
                 continue
             if state.names is not None and not state.names >= resources.keys():
                 return False
-            if state.acked_version != Snapshot.version_of(snapshot.select(type_url, state.names)):
+            if state.acked_version != snapshot.version(type_url, state.names):
                 return False
         return True
 
@@ -114,6 +119,7 @@ class ProxyStatus:
             "node": self.node_id,
             "cluster": self.cluster,
             "kind": self.role,
+            "xds": self.xds,
             "peer": self.peer,
             "connected_at": self.connected_at,
             "disconnected_at": self.disconnected_at,
@@ -125,6 +131,7 @@ class ProxyStatus:
                     "sent": state.sent_version,
                     "acked": state.acked_version,
                     "acked_revision": state.acked_revision,
+                    "acked_at": state.acked_at,
                     "rejection": None
                     if state.rejection is None
                     else {
@@ -160,6 +167,7 @@ class StatusRegistry:
         )
         for kind in typeurls.ROLES:  # every kind's series exists from the start, at 0
             self.propagation.labels(kind)
+        self.history = RevisionHistory()
 
     def answered(self) -> None:
         """A consumer ACKed or NACKed something, connected or went: wake whoever waits on `changed`."""
@@ -188,6 +196,7 @@ class StatusRegistry:
         return proxy
 
     def _revision_answered(self, proxy: ProxyStatus, revision: str, nack: str | None) -> None:
+        self.history.answered(proxy.role, proxy.node_id or proxy.peer, revision, nack, proxy.connected_at)
         if self.on_revision is not None:
             self.on_revision(proxy, revision, nack)
 

@@ -95,6 +95,7 @@ def build_bootstrap(
     xds_servers: Sequence[tuple[str, int]],
     admin_host: str = "127.0.0.1",
     admin_port: int = 9901,
+    delta: bool = True,
     stats: tuple[str, int] | None = None,
 ) -> dict[str, Any]:
     """Return an Envoy v3 bootstrap (a plain dict, ready to dump as YAML or JSON).
@@ -102,7 +103,9 @@ def build_bootstrap(
     Listeners and clusters come over ADS from `xds_servers` (IP addresses or host names); the only static
     resources are the cluster that reaches the control planes and, with `stats` (host, port), the stats listener
     (see proxy/stats.py). `admin_port` 0 lets Envoy pick a port (use --admin-address-path). The node's metadata
-    tells the control plane where it may read Envoy's counters (`xgate.admin`, `xgate.stats`).
+    tells the control plane where it may read Envoy's counters (`xgate.admin`, `xgate.stats`). `delta`: the
+    incremental variant of ADS (DELTA_GRPC: a change sends only the resources that changed), else state of the
+    world (GRPC: every resource of a changed type).
 
     Errors: ValueError when `xds_servers` is empty, a port is out of range, or `stats` is asked for with
     `admin_port` 0 (the stats listener forwards to the admin port, which must be known).
@@ -129,7 +132,7 @@ def build_bootstrap(
         "node": {"id": node_id, "cluster": node_cluster, "metadata": {"xgate": addresses}},
         "dynamic_resources": {
             "ads_config": {
-                "api_type": "GRPC",
+                "api_type": "DELTA_GRPC" if delta else "GRPC",
                 "transport_api_version": "V3",
                 "set_node_on_first_message_only": True,
                 "grpc_services": [

@@ -57,6 +57,7 @@ class ServiceOptions:
     status: tuple[str, int] | None = None  # GET /metrics, /healthz, /readyz; None: off
     node_id: str | None = None  # default: <service>-<host name>-<pid>
     reuse_port: bool = False  # share the gRPC port with other processes of the service (SO_REUSEPORT)
+    delta: bool = True  # incremental ADS (False: state of the world)
 
 
 @dataclass(frozen=True)
@@ -99,7 +100,7 @@ async def run_service(
         nonlocal port
         port = await service.start(*options.listen, options.reuse_port)
 
-    client = XdsClient(options.xds, identity, service.subscriptions(), before_ready=serve)
+    client = XdsClient(options.xds, identity, service.subscriptions(), before_ready=serve, delta=options.delta)
     runner: web.AppRunner | None = None
     try:
         status_port = None

@@ -83,15 +83,16 @@ class Gateway:
         timeout: float = 20.0,
         xds_ports: list[int] | None = None,
         stats_port: int | None = None,
+        delta: bool = True,
     ) -> EnvoyProcess:
-        """Start a real Envoy bootstrapped to this control plane (or to every port in `xds_ports`); with
-        `stats_port`, its stats listener there (and its admin on a port chosen now, which the control plane reads
-        its counters from)."""
+        """Start a real Envoy bootstrapped to this control plane (or to every port in `xds_ports`), speaking delta
+        ADS (`delta=False`: state of the world); with `stats_port`, its stats listener there (and its admin on a
+        port chosen now, which the control plane reads its counters from)."""
         servers = [("127.0.0.1", port) for port in (xds_ports or [self.xds_port])]
         stats = ("127.0.0.1", stats_port) if stats_port else None
         bootstrap = build_bootstrap(
             node_id=node_id, node_cluster="test", xds_servers=servers, admin_port=free_port() if stats else 0,
-            stats=stats,
+            stats=stats, delta=delta,
         )  # fmt: skip
         envoy = EnvoyProcess(
             bootstrap,

@@ -1,9 +1,11 @@
-"""A state-of-the-world ADS client: subscribe to types, apply each response, ACK or NACK, fail over.
+"""An ADS client, incremental (delta) by default or state of the world: subscribe to types, apply each
+response, ACK or NACK, fail over.
 
 xgate's services use it to be configured by the control plane the way Envoy is: each response is applied as a
-whole or not at all; a response the service cannot apply is NACKed with the reason and the service keeps what
-it had. Several control planes are tried in turn; after a lost stream the client reconnects with the versions
-it holds, so a control plane that still serves them sends nothing again.
+whole or not at all (a delta response on top of what the service holds: `apply` always gets every resource of
+the type); a response the service cannot apply is NACKed with the reason and the service keeps what it had.
+Several control planes are tried in turn; after a lost stream the client reconnects with the versions it holds
+(SotW: the type's; delta: each resource's), so a control plane that still serves them sends nothing again.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeAlias
 
 import grpc
 from envoy.config.core.v3 import base_pb2 as core_v3
@@ -33,7 +35,10 @@ _CHANNEL_OPTIONS = [
     ("grpc.keepalive_timeout_ms", 5_000),
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+    ("grpc.http2.bdp_probe", 0),  # a config feed needs no bandwidth probes: they cost the control plane a ping each
 ]
+Request: TypeAlias = discovery_v3.DiscoveryRequest | discovery_v3.DeltaDiscoveryRequest
+Response: TypeAlias = discovery_v3.DiscoveryResponse | discovery_v3.DeltaDiscoveryResponse
 
 
 @dataclass(frozen=True)
@@ -103,6 +108,7 @@ class XdsClient:
         *,
         retry_initial: float = 0.1,
         retry_max: float = 2.0,
+        delta: bool = True,
         before_ready: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         if not servers:
@@ -112,8 +118,11 @@ class XdsClient:
         self.subscriptions = {subscription.type_url: subscription for subscription in subscriptions}
         self.health = ClientHealth(types={url: TypeHealth() for url in self.subscriptions})
         self.ready = asyncio.Event()
+        self.delta = delta
         self._before_ready = before_ready
         self._retry_initial, self._retry_max = retry_initial, retry_max
+        # delta: what the service holds, per type: name -> (version, resource)
+        self._held: dict[str, dict[str, tuple[str, Any]]] = {url: {} for url in self.subscriptions}
 
     async def run(self, stop: asyncio.Event) -> None:
         delay = self._retry_initial
@@ -134,11 +143,16 @@ class XdsClient:
 
     async def _session(self, target: str, stop: asyncio.Event) -> None:
         async with grpc.aio.insecure_channel(target, options=_CHANNEL_OPTIONS) as channel:
-            call = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel).StreamAggregatedResources()
+            stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel)
+            call = stub.DeltaAggregatedResources() if self.delta else stub.StreamAggregatedResources()
             stopping = asyncio.ensure_future(stop.wait())
             try:
                 for url in self.subscriptions:
-                    await call.write(self._request(url, version=self.health.types[url].version))
+                    await call.write(self._first(url))
+                # Connected once the stream is up, not at the first response: a control plane that still
+                # serves what the client holds (a reconnect, a restart) sends nothing until the next change.
+                await call.wait_for_connection()
+                self._connected(target)
                 while True:
                     reading = asyncio.ensure_future(call.read())
                     done, _ = await asyncio.wait({reading, stopping}, return_when=asyncio.FIRST_COMPLETED)
@@ -155,17 +169,29 @@ class XdsClient:
                 stopping.cancel()
                 call.cancel()
 
-    def _request(
-        self, type_url: str, *, version: str, nonce: str = "", error: str | None = None
-    ) -> discovery_v3.DiscoveryRequest:
-        request = discovery_v3.DiscoveryRequest(
-            node=self.node, type_url=type_url, version_info=version, response_nonce=nonce
+    def _first(self, type_url: str) -> Request:
+        """The first request of a type on a new stream, saying what the service holds."""
+        if not self.delta:
+            return self._request(type_url, version=self.health.types[type_url].version)
+        held = {name: version for name, (version, _) in self._held[type_url].items()}
+        return discovery_v3.DeltaDiscoveryRequest(
+            node=self.node, type_url=type_url, resource_names_subscribe=["*"], initial_resource_versions=held
         )
+
+    def _request(self, type_url: str, *, version: str, nonce: str = "", error: str | None = None) -> Request:
+        """An ACK (a NACK with `error`); SotW says the version it holds, delta only answers the nonce."""
+        request: Request
+        if self.delta:
+            request = discovery_v3.DeltaDiscoveryRequest(node=self.node, type_url=type_url, response_nonce=nonce)
+        else:
+            request = discovery_v3.DiscoveryRequest(
+                node=self.node, type_url=type_url, version_info=version, response_nonce=nonce
+            )
         if error is not None:
             request.error_detail.CopyFrom(status_pb2.Status(code=_INVALID_ARGUMENT, message=error))
         return request
 
-    async def _answer(self, response: discovery_v3.DiscoveryResponse) -> discovery_v3.DiscoveryRequest:
+    async def _answer(self, response: Response) -> Request:
         """Apply one response; the ACK, or the NACK saying why it was not applied."""
         url = response.type_url
         subscription = self.subscriptions.get(url)
@@ -173,20 +199,20 @@ class XdsClient:
             message = f"not subscribed to {url}"
             return self._request(url, version="", nonce=response.nonce, error=message)
         state = self.health.types[url]
+        version = response.version_info if isinstance(response, discovery_v3.DiscoveryResponse) else ""
         try:
-            resources: dict[str, Any] = {}
-            for packed in response.resources:
-                if packed.type_url != url:
-                    raise ValueError(f"a resource of type {packed.type_url} in a response of {url}")
-                resource = subscription.message.FromString(packed.value)
-                resources[getattr(resource, "name", "")] = resource
+            held = self._decoded(response, subscription)
+            resources = {name: resource for name, (_, resource) in held.items()}
             await subscription.apply(resources)
         except Exception as exc:  # the service's refusal, or a bug of ours: either way the old config stays
             state.nacks += 1
             state.last_error = str(exc) or type(exc).__name__
-            log.error("refused %s version %s: %s; keeping version %s", url, response.version_info, exc, state.version)
+            log.error("refused %s version %s: %s; keeping version %s", url, version, exc, state.version)
             return self._request(url, version=state.version, nonce=response.nonce, error=state.last_error)
-        state.version, state.resources, state.applied_at = response.version_info, len(resources), time.time()
+        if isinstance(response, discovery_v3.DeltaDiscoveryResponse):
+            self._held[url] = held
+            version = response.system_version_info
+        state.version, state.resources, state.applied_at = version, len(resources), time.time()
         state.acks += 1
         state.last_error = None
         if not self.ready.is_set() and all(other.applied_at is not None for other in self.health.types.values()):
@@ -196,6 +222,23 @@ class XdsClient:
                 await self._before_ready()
             self.ready.set()
         return self._request(url, version=state.version, nonce=response.nonce)
+
+    def _decoded(self, response: Response, subscription: Subscription) -> dict[str, tuple[str, Any]]:
+        """What the service would hold of the type after `response`: name -> (version, resource).
+        Errors: ValueError for a resource of another type."""
+        url = response.type_url
+        if isinstance(response, discovery_v3.DiscoveryResponse):
+            held: dict[str, tuple[str, Any]] = {}
+            for packed in response.resources:
+                resource = _decode(subscription, url, packed.type_url, packed.value)
+                held[getattr(resource, "name", "")] = ("", resource)
+            return held
+        held = dict(self._held[url])
+        for name in response.removed_resources:
+            held.pop(name, None)
+        for item in response.resources:
+            held[item.name] = (item.version, _decode(subscription, url, item.resource.type_url, item.resource.value))
+        return held
 
     def _connected(self, target: str) -> None:
         if not self.health.connected:
@@ -208,6 +251,12 @@ class XdsClient:
         if self.health.connected or self.health.last_error is None:
             log.warning("no config from the control plane at %s: %s; retrying", target, error)
         self.health.connected, self.health.since, self.health.last_error = False, time.time(), error
+
+
+def _decode(subscription: Subscription, url: str, packed_type: str, value: bytes) -> Any:
+    if packed_type != url:
+        raise ValueError(f"a resource of type {packed_type} in a response of {url}")
+    return subscription.message.FromString(value)
 
 
 def _describe(exc: BaseException) -> str:

@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
+from envoy.config.core.v3 import base_pb2 as core_v3
+from envoy.service.discovery.v3 import discovery_pb2 as discovery_v3
+from google.rpc import status_pb2
+from tests.unit.discovery.checked import CheckedDeltaStream, CheckedStream
 
 from xgate.api import DYEING_SETTINGS
 from xgate.config.load import parse_document
@@ -12,6 +17,7 @@ from xgate.discovery import SnapshotCache, typeurls
 from xgate.discovery.rollout import Refusal, Rollout
 from xgate.discovery.snapshot import Snapshot
 from xgate.discovery.status import ProxyStatus, Rejection, TypeStatus
+from xgate.discovery.stream import Outgoing, Response
 from xgate.pipeline import compile_config
 from xgate.translate import Resources
 
@@ -161,4 +167,84 @@ async def test_a_change_the_services_already_have_is_not_held(percent: int) -> N
     await settle()
     rollout.publish(resources(percent, "other"), "r3")
     assert served == ["r1", "r2", "r3"]
+    await rollout.close()
+
+
+class Consumer:
+    """A consumer behind a real stream of either variant, following the cache: it asks as its kind asks (an
+    Envoy by name for routes, a service for its types as a whole), then ACKs or NACKs what it is sent."""
+
+    def __init__(self, cache: SnapshotCache, role: str, delta: bool) -> None:
+        proxy = cache.status.connect(f"peer-{role}")
+        self.stream: CheckedStream | CheckedDeltaStream = (CheckedDeltaStream if delta else CheckedStream)(proxy)
+        self.cache, self.delta, self.outbox = cache, delta, list[Outgoing]()
+        cache.follow(proxy.stream_id, lambda snapshot: self.outbox.extend(self.stream.responses(snapshot)))
+        node = core_v3.Node(id=f"{role}-1", user_agent_name="envoy" if role == "envoy" else f"xgate-{role}")
+        for url in sorted(typeurls.ROLES[role]):
+            names = ("routes/public",) if url == typeurls.ROUTE else ()
+            if delta:
+                first: Any = discovery_v3.DeltaDiscoveryRequest(type_url=url, resource_names_subscribe=names)
+            else:
+                first = discovery_v3.DiscoveryRequest(type_url=url, resource_names=names)
+            first.node.CopyFrom(node)
+            self._ask(first)
+
+    def _ask(self, message: Any) -> None:
+        self.stream.on_request(message, self.cache.snapshot)
+        self.outbox.extend(self.stream.responses(self.cache.snapshot))
+
+    def answer(self, error: str | None = None) -> None:
+        """ACK (or NACK with `error`) everything sent so far."""
+        while self.outbox:
+            response = self.outbox.pop(0)
+            names = ("routes/public",) if response.type_url == typeurls.ROUTE else ()
+            if self.delta:
+                message: Any = discovery_v3.DeltaDiscoveryRequest(
+                    type_url=response.type_url, response_nonce=response.nonce
+                )
+            else:
+                assert isinstance(response, Response)
+                version = response.version_info if error is None else ""
+                message = discovery_v3.DiscoveryRequest(
+                    type_url=response.type_url,
+                    resource_names=names,
+                    response_nonce=response.nonce,
+                    version_info=version,
+                )
+            if error is not None:
+                message.error_detail.CopyFrom(status_pb2.Status(code=3, message=error))
+            self._ask(message)
+
+
+@pytest.mark.parametrize("delta", [False, True], ids=["sotw", "delta"])
+async def test_the_order_holds_for_consumers_of_either_variant(delta: bool) -> None:
+    """The rollout reads only ProxyStatus: consumers on real streams, delta or not, take it through every step."""
+    cache = SnapshotCache()
+    served: list[str] = []
+    refused: list[Refusal] = []
+    rollout = Rollout(cache, prune_delay=0.01, on_served=served.append, on_refused=refused.append)
+    rollout.publish(resources(10), "r1")
+    dyeing, envoy = Consumer(cache, "dyeing", delta), Consumer(cache, "envoy", delta)
+    dyeing.answer()
+    envoy.answer()
+    assert dyeing.stream.proxy.in_sync(cache.snapshot) and envoy.stream.proxy.in_sync(cache.snapshot)
+    first = keys(cache)
+    rollout.publish(resources(20), "r2")
+    assert cache.snapshot is not None and cache.snapshot.revision == "r1" and served == ["r1"]
+    assert envoy.outbox == []  # staged: the service is offered the new key, the Envoys nothing yet
+    dyeing.answer()
+    await settle()
+    assert served == ["r1", "r2"] and [r.type_url for r in envoy.outbox] == [typeurls.ROUTE]
+    envoy.answer()
+    await asyncio.sleep(0.05)
+    assert len(keys(cache)) == 1 and not keys(cache) & first  # pruned once the Envoys moved on
+    dyeing.answer()
+    assert all(c.stream.proxy.in_sync(cache.snapshot) for c in (dyeing, envoy))
+    rollout.publish(resources(30, "three"), "r3")
+    dyeing.answer(error="bad rule")
+    await settle()
+    assert [(r.revision, r.service, r.message) for r in refused] == [("r3", "dyeing", "bad rule")]
+    assert cache.snapshot.revision == "r2" and envoy.outbox == []
+    status = dyeing.stream.proxy.to_dict(cache.snapshot)["types"]["DyeingSettings"]
+    assert status["rejection"]["message"] == "bad rule" and status["rejection"]["revision"] == "r3"
     await rollout.close()

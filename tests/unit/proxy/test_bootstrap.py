@@ -24,6 +24,14 @@ def _build(**overrides: Any) -> dict[str, Any]:
     return build_bootstrap(**(args | overrides))
 
 
+def test_delta_is_the_default_and_sotw_a_flag() -> None:
+    assert _build()["dynamic_resources"]["ads_config"]["api_type"] == "DELTA_GRPC"
+    for args, api_type in (([], "DELTA_GRPC"), (["--sotw"], "GRPC")):
+        result = CliRunner().invoke(app, ["bootstrap", *args])
+        assert result.exit_code == 0, result.output
+        assert yaml.safe_load(result.output)["dynamic_resources"]["ads_config"]["api_type"] == api_type
+
+
 def test_node_and_admin() -> None:
     bootstrap = _build(admin_port=0)
     assert bootstrap["node"] == {"id": "gw-1", "cluster": "edge", "metadata": {"xgate": {}}}
@@ -42,10 +50,11 @@ def test_the_node_says_where_its_counters_are_and_the_stats_listener_forwards_tw
         _build(admin_port=0, stats=("0.0.0.0", 9902))
 
 
-def test_ads_config() -> None:
-    dynamic = _build()["dynamic_resources"]
+@pytest.mark.parametrize(("delta", "api_type"), [(True, "DELTA_GRPC"), (False, "GRPC")])
+def test_ads_config(delta: bool, api_type: str) -> None:
+    dynamic = _build(delta=delta)["dynamic_resources"]
     ads = dynamic["ads_config"]
-    assert ads["api_type"] == "GRPC"
+    assert ads["api_type"] == api_type
     assert ads["transport_api_version"] == "V3"
     assert ads["set_node_on_first_message_only"] is True
     (service,) = ads["grpc_services"]
@@ -87,6 +96,7 @@ DOCUMENTED_FORMS = [
     ["--xds", "[::1]:18000"],
     ["--xds", "xgate-cp.default.svc.cluster.local:18000", "--admin-port", "0"],
     ["--node-id", "edge-1", "--node-cluster", "edge", "--admin-port", "19901"],
+    ["--sotw"],
     ["--stats", "0.0.0.0:9902"],
 ]
 
