@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Generator
 from typing import Any, TypeVar
 
 import grpc
@@ -85,7 +85,7 @@ def admin_explain(admin: str, method: str, url: str, headers: list[str], listene
     return plain(_call(admin, "Explain", request, admin_pb2.ExplainReply).explanation)
 
 
-def watch_reports(admin: str, interval_ms: int = 0) -> Iterator[dict[str, Any]]:
+def watch_reports(admin: str, interval_ms: int = 0) -> Generator[dict[str, Any]]:
     """Each status report WatchStatus sends (one at once, then one per change), until the caller stops.
 
     Errors: StatusError when the stream cannot start or breaks."""
