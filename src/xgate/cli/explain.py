@@ -17,8 +17,6 @@ from xgate.explain import ExplainError, choose_listener, explain, parse_request
 from xgate.pipeline import compile_config
 from xgate.translate.matching import MatchingError
 
-__all__ = ["ExplainError", "explain", "parse_request", "register"]
-
 
 def register(app: typer.Typer) -> None:
     @app.command("explain")
