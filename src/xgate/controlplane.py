@@ -20,6 +20,7 @@ from xgate.guard import Served, held_back_message, hold_back
 from xgate.heap import DeferredFreeze, gc_paused
 from xgate.incremental import IncrementalCompiler, route_changes
 from xgate.ir.model import GatewayIR
+from xgate.ir.policies import PolicyResolver
 from xgate.pipeline import Compiled, compile_config
 from xgate.plugins.jwt import JwtSettings, jwks_files
 from xgate.sources.revision import Revision
@@ -95,6 +96,7 @@ class ControlPlane:
         self.state = ConfigState()
         self.health: dict[str, Callable[[], dict[str, Any]]] = {}
         self._translator = Translator()
+        self._policies = PolicyResolver()  # imports the policy modules the config names (ir/policies.py)
         self._inputs: dict[str, Revision] = {}
         self._rejections: dict[str, tuple[str, list[str]]] = {}
         # Valid revisions the guard held back: they join the next merge, which another source may complete
@@ -230,6 +232,7 @@ class ControlPlane:
         changed: int = 0,
     ) -> None:
         previous_warnings = self.state.warnings
+        warnings = warnings + self._policies.notes  # policies the last full compile could not look at
         self.state = replace(self.state, warnings=warnings)
         self._refresh_rejections()
         now = time.perf_counter()
@@ -251,7 +254,7 @@ class ControlPlane:
         )
 
     async def _compile(self, config: ConfigSet, revision: str, lenient: bool) -> Compiled:
-        arguments = (config, revision, self._translator, lenient, self._served_routes)
+        arguments = (config, revision, self._translator, lenient, self._served_routes, self._policies)
         if len(config.routes) > _THREAD_ABOVE_ROUTES:
             return await asyncio.to_thread(compile_config, *arguments)
         return compile_config(*arguments)

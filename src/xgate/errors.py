@@ -4,7 +4,8 @@ XgateError
 ├── ConfigError        a config revision was rejected; carries every ConfigIssue found
 ├── ProxyError         a child process (Envoy, a service) could not be started or answered badly
 ├── PortInUseError     a port a server needs is held by another process (named when it can be found)
-└── PolicyLoadError    an auth policy's import path could not be imported or does not name a callable
+├── PolicyLoadError    an auth policy's import path could not be imported or does not name a callable
+└── RuleError          a declarative policy (xgate.authz.rules) asks what Envoy's RBAC filter cannot enforce
 """
 
 from __future__ import annotations
@@ -63,3 +64,8 @@ class PolicyLoadError(XgateError):
         self.path = path
         self.reason = reason
         super().__init__(f"policy {path!r}: {reason}")
+
+
+class RuleError(XgateError, ValueError):
+    """A condition or rule the declarative policy API cannot express, with the reason (raised where it is
+    written, so importing the module fails with it)."""

@@ -20,8 +20,10 @@ API: dict[str, list[str]] = {
         "SHORT", "authz_pb2", "duration", "dyeing_pb2", "ratelimit_pb2", "seconds", "type_url",
     ],
     "xgate.authz": [
-        "Allow", "AuthorizationService", "AuthzServer", "Decision", "Deny", "LoadedPolicy", "Outcome", "Policy",
-        "PolicyLoadError", "PolicyRegistry", "PolicyRunner", "Request", "Verdict", "inline", "load_policy", "serve",
+        "Allow", "AuthorizationService", "AuthzServer", "Condition", "Decision", "Deny", "LoadedPolicy", "Outcome",
+        "Policy", "PolicyLoadError", "PolicyRegistry", "PolicyRunner", "Request", "Rule", "RuleError", "Verdict",
+        "all_of", "any_of", "cacheable", "claims", "header", "inline", "load_policy", "method", "not_", "path", "rule",
+        "serve", "source",
     ],
     "xgate.config": [
         "ConfigSet", "KINDS", "Listener", "ObjectSource", "Route", "Upstream", "load_file", "parse_document",

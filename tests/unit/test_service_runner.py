@@ -61,3 +61,16 @@ async def test_a_taken_port_fails_before_any_config(name: str) -> None:
         options = ServiceOptions(listen=("127.0.0.1", taken), xds=(("127.0.0.1", free_port()),))
         with pytest.raises(PortInUseError, match=rf"127\.0\.0\.1:{taken} \({name} gRPC, --listen\) is in use"):
             await asyncio.wait_for(run_service(SERVICES[name](), options), 5)
+
+
+async def test_a_taken_authz_http_port_fails_before_any_config() -> None:
+    """`xgate authz --http-listen` on a taken port: the error at start, as for --listen, not once a config came."""
+    from xgate.authz.config import run_authz
+
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        taken = holder.getsockname()[1]
+        options = ServiceOptions(listen=("127.0.0.1", free_port()), xds=(("127.0.0.1", free_port()),))
+        with pytest.raises(PortInUseError, match=rf"127\.0\.0\.1:{taken} \(authz HTTP checks, --http-listen\)"):
+            await asyncio.wait_for(run_authz(options, http=("127.0.0.1", taken)), 5)

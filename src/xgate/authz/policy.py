@@ -53,6 +53,7 @@ import logging
 import os
 import re
 import sys
+import threading
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType, ModuleType
@@ -128,6 +129,7 @@ Policy: TypeAlias = Callable[[Request, dict[str, Any]], Decision | Awaitable[Dec
 
 F = TypeVar("F", bound=Callable[..., Any])
 INLINE_ATTRIBUTE = "__xgate_inline__"
+CACHE_ATTRIBUTE = "__xgate_cache_seconds__"
 
 
 def inline(policy: F) -> F:
@@ -139,6 +141,21 @@ def inline(policy: F) -> F:
     """
     setattr(policy, INLINE_ATTRIBUTE, True)
     return policy
+
+
+def cacheable(seconds: float) -> Callable[[F], F]:
+    """Declare that a policy's decision depends on nothing but the route, the method and the verified claims, so
+    `xgate authz` may answer the same (route, method, claims) from its last decision for `seconds` without
+    calling it (on the HTTP transport, `transport: http`; up to 10,000 answers per process). A policy reading
+    headers, the path, the source, the time or any state must not be cacheable."""
+    if not isinstance(seconds, int | float) or isinstance(seconds, bool) or not 0 < seconds <= 300:
+        raise ValueError(f"cacheable(seconds): from 0 to 300 seconds, not {seconds!r}")
+
+    def mark(policy: F) -> F:
+        setattr(policy, CACHE_ATTRIBUTE, float(seconds))
+        return policy
+
+    return mark
 
 
 # -- loading --------------------------------------------------------------------------------------------------
@@ -156,6 +173,7 @@ class LoadedPolicy:
     call: Callable[..., Any]
     mode: Mode
     generation: int = 0  # of its module: a reload of the module makes a new LoadedPolicy
+    cache_seconds: float = 0.0  # how long a decision may be reused (`cacheable`); 0: never
 
 
 def load_policy(path: str) -> Callable[..., Any]:
@@ -243,8 +261,7 @@ class PolicyRegistry:
     def __init__(self) -> None:
         self._policies: Mapping[str, LoadedPolicy] = MappingProxyType({})
         self._errors: Mapping[str, PolicyLoadError] = MappingProxyType({})
-        self._digests: dict[str, bytes | None] = {}  # module -> digest of the source it was (re)imported from
-        self._generations: dict[str, int] = {}
+        self._modules = PolicyModules()
 
     def get(self, name: str) -> LoadedPolicy | None:
         return self._policies.get(name)
@@ -299,25 +316,55 @@ class PolicyRegistry:
         module_name, attributes = _split(path)
         module = modules.get(module_name)
         if module is None:
-            module = modules[module_name] = self._fresh_module(path, module_name)
+            try:
+                module = modules[module_name] = self._modules.fresh(path, module_name)
+            except PolicyLoadError as exc:
+                module = modules[module_name] = exc
         if isinstance(module, PolicyLoadError):
-            raise PolicyLoadError(path, module.reason)
-        generation = self._generations[module_name]
+            raise PolicyLoadError(path, module.reason) from module.__cause__
+        generation = self._modules.generation(module_name)
         if previous is not None and previous.path == path and previous.generation == generation:
             return previous
         call = _resolve(path, module, attributes)
-        return LoadedPolicy(name, path, call, _mode(call), generation)
+        dunder_call = getattr(call, "__call__", None)  # noqa: B004 - a class-based policy's method may be marked
+        seconds = float(getattr(call, CACHE_ATTRIBUTE, 0.0) or getattr(dunder_call, CACHE_ATTRIBUTE, 0.0))
+        return LoadedPolicy(name, path, call, _mode(call), generation, seconds)
 
-    def _fresh_module(self, path: str, module_name: str) -> ModuleType | PolicyLoadError:
-        """The module, re-imported if its source changed since this registry last (re)imported it."""
-        known = module_name in self._digests
-        current = sys.modules.get(module_name)
-        changed = known and current is not None and _source_digest(current) != self._digests[module_name]
-        try:
+
+class PolicyModules:
+    """The modules policies come from, imported once and again when their source changed (by content: see
+    _drop_bytecode). Shared by `xgate authz` (PolicyRegistry) and the control plane (ir/policies.py); one
+    thread at a time (imports hold Python's import lock anyway)."""
+
+    def __init__(self) -> None:
+        self._digests: dict[str, bytes | None] = {}  # module -> digest of the source it was (re)imported from
+        self._generations: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def generation(self, module_name: str) -> int:
+        """How many times `fresh` (re)imported the module: a policy of another generation is another object."""
+        return self._generations.get(module_name, 0)
+
+    def fresh(self, path: str, module_name: str) -> ModuleType:
+        """The module, re-imported if its source changed since this object last (re)imported it; raises
+        PolicyLoadError (its cause: what the import raised), and the next call tries again."""
+        with self._lock:
+            known = module_name in self._digests
+            current = sys.modules.get(module_name)
+            changed = known and current is not None and _source_digest(current) != self._digests[module_name]
             module = _import(path, module_name, reload=changed)
-        except PolicyLoadError as exc:
-            return exc  # the digest stays old: the next load retries the import
-        if changed or not known or current is None:
-            self._digests[module_name] = _source_digest(module)
-            self._generations[module_name] = self._generations.get(module_name, 0) + 1
-        return module
+            if changed or not known or current is None:
+                self._digests[module_name] = _source_digest(module)
+                self._generations[module_name] = self._generations.get(module_name, 0) + 1
+            return module
+
+    def find(self, path: str) -> object:
+        """What `"pkg.module:name"` names, without instantiating a class (the control plane only looks)."""
+        module_name, attributes = _split(path)
+        target: Any = self.fresh(path, module_name)
+        for attribute in attributes.split("."):
+            try:
+                target = getattr(target, attribute)
+            except AttributeError:
+                raise PolicyLoadError(path, f"{module_name} has no attribute {attributes}") from None
+        return target

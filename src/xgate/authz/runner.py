@@ -104,6 +104,33 @@ class PolicyRunner:
             return self._error(policy, request, exc)
         return self._verdict(policy, request, result, started)
 
+    def run_here(self, policy: LoadedPolicy, request: Request, claims: dict[str, Any]) -> Verdict:
+        """An `@inline` policy called in this thread (the event loop, for HTTP checks: see http.py)."""
+        started = time.perf_counter()
+        try:
+            result = policy.call(request, claims)
+        except (Exception, SystemExit) as exc:
+            return self._error(policy, request, exc)
+        return self._verdict(policy, request, result, started)
+
+    async def run_on_loop(self, policy: LoadedPolicy, request: Request, claims: dict[str, Any]) -> Verdict:
+        """`run_blocking` for a caller on the event loop: a coroutine is awaited here, a plain function runs in
+        the policy pool meanwhile, both under the timeout; never raises."""
+        if policy.mode == "inline":
+            return self.run_here(policy, request, claims)
+        started = time.perf_counter()
+        try:
+            if policy.mode == "async":
+                result = await self._awaited(policy, request, claims)
+            else:
+                async with asyncio.timeout(self.timeout):
+                    result = await asyncio.wrap_future(self._executor().submit(policy.call, request, claims))
+        except TimeoutError:
+            return self._timed_out(policy, request, started)
+        except (Exception, SystemExit) as exc:
+            return self._error(policy, request, exc)
+        return self._verdict(policy, request, result, started)
+
     async def _awaited(self, policy: LoadedPolicy, request: Request, claims: dict[str, Any]) -> Any:
         async with asyncio.timeout(self.timeout):
             return await policy.call(request, claims)

@@ -44,6 +44,7 @@ from xgate.authz.tokens import JwtProviders, NeedsKeys, Refusal, claim_headers
 from xgate.grpcguard import MalformedGuard
 from xgate.listen import bind_grpc, grpc_options
 from xgate.plugins.jwt import OPTIONAL_KEY, PAYLOAD_METADATA, PROVIDER_KEY, jwt_claims
+from xgate.plugins.policy import HTTP_HEADER_PREFIX as _RESERVED
 from xgate.plugins.policy import POLICY_KEY, ROUTE_KEY
 from xgate.telemetry import server_interceptors
 
@@ -108,7 +109,7 @@ class AuthorizationService(auth_grpc.AuthorizationServicer):  # type: ignore[mis
             return self.check(request)
         except Exception:  # a bug of ours must not turn into a gRPC error at Envoy
             log.exception("authorization check failed; denying")
-            self._count(INTERNAL, "errors")
+            self.count(INTERNAL, "errors")
             return response(self.closed_answer)
 
     def _wait(self, future: concurrent.futures.Future[Any], timeout: float) -> Any:
@@ -145,7 +146,7 @@ class AuthorizationService(auth_grpc.AuthorizationServicer):  # type: ignore[mis
             claims, verified = jwt_claims(attributes.metadata_context), {}
         policy = self.registry.get(name)
         if policy is None:
-            self._count(name or NO_POLICY, "errors")
+            self.count(name or NO_POLICY, "errors")
             load_error = self.registry.errors.get(name)
             log.error(
                 "route %s: %s; denying",
@@ -168,7 +169,7 @@ class AuthorizationService(auth_grpc.AuthorizationServicer):  # type: ignore[mis
             self._loop(),
             self._wait,
         )
-        self._count(name, verdict.outcome)
+        self.count(name, verdict.outcome)
         if isinstance(verdict.decision, Allow):
             return response(verdict.decision, forwarded, removed, verified)
         return response(verdict.decision)
@@ -186,7 +187,7 @@ class AuthorizationService(auth_grpc.AuthorizationServicer):  # type: ignore[mis
         counted = f"jwt:{provider_name}"
         if verifier is None:
             log.error("route %s: jwt provider %r is not loaded; denying", route or "(unnamed)", provider_name)
-            self._count(counted, "errors")
+            self.count(counted, "errors")
             return response(self.closed_answer)
         preflight = _cors_preflight(http.method, headers)  # jwt_authn's bypass_cors_preflight: even with a token
         found = None if preflight else verifier.find(header_pairs(http), http.path)
@@ -206,17 +207,18 @@ class AuthorizationService(auth_grpc.AuthorizationServicer):  # type: ignore[mis
         else:
             result = now
         if isinstance(result, Refusal):
-            self._count(counted, "denied")
+            self.count(counted, "denied")
             body = result.description if not result.missing else "Jwt is missing"
             challenge = result.challenge(realm(http.scheme, http.host, http.path))
             return response(Deny(result.status, body, {"www-authenticate": challenge}))
-        self._count(counted, "allowed")
+        self.count(counted, "allowed")
         forwarded, removed = claim_headers(verifier.provider, result)
         if found is not None:
             removed.extend(found.headers)  # jwt_authn removes the tokens' headers before the upstream (forward: false)
         return result, forwarded, removed
 
-    def _count(self, name: str, outcome: Outcome) -> None:
+    def count(self, name: str, outcome: Outcome) -> None:
+        """One more `outcome` for `name` (a policy, "jwt:<provider>", or the internal errors)."""
         with self._counts_lock:
             counts = self._counts.get(name)
             if counts is None:
@@ -234,12 +236,18 @@ def _cors_preflight(method: str, headers: Mapping[str, str]) -> bool:
 
 
 def request_headers(http: attribute_v3.AttributeContext.HttpRequest) -> Mapping[str, str]:
-    """The request's headers, lower-case names; Envoy's `header_map` form (encode_raw_headers) too."""
+    """The request's headers, lower-case names; Envoy's `header_map` form (encode_raw_headers) too. Headers
+    named x-xgate-* are xgate's own (what Envoy fills in on the HTTP transport): not shown to a policy on either
+    transport."""
     if http.headers:
-        return MappingProxyType({key.lower(): value for key, value in http.headers.items()})
+        return MappingProxyType(
+            {key.lower(): value for key, value in http.headers.items() if not key.lower().startswith(_RESERVED)}
+        )
     joined: dict[str, str] = {}
     for header in http.header_map.headers:
         key = header.key.lower()
+        if key.startswith(_RESERVED):
+            continue
         value = header.value or header.raw_value.decode("utf-8", "replace")
         joined[key] = f"{joined[key]},{value}" if key in joined else value
     return MappingProxyType(joined)

@@ -33,6 +33,7 @@ class Port:
 # The services `xgate up` starts, on their commands' default addresses.
 SERVICE_PORTS = (
     Port("127.0.0.1", 18001, "xgate authz gRPC"),
+    Port("127.0.0.1", 18011, "xgate authz HTTP checks"),
     Port("127.0.0.1", 18085, "xgate authz /metrics"),
     Port("127.0.0.1", 18002, "xgate dyeing gRPC"),
     Port("127.0.0.1", 18084, "xgate dyeing /metrics"),

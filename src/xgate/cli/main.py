@@ -315,6 +315,9 @@ def _run_service(
 def authz(
     xds: XdsServers = None,
     listen: Annotated[str, typer.Option(help="gRPC address Envoy calls")] = "127.0.0.1:18001",
+    http_listen: Annotated[
+        str, typer.Option(help="HTTP address Envoy calls for policies with transport: http, or off")
+    ] = "off",
     timeout: Annotated[float, typer.Option(help="seconds a policy may take; later it denies")] = 0.1,
     fail_open: Annotated[bool, typer.Option(help="a failing policy allows instead of denying")] = False,
     status: Annotated[
@@ -333,7 +336,8 @@ def authz(
     _run_service(
         "authz", xds, listen, status, node_id, reuse_port,
         lambda options, ready, stop: run_authz(
-            options, timeout=timeout, fail_open=fail_open, on_ready=ready, stop=stop
+            options, timeout=timeout, fail_open=fail_open, on_ready=ready, stop=stop,
+            http=None if http_listen == "off" else _host_port(http_listen, "--http-listen", any_port=True),
         ),
         sotw=sotw,
     )  # fmt: skip
@@ -563,7 +567,7 @@ def up(
             ready_line="control plane ready",
             env=reach,
         ),
-        ChildSpec("authz", [*me, "authz", "--xds", xds], ready_line="authz ready"),
+        ChildSpec("authz", [*me, "authz", "--xds", xds, "--http-listen", "127.0.0.1:18011"], ready_line="authz ready"),
         ChildSpec("dyeing", [*me, "dyeing", "--xds", xds], ready_line="dyeing ready"),
         ChildSpec("ratelimit", [*me, "ratelimit", "--xds", xds], ready_line="ratelimit ready"),
         ChildSpec("envoy", [*me, "envoy", "--xds", xds, "--admin-port", str(admin_port)]),

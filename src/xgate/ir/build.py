@@ -14,20 +14,27 @@ from xgate.config.messages import explain
 from xgate.config.schema import Listener, Model, Route
 from xgate.errors import ConfigError, ConfigIssue
 from xgate.ir.model import GatewayIR, ListenerIR, RouteIR
+from xgate.ir.policies import PolicyResolver, resolve_plugins
 from xgate.ir.tls import listener_ports, listener_tls_issues, upstream_tls_issues, used_secrets
 from xgate.plugins import FILTER_ORDER, PLUGINS
 
 
 def build_ir(
-    config: ConfigSet, revision: str = "", *, lenient: bool = False, fallback: Mapping[str, Route] | None = None
+    config: ConfigSet,
+    revision: str = "",
+    *,
+    lenient: bool = False,
+    fallback: Mapping[str, Route] | None = None,
+    policies: PolicyResolver | None = None,
 ) -> GatewayIR:
     """Check what single objects cannot check alone and resolve defaults.
 
     Strict (a file): any issue raises ConfigError with every issue. Lenient (etcd, where each key is its own
     change): an object with issues is left out, or replaced by its `fallback` version (the one served
     before) when that one is still valid, and the issues travel in `GatewayIR.issues`.
+    `policies` imports the policy modules the plugin defaults name (ir/policies.py; default: a new one).
     """
-    return build_ir_and_context(config, revision, lenient=lenient, fallback=fallback)[0]
+    return build_ir_and_context(config, revision, lenient=lenient, fallback=fallback, policies=policies)[0]
 
 
 @dataclass
@@ -97,7 +104,12 @@ class RouteContext:
 
 
 def build_ir_and_context(
-    config: ConfigSet, revision: str = "", *, lenient: bool = False, fallback: Mapping[str, Route] | None = None
+    config: ConfigSet,
+    revision: str = "",
+    *,
+    lenient: bool = False,
+    fallback: Mapping[str, Route] | None = None,
+    policies: PolicyResolver | None = None,
 ) -> tuple[GatewayIR, RouteContext]:
     """build_ir, plus the RouteContext it used."""
     issues: list[ConfigIssue] = list(config.issues)
@@ -110,13 +122,17 @@ def build_ir_and_context(
     for upstream in config.upstreams:
         issues += upstream_tls_issues(config, upstream, secrets)
 
+    resolver = policies or PolicyResolver()
+    resolver.start()
     defaults = _validated_plugins(config, "document", "plugins", config.plugins, "plugins", issues)
+    resolve_plugins(resolver, config, "document", "plugins", defaults, issues)
     invalid_everywhere = {name for name in config.plugins if name in PLUGINS and name not in defaults}
     listener_plugins: dict[str, dict[str, Model | None]] = {}
     invalid_defaults: dict[str, set[str]] = {}
     for listener in config.listeners:
         problems: list[ConfigIssue] = []
         own = _validated_plugins(config, "listener", listener.name, listener.plugins, "plugins", problems)
+        resolve_plugins(resolver, config, "listener", listener.name, own, problems)
         problems += listener_tls_issues(config, listener, secrets)
         issues += problems
         invalid = {name for name in listener.plugins if name in PLUGINS and name not in own}
