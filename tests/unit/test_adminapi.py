@@ -17,6 +17,7 @@ from tests.unit.test_controlplane import BASE, file_revision
 from xgate.api.v1 import admin_pb2
 from xgate.cli.admin import admin_dump, admin_explain, admin_status, plain, watch_reports
 from xgate.cli.status import StatusError
+from xgate.cli.statuswatch import watch_status
 from xgate.config.load import parse_document
 from xgate.controlplane import ControlPlane
 from xgate.discovery.dump import config_dump
@@ -155,3 +156,14 @@ async def test_a_port_without_the_admin_api_or_without_anything_is_one_clear_lin
 def test_whole_numbers_come_back_as_ints() -> None:
     struct = json_format.ParseDict({"a": 3, "b": 2.5, "c": [1, {"d": None}]}, admin_pb2.StatusReport().report)
     assert plain(struct) == {"a": 3, "b": 2.5, "c": [1, {"d": None}]} and isinstance(plain(struct)["a"], int)
+
+
+async def test_status_watch_over_the_admin_api(
+    served: tuple[ControlPlane, grpc.aio.Channel, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`xgate status --admin --watch -o json`: each line's report is GetStatus's; no Envoy, so not ok (exit 1)."""
+    plane, _, address = served
+    code = await asyncio.to_thread(watch_status, "", "json", 0.1, 2, lambda _url: admin_status(address))
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert code == 1 and len(lines) == 2
+    assert all(line["report"] == _json(plane.report()) and line["error"] is None for line in lines)
