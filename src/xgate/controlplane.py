@@ -288,6 +288,19 @@ class ControlPlane:
         if not self._rejections:
             self.state.rejected_at = None
 
+    def served_compiler(self) -> Callable[[], Compiled] | None:
+        """Compiles the config served now once more (`xgate explain --admin`); safe in a worker thread, as it holds
+        this moment's inputs, not the plane. None before anything is served."""
+        inputs, fallback = self._inputs, dict(self._served_routes)
+        if not inputs:
+            return None
+
+        def compile_served() -> Compiled:
+            config, _ = merge_inputs(inputs)
+            return compile_config(config, lenient="etcd" in inputs, fallback=fallback)
+
+        return compile_served
+
     def report(self) -> dict[str, Any]:
         sources = {name: health() for name, health in self.health.items()}
         report = {"config": self.state.to_dict(), "sources": sources, **self.cache.status.report(self.cache.snapshot)}

@@ -16,6 +16,7 @@ from aiohttp import web
 from opentelemetry import trace
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from xgate.adminapi import add_admin_to_server
 from xgate.controlplane import ControlPlane
 from xgate.discovery import SnapshotCache, add_to_server
 from xgate.listen import bind_grpc, check_free, grpc_options
@@ -42,7 +43,10 @@ class Bound:
     status: tuple[str, int]
 
 
-async def start_xds(cache: SnapshotCache, host: str, port: int) -> tuple[grpc.aio.Server, int]:
+async def start_xds(
+    cache: SnapshotCache, host: str, port: int, plane: ControlPlane | None = None
+) -> tuple[grpc.aio.Server, int]:
+    """ADS on host:port, and with `plane` xgate's admin API beside it (xgate.adminapi)."""
     server = grpc.aio.server(
         options=[
             ("grpc.max_send_message_length", 64 * 1024 * 1024),
@@ -58,6 +62,8 @@ async def start_xds(cache: SnapshotCache, host: str, port: int) -> tuple[grpc.ai
         ]
     )
     add_to_server(server, cache)
+    if plane is not None:
+        add_admin_to_server(server, plane)
     bound = bind_grpc(server, host, port, "xDS, --xds")
     await server.start()
     return server, bound
@@ -205,7 +211,7 @@ async def run_controlplane(
             await asyncio.wait_for(etcd_source.read_all(), etcd.timeout)
         tasks.append(etcd_source.run(stop))
     tasks.append(WatchedFiles(plane.read_files, plane.reread).run(stop))  # a jwks_file is read here, sent inline
-    server, xds_port = await start_xds(plane.cache, *xds)
+    server, xds_port = await start_xds(plane.cache, *xds, plane=plane)
     try:
         runner, status_port = await start_status(plane, *status)
     except BaseException:

@@ -16,8 +16,8 @@ import httpx
 import pytest
 import yaml
 
-from xgate.cli.explain import explain, parse_request
 from xgate.config.load import parse_document
+from xgate.explain import explain, parse_request
 from xgate.pipeline import compile_config
 from xgate.testing import free_port, run_gateway
 

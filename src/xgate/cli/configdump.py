@@ -41,13 +41,17 @@ def register(app: typer.Typer) -> None:
         node: Annotated[str | None, typer.Option(help="node id (default: the only Envoy connected)")] = None,
         url: Annotated[str, typer.Option(help="control plane status API")] = "http://127.0.0.1:18080",
         as_json: Annotated[bool, typer.Option("--json", help="JSON instead of YAML")] = False,
+        admin: Annotated[
+            str | None, typer.Option(help="ask the admin API at the xDS HOST:PORT instead of --url")
+        ] = None,
     ) -> None:
         """What the control plane last sent to one Envoy (listeners, clusters, endpoints, routes, secrets
         redacted), with the version of each type and whether it was ACKed. Exit 2 when there is no such node."""
+        from xgate.cli.admin import admin_dump
         from xgate.cli.render import dump_yaml
 
         try:
-            dump = fetch_dump(url, node)
+            dump = admin_dump(admin, node) if admin else fetch_dump(url, node)
         except StatusError as exc:
             typer.echo(f"xgate config-dump: {exc}", err=True)
             raise typer.Exit(2) from None

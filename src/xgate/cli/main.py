@@ -584,11 +584,15 @@ def status(
     watch: Annotated[bool, typer.Option("--watch", "-w", help="show it again every --interval seconds")] = False,
     interval: Annotated[float, typer.Option(min=0.1, help="seconds between two reports with --watch")] = 2.0,
     count: Annotated[int | None, typer.Option(min=1, help="with --watch: stop after this many reports")] = None,
+    admin: Annotated[str | None, typer.Option(help="ask the admin API at the xDS HOST:PORT instead of --url")] = None,
 ) -> None:
     """Has the current config reached every Envoy? Exit 0 when every proxy ACKed it, the last change was accepted
     and every config source is reachable (while etcd is not, changes made there reach no Envoy); 1 otherwise;
     2 when the URL does not answer as an xgate control plane. --watch: the exit code of the last report."""
+    from xgate.cli.admin import admin_status
     from xgate.cli.status import StatusError, fetch_status, print_status, status_ok
+
+    fetch = (lambda _url: admin_status(admin)) if admin else fetch_status
 
     if output not in ("text", "json"):
         raise typer.BadParameter("use text or json", param_hint="--output")
@@ -596,9 +600,9 @@ def status(
     if watch:
         from xgate.cli.statuswatch import watch_status
 
-        raise typer.Exit(watch_status(url, "json" if as_json else "text", interval, count))
+        raise typer.Exit(watch_status(url, "json" if as_json else "text", interval, count, fetch))
     try:
-        report = fetch_status(url)
+        report = fetch(url)
     except StatusError as exc:
         typer.echo(f"xgate status: {exc}", err=True)
         raise typer.Exit(2) from None

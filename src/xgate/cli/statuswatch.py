@@ -6,6 +6,7 @@ import io
 import json
 import sys
 import time
+from collections.abc import Callable
 from contextlib import redirect_stdout
 from datetime import UTC, datetime
 from typing import Any
@@ -25,10 +26,13 @@ def render(report: dict[str, Any]) -> str:
     return buffer.getvalue()
 
 
-def watch_status(url: str, output: str, interval: float, count: int | None) -> int:
+def watch_status(
+    url: str, output: str, interval: float, count: int | None, fetch: Callable[[str], dict[str, Any]] = fetch_status
+) -> int:
     """Fetch and show the report every `interval` seconds, `count` times (None: until Ctrl-C). A control plane
     that stops answering is shown as such and watched on (it may be restarting). Returns the exit code the last
-    report gives (0 in sync, 1 not, 2 unreachable); Ctrl-C gives the same."""
+    report gives (0 in sync, 1 not, 2 unreachable); Ctrl-C gives the same. `fetch`: how a report is read
+    (cli.admin's admin_status with --admin)."""
     code = 2
     shown = 0
     tty = sys.stdout.isatty()
@@ -37,7 +41,7 @@ def watch_status(url: str, output: str, interval: float, count: int | None) -> i
             started = time.monotonic()
             now = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
             try:
-                report: dict[str, Any] | None = fetch_status(url)
+                report: dict[str, Any] | None = fetch(url)
                 error = None
             except StatusError as exc:
                 report, error = None, str(exc)

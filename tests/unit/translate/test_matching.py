@@ -10,8 +10,8 @@ from envoy.config.route.v3 import route_components_pb2 as route_components_v3
 from envoy.config.route.v3 import route_pb2 as route_v3
 from typer.testing import CliRunner
 
-from xgate.cli.explain import ExplainError, parse_request
 from xgate.cli.main import app
+from xgate.explain import ExplainError, parse_request
 from xgate.translate.matching import MatchingError, Request, choose_virtual_host, header_matches, select
 
 
