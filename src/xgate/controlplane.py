@@ -53,6 +53,9 @@ class ConfigState:
     rejected_at: float | None = None
     issues: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    # Served as configured, but worth knowing (a policy run in Python because the control plane could not
+    # import it to lower it): shown by status, never a failure.
+    notes: list[str] = field(default_factory=list)
     refusal: Refusal | None = None  # the last revision a service refused (so no Envoy got it), until one passes
 
     def to_dict(self) -> dict[str, Any]:
@@ -64,6 +67,7 @@ class ConfigState:
             "rejected_at": self.rejected_at,
             "issues": self.issues,
             "objects_not_served": self.warnings,
+            "notes": self.notes,
             "refused": None
             if refusal is None
             else {
@@ -231,9 +235,9 @@ class ControlPlane:
         revision: Revision,
         changed: int = 0,
     ) -> None:
-        previous_warnings = self.state.warnings
-        warnings = warnings + self._policies.notes  # policies the last full compile could not look at
-        self.state = replace(self.state, warnings=warnings)
+        previous_warnings, previous_notes = self.state.warnings, self.state.notes
+        notes = list(self._policies.notes)  # policies the last full compile could not look at
+        self.state = replace(self.state, warnings=warnings, notes=notes)
         self._refresh_rejections()
         now = time.perf_counter()
         if ir is not None:
@@ -242,6 +246,8 @@ class ControlPlane:
         else:
             what = f"{changed} route change{'s' if changed != 1 else ''} applied incrementally"
         new_warnings = sorted(set(warnings) - set(previous_warnings))
+        for note in sorted(set(notes) - set(previous_notes)):
+            log.info("note: %s", note)
         # Logged once the streams woken by the new snapshot have had their turn: a log line costs 0.15 ms,
         # about a tenth of a small change's way from the source to every Envoy.
         asyncio.get_running_loop().call_soon(

@@ -109,6 +109,11 @@ def print_status(report: dict[str, Any]) -> None:
         typer.echo(f"{len(not_served)} object{'s' if len(not_served) != 1 else ''} NOT served as configured:")
         for warning in not_served:
             typer.echo(f"  {warning}")
+    notes = config.get("notes") or []
+    if notes:
+        typer.echo(f"{len(notes)} note{'s' if len(notes) != 1 else ''} (served as configured):")
+        for note in notes:
+            typer.echo(f"  {note}")
     for name, health in (report.get("sources") or {}).items():
         if health.get("connected"):
             typer.echo(f"source {name}: connected, revision {health.get('revision')}")

@@ -1,6 +1,6 @@
 """The control plane imports the policies a config names before translation: a rule is lowered (and again after
 its module changed), a rule the API refuses is a config issue located at the policy, a module it cannot import
-is a note and goes to xgate authz as before."""
+is a note (served as configured: never a status failure) and goes to xgate authz as before."""
 
 from __future__ import annotations
 
@@ -87,8 +87,11 @@ async def test_rules_are_lowered_plain_policies_and_unimportable_ones_go_to_auth
     filters, policies = served(plane)
     assert "envoy.filters.http.rbac" in filters["admin"] and "envoy.filters.http.rbac" not in filters["plain"]
     assert policies == {"plain", "gone"}  # the lowered one never goes to xgate authz
-    notes = [warning for warning in plane.state.warnings if "gone" in warning]
+    notes = [note for note in plane.state.notes if "gone" in note]
     assert len(notes) == 1 and "not lowered, xgate authz runs it" in notes[0] and "No module named" in notes[0]
+    # Served as configured (xgate authz runs it): a note in status, not an object NOT served (status exit 1).
+    shown = plane.report()["config"]
+    assert shown["notes"] == notes and shown["objects_not_served"] == []
     await plane.rollout.close()
 
 
