@@ -8,9 +8,11 @@ from typing import Any
 from envoy.config.route.v3 import route_pb2 as route_v3
 from google.protobuf import json_format
 
+from xgate.dyeing.rules import Dyer, DyeRequest
 from xgate.errors import XgateError
 from xgate.ir.model import ListenerIR
 from xgate.pipeline import Compiled
+from xgate.plugins.dyeing import STICKY_KEY, STICKY_NAMESPACE, DyeingSettings
 from xgate.translate import names
 from xgate.translate.matching import Request, select
 
@@ -69,16 +71,36 @@ def route_table(compiled: Compiled, listener: ListenerIR) -> route_v3.RouteConfi
 
 def explain(compiled: Compiled, request: Request, listener: ListenerIR) -> dict[str, Any]:
     """What happens to `request` on `listener`, as plain data (see the README's "explain")."""
-    selection = select(route_table(compiled, listener), request)
+    table = route_table(compiled, listener)
+    selection = select(table, request)
     head: dict[str, Any] = {
         "request": f"{request.method} {request.authority}{request.path}",
         "listener": f"{listener.name} (port {listener.listener.port})",
     }
     if selection is None:
         return {**head, "route": None, "answer": "404: no route matches"}
-    proto = selection.route
     by_name = {route.name: route for route in listener.routes}
+    stage: dict[str, Any] | None = None
+    settings = by_name[selection.route.name].plugins.get("dyeing")
+    if isinstance(settings, DyeingSettings) and settings.rules:
+        # As in Envoy: the first match picks the dyeing settings, the stage header is set (a client's own copy
+        # replaced unless trusted) and the route is chosen again with it.
+        dyer, seen = Dyer(settings), _dye_request(request)
+        dye = dyer.dye(seen)
+        # The sticky rules' routes match on what the Lua filter sets: each sticky rule the request satisfies.
+        sticky = {STICKY_KEY % index: True for index, rule in enumerate(settings.rules)
+                  if rule.sticky is not None and dyer.satisfies(index, seen)}  # fmt: skip
+        stage = {"stage": dye.stage, "by": "the client (trusted)" if dye.kept else
+                 f"rule {dye.rule}" if dye.rule is not None else "default"}  # fmt: skip
+        headers = {**request.headers, settings.header: [dye.stage]}
+        request = Request(request.method, request.authority, request.path, headers, {STICKY_NAMESPACE: sticky})
+        selection = select(table, request)
+        if selection is None:
+            return {**head, "stage": stage, "route": None, "answer": "404: no route matches"}
+    proto = selection.route
     ir = by_name[proto.name]
+    if stage is not None:
+        head["stage"] = stage
     result: dict[str, Any] = {
         **head,
         "virtual_host": selection.virtual_host.name,
@@ -99,6 +121,13 @@ def explain(compiled: Compiled, request: Request, listener: ListenerIR) -> dict[
     if ir.disabled:
         result["plugins_switched_off"] = sorted(ir.disabled)
     return result
+
+
+def _dye_request(request: Request) -> DyeRequest:
+    """What the dye rules see; claims are not known here (a rule on a claim does not match), nor the source."""
+    headers = {name: ",".join(values) for name, values in request.headers.items()}
+    headers[":path"] = request.path
+    return DyeRequest(headers=headers)
 
 
 def _targets(compiled: Compiled, proto: Any) -> list[dict[str, Any]]:

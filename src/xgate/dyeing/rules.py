@@ -64,6 +64,10 @@ class Dyer:
                 return Dye(rule.stage, rule=index)
         return Dye(self.settings.default)
 
+    def satisfies(self, index: int, request: DyeRequest) -> bool:
+        """Whether rule `index` alone matches `request` (what Envoy's sticky filter records for each rule)."""
+        return self._conditions[index](request)
+
     def _trusted(self, source: str) -> bool:
         if self.settings.trust == "all":
             return True

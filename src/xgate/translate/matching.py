@@ -19,6 +19,7 @@ import urllib.parse
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
+from typing import Any
 
 from envoy.config.route.v3 import route_components_pb2 as route_components_v3
 from envoy.config.route.v3 import route_pb2 as route_v3
@@ -39,6 +40,8 @@ class Request:
     authority: str
     path: str  # with the query string, as on the request line
     headers: Mapping[str, Sequence[str]] = field(default_factory=dict)
+    # The dynamic metadata earlier filters set ({filter: {key: value}}), e.g. which sticky dye rules matched.
+    metadata: Mapping[str, Mapping[str, object]] = field(default_factory=dict)
 
     def header(self, name: str) -> str | None:
         """The value Envoy matches a header matcher on: pseudo-headers from the request line, repeated headers
@@ -134,7 +137,18 @@ def route_matches(
         raise MatchingError(f"the path matcher {kind} is not modelled")
     if not all(header_matches(matcher, request.header(matcher.name)) for matcher in match.headers):
         return False
+    if not all(metadata_matches(matcher, request.metadata) for matcher in match.dynamic_metadata):
+        return False
     return all(query_matches(matcher, parameters) for matcher in match.query_parameters)
+
+
+def metadata_matches(matcher: Any, metadata: Mapping[str, Mapping[str, object]]) -> bool:
+    """A dynamic-metadata matcher of one key and a bool value, as the sticky dye rules' routes use."""
+    value = matcher.value
+    if len(matcher.path) != 1 or value.WhichOneof("match_pattern") != "bool_match":
+        raise MatchingError("a dynamic metadata matcher other than one key's bool is not modelled")
+    held = metadata.get(matcher.filter, {}).get(matcher.path[0].key)
+    return (held is value.bool_match) != bool(matcher.invert)
 
 
 def header_matches(matcher: route_components_v3.HeaderMatcher, value: str | None) -> bool:

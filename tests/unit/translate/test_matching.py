@@ -121,3 +121,48 @@ def test_malformed_requests_are_named() -> None:
         parse_request("GET", "http://example.com/a", ["x-v"])
     request = parse_request("get", "http://example.com/a?b=1", ["Host: other", "x-a: 1", "x-a: 2"])
     assert (request.method, request.authority, request.path, request.header("x-a")) == ("GET", "other", "/a?b=1", "1,2")
+
+
+DYED = """
+plugins:
+  dyeing:
+    rules:
+      - {stage: canary, header: {name: x-canary, exact: "1"}}
+      - {stage: beta, sticky: {percent: 100, key: {header: x-user}}}
+listeners: [{name: public, port: 10000}]
+upstreams:
+  - {name: v1, endpoints: ["127.0.0.1:8001"]}
+  - {name: v2, endpoints: ["127.0.0.1:8002"]}
+  - {name: v3, endpoints: ["127.0.0.1:8003"]}
+routes:
+  - name: users
+    match: {path: {prefix: /users}}
+    upstream: v1
+    canary: [{stage: canary, upstream: v2, fallback: false}, {stage: beta, upstream: v3, fallback: false}]
+  - {name: plain, match: {path: {prefix: /plain}}, upstream: v1, plugins: {dyeing: false}}
+"""
+
+
+@pytest.mark.parametrize(
+    ("headers", "stage", "by", "upstream"),
+    [
+        ([], "stable", "default", "v1"),
+        (["x-canary: 1"], "canary", "rule 0", "v2"),
+        (["x-user: ada"], "beta", "rule 1", "v3"),
+        (["x-canary: 1", "x-user: ada"], "canary", "rule 0", "v2"),  # the first rule that matches wins
+        (["x-xgate-stage: beta"], "stable", "default", "v1"),  # an untrusted client's stage is replaced
+    ],
+)
+def test_explain_says_the_stage_the_rules_give_and_routes_by_it(
+    tmp_path: Path, headers: list[str], stage: str, by: str, upstream: str
+) -> None:
+    config = tmp_path / "gateway.yaml"
+    config.write_text(DYED)
+    options = [option for header in headers for option in ("-H", header)]
+    result = CliRunner().invoke(app, ["explain", "GET", "http://h:10000/users", *options, "-f", str(config), "--json"])
+    assert result.exit_code == 0, result.output
+    explained = json.loads(result.output)
+    assert explained["stage"] == {"stage": stage, "by": by}
+    assert [target["upstream"] for target in explained["upstreams"]] == [upstream]
+    plain = CliRunner().invoke(app, ["explain", "GET", "http://h:10000/plain", "-H", "x-canary: 1", "-f", str(config)])
+    assert plain.exit_code == 0 and "stage:" not in plain.output  # dyeing switched off on the route
