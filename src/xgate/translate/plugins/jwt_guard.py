@@ -169,6 +169,22 @@ local function members(text)
   end
 end
 
+-- A token header's members, decoded and read once per header text this worker sees (false: unreadable).
+-- Clients send a handful of distinct headers and decoding one in Lua costs more than the rest of the guard;
+-- the memo holds short headers only and starts again when full, so what it holds stays small.
+local READ, READ_COUNT = {}, 0
+local function header_members(segment)
+  local known = READ[segment]
+  if known ~= nil then return known end
+  local header = b64url(segment)
+  local fields = header and members(header) or false
+  if #segment <= 512 then
+    if READ_COUNT >= 1024 then READ, READ_COUNT = {}, 0 end
+    READ[segment], READ_COUNT = fields, READ_COUNT + 1
+  end
+  return fields
+end
+
 local function refusal(token)
   if #token > MAX_TOKEN_BYTES then return "Jwt is too large" end
   local first, second = token:find(".", 1, true), nil
@@ -176,9 +192,8 @@ local function refusal(token)
   if not second or token:find(".", second + 1, true) or first == 1 or second == first + 1 or second == #token then
     return nil
   end
-  local header = b64url(token:sub(1, first - 1))
-  local fields = header and members(header)
-  if fields == nil then return nil end
+  local fields = header_members(token:sub(1, first - 1))
+  if not fields then return nil end
   if fields.crit then return "Jwt header has a crit parameter (extensions this verifier does not understand)" end
   if fields.b64 and not (fields.b64[1] == "true" and not fields.b64[2]) then
     return "Jwt header has b64 other than true (an unencoded payload, RFC 7797)"
