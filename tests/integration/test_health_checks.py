@@ -3,37 +3,19 @@ comes back. nginx answers 400 to a malformed Host header, as production servers 
 
 from __future__ import annotations
 
-import json
 from contextlib import AsyncExitStack
 from pathlib import Path
 
 import httpx
 import pytest
 
-from xgate.proxy.process import EnvoyProcess
 from xgate.testing import NginxProcess, free_port, run_gateway, run_nginx
+from xgate.testing.faults import endpoint_health
 from xgate.testing.gateway import wait_for
 
 pytestmark = pytest.mark.integration
 
 CHECK = "{path: /healthz, interval: 100ms, timeout: 1s, unhealthy_threshold: 2, healthy_threshold: 1}"
-
-
-async def endpoint_health(envoy: EnvoyProcess, cluster: str) -> dict[str, set[str]]:
-    """address -> the health flags Envoy's admin reports for it (empty: healthy)."""
-    status, body = await envoy.admin_get("/clusters?format=json")
-    assert status == 200, body
-    found: dict[str, set[str]] = {}
-    for entry in json.loads(body).get("cluster_statuses", []):
-        if entry["name"] != cluster:
-            continue
-        for host in entry.get("host_statuses", []):
-            address = host["address"]["socket_address"]
-            flags = {name for name, value in host["health_status"].items() if value is True}
-            if host["health_status"].get("eds_health_status", "HEALTHY") != "HEALTHY":
-                flags.add(host["health_status"]["eds_health_status"])
-            found[f"{address['address']}:{address['port_value']}"] = flags
-    return found
 
 
 async def answers(client: httpx.AsyncClient, url: str, count: int, **headers: str) -> list[str]:

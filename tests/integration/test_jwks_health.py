@@ -4,36 +4,20 @@ failing endpoint becomes a warning in `xgate status` while the last good keys ke
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from aiohttp import web
-from tests.integration.test_jwks_uri import JwksServer, config, jwks, make_tls, status
+from tests.integration import test_jwks_uri
+from tests.integration.test_jwks_uri import JwksServer, config, jwks, status
 
 from xgate.demo.upstream import DemoUpstream
 from xgate.testing import free_port, run_authz_service, run_cli, run_gateway, scrape
 from xgate.testing.gateway import Gateway, wait_for
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-async def endpoint(tmp_path: Path) -> AsyncIterator[tuple[JwksServer, Path]]:
-    """test_jwks_uri's HTTPS JWKS server (its fixture, under a name of this module)."""
-    ca_file, context = make_tls(tmp_path)
-    server = JwksServer(port=free_port())
-    app = web.Application()
-    app.router.add_get("/jwks.json", server.handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", server.port, ssl_context=context).start()
-    try:
-        yield server, ca_file
-    finally:
-        await runner.cleanup()
+jwks_server = test_jwks_uri.jwks_server  # its HTTPS JWKS endpoint, the fixture
 
 
 def _jwks(gateway: Gateway, kind: str) -> list[dict[str, Any]]:
@@ -46,9 +30,9 @@ def _warned(gateway: Gateway, text: str) -> bool:
 
 
 async def test_python_path_jwks_health(
-    endpoint: tuple[JwksServer, Path], upstreams: dict[str, DemoUpstream], tmp_path: Path
+    jwks_server: tuple[JwksServer, Path], upstreams: dict[str, DemoUpstream], tmp_path: Path
 ) -> None:
-    server, ca_file = endpoint
+    server, ca_file = jwks_server
     server.jwks = jwks("k1", "k2")
     port, authz = free_port(), free_port()
     text = config(port, upstreams["v1"].port, authz, "python", server.port, ca_file, refresh="1s")
@@ -78,9 +62,9 @@ async def test_python_path_jwks_health(
 
 
 async def test_native_path_jwks_health(
-    endpoint: tuple[JwksServer, Path], upstreams: dict[str, DemoUpstream], tmp_path: Path
+    jwks_server: tuple[JwksServer, Path], upstreams: dict[str, DemoUpstream], tmp_path: Path
 ) -> None:
-    server, ca_file = endpoint
+    server, ca_file = jwks_server
     server.jwks = jwks("k1")
     port, authz = free_port(), free_port()
     text = config(port, upstreams["v1"].port, authz, "native", server.port, ca_file, refresh="1s")
