@@ -8,6 +8,7 @@ import pytest
 from envoy.extensions.common.matching.v3 import extension_matcher_pb2 as extension_matcher_v3
 from envoy.extensions.filters.http.jwt_authn.v3 import config_pb2 as jwt_v3
 from envoy.extensions.filters.http.lua.v3 import lua_pb2 as lua_v3
+from envoy.extensions.filters.http.rbac.v3 import rbac_pb2 as rbac_http_v3
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_v3,
 )
@@ -19,8 +20,8 @@ from xgate.translate.plugins.jwt_guard_native import (
     FORM_GUARD_FILTER,
     HEADER_METADATA,
     NATIVE_GUARD_FILTER,
+    ROUTE_GUARD,
     is_native,
-    route_guard,
 )
 
 RSA: dict[str, Any] = {"kty": "RSA", "kid": "r", "n": "AQAB", "e": "AQAB"}
@@ -80,7 +81,9 @@ def test_a_listener_guards_each_provider_one_way() -> None:
     bodies = [mapper.body.inline_string for mapper in manager.local_reply_config.mappers]
     assert all(mapper.status_code.value == 401 for mapper in manager.local_reply_config.mappers)
     assert any("crit" in body for body in bodies) and any("b64" in body for body in bodies)
-    assert set(route_guard(provider("fast")).rbac.rules.policies) == {"xgate-jwt-crit", "xgate-jwt-b64"}
+    guard = rbac_http_v3.RBACPerRoute()
+    ROUTE_GUARD.Unpack(guard)
+    assert set(guard.rbac.rules.policies) == {"xgate-jwt-crit", "xgate-jwt-b64"}
 
 
 def test_a_listener_without_native_providers_gets_no_native_guard() -> None:

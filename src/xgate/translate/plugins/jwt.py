@@ -48,10 +48,10 @@ from xgate.translate.plugins.jwt_guard_native import (
     FORM_GUARD_FILTER,
     HEADER_METADATA,
     NATIVE_GUARD_FILTER,
+    ROUTE_GUARD,
     after_jwt,
     before_jwt,
     is_native,
-    route_guard,
 )
 from xgate.translate.plugins.services import https_cluster
 from xgate.translate.protos import duration, pack
@@ -97,7 +97,7 @@ class JwtTranslator(PluginTranslator[JwtSettings]):
             )
             if is_native(provider):
                 proto.typed_per_filter_config[FORM_GUARD_FILTER].CopyFrom(pack(guard_route(provider)))
-                proto.typed_per_filter_config[NATIVE_GUARD_FILTER].CopyFrom(pack(route_guard(provider)))
+                proto.typed_per_filter_config[NATIVE_GUARD_FILTER].CopyFrom(ROUTE_GUARD)
             else:
                 proto.typed_per_filter_config[GUARD_FILTER].CopyFrom(pack(guard_route(provider)))
         if settings is not None and provider is not None and provider.verify == "python":

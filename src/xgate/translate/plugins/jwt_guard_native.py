@@ -142,23 +142,6 @@ def after_jwt(providers: tuple[Provider, ...], manager: hcm_v3.HttpConnectionMan
     return [hcm_v3.HttpFilter(name=NATIVE_GUARD_FILTER, typed_config=pack(rbac_http_v3.RBAC()), disabled=True)]
 
 
-def route_guard(provider: Provider) -> rbac_http_v3.RBACPerRoute:
-    """A route requiring `provider` refuses what the Lua guard would (DENY policies, see the module's docstring)."""
-    b64 = _header_member("b64", present_match=True)
-    b64_true = _header_member("b64", bool_match=True)
-    policies = {
-        "xgate-jwt-crit": rbac_v3.Policy(
-            permissions=[_ANY_PERMISSION], principals=[_header_member("crit", present_match=True)]
-        ),
-        "xgate-jwt-b64": rbac_v3.Policy(
-            permissions=[_ANY_PERMISSION],
-            principals=[_all(b64, rbac_v3.Principal(not_id=b64_true))],
-        ),
-    }
-    rules = rbac_v3.RBAC(action=rbac_v3.RBAC.DENY, policies=policies)
-    return rbac_http_v3.RBACPerRoute(rbac=rbac_http_v3.RBAC(rules=rules))
-
-
 _ANY_PERMISSION = rbac_v3.Permission(any=True)
 
 
@@ -173,6 +156,26 @@ def _header_member(name: str, **value: bool) -> rbac_v3.Principal:
     return rbac_v3.Principal(
         sourced_metadata=rbac_v3.SourcedMetadata(metadata_matcher=matcher, metadata_source=rbac_v3.DYNAMIC)
     )
+
+
+def _route_guard() -> rbac_http_v3.RBACPerRoute:
+    """DENY policies: a verified header with `crit`, or with `b64` other than true."""
+    b64 = _header_member("b64", present_match=True)
+    b64_true = _header_member("b64", bool_match=True)
+    policies = {
+        "xgate-jwt-crit": rbac_v3.Policy(
+            permissions=[_ANY_PERMISSION], principals=[_header_member("crit", present_match=True)]
+        ),
+        "xgate-jwt-b64": rbac_v3.Policy(
+            permissions=[_ANY_PERMISSION], principals=[_all(b64, rbac_v3.Principal(not_id=b64_true))]
+        ),
+    }
+    rules = rbac_v3.RBAC(action=rbac_v3.RBAC.DENY, policies=policies)
+    return rbac_http_v3.RBACPerRoute(rbac=rbac_http_v3.RBAC(rules=rules))
+
+
+# The same for every natively guarded route (packed once: a config may have tens of thousands of routes).
+ROUTE_GUARD = pack(_route_guard())
 
 
 def _not_longer(header: str, limit: int) -> xds_cel_v3.CelExpression:
