@@ -81,7 +81,7 @@ class JwtTranslator(PluginTranslator[JwtSettings]):
             *guard_filter(tuple(provider for provider in native if provider not in guarded)),
             *before_jwt(guarded, {provider.name: guard_source(provider) for provider in guarded}),
             hcm_v3.HttpFilter(name=JWT_FILTER, typed_config=pack(config)),
-            *after_jwt(guarded, manager),
+            *after_jwt(guarded),
         ]
 
     def route(
