@@ -100,7 +100,7 @@ class HttpChecks:
             log.error("route %s: the verified claims Envoy sent are not a JSON object; denying", route)
             return _response(self.closed)
         request = Request(method, target, MappingProxyType(headers), source, route)
-        if policy.mode == "inline":
+        if self.runner.place(policy) == "inline":
             return self._counted(policy, key, self.runner.run_here(policy, request, claims))
         return self._later(policy, key, request, claims)
 

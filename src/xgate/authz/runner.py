@@ -9,6 +9,10 @@ Where a policy runs (the choice is made once, at load time, by policy._mode). Th
   calls time out in the queue and get the failure answer, and the service keeps answering.
 - `@inline` plain functions: called in the calling thread, timed, and a late answer is discarded: no hop to
   the pool and back.
+- plain functions proven to only read their arguments (`LoadedPolicy.proven`, see pure.py): inline too, but
+  a call that takes longer than `loop_budget` (5 ms: Python's switch interval, after which a pool thread would
+  have let the loop run) sends that function to the pool for good, with a warning: the proof rules out I/O
+  and endless loops, not slow code.
 
 Outcomes, counted per policy by the service: `allowed` and `denied` are the policy's own answers; `errors`
 (raised, returned something else than Allow/Deny) and `timeouts` get the failure answer.
@@ -28,7 +32,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Literal, TypeAlias
 
-from xgate.authz.policy import Allow, Decision, Deny, LoadedPolicy, Request
+from xgate.authz.policy import Allow, Decision, Deny, LoadedPolicy, Mode, Request
 
 log = logging.getLogger("xgate.authz")
 
@@ -36,6 +40,7 @@ Outcome: TypeAlias = Literal["allowed", "denied", "errors", "timeouts"]
 OUTCOMES: tuple[Outcome, ...] = ("allowed", "denied", "errors", "timeouts")
 # run_blocking waits this much past the timeout for a coroutine policy: the loop cancels it at the timeout.
 _LOOP_GRACE = 0.05
+LOOP_BUDGET = 0.005  # a proven policy's call longer than this goes to the pool from then on
 # How run_blocking waits for a policy running elsewhere: (future, timeout) -> its result.
 Wait: TypeAlias = Callable[[concurrent.futures.Future[Any], float], Any]
 
@@ -55,14 +60,31 @@ class PolicyRunner:
     shuts it down without waiting for hung calls.
     """
 
-    def __init__(self, *, timeout: float = 0.1, failure: Decision | None = None, threads: int | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        timeout: float = 0.1,
+        failure: Decision | None = None,
+        threads: int | None = None,
+        loop_budget: float = LOOP_BUDGET,
+    ) -> None:
         if timeout <= 0:
             raise ValueError(f"timeout must be positive, not {timeout!r}")
         self.timeout = timeout
+        self.loop_budget = loop_budget
+        # Functions of proven policies that overran loop_budget once: they run in the pool from then on (a reload
+        # of their module makes new functions, which get a new chance).
+        self._demoted: set[Callable[..., Any]] = set()
         self.failure: Decision = failure if failure is not None else Deny(403)
         self._threads = threads or min(32, (os.cpu_count() or 1) + 4)
         self._pool: ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
+
+    def place(self, policy: LoadedPolicy) -> Mode:
+        """How `policy` runs now: its mode, or "thread" for a proven one that overran the loop budget."""
+        if policy.proven and policy.call in self._demoted:
+            return "thread"
+        return policy.mode
 
     def close(self) -> None:
         if self._pool is not None:
@@ -85,10 +107,11 @@ class PolicyRunner:
         (the service calls it from its gRPC server's): an inline policy is called here, a plain one in the
         policy pool, a coroutine on `loop`; `wait(future, timeout)` waits for those two."""
         started = time.perf_counter()
+        mode = self.place(policy)
         try:
-            if policy.mode == "inline":
-                result = policy.call(request, claims)
-            elif policy.mode == "async":
+            if mode == "inline":
+                return self.run_here(policy, request, claims)
+            if mode == "async":
                 future = asyncio.run_coroutine_threadsafe(self._awaited(policy, request, claims), loop)
                 try:
                     result = wait(future, self.timeout + _LOOP_GRACE)
@@ -107,20 +130,31 @@ class PolicyRunner:
     def run_here(self, policy: LoadedPolicy, request: Request, claims: dict[str, Any]) -> Verdict:
         """An `@inline` policy called in this thread (the event loop, for HTTP checks: see http.py)."""
         started = time.perf_counter()
+        raised: BaseException | None = None
         try:
             result = policy.call(request, claims)
         except (Exception, SystemExit) as exc:
-            return self._error(policy, request, exc)
+            raised = exc
+        if policy.proven and time.perf_counter() - started > self.loop_budget and policy.call not in self._demoted:
+            self._demoted.add(policy.call)
+            log.warning(
+                "policy %s (%s) took %.1f ms inline, over the %.0f ms a policy proven pure may hold the check's "
+                "thread; it runs in the policy pool from now on",
+                policy.name, policy.path, (time.perf_counter() - started) * 1e3, self.loop_budget * 1e3,
+            )  # fmt: skip
+        if raised is not None:
+            return self._error(policy, request, raised)
         return self._verdict(policy, request, result, started)
 
     async def run_on_loop(self, policy: LoadedPolicy, request: Request, claims: dict[str, Any]) -> Verdict:
         """`run_blocking` for a caller on the event loop: a coroutine is awaited here, a plain function runs in
         the policy pool meanwhile, both under the timeout; never raises."""
-        if policy.mode == "inline":
+        mode = self.place(policy)
+        if mode == "inline":
             return self.run_here(policy, request, claims)
         started = time.perf_counter()
         try:
-            if policy.mode == "async":
+            if mode == "async":
                 result = await self._awaited(policy, request, claims)
             else:
                 async with asyncio.timeout(self.timeout):
