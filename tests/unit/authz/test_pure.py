@@ -179,10 +179,10 @@ async def test_a_proven_policy_over_its_budget_goes_to_the_pool(
         with caplog.at_level(logging.WARNING, logger="xgate.authz"):
             assert slow.run_here(policy, REQUEST, admin).outcome == "allowed"  # the late-ish answer still counts
             assert slow.place(policy) == "thread"
-            assert slow._pool is None
+            assert not slow.pool.started
             verdict = await slow.run_on_loop(policy, REQUEST, admin)
         assert verdict.decision == Allow({"x-xgate-user": "ann"})
-        assert slow._pool is not None  # the second call ran in the pool
+        assert slow.pool.started  # the second call ran in the pool
         [message] = [record.getMessage() for record in caplog.records]
         assert re.fullmatch(
             rf"policy admins \({policies}:admins\) took [0-9.]+ ms inline, over the 0 ms a policy proven pure may "
