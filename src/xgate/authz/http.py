@@ -58,6 +58,9 @@ def _number(text: str) -> int | float:
     return value if abs(value) <= _MAX_EXACT else float(value)
 
 
+_CLAIMS = json.JSONDecoder(parse_int=_number)  # one decoder: json.loads with an option builds one per call
+
+
 class HttpChecks:
     """What the protocol needs of the service: the policies, the runner, the counters, the failure answer."""
 
@@ -95,7 +98,7 @@ class HttpChecks:
                 return kept[2]
             del self._cache[key]
         try:
-            claims = json.loads(claims_text, parse_int=_number) if claims_text else {}
+            claims = _CLAIMS.decode(claims_text) if claims_text else {}
         except ValueError:
             claims = None
         if not isinstance(claims, dict):
