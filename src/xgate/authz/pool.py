@@ -16,7 +16,6 @@ hangs for good does not keep the process from exiting.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import queue
 import threading
 import time
@@ -65,8 +64,11 @@ class PolicyPool:
                     waiting.append((done, returned))
                     return
                 self._answers[loop] = [(done, returned)]
-            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits for the answer
+            try:
                 loop.call_soon_threadsafe(self._take, loop)
+            except RuntimeError:  # the loop is closed: nobody waits for its answers
+                with self._lock:
+                    self._answers.pop(loop, None)
 
         return hand_back
 

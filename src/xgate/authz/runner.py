@@ -1,6 +1,6 @@
 """Runs one policy for one request under a timeout and turns every failure into the failure answer.
 
-Where a policy runs (the choice is made once, at load time, by policy._mode). The service calls
+Where a policy runs (the choice is made once, at load time, by policy._mode and pure.impurity). The service calls
 `run_blocking` from a thread of its gRPC server; `run` calls it from a coroutine, through a worker thread.
 - `async def`: awaited on the event loop under `asyncio.timeout` (what `asyncio.wait_for` does, without the
   extra task per call). A coroutine that blocks the loop cannot be interrupted; that is the author's contract.
@@ -156,7 +156,7 @@ class PolicyRunner:
             return self.run_here(policy, request, claims)
         if mode == "thread":
             answered: asyncio.Future[Verdict] = asyncio.get_running_loop().create_future()
-            self.run_later(policy, request, claims, answered.set_result)
+            self.run_later(policy, request, claims, partial(_resolve, answered))
             return await answered
         started = time.perf_counter()
         try:
@@ -254,6 +254,11 @@ class _Pending:
             return
         self.timer = None
         self.reply(self.runner._timed_out(self.policy, self.request, self.started))
+
+
+def _resolve(future: asyncio.Future[Verdict], verdict: Verdict) -> None:
+    if not future.done():  # its waiter may have been cancelled
+        future.set_result(verdict)
 
 
 def _settle(future: concurrent.futures.Future[Any], returned: Returned) -> None:
