@@ -217,12 +217,15 @@ async def main(args: argparse.Namespace) -> int:
                 for _ in range(args.fixed_rounds):
                     for route, half in halves.items():
                         for measured in dict.fromkeys((route, "bare")):
-                            before = scheduled(service.pid)
+                            envoy = gateway.envoys[0].pid
+                            before, envoy_before = scheduled(service.pid), scheduled(envoy) if envoy else None
                             cpu = 1 if args.pin and route == "bare" else None
                             figures = await open_loop(
                                 generator, url(ports, measured), half, args.fixed_seconds, headers, cpu
                             )
                             figures |= per_check(before, scheduled(service.pid), figures["requests"])
+                            if envoy and envoy_before:
+                                figures |= per_check(envoy_before, scheduled(envoy), figures["requests"], "envoy")
                             fixed.append((measured, half, figures))
                 machine.append(("after", _stalls.measure()))
             finally:
@@ -249,6 +252,12 @@ async def main(args: argparse.Namespace) -> int:
             f"p90 {figures['p90_ms']:.2f} ms  p99 {figures['p99_ms']:.2f} ms  max {figures['max_ms']:.2f} ms  "
             f"failures {figures['failures']:.0f}  generator CPU {figures['cpu_s']:.2f} s"
         )
+        if "envoy_cpu_ms" in figures:
+            print(
+                f"{'':18} Envoy per request: CPU {figures['envoy_cpu_ms']:.3f} ms, "
+                f"{figures['envoy_switches']:.1f} context switches, {figures['envoy_wait_ms']:.3f} ms runnable but "
+                f"waiting for its CPU"
+            )
         if route != "bare":
             print(
                 f"{'':18} xgate authz per request: CPU {figures['authz_cpu_ms']:.2f} ms, "
@@ -322,10 +331,13 @@ def scheduled(pid: int) -> tuple[int, int, int]:
     return totals[0], totals[1], totals[2]
 
 
-def per_check(before: tuple[int, int, int], after: tuple[int, int, int], requests: float) -> dict[str, float]:
+def per_check(
+    before: tuple[int, int, int], after: tuple[int, int, int], requests: float, who: str = "authz"
+) -> dict[str, float]:
+    """A process's CPU, run-queue wait (ms) and time slices per request between two `scheduled` readings."""
     cpu, wait, slices = (later - earlier for later, earlier in zip(after, before, strict=True))
     count = max(requests, 1.0)
-    return {"authz_cpu_ms": cpu / 1e6 / count, "authz_wait_ms": wait / 1e6 / count, "authz_switches": slices / count}
+    return {f"{who}_cpu_ms": cpu / 1e6 / count, f"{who}_wait_ms": wait / 1e6 / count, f"{who}_switches": slices / count}
 
 
 async def open_loop(
