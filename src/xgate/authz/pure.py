@@ -18,7 +18,9 @@ what its global names are bound to when it is loaded. Proven when every instruct
   that are plain data.
 Anything else (a module such as `time` or `requests`, a logger, `print`, a class instance, `range`, `iter`)
 keeps the function in the pool; `impurity` says why, and the registry logs it. Checked when loaded: a module
-that later rebinds one of its globals to something else is not followed.
+that later rebinds one of its globals to something else is not followed. Not caught either: a `for` over a list
+that the loop itself keeps extending (it never ends, and the runner's budget cannot stop a call that never
+returns); such a policy would hang a pool thread for good too.
 """
 
 from __future__ import annotations
