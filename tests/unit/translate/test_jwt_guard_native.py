@@ -71,6 +71,7 @@ def test_a_listener_guards_each_provider_one_way() -> None:
     filters[1].typed_config.Unpack(wrapped)
     wrapped.extension_config.typed_config.Unpack(lua)
     assert set(lua.source_codes) == {"fast"}
+    assert filters[1].disabled  # on for the routes of "fast" only
     assert "local MAX_TOKEN_BYTES = 8192" in lua.source_codes["fast"].inline_string
     authn = jwt_v3.JwtAuthentication()
     filters[2].typed_config.Unpack(authn)

@@ -120,7 +120,8 @@ def before_jwt(providers: tuple[Provider, ...], sources: dict[str, base_v3.DataS
         xds_matcher=matcher,
         extension_config=extension_v3.TypedExtensionConfig(name=FORM_GUARD_FILTER, typed_config=pack(lua)),
     )
-    return [hcm_v3.HttpFilter(name=FORM_GUARD_FILTER, typed_config=pack(wrapped))]
+    # Off unless a route of such a provider turns it on: the matcher would cost every other route too.
+    return [hcm_v3.HttpFilter(name=FORM_GUARD_FILTER, typed_config=pack(wrapped), disabled=True)]
 
 
 def after_jwt(providers: tuple[Provider, ...]) -> list[hcm_v3.HttpFilter]:
