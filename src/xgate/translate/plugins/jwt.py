@@ -43,16 +43,7 @@ from xgate.plugins.jwt import (
     providers_of,
 )
 from xgate.translate.plugins.base import PluginTranslator
-from xgate.translate.plugins.jwt_guard import GUARD_FILTER, guard_filter, guard_route, guard_source
-from xgate.translate.plugins.jwt_guard_native import (
-    FORM_GUARD_FILTER,
-    HEADER_METADATA,
-    NATIVE_GUARD_FILTER,
-    ROUTE_GUARD,
-    after_jwt,
-    before_jwt,
-    is_native,
-)
+from xgate.translate.plugins.jwt_guard import GUARD_FILTER, guard_filter, guard_route
 from xgate.translate.plugins.services import https_cluster
 from xgate.translate.protos import duration, pack
 
@@ -68,21 +59,13 @@ class JwtTranslator(PluginTranslator[JwtSettings]):
     ) -> list[hcm_v3.HttpFilter]:
         config = jwt_v3.JwtAuthentication(bypass_cors_preflight=True)
         native = providers_of(defaults, "native")
-        guarded = tuple(provider for provider in native if is_native(provider))  # by Envoy's filters
         for provider in native:
             config.providers[provider.name].CopyFrom(_provider(provider))
-            if provider in guarded:
-                config.providers[provider.name].header_in_metadata = HEADER_METADATA
             config.requirement_map[provider.name].provider_name = provider.name
             optional = config.requirement_map[f"{provider.name}?"]
             optional.requires_any.requirements.add().provider_name = provider.name
             optional.requires_any.requirements.add().allow_missing.SetInParent()
-        return [
-            *guard_filter(tuple(provider for provider in native if provider not in guarded)),
-            *before_jwt(guarded, {provider.name: guard_source(provider) for provider in guarded}),
-            hcm_v3.HttpFilter(name=JWT_FILTER, typed_config=pack(config)),
-            *after_jwt(guarded),
-        ]
+        return [*guard_filter(native), hcm_v3.HttpFilter(name=JWT_FILTER, typed_config=pack(config))]
 
     def route(
         self, settings: JwtSettings | None, route: Route, proto: route_components_v3.Route
@@ -95,11 +78,7 @@ class JwtTranslator(PluginTranslator[JwtSettings]):
             proto.typed_per_filter_config[JWT_FILTER].CopyFrom(
                 pack(jwt_v3.PerRouteConfig(requirement_name=requirement))
             )
-            if is_native(provider):
-                proto.typed_per_filter_config[FORM_GUARD_FILTER].CopyFrom(pack(guard_route(provider)))
-                proto.typed_per_filter_config[NATIVE_GUARD_FILTER].CopyFrom(ROUTE_GUARD)
-            else:
-                proto.typed_per_filter_config[GUARD_FILTER].CopyFrom(pack(guard_route(provider)))
+            proto.typed_per_filter_config[GUARD_FILTER].CopyFrom(pack(guard_route(provider)))
         if settings is not None and provider is not None and provider.verify == "python":
             # The route's ext_authz check carries the provider's name (the policy plugin, translated after this
             # one, adds its own keys to the same check), so one call verifies and runs the policy.

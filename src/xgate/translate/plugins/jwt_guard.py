@@ -287,7 +287,7 @@ def guard_filter(providers: tuple[Provider, ...]) -> list[hcm_v3.HttpFilter]:
         return []
     config = lua_v3.Lua(
         stat_prefix="xgate_jwt_guard",
-        source_codes={provider.name: guard_source(provider) for provider in providers},
+        source_codes={provider.name: _source(provider) for provider in providers},
     )
     return [hcm_v3.HttpFilter(name=GUARD_FILTER, typed_config=pack(config))]
 
@@ -297,8 +297,7 @@ def guard_route(provider: Provider) -> lua_v3.LuaPerRoute:
     return lua_v3.LuaPerRoute(name=provider.name)
 
 
-def guard_source(provider: Provider) -> base_v3.DataSource:
-    """The guard's script for `provider`: its limit and where it looks, then the checks."""
+def _source(provider: Provider) -> base_v3.DataSource:
     settings = "\n".join(
         [
             f"local MAX_TOKEN_BYTES = {provider.max_token_bytes}",
