@@ -103,6 +103,8 @@ def route_configs(listener: listener_v3.Listener) -> Iterator[str]:
                 network_filter.typed_config.Unpack(manager)
                 if manager.HasField("rds"):
                     yield manager.rds.route_config_name
+                for scope in manager.scoped_routes.scoped_route_configurations_list.scoped_route_configurations:
+                    yield scope.route_configuration_name  # route_tables: per_host, one table per host
 
 
 def _aggregate_members(cluster: cluster_v3.Cluster) -> list[str]:

@@ -51,6 +51,7 @@ class RouteContext:
     # route's issue with such a plugin says so (else "provider 'a' is not defined" hides that 'a' had a typo).
     invalid_defaults: dict[str, set[str]] = field(default_factory=dict)
     memo: PluginMemo = field(default_factory=lambda: PluginMemo())
+    per_host: frozenset[str] = frozenset()  # listeners with `route_tables: per_host`
 
     def check(
         self, route: Route, fallback: Route | None
@@ -59,6 +60,8 @@ class RouteContext:
         problems: list[ConfigIssue] = []
         own = _route_checks(self.config, route, self.upstreams, self.listeners, problems, self.memo)
         problems += self._plugin_checks(route, own)
+        if self.per_host:
+            problems += per_host_issues(self.config, route, self.per_host, self.listener_plugins)
         if not problems:
             return route, own, []
         previous = fallback if self.lenient else None
@@ -143,6 +146,7 @@ def build_ir_and_context(
     if lenient:
         known_listeners |= {listener.name for listener in config.listeners}  # dropped ones are reported already
     context = RouteContext(config, known_upstreams, known_listeners, listener_plugins, lenient, invalid_defaults)
+    context.per_host = frozenset(listener.name for listener in config.listeners if listener.route_tables == "per_host")
     attached: dict[str, list[RouteIR]] = {name: [] for name in listener_plugins}
     checked: list[tuple[Route, dict[str, Model | None]]] = []
     for route in config.routes:
@@ -206,6 +210,23 @@ def _route_checks(
     if not route.plugins:
         return {}
     return _validated_plugins(config, "route", route.name, route.plugins, "plugins", issues, memo)
+
+
+def per_host_issues(
+    config: ConfigSet, route: Route, per_host: frozenset[str], served_on: Mapping[str, object]
+) -> list[ConfigIssue]:
+    """A per_host listener picks a host's table by the exact Host and has none for anything else: a route served
+    there must name exact hosts (Envoy would answer 404 where the one table would match)."""
+    on = sorted(per_host & set(route.listeners or served_on))
+    loose = [host for host in route.match.hosts if "*" in host]
+    if not on or not loose:
+        return []
+    where = ", ".join(on)
+    message = (
+        f"host {loose[0]!r} cannot be served on listener {where} (route_tables: per_host needs exact host names): "
+        "name the hosts, or list other listeners in `listeners`"
+    )
+    return [config.issue("route", route.name, "match.hosts", message)]
 
 
 def _upstream_refs(route: Route) -> list[tuple[str, str]]:

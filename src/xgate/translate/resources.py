@@ -17,8 +17,9 @@ from xgate.ir.model import GatewayIR, RouteIR
 from xgate.translate import names
 from xgate.translate.cluster import fallback_clusters, translate_cluster, translate_endpoints, uses_eds
 from xgate.translate.listener import translate_listeners
+from xgate.translate.perhost import translate_route_configs
 from xgate.translate.plugins import TRANSLATORS
-from xgate.translate.route import translate_route, translate_routes
+from xgate.translate.route import translate_route
 from xgate.translate.tls import translate_secrets
 
 
@@ -146,8 +147,8 @@ class Translator:
         for listener in ir.listeners:
             for proto in translate_listeners(listener):
                 resources.listeners[proto.name] = proto
-            routes = translate_routes(listener, self._route)
-            resources.routes[routes.name] = routes
+            for routes in translate_route_configs(listener, self._route):
+                resources.routes[routes.name] = routes
             for route in listener.routes:
                 for extra in fallback_clusters(route.route, upstreams):
                     resources.clusters.setdefault(extra.name, extra)
