@@ -116,7 +116,7 @@ class IncrementalCompiler:
                 return None  # aggregates are clusters of their own: a full compile adds or drops them
             checked.append((name, served, own, problems))
         touched: set[str] = set()
-        # per_host: the hosts are in the listener (its scopes), so a host that appears or goes needs a full compile.
+        # per_host: a host that appears or goes adds or drops a scope (and a table): left to a full compile.
         hosts = {listener: table.hosts() for listener, table in base.tables.items() if table.per_host}
         for name, served, own, problems in checked:
             for listener, table in base.tables.items():
@@ -167,6 +167,7 @@ class IncrementalCompiler:
             endpoints=base.resources.endpoints,
             listeners=base.resources.listeners,
             routes=routes,
+            scoped_routes=base.resources.scoped_routes,
             secrets=base.resources.secrets,
             services={url: dict(found) for url, found in base.services.items() if found},
         )

@@ -4,6 +4,7 @@ byte for byte equal to a full compile by the incremental compiler, which re-asse
 from __future__ import annotations
 
 import random
+from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -102,7 +103,7 @@ def test_incremental_per_host_equals_a_full_compile_and_reassembles_only_touched
     incremental = IncrementalCompiler()
     incremental.reset(base, compiled.ir, compiled.context, compiled.resources)
     served = {r.route.name: r.route for ir in compiled.ir.listeners for r in ir.routes}
-    previous: dict[str, object] = {}
+    previous: Mapping[str, object] = {}
     fast = kept = 0
     for step in range(200):
         name = f"r{rng.randint(0, 30)}"

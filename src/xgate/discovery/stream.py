@@ -136,7 +136,7 @@ class Stream(ABC, Generic[Request, Out]):
             keep = frozenset[str]()
             if type_url == typeurls.CLUSTER:
                 keep = self._removing(type_url, snapshot)
-                if keep and not any(self._pending(url, snapshot) for url in (typeurls.LISTENER, typeurls.ROUTE)):
+                if keep and not any(self._pending(url, snapshot) for url in typeurls.ROUTING):
                     keep = frozenset()  # nothing else changes: nothing can still use them
                 removed_last = bool(keep)
             response = self._next(type_url, snapshot, keep, clusters if type_url == typeurls.ENDPOINT else None)

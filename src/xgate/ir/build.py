@@ -137,6 +137,7 @@ def build_ir_and_context(
         own = _validated_plugins(config, "listener", listener.name, listener.plugins, "plugins", problems)
         resolve_plugins(resolver, config, "listener", listener.name, own, problems)
         problems += listener_tls_issues(config, listener, secrets)
+        problems += per_host_listener_issues(config, listener)
         issues += problems
         invalid = {name for name in listener.plugins if name in PLUGINS and name not in own}
         invalid_defaults[listener.name] = invalid | (invalid_everywhere - set(own))
@@ -210,6 +211,18 @@ def _route_checks(
     if not route.plugins:
         return {}
     return _validated_plugins(config, "route", route.name, route.plugins, "plugins", issues, memo)
+
+
+def per_host_listener_issues(config: ConfigSet, listener: Listener) -> list[ConfigIssue]:
+    """Envoy sends every scoped-routes listener every scope (translate.perhost): one such listener per gateway."""
+    first = min((item.name for item in config.listeners if item.route_tables == "per_host"), default=None)
+    if listener.route_tables != "per_host" or first == listener.name:
+        return []
+    message = (
+        f"only one listener may have route_tables: per_host, and listener {first} has it (Envoy would send each "
+        "the other's hosts)"
+    )
+    return [config.issue("listener", listener.name, "route_tables", message)]
 
 
 def per_host_issues(

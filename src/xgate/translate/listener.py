@@ -2,8 +2,8 @@
 chain per SNI certificate (see translate.tls) and, when asked, a plain-HTTP listener redirecting to it.
 
 The listener only changes when its address, port, TLS settings (not the certificates: they travel over SDS) or
-set of plugin filters changes, or, with `route_tables: per_host`, its set of hosts (see translate.perhost); route
-and plugin settings travel in the RouteConfiguration, so a route change never drains connections.
+set of plugin filters changes; route and plugin settings travel in the RouteConfiguration (with `route_tables:
+per_host`, one per host, see translate.perhost), so a config change never drains connections.
 
 Protocols: HTTP/1.0, HTTP/1.1 and h2c (prior knowledge) on every listener, the codec chosen from the first
 bytes; over TLS, h2 or http/1.1 by ALPN. An HTTP/1.1 `Upgrade: h2c` is answered over HTTP/1.1 (RFC 9113
@@ -57,8 +57,8 @@ def _manager(ir: ListenerIR) -> hcm_v3.HttpConnectionManager:
         ),
         access_log=access_logs(ir.listener),
     )
-    if hosts := per_host_hosts(ir):  # route_tables: per_host (so its hosts are part of the listener)
-        manager.scoped_routes.CopyFrom(scoped_routes(ir, hosts))
+    if per_host_hosts(ir):  # route_tables: per_host
+        manager.scoped_routes.CopyFrom(scoped_routes(ir))
     else:
         manager.rds.CopyFrom(hcm_v3.Rds(route_config_name=names.route_config(ir.name), config_source=ads_source()))
     apply_listener_timeouts(manager, ir.listener)

@@ -1,14 +1,18 @@
 """`route_tables: per_host`: a listener's routes as one RouteConfiguration per host, chosen by Envoy's scoped routes.
 
 Envoy rebuilds a whole RouteConfiguration whenever it receives one (37 ms at 10,000 routes); split by host, a
-route change makes it rebuild that host's table only (2.4 ms over 100 hosts, bench/route_split.py). The scopes are
-static, in the listener's connection manager: one per host, keyed by the Host header without its port, each
-naming its table over RDS. Dynamic scopes (SRDS) were ruled out: their subscription is a wildcard, so every
-listener would receive every listener's scopes, and one host on two listeners would clash.
+route change makes it rebuild that host's table only (2.4 ms over 100 hosts, bench/route_split.py). The scopes
+(host -> table) travel over SRDS, each keyed by the Host header without its port, and each table over RDS.
+
+Scopes listed in the listener itself cannot name a table over RDS (Envoy: "Fetching routes via RDS
+(route_configuration_name) is not supported with inline scoped routes"). Over SRDS, Envoy subscribes to every
+scope (a wildcard), so every such listener would get every such listener's scopes: a host on two clashes
+("scope key conflict", a NACK) and a host on one is served by all (bench/scoped_routes_probe.py shows both).
+Hence one per_host listener per gateway (the IR refuses a second).
 
 Envoy has no fallback scope and matches scope keys exactly, so such a listener only serves routes that name
 exact hosts (the IR refuses the others) and a Host that differs from the route's in case gets 404. A listener
-without routes keeps the one-table form (a scope list may not be empty); either way no request then matches.
+without routes keeps the one-table form; either way no request then matches.
 """
 
 from __future__ import annotations
@@ -40,26 +44,29 @@ def per_host_hosts(ir: ListenerIR) -> list[str]:
     return sorted({host for route in ir.routes for host in route.route.match.hosts})
 
 
-def scoped_routes(ir: ListenerIR, hosts: list[str]) -> hcm_v3.ScopedRoutes:
-    """The connection manager's scopes: one per host, each reading that host's table over ADS."""
-    Key = scoped_route_v3.ScopedRouteConfiguration.Key
+def scoped_routes(ir: ListenerIR) -> hcm_v3.ScopedRoutes:
+    """The connection manager's scopes, over ADS; each names its host's table, also over ADS."""
     return hcm_v3.ScopedRoutes(
         name=names.route_config(ir.name),
         scope_key_builder=hcm_v3.ScopedRoutes.ScopeKeyBuilder(
             fragments=[hcm_v3.ScopedRoutes.ScopeKeyBuilder.FragmentBuilder(header_value_extractor=_KEY)]
         ),
         rds_config_source=ads_source(),
-        scoped_route_configurations_list=hcm_v3.ScopedRouteConfigurationsList(
-            scoped_route_configurations=[
-                scoped_route_v3.ScopedRouteConfiguration(
-                    name=host,
-                    route_configuration_name=names.host_route_config(ir.name, host),
-                    key=Key(fragments=[Key.Fragment(string_key=host)]),
-                )
-                for host in hosts
-            ]
-        ),
+        scoped_rds=hcm_v3.ScopedRds(scoped_rds_config_source=ads_source()),
     )
+
+
+def translate_scopes(ir: ListenerIR, hosts: list[str]) -> list[scoped_route_v3.ScopedRouteConfiguration]:
+    """One scope per host: the key is the host, the table its own."""
+    Key = scoped_route_v3.ScopedRouteConfiguration.Key
+    return [
+        scoped_route_v3.ScopedRouteConfiguration(
+            name=names.host_route_config(ir.name, host),
+            route_configuration_name=names.host_route_config(ir.name, host),
+            key=Key(fragments=[Key.Fragment(string_key=host)]),
+        )
+        for host in hosts
+    ]
 
 
 def translate_route_configs(ir: ListenerIR, build: RouteBuilder | None = None) -> list[route_v3.RouteConfiguration]:
