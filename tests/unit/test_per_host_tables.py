@@ -66,6 +66,17 @@ def test_a_route_for_any_host_is_refused_on_a_per_host_listener() -> None:
     assert all(r.name != "anyhost" for listener in lenient.ir.listeners for r in listener.routes)
 
 
+def test_a_second_per_host_listener_is_refused_and_from_etcd_keeps_one_table() -> None:
+    text = BASE.replace("{name: plain, port: 81}", "{name: plain, port: 81, route_tables: per_host}")
+    with pytest.raises(ConfigError, match="only one listener may have route_tables: per_host, and listener edge"):
+        compile_config(parse_document(text, "t"))
+    lenient = compile_config(parse_document(text, "t"), lenient=True)
+    assert [(issue.obj, issue.field) for issue in lenient.ir.issues] == [("listener plain", "route_tables")]
+    # Still served, as before the change: one table; the first per_host listener keeps its tables.
+    assert names.route_config("plain") in lenient.resources.routes
+    assert names.host_route_config("edge", "a.example.com") in lenient.resources.routes
+
+
 def test_explain_answers_as_the_scopes_do() -> None:
     compiled = compile_config(parse_document(BASE, "t"))
     edge = next(listener for listener in compiled.ir.listeners if listener.name == "edge")

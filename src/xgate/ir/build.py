@@ -137,8 +137,9 @@ def build_ir_and_context(
         own = _validated_plugins(config, "listener", listener.name, listener.plugins, "plugins", problems)
         resolve_plugins(resolver, config, "listener", listener.name, own, problems)
         problems += listener_tls_issues(config, listener, secrets)
-        problems += per_host_listener_issues(config, listener)
         issues += problems
+        # Not a reason to leave the listener out (lenient): it is served with one table (see _served_listener).
+        issues += per_host_listener_issues(config, listener)
         invalid = {name for name in listener.plugins if name in PLUGINS and name not in own}
         invalid_defaults[listener.name] = invalid | (invalid_everywhere - set(own))
         if not (lenient and (problems or listener.name in clashes)):
@@ -147,7 +148,7 @@ def build_ir_and_context(
     if lenient:
         known_listeners |= {listener.name for listener in config.listeners}  # dropped ones are reported already
     context = RouteContext(config, known_upstreams, known_listeners, listener_plugins, lenient, invalid_defaults)
-    context.per_host = frozenset(listener.name for listener in config.listeners if listener.route_tables == "per_host")
+    context.per_host = frozenset(name for name in [_per_host_listener(config)] if name is not None)
     attached: dict[str, list[RouteIR]] = {name: [] for name in listener_plugins}
     checked: list[tuple[Route, dict[str, Model | None]]] = []
     for route in config.routes:
@@ -163,7 +164,9 @@ def build_ir_and_context(
     if issues and not lenient:
         raise ConfigError(issues)
     listeners = tuple(
-        _listener_ir(listener, tuple(attached[listener.name]), listener_plugins[listener.name])
+        _listener_ir(
+            _served_listener(listener, context), tuple(attached[listener.name]), listener_plugins[listener.name]
+        )
         for listener in sorted(config.listeners, key=lambda item: item.name)
         if listener.name in attached
     )
@@ -213,9 +216,22 @@ def _route_checks(
     return _validated_plugins(config, "route", route.name, route.plugins, "plugins", issues, memo)
 
 
+def _per_host_listener(config: ConfigSet) -> str | None:
+    """The listener served with a table per host: Envoy sends every scoped-routes listener every scope
+    (translate.perhost), so one per gateway, the first by name."""
+    return min((item.name for item in config.listeners if item.route_tables == "per_host"), default=None)
+
+
+def _served_listener(listener: Listener, context: RouteContext) -> Listener:
+    """`listener` as served: another per_host listener than the first is refused (strict) or keeps one table."""
+    if listener.route_tables == "per_host" and listener.name not in context.per_host:
+        return listener.model_copy(update={"route_tables": "one"})
+    return listener
+
+
 def per_host_listener_issues(config: ConfigSet, listener: Listener) -> list[ConfigIssue]:
-    """Envoy sends every scoped-routes listener every scope (translate.perhost): one such listener per gateway."""
-    first = min((item.name for item in config.listeners if item.route_tables == "per_host"), default=None)
+    """A second per_host listener (see _per_host_listener)."""
+    first = _per_host_listener(config)
     if listener.route_tables != "per_host" or first == listener.name:
         return []
     message = (
