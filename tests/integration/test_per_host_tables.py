@@ -22,8 +22,8 @@ from xgate.config.load import parse_document
 from xgate.explain import explain, parse_request
 from xgate.pipeline import compile_config
 from xgate.proxy.process import EnvoyProcess
+from xgate.sources.revision import revision_of
 from xgate.testing import free_port, run_gateway
-from xgate.testing.gateway import wait_for
 from xgate.translate import names
 
 pytestmark = pytest.mark.integration
@@ -94,10 +94,12 @@ async def test_per_host_answers_as_the_one_table(work_dir: Path) -> None:
     assert compared * 0.15 < matched < compared * 0.9, (matched, compared)
 
 
-async def _updates(envoy: EnvoyProcess) -> dict[str, int]:
-    """Each per-host table's RDS updates Envoy applied, by route configuration name."""
-    _, body = await envoy.admin_get("/stats?filter=^http\\.split\\.rds\\..*\\.update_success$")
-    found = re.findall(r"^http\.split\.rds\.(\S+)\.update_success: (\d+)$", body, re.MULTILINE)
+async def _updates(envoy: EnvoyProcess, stat: str = "config_reload") -> dict[str, int]:
+    """How often Envoy rebuilt each per-host table, by route configuration name (config_reload counts a table
+    that changed; a state-of-the-world response carries the listener's every table, and Envoy skips those whose
+    hash did not change, which update_success would count too)."""
+    _, body = await envoy.admin_get(f"/stats?filter=^http\\.split\\.rds\\..*\\.{stat}$")
+    found = re.findall(rf"^http\.split\.rds\.(\S+)\.{stat}: (\d+)$", body, re.MULTILINE)
     return {name: int(count) for name, count in found}
 
 
@@ -105,12 +107,15 @@ def _route(host: str, body: str) -> dict[str, Any]:
     return {"name": host.split(".")[0], "match": {"hosts": [host]}, "direct_response": {"status": 200, "body": body}}
 
 
-async def test_a_route_change_resends_only_its_hosts_table(work_dir: Path) -> None:
+@pytest.mark.parametrize("delta", [True, False], ids=["delta", "sotw"])
+async def test_a_route_change_resends_only_its_hosts_table(work_dir: Path, delta: bool) -> None:
     one, split = free_port(), free_port()
     hosts = ["a.example.com", "b.example.com", "c.example.com"]
     routes = [_route(host, f"{host}-1") for host in hosts]
-    async with run_gateway(config_text(one, split, routes), work_dir) as gateway, httpx.AsyncClient() as client:
-        [envoy] = gateway.envoys
+    text = config_text(one, split, routes)
+    async with run_gateway(text, work_dir, envoys=0) as gateway, httpx.AsyncClient() as client:
+        envoy = await gateway.start_envoy(delta=delta)
+        await gateway.wait_synced(revision_of(text))
         table = {host: names.host_route_config("split", host) for host in [*hosts, "d.example.com"]}
 
         async def answer(host: str) -> tuple[int, str]:
@@ -118,14 +123,16 @@ async def test_a_route_change_resends_only_its_hosts_table(work_dir: Path) -> No
             return response.status_code, response.text
 
         assert [await answer(host) for host in hosts] == [(200, f"{host}-1") for host in hosts]
-        before = await _updates(envoy)
+        before, received = await _updates(envoy), await _updates(envoy, "update_success")
         assert set(before) == {table[host] for host in hosts}, before
         routes[1] = _route("b.example.com", "b.example.com-2")
         await gateway.apply(config_text(one, split, routes))
-        await wait_for(lambda: _updates(envoy), 5, "Envoy's RDS stats")
         assert await answer("b.example.com") == (200, "b.example.com-2")
         after = await _updates(envoy)
         assert after == {**before, table["b.example.com"]: before[table["b.example.com"]] + 1}, (before, after)
+        if delta:  # and only that table was sent (state of the world sends the listener's every table)
+            b = table["b.example.com"]
+            assert await _updates(envoy, "update_success") == {**received, b: received[b] + 1}
         # A new host: a scope and a table of its own; the others are not sent again.
         routes.append(_route("d.example.com", "d.example.com-1"))
         await gateway.apply(config_text(one, split, routes))
