@@ -4,8 +4,9 @@ This is the fast path for etcd (which says which routes changed) and for files (
 revision by object identity): a change to one route of 10,000 re-checks and re-serializes that route and
 joins the table's bytes again, where a full compile walks every object. It only takes route changes made
 while listeners, upstreams and plugin defaults stayed the same objects, and only when no listener needs
-its filter chain changed and no canary fallback cluster appears or goes; anything else returns None and
-the caller compiles in full (and resets this).
+its filter chain changed, no canary fallback cluster appears or goes and, on a `route_tables: per_host`
+listener, no host appears or goes (there it re-assembles only the touched hosts' tables); anything else returns
+None and the caller compiles in full (and resets this).
 Its output equals a full compile's (tests compare the bytes).
 """
 

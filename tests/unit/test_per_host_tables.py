@@ -144,6 +144,15 @@ def test_incremental_per_host_equals_a_full_compile_and_reassembles_only_touched
     assert fast > 100 and kept > 100
 
 
+def test_consistency_reports_a_scope_whose_table_is_not_served() -> None:
+    resources = compile_config(parse_document(BASE, "t")).resources
+    missing = names.host_route_config("edge", "b.example.com")
+    del resources.routes[missing]
+    assert problems(build_snapshot(resources, "r", 1)) == [
+        f"scope {missing} names route config {missing}, which is not served"
+    ]
+
+
 def test_route_configuration_names_say_their_listener_and_host() -> None:
     name = names.host_route_config("edge", "a.example.com")
     assert names.route_config_listener(name) == names.route_config_listener(names.route_config("edge")) == "edge"

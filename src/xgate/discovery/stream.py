@@ -4,7 +4,7 @@ share (who the consumer is, its ACKs and NACKs, the push order); `AdsStream` is 
 
 Rules kept here (see the xDS protocol doc): a request whose nonce is not the last one sent for its type is
 stale and ignored; a response is sent only when the content a proxy asked for differs from what it was last
-sent; a change is pushed clusters -> endpoints -> listeners -> routes; after clusters change, their endpoints
+sent; a change is pushed clusters -> endpoints -> listeners -> scopes -> routes; after clusters change, their endpoints
 are sent again (Envoy otherwise keeps a changed EDS cluster warming until initial_fetch_timeout); a removed
 cluster is removed only after the routes that stopped using it.
 """
