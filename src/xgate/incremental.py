@@ -49,6 +49,9 @@ class _Base:
     plugin_use: dict[str, Counter[str]] = field(default_factory=dict)
     services: dict[str, dict[str, Message]] = field(default_factory=dict)  # the services' resources, by type
     route_services: dict[str, list[tuple[str, str]]] = field(default_factory=dict)  # route -> (type, name) it made
+    # A listener asks for per_host but is kept to one table until its routes allow it: each change may be the
+    # one that does, which only a full compile sees.
+    per_host_held: bool = False
 
 
 class IncrementalCompiler:
@@ -81,6 +84,8 @@ class IncrementalCompiler:
         resources = replace(resources, routes={**resources.routes, **assembled})
         self._base = _Base(config, context, tables, assembled, resources, served, route_issues, other, plugin_use)
         self._base.services = {url: dict(found) for url, found in resources.services.items()}
+        wanted = sorted(item.name for item in config.listeners if item.route_tables == PER_HOST)
+        self._base.per_host_held = bool(wanted) and wanted[0] in tables and not tables[wanted[0]].per_host
         for listener in ir.listeners:
             for route in listener.routes:
                 if route.name not in self._base.route_services:
@@ -99,7 +104,7 @@ class IncrementalCompiler:
         """The resources after `changes` (route name -> new valid version, or None when deleted or never
         valid), or None when this change needs a full compile."""
         base = self._base
-        if base is None or not _same_surroundings(base.config, config):
+        if base is None or base.per_host_held or not _same_surroundings(base.config, config):
             return None
         # Check first, change after: a strict build (a file) refuses the whole revision on any issue, and then
         # nothing here may have moved.

@@ -59,11 +59,36 @@ def test_a_route_for_any_host_is_refused_on_a_per_host_listener() -> None:
     wildcard = BASE + "  - {name: wild, match: {hosts: ['*.example.com']}, upstream: a}\n"
     with pytest.raises(ConfigError, match=r"\*\.example\.com"):
         compile_config(parse_document(wildcard, "t"))
-    # Kept to the other listener it is fine; lenient (etcd) leaves it out and says why.
+    # Kept to the other listener it is fine; lenient (etcd) leaves a new such route out and says why.
     compile_config(parse_document(text.replace("prefix: /x}}", "prefix: /x}}, listeners: [plain]"), "t"))
     lenient = compile_config(parse_document(text, "t"), lenient=True)
     assert [str(issue.obj) for issue in lenient.ir.issues] == ["route anyhost"]
     assert all(r.name != "anyhost" for listener in lenient.ir.listeners for r in listener.routes)
+
+
+def test_from_etcd_switching_to_per_host_keeps_one_table_while_served_routes_need_it() -> None:
+    """Bad input changes nothing that worked: a route for any host served on the listener before the switch holds
+    the listener to one table (and says so) until the route names its hosts."""
+    one = BASE.replace(", route_tables: per_host", "") + "  - {name: anyhost, upstream: a}\n"
+    before = compile_config(parse_document(one, "t"), lenient=True)
+    served = {r.route.name: r.route for listener in before.ir.listeners for r in listener.routes}
+    held = BASE + "  - {name: anyhost, upstream: a}\n"
+    switched = compile_config(parse_document(held, "t"), lenient=True, fallback=served)
+    [issue] = switched.ir.issues
+    assert (issue.obj, issue.field) == ("listener edge", "route_tables")
+    assert "route anyhost names no exact host" in issue.message and "kept to one table" in issue.message
+    assert names.route_config("edge") in switched.resources.routes  # one table, with the route for any host
+    edge = next(listener for listener in switched.ir.listeners if listener.name == "edge")
+    assert "anyhost" in {r.name for r in edge.routes}
+    fixed = BASE + "  - {name: anyhost, match: {hosts: [c.example.com]}, upstream: a}\n"
+    after = compile_config(parse_document(fixed, "t"), lenient=True, fallback=served)
+    assert not after.ir.issues
+    assert names.host_route_config("edge", "c.example.com") in after.resources.routes
+    # The incremental compiler leaves a held listener to full compiles: the next change may be the one.
+    incremental = IncrementalCompiler()
+    config = parse_document(held, "t")
+    incremental.reset(config, switched.ir, switched.context, switched.resources)
+    assert incremental.apply(config, {}) is None
 
 
 def test_a_second_per_host_listener_is_refused_and_from_etcd_keeps_one_table() -> None:

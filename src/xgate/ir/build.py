@@ -13,6 +13,7 @@ from xgate.config.load import ConfigSet
 from xgate.config.messages import explain
 from xgate.config.schema import Listener, Model, Route
 from xgate.errors import ConfigError, ConfigIssue
+from xgate.ir import perhost
 from xgate.ir.model import GatewayIR, ListenerIR, RouteIR
 from xgate.ir.policies import PolicyResolver, resolve_plugins
 from xgate.ir.tls import listener_ports, listener_tls_issues, upstream_tls_issues, used_secrets
@@ -61,7 +62,7 @@ class RouteContext:
         own = _route_checks(self.config, route, self.upstreams, self.listeners, problems, self.memo)
         problems += self._plugin_checks(route, own)
         if self.per_host:
-            problems += per_host_issues(self.config, route, self.per_host, self.listener_plugins)
+            problems += perhost.route_issues(self.config, route, self.per_host, self.listener_plugins)
         if not problems:
             return route, own, []
         previous = fallback if self.lenient else None
@@ -138,8 +139,6 @@ def build_ir_and_context(
         resolve_plugins(resolver, config, "listener", listener.name, own, problems)
         problems += listener_tls_issues(config, listener, secrets)
         issues += problems
-        # Not a reason to leave the listener out (lenient): it is served with one table (see _served_listener).
-        issues += per_host_listener_issues(config, listener)
         invalid = {name for name in listener.plugins if name in PLUGINS and name not in own}
         invalid_defaults[listener.name] = invalid | (invalid_everywhere - set(own))
         if not (lenient and (problems or listener.name in clashes)):
@@ -148,7 +147,10 @@ def build_ir_and_context(
     if lenient:
         known_listeners |= {listener.name for listener in config.listeners}  # dropped ones are reported already
     context = RouteContext(config, known_upstreams, known_listeners, listener_plugins, lenient, invalid_defaults)
-    context.per_host = frozenset(name for name in [_per_host_listener(config)] if name is not None)
+    # A refused per_host is not a reason to leave a listener out: it is served with one table.
+    per_host, refused = perhost.per_host_listener(config, listener_plugins, fallback if lenient else None)
+    issues += refused
+    context.per_host = frozenset([per_host] if per_host else [])
     attached: dict[str, list[RouteIR]] = {name: [] for name in listener_plugins}
     checked: list[tuple[Route, dict[str, Model | None]]] = []
     for route in config.routes:
@@ -165,7 +167,7 @@ def build_ir_and_context(
         raise ConfigError(issues)
     listeners = tuple(
         _listener_ir(
-            _served_listener(listener, context), tuple(attached[listener.name]), listener_plugins[listener.name]
+            perhost.served_listener(listener, per_host), tuple(attached[listener.name]), listener_plugins[listener.name]
         )
         for listener in sorted(config.listeners, key=lambda item: item.name)
         if listener.name in attached
@@ -214,48 +216,6 @@ def _route_checks(
     if not route.plugins:
         return {}
     return _validated_plugins(config, "route", route.name, route.plugins, "plugins", issues, memo)
-
-
-def _per_host_listener(config: ConfigSet) -> str | None:
-    """The listener served with a table per host: Envoy sends every scoped-routes listener every scope
-    (translate.perhost), so one per gateway, the first by name."""
-    return min((item.name for item in config.listeners if item.route_tables == "per_host"), default=None)
-
-
-def _served_listener(listener: Listener, context: RouteContext) -> Listener:
-    """`listener` as served: another per_host listener than the first is refused (strict) or keeps one table."""
-    if listener.route_tables == "per_host" and listener.name not in context.per_host:
-        return listener.model_copy(update={"route_tables": "one"})
-    return listener
-
-
-def per_host_listener_issues(config: ConfigSet, listener: Listener) -> list[ConfigIssue]:
-    """A second per_host listener (see _per_host_listener)."""
-    first = _per_host_listener(config)
-    if listener.route_tables != "per_host" or first == listener.name:
-        return []
-    message = (
-        f"only one listener may have route_tables: per_host, and listener {first} has it (Envoy would send each "
-        "the other's hosts)"
-    )
-    return [config.issue("listener", listener.name, "route_tables", message)]
-
-
-def per_host_issues(
-    config: ConfigSet, route: Route, per_host: frozenset[str], served_on: Mapping[str, object]
-) -> list[ConfigIssue]:
-    """A per_host listener picks a host's table by the exact Host and has none for anything else: a route served
-    there must name exact hosts (Envoy would answer 404 where the one table would match)."""
-    on = sorted(per_host & set(route.listeners or served_on))
-    loose = [host for host in route.match.hosts if "*" in host]
-    if not on or not loose:
-        return []
-    where = ", ".join(on)
-    message = (
-        f"host {loose[0]!r} cannot be served on listener {where} (route_tables: per_host needs exact host names): "
-        "name the hosts, or list other listeners in `listeners`"
-    )
-    return [config.issue("route", route.name, "match.hosts", message)]
 
 
 def _upstream_refs(route: Route) -> list[tuple[str, str]]:
