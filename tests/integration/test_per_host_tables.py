@@ -8,6 +8,7 @@ with exact hosts only: a per_host listener refuses routes for any host.
 
 from __future__ import annotations
 
+import json
 import random
 import re
 from pathlib import Path
@@ -22,8 +23,9 @@ from xgate.config.load import parse_document
 from xgate.explain import explain, parse_request
 from xgate.pipeline import compile_config
 from xgate.proxy.process import EnvoyProcess
+from xgate.sources.etcd.client import EtcdSettings
 from xgate.sources.revision import revision_of
-from xgate.testing import free_port, run_gateway
+from xgate.testing import free_port, run_etcd, run_gateway
 from xgate.translate import names
 
 pytestmark = pytest.mark.integration
@@ -144,3 +146,49 @@ async def test_a_route_change_resends_only_its_hosts_table(work_dir: Path, delta
         await gateway.apply(config_text(one, split, [r for r in routes if r["name"] != "c"]))
         assert (await answer("c.example.com"))[0] == 404
         assert await answer("a.example.com") == (200, "a.example.com-1")
+
+
+def _stored(host: str, body: str) -> str:
+    """A route as an etcd value (its name is its key's)."""
+    return json.dumps({key: value for key, value in _route(host, body).items() if key != "name"})
+
+
+async def _scopes(envoy: EnvoyProcess) -> int:
+    """The scopes Envoy holds for the per_host listener (0 while it has one table)."""
+    _, body = await envoy.admin_get("/stats?filter=^http\\.split\\.scoped_rds\\..*\\.active_scopes$")
+    return sum(int(value) for value in re.findall(r": (\d+)$", body, re.MULTILINE))
+
+
+async def test_from_etcd_a_switch_to_per_host_waits_for_exact_hosts(tmp_path: Path) -> None:
+    """A route for any host served before the switch keeps the listener to one table (nothing that worked
+    stops); once the route names its host, the listener gets its scopes; a new route for any host is refused."""
+    split = free_port()
+    listener = {"address": "127.0.0.1", "port": split}
+    async with run_etcd(tmp_path / "etcd") as etcd:
+        await etcd.put("/xgate/listener/split", json.dumps(listener))
+        await etcd.put("/xgate/route/a", _stored("a.example.com", "a"))
+        await etcd.put("/xgate/route/any", json.dumps({"direct_response": {"status": 200, "body": "any"}}))
+        async with run_gateway(None, tmp_path / "gw", etcd=EtcdSettings(endpoints=tuple(etcd.endpoints))) as gateway:
+            [envoy] = gateway.envoys
+
+            async def answer(host: str) -> str:
+                # A new connection each time: one opened before a listener change keeps the old listener's
+                # table while Envoy drains it.
+                async with httpx.AsyncClient() as fresh:
+                    return (await fresh.get(f"http://127.0.0.1:{split}/", headers={"host": host})).text
+
+            revision = await etcd.put("/xgate/listener/split", json.dumps(listener | {"route_tables": "per_host"}))
+            await gateway.wait_etcd_revision(revision)
+            assert await answer("other.example.com") == "any"  # still served, with one table
+            assert await _scopes(envoy) == 0
+            assert any("route any names no exact host" in issue for issue in gateway.plane.state.warnings)
+            revision = await etcd.put("/xgate/route/any", _stored("b.example.com", "b"))
+            await gateway.wait_etcd_revision(revision)
+            assert await _scopes(envoy) == 2
+            assert (await answer("b.example.com"), await answer("a.example.com")) == ("b", "a")
+            revision = await etcd.put("/xgate/route/new", json.dumps({"direct_response": {"status": 200}}))
+            await gateway.wait_etcd_revision(revision)
+            assert any("route new field match.hosts" in issue for issue in gateway.plane.state.warnings)
+            async with httpx.AsyncClient() as fresh:
+                unknown = await fresh.get(f"http://127.0.0.1:{split}/", headers={"host": "c.example.com"})
+            assert unknown.status_code == 404
