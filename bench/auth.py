@@ -1,9 +1,10 @@
 """What authentication costs through a real Envoy, in one run, on loopback: a bare route, a route behind Envoy's
 own jwt_authn (native, RS256), the same provider verified in Python by `xgate authz` (ext_authz over gRPC,
 verified-token cache), a declarative policy lowered to Envoy's RBAC filter (`lowered`), and routes with native jwt
-plus a Python policy in `xgate authz`, over gRPC and over the HTTP transport (`-http`): a plain function (run in
-the service's thread pool; `@cacheable`, and without the mark: `policy-uncached-http`) and an `@inline` one (run
-where the check is handled).
+plus a Python policy in `xgate authz`, over gRPC and over the HTTP transport (`-http`): a plain function
+(`@cacheable`, and without the mark: `policy-uncached-http`; it only reads its arguments, so xgate authz proves
+it pure and runs it where the check is handled), an `@inline` one, and a plain function that uses a module
+(`policy-pool-http`: not provable, so it runs in the policy pool).
 
     flock /tmp/xgate-bench.lock .venv/bin/python bench/auth.py [--seconds 5] [--connections 32] [--threads 1]
         [--rounds 2] [--fixed-seconds 10] [--fixed-routes policy-http,policy-inline-http,policy-uncached-http]
@@ -53,19 +54,29 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "policies"
 # allow the benchmark's GET with its admin token.
 ROUTES = (
     "bare", "jwt", "jwt-py", "lowered", "policy", "policy-inline", "policy-http", "policy-inline-http",
-    "policy-uncached-http",
+    "policy-uncached-http", "policy-pool-http",
 )  # fmt: skip
 FIXED_ROUTES = ("policy-http", "policy-inline-http", "policy-uncached-http")
 # The targets of issue 19, as shares of the bare route's best rate in the same run.
 TARGETS = {"lowered": 0.80, "policy-http": 0.25, "policy-inline-http": 0.25, "policy-uncached-http": 0.25}
 # allow_admins declares itself cacheable: with one token, its HTTP route measures the decision cache. The same
-# function without the mark (run in the policy pool for every check) is measured too, from a module of the run.
+# function without the mark (called for every check; proven pure, so inline) is measured too, from a module of the
+# run, and once more calling a module (time), which keeps it in the policy pool: what a policy doing I/O costs
+# besides its I/O.
 UNCACHED = """
+import time
+
 from xgate.authz import Allow, Deny
 
 
 def allow_admins(request, claims):
     if "admin" in claims.get("roles", []):
+        return Allow(headers={"x-xgate-user": str(claims["sub"])})
+    return Deny(403, body="admins only")
+
+
+def allow_admins_pool(request, claims):
+    if "admin" in claims.get("roles", []) and claims.get("exp", 0) > time.time():
         return Allow(headers={"x-xgate-user": str(claims["sub"])})
     return Deny(403, body="admins only")
 """
@@ -114,7 +125,8 @@ def config(port: int, authz: int, jwks: dict[str, Any], http_port: int = 0, auth
     policy = {"policies": {"admins": "xgate_example_policies:allow_admins",
                            "read-only": "xgate_example_policies:read_only",
                            "declarative": "xgate_example_policies:admins_read_write",
-                           "uncached": "xgate_bench_uncached:allow_admins"},
+                           "uncached": "xgate_bench_uncached:allow_admins",
+                           "pool": "xgate_bench_uncached:allow_admins_pool"},
               "service": f"127.0.0.1:{authz}"}  # fmt: skip
     listeners: list[dict[str, Any]] = [{"name": "public", "address": "127.0.0.1", "port": port}]
     if http_port:
@@ -143,6 +155,9 @@ def config(port: int, authz: int, jwks: dict[str, Any], http_port: int = 0, auth
             {"name": "policy-uncached", "match": {"path": {"exact": "/policy-uncached"}},
              "direct_response": {"status": 200, "body": "ok"},
              "plugins": {"jwt": {"provider": "main"}, "policy": {"name": "uncached"}}},
+            {"name": "policy-pool", "match": {"path": {"exact": "/policy-pool"}},
+             "direct_response": {"status": 200, "body": "ok"},
+             "plugins": {"jwt": {"provider": "main"}, "policy": {"name": "pool"}}},
             {"name": "policy-inline", "match": {"path": {"exact": "/policy-inline"}},
              "direct_response": {"status": 200, "body": "ok"},
              "plugins": {"jwt": {"provider": "main"}, "policy": {"name": "read-only"}}},
@@ -202,12 +217,15 @@ async def main(args: argparse.Namespace) -> int:
                 for _ in range(args.fixed_rounds):
                     for route, half in halves.items():
                         for measured in dict.fromkeys((route, "bare")):
-                            before = scheduled(service.pid)
+                            envoy = gateway.envoys[0].pid
+                            before, envoy_before = scheduled(service.pid), scheduled(envoy) if envoy else None
                             cpu = 1 if args.pin and route == "bare" else None
                             figures = await open_loop(
                                 generator, url(ports, measured), half, args.fixed_seconds, headers, cpu
                             )
                             figures |= per_check(before, scheduled(service.pid), figures["requests"])
+                            if envoy and envoy_before:
+                                figures |= per_check(envoy_before, scheduled(envoy), figures["requests"], "envoy")
                             fixed.append((measured, half, figures))
                 machine.append(("after", _stalls.measure()))
             finally:
@@ -234,6 +252,12 @@ async def main(args: argparse.Namespace) -> int:
             f"p90 {figures['p90_ms']:.2f} ms  p99 {figures['p99_ms']:.2f} ms  max {figures['max_ms']:.2f} ms  "
             f"failures {figures['failures']:.0f}  generator CPU {figures['cpu_s']:.2f} s"
         )
+        if "envoy_cpu_ms" in figures:
+            print(
+                f"{'':18} Envoy per request: CPU {figures['envoy_cpu_ms']:.3f} ms, "
+                f"{figures['envoy_switches']:.1f} context switches, {figures['envoy_wait_ms']:.3f} ms runnable but "
+                f"waiting for its CPU"
+            )
         if route != "bare":
             print(
                 f"{'':18} xgate authz per request: CPU {figures['authz_cpu_ms']:.2f} ms, "
@@ -307,10 +331,13 @@ def scheduled(pid: int) -> tuple[int, int, int]:
     return totals[0], totals[1], totals[2]
 
 
-def per_check(before: tuple[int, int, int], after: tuple[int, int, int], requests: float) -> dict[str, float]:
+def per_check(
+    before: tuple[int, int, int], after: tuple[int, int, int], requests: float, who: str = "authz"
+) -> dict[str, float]:
+    """A process's CPU, run-queue wait (ms) and time slices per request between two `scheduled` readings."""
     cpu, wait, slices = (later - earlier for later, earlier in zip(after, before, strict=True))
     count = max(requests, 1.0)
-    return {"authz_cpu_ms": cpu / 1e6 / count, "authz_wait_ms": wait / 1e6 / count, "authz_switches": slices / count}
+    return {f"{who}_cpu_ms": cpu / 1e6 / count, f"{who}_wait_ms": wait / 1e6 / count, f"{who}_switches": slices / count}
 
 
 async def open_loop(

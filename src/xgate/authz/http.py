@@ -11,8 +11,9 @@ Why: measured under bench/auth.py's load, a gRPC check cost ~0.3-0.5 ms of CPU, 
 server machinery (its completion-queue thread waking a pool thread: ~27 context switches per check); xgate's own
 check was ~12% of it. Parsing one short request here costs a few tens of microseconds, on the event loop.
 
-Checks run on the service's event loop: an `@inline` policy is called right there (so it must be quick: it holds
-the loop, as it holds a thread on the gRPC path), async ones are awaited, plain ones run in the policy pool.
+Checks run on the service's event loop: an `@inline` policy (or one proven pure, see pure.py) is called right there
+(so it must be quick: it holds the loop, as it holds a thread on the gRPC path), async ones are awaited in a task,
+plain ones run in the policy pool, their answers coming back to the loop in batches (pool.py), without a task.
 A malformed request gets 400 and the connection is closed; this port is for Envoy alone.
 """
 
@@ -22,7 +23,8 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
+from functools import partial
 from types import MappingProxyType
 from typing import Any
 
@@ -47,12 +49,16 @@ _REASONS = {200: "OK", 400: "Bad Request"}
 
 Lookup = Callable[[str], LoadedPolicy | None]
 Count = Callable[[str, Outcome], None]
+Reply = Callable[[bytes], None]
 
 
 def _number(text: str) -> int | float:
     """JSON integers as the gRPC path sees them: exact up to 2**53, doubles beyond (Struct keeps doubles)."""
     value = int(text)
     return value if abs(value) <= _MAX_EXACT else float(value)
+
+
+_CLAIMS = json.JSONDecoder(parse_int=_number)  # one decoder: json.loads with an option builds one per call
 
 
 class HttpChecks:
@@ -71,9 +77,9 @@ class HttpChecks:
         # outcome, answer); the claims as Envoy sent them (the same token gives the same text).
         self._cache: dict[tuple[str, str, int, str, str, str | None], tuple[float, Outcome, bytes]] = {}
 
-    def answer(self, method: str, target: str, headers: dict[str, str]) -> bytes | Coroutine[Any, Any, bytes]:
-        """The response to one check: at once for an inline policy (no task, no turn of the loop), else a
-        coroutine giving it."""
+    def answer(self, method: str, target: str, headers: dict[str, str], reply: Reply) -> bytes | None:
+        """The response to one check: at once for an inline policy (no task, no turn of the loop), else None
+        and `reply(response)` later, on the loop."""
         name = headers.pop(HTTP_POLICY_HEADER, "")
         route = headers.pop(HTTP_ROUTE_HEADER, "")
         source = headers.pop(HTTP_SOURCE_HEADER, "")
@@ -92,7 +98,7 @@ class HttpChecks:
                 return kept[2]
             del self._cache[key]
         try:
-            claims = json.loads(claims_text, parse_int=_number) if claims_text else {}
+            claims = _CLAIMS.decode(claims_text) if claims_text else {}
         except ValueError:
             claims = None
         if not isinstance(claims, dict):
@@ -100,12 +106,22 @@ class HttpChecks:
             log.error("route %s: the verified claims Envoy sent are not a JSON object; denying", route)
             return _response(self.closed)
         request = Request(method, target, MappingProxyType(headers), source, route)
-        if policy.mode == "inline":
+        mode = self.runner.place(policy)
+        if mode == "inline":
             return self._counted(policy, key, self.runner.run_here(policy, request, claims))
-        return self._later(policy, key, request, claims)
+        if mode == "thread":
+            self.runner.run_later(policy, request, claims, lambda verdict: reply(self._counted(policy, key, verdict)))
+            return None
+        task = asyncio.ensure_future(self.runner.run_on_loop(policy, request, claims))
+        task.add_done_callback(partial(self._awaited, policy, key, reply))
+        return None
 
-    async def _later(self, policy: LoadedPolicy, key: Any, request: Request, claims: dict[str, Any]) -> bytes:
-        return self._counted(policy, key, await self.runner.run_on_loop(policy, request, claims))
+    def _awaited(self, policy: LoadedPolicy, key: Any, reply: Reply, task: asyncio.Future[Verdict]) -> None:
+        if task.cancelled() or task.exception() is not None:  # run_on_loop does not raise: the loop is closing
+            log.error("HTTP check failed: %r; denying", None if task.cancelled() else task.exception())
+            reply(_response(self.closed))
+            return
+        reply(self._counted(policy, key, task.result()))
 
     def _counted(self, policy: LoadedPolicy, key: Any, verdict: Verdict) -> bytes:
         self.count(policy.name, verdict.outcome)
@@ -140,6 +156,7 @@ class CheckProtocol(asyncio.Protocol):
         self._buffer = bytearray()
         self._transport: asyncio.Transport | None = None
         self._busy = False
+        self._reply = self._answered  # one bound method per connection, not per check
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -166,23 +183,17 @@ class CheckProtocol(asyncio.Protocol):
             if parsed is None:
                 self._refuse()
                 return
-            answer = self._checks.answer(*parsed)
-            if isinstance(answer, bytes):
-                self._transport.write(answer)
-                continue
-            self._busy = True
-            asyncio.ensure_future(answer).add_done_callback(self._finished)
-            return
+            answer = self._checks.answer(*parsed, self._reply)  # a later reply comes on a later turn of the loop
+            if answer is None:
+                self._busy = True
+                return
+            self._transport.write(answer)
 
-    def _finished(self, task: asyncio.Future[bytes]) -> None:
+    def _answered(self, answer: bytes) -> None:
         self._busy = False
         if self._transport is None:
             return
-        if task.cancelled() or task.exception() is not None:
-            log.error("HTTP check failed: %r; closing the connection", None if task.cancelled() else task.exception())
-            self._transport.close()
-            return
-        self._transport.write(task.result())
+        self._transport.write(answer)
         self._next()
 
     def _refuse(self) -> None:

@@ -31,6 +31,9 @@ How a policy runs (see runner.py)
   Decorate a plain function with `@inline` to run it in the thread handling the check instead (cheaper: no
   hop to the pool and back; for policies that only look at the request and claims): an inline policy cannot
   be interrupted, so a late answer is discarded, and one that hangs holds one of the server's threads.
+  A plain function that provably only reads the request and claims (no module, no I/O, no `while`: see
+  pure.py) runs inline without the mark; the log says which way each policy runs and why. Such a call that
+  still takes over 5 ms sends that function back to the pool (runner.py).
 - A policy that raises, answers after the timeout, or returns anything but Allow/Deny gets the service's
   failure answer: `Deny(403)` unless the service was configured otherwise (another status, or fail open).
   Every such event is logged with the route and the policy's import path, and counted.
@@ -59,6 +62,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType, ModuleType
 from typing import Any, Literal, TypeAlias, TypeVar
 
+from xgate.authz.pure import impurity
 from xgate.errors import PolicyLoadError
 
 log = logging.getLogger("xgate.authz")
@@ -174,6 +178,7 @@ class LoadedPolicy:
     mode: Mode
     generation: int = 0  # of its module: a reload of the module makes a new LoadedPolicy
     cache_seconds: float = 0.0  # how long a decision may be reused (`cacheable`); 0: never
+    proven: bool = False  # a plain function run inline because pure.impurity found it only reads its arguments
 
 
 def load_policy(path: str) -> Callable[..., Any]:
@@ -328,7 +333,15 @@ class PolicyRegistry:
         call = _resolve(path, module, attributes)
         dunder_call = getattr(call, "__call__", None)  # noqa: B004 - a class-based policy's method may be marked
         seconds = float(getattr(call, CACHE_ATTRIBUTE, 0.0) or getattr(dunder_call, CACHE_ATTRIBUTE, 0.0))
-        return LoadedPolicy(name, path, call, _mode(call), generation, seconds)
+        mode = _mode(call)
+        if mode != "thread":
+            return LoadedPolicy(name, path, call, mode, generation, seconds)
+        why = impurity(call, (Allow, Deny, Request))
+        if why is not None:
+            log.info("policy %s (%s) runs in the policy pool: %s", name, path, why)
+            return LoadedPolicy(name, path, call, mode, generation, seconds)
+        log.info("policy %s (%s) runs inline: it only reads the request and the claims", name, path)
+        return LoadedPolicy(name, path, call, "inline", generation, seconds, proven=True)
 
 
 class PolicyModules:

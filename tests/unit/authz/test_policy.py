@@ -378,10 +378,13 @@ async def test_example_policies() -> None:
         )
         == {}
     )
-    modes = {name: policy.mode for name, policy in registry.policies.items()}
+    modes = {name: (policy.mode, policy.proven) for name, policy in registry.policies.items()}
     assert modes == {
-        "allow_admins": "thread", "read_only": "inline", "tenant_header_matches": "async", "QuotaPerSubject": "thread",
-    }  # fmt: skip
+        "allow_admins": ("inline", True),  # a plain function that only reads the claims: proven, so inline
+        "read_only": ("inline", False),  # marked @inline
+        "tenant_header_matches": ("async", False),
+        "QuotaPerSubject": ("thread", False),  # a class instance with a lock: the pool
+    }
     runner = PolicyRunner()
 
     async def decide(name: str, claims: dict[str, Any], request: Request = REQUEST) -> Allow | Deny:
