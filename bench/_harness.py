@@ -255,9 +255,10 @@ class ControlPlaneChild:
 class Poller:
     """GETs on one blocking keep-alive connection to Envoy's listener; reconnects after an error."""
 
-    def __init__(self, port: int, interval: float) -> None:
+    def __init__(self, port: int, interval: float, host: str | None = None) -> None:
         self._port = port
         self._interval = interval
+        self._headers = {"Host": host} if host else {}  # the routes' host, when they name one
         self._conn: http.client.HTTPConnection | None = None
         self.errors = 0
 
@@ -266,7 +267,7 @@ class Poller:
         try:
             if self._conn is None:
                 self._conn = http.client.HTTPConnection("127.0.0.1", self._port, timeout=2)
-            self._conn.request("GET", path)
+            self._conn.request("GET", path, headers=self._headers)
             response = self._conn.getresponse()
             return response.status, response.read()
         except (OSError, http.client.HTTPException):
@@ -337,7 +338,7 @@ async def run_rig(
     plane = ControlPlaneChild(child_argv, work / "controlplane.log")
     envoy: EnvoyProcess | None = None
     envoy_log = (work / "envoy.log").open("wb")
-    poller = Poller(port, args.poll_interval_ms / 1000)
+    poller = Poller(port, args.poll_interval_ms / 1000, getattr(args, "poll_host", None))
     try:
         xds_port = plane.wait_ready(120)
         ready_s = now() - started
@@ -450,13 +451,15 @@ def ms(later: float | None, earlier: float | None) -> float | None:
 
 
 async def rds_stats(envoy: EnvoyProcess) -> dict[str, int]:
-    """Envoy's own `rds.routes/<listener>.update_*` counters."""
-    _, body = await envoy.admin_get(f"/stats?filter=rds\\.routes/{LISTENER}\\.update_")
+    """Envoy's own `rds.routes/<listener>.update_*` counters (with `route_tables: per_host`, summed over the
+    hosts' tables `routes/<listener>/<host>`)."""
+    _, body = await envoy.admin_get(f"/stats?filter=rds\\.routes/{LISTENER}(/[^.]*)?\\.update_")
     stats: dict[str, int] = {}
     for line in body.splitlines():
         name, _, value = line.partition(": ")
         with contextlib.suppress(ValueError):
-            stats[name.rsplit(".", 1)[-1]] = int(value)
+            key = name.rsplit(".", 1)[-1]
+            stats[key] = stats.get(key, 0) + int(value)
     return stats
 
 

@@ -1,6 +1,8 @@
 """Benchmark: an etcd put -> the first correct response through a real Envoy, and where the time goes.
 
-Run from the repository: `.venv/bin/python bench/etcd_propagation.py [--changes N] [--routes 100,10000] [--json]`.
+Run from the repository: `.venv/bin/python bench/etcd_propagation.py [--changes N] [--routes 100,10000] [--json]
+[--hosts N [--route-tables one|per_host]]`: with --hosts the routes are spread over N hosts (the probe on the
+first), served as one table (a virtual host per host) or as a table per host.
 See bench/README.md for the method. Per size: a 1-member etcd (Debian's etcd on loopback, temporary data dir)
 loaded in transactions of at most 128 puts, the control plane in a child process (this same file, started with
 the hidden `--serve-controlplane` flag) following etcd with timestamped hooks, a real Envoy, and the poller and
@@ -69,32 +71,51 @@ STAGES = (
 # -- the config under test: one etcd key per object -----------------------------------------------------------
 
 
-def _route(name: str, exact: str, body: str) -> dict[str, Any]:
-    return {"name": name, "match": {"path": {"exact": exact}}, "direct_response": {"status": 200, "body": body}}
+def _route(name: str, exact: str, body: str, host: str | None = None) -> dict[str, Any]:
+    match: dict[str, Any] = {"path": {"exact": exact}} | ({"hosts": [host]} if host else {})
+    return {"name": name, "match": match, "direct_response": {"status": 200, "body": body}}
 
 
+def host_name(index: int) -> str:
+    return f"host-{index}"
+
+
+@dataclass
 class EtcdState(RouteState):
-    """What etcd holds: the probe's generation and the routes added so far (the same config as propagation.py)."""
+    """What etcd holds: the probe's generation and the routes added so far (the same config as propagation.py);
+    with `hosts`, every route names one of them (the probe, the steady and the added routes the first)."""
+
+    hosts: int = 0
+    route_tables: str = "one"
+
+    @property
+    def probe_host(self) -> str | None:
+        return host_name(0) if self.hosts else None
 
     def key(self, kind: str, name: str) -> bytes:
         return key_of(DEFAULT_PREFIX, kind, name)
 
     def probe(self) -> tuple[bytes, bytes]:
-        return self.key("route", "bench-probe"), encode(_route("bench-probe", "/probe", f"gen-{self.generation}"))
+        route = _route("bench-probe", "/probe", f"gen-{self.generation}", self.probe_host)
+        return self.key("route", "bench-probe"), encode(route)
 
     def added_route(self, index: int) -> tuple[bytes, bytes]:
-        return self.key("route", f"new-{index}"), encode(_route(f"new-{index}", f"/new-{index}", f"new-{index}"))
+        route = _route(f"new-{index}", f"/new-{index}", f"new-{index}", self.probe_host)
+        return self.key("route", f"new-{index}"), encode(route)
 
     def initial(self) -> dict[bytes, bytes]:
         """`routes` routes in all: the probe, the steady route and `/svc-<n>/` prefixes to a few upstreams."""
-        values = {self.key("listener", LISTENER): encode({"address": "127.0.0.1", "port": self.port})}
+        listener = {"address": "127.0.0.1", "port": self.port, "route_tables": self.route_tables}
+        values = {self.key("listener", LISTENER): encode(listener)}
         for u in range(UPSTREAMS):
             # Never requested: a closed port is fine, and the clusters do not change between revisions.
             values[self.key("upstream", f"pool-{u}")] = encode({"endpoints": ["127.0.0.1:9"]})
         values.update([self.probe()])
-        values[self.key("route", "bench-steady")] = encode(_route("bench-steady", "/steady", "steady"))
+        values[self.key("route", "bench-steady")] = encode(_route("bench-steady", "/steady", "steady", self.probe_host))
         for n in range(max(0, self.routes - 2)):
-            route = {"match": {"path": {"prefix": f"/svc-{n}/"}}, "upstream": f"pool-{n % UPSTREAMS}"}
+            route: dict[str, Any] = {"match": {"path": {"prefix": f"/svc-{n}/"}}, "upstream": f"pool-{n % UPSTREAMS}"}
+            if self.hosts:
+                route["match"]["hosts"] = [host_name(n % self.hosts)]
             values[self.key("route", f"svc-{n}")] = encode(route)
         return values
 
@@ -213,7 +234,8 @@ async def measure(routes: int, count: int, args: argparse.Namespace, work: Path)
 
 
 async def _measure(routes: int, count: int, args: argparse.Namespace, work: Path, etcd_dir: Path) -> SizeResult:
-    state = EtcdState(routes=routes, port=free_port())
+    state = EtcdState(routes=routes, port=free_port(), hosts=args.hosts, route_tables=args.route_tables)
+    args.poll_host = state.probe_host
     values = state.initial()
     logs = [work / "controlplane.log", work / "envoy.log", etcd_dir / "etcd0.log"]
     async with run_etcd(etcd_dir) as cluster:
@@ -268,7 +290,8 @@ def print_report(summaries: list[dict[str, Any]], args: argparse.Namespace, out:
         f"direct response; 1-member etcd (data dir in {args.etcd_dir or 'the temp dir'}); "
         f"Envoy --concurrency {args.concurrency}; "
         f"{'pinned: control plane on CPU 0, the rest on CPU 1; ' if args.pin else ''}"
-        f"poll interval {args.poll_interval_ms} ms"
+        f"poll interval {args.poll_interval_ms} ms; "
+        + (f"routes over {args.hosts} hosts, route_tables: {args.route_tables}" if args.hosts else "no hosts")
     )
     _cli.print_totals(summaries, write)
     write("\nwatch event -> RDS DiscoveryResponse written (in the control plane; target <= 5 ms p99 at 10,000 routes):")
@@ -325,6 +348,13 @@ def _options(parser: argparse.ArgumentParser) -> None:
         metavar="DIR",
         type=Path,
         help="put etcd's data dir under DIR (e.g. /dev/shm: no disk flush in the put) instead of the temp dir",
+    )
+    parser.add_argument("--hosts", type=int, default=0, help="spread the routes over N hosts (default: none)")
+    parser.add_argument(
+        "--route-tables",
+        choices=("one", "per_host"),
+        default="one",
+        help="the listener's route_tables (per_host needs --hosts)",
     )
 
 

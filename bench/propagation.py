@@ -1,6 +1,7 @@
 """Benchmark: a saved config file -> the first correct response through a real Envoy, and where the time goes.
 
-Run from the repository: `.venv/bin/python bench/propagation.py [--changes N] [--routes 100,10000] [--json]`.
+Run from the repository: `.venv/bin/python bench/propagation.py [--changes N] [--routes 100,10000] [--json]
+[--hosts N [--route-tables one|per_host]]` (as in bench/etcd_propagation.py).
 See bench/README.md for the method. The control plane runs in a child process (this same file, started with
 the hidden `--serve-controlplane` flag) whose classes are wrapped to report CLOCK_MONOTONIC timestamps on
 stdout; the poller runs here, alone, on a blocking keep-alive connection.
@@ -45,28 +46,38 @@ STAGES = ("watch", "parse", "compile", "push", "controlplane", "envoy", "envoy_a
 # -- the config under test ------------------------------------------------------------------------------------
 
 
+@dataclass
 class ConfigState(RouteState):
-    """What the config file says: the probe's generation and the routes added so far."""
+    """What the config file says: the probe's generation and the routes added so far; with `hosts`, every route
+    names one of them (the probe, the steady and the added routes the first)."""
+
+    hosts: int = 0
+    route_tables: str = "one"
+
+    def _hosts(self, n: int = 0) -> str:
+        return f", hosts: [host-{n % self.hosts}]" if self.hosts else ""
 
     def render(self) -> str:
         """`routes` routes in all: the probe, the steady route and `/svc-<n>/` prefixes to a few upstreams."""
         lines = [
             "xgate: v1",
             "listeners:",
-            f"  - {{name: {LISTENER}, address: 127.0.0.1, port: {self.port}}}",
+            f"  - {{name: {LISTENER}, address: 127.0.0.1, port: {self.port}, route_tables: {self.route_tables}}}",
             "upstreams:",
             # Never requested: a closed port is fine, and the clusters do not change between revisions.
             *(f"  - {{name: pool-{u}, endpoints: ['127.0.0.1:9']}}" for u in range(UPSTREAMS)),
             "routes:",
-            "  - {name: bench-probe, match: {path: {exact: /probe}},"
+            f"  - {{name: bench-probe, match: {{path: {{exact: /probe}}{self._hosts()}}},"
             f" direct_response: {{status: 200, body: gen-{self.generation}}}}}",
-            "  - {name: bench-steady, match: {path: {exact: /steady}}, direct_response: {status: 200, body: steady}}",
+            f"  - {{name: bench-steady, match: {{path: {{exact: /steady}}{self._hosts()}}},"
+            " direct_response: {status: 200, body: steady}}",
             *(
-                f"  - {{name: svc-{n}, match: {{path: {{prefix: /svc-{n}/}}}}, upstream: pool-{n % UPSTREAMS}}}"
+                f"  - {{name: svc-{n}, match: {{path: {{prefix: /svc-{n}/}}{self._hosts(n)}}},"
+                f" upstream: pool-{n % UPSTREAMS}}}"
                 for n in range(max(0, self.routes - 2))
             ),
             *(
-                f"  - {{name: new-{k}, match: {{path: {{exact: /new-{k}}}}},"
+                f"  - {{name: new-{k}, match: {{path: {{exact: /new-{k}}}{self._hosts()}}},"
                 f" direct_response: {{status: 200, body: new-{k}}}}}"
                 for k in self.added
             ),
@@ -170,7 +181,8 @@ def save(state: ConfigState, config_path: Path, files: int = 1, kind: str = "edi
 async def measure(routes: int, count: int, args: argparse.Namespace, work: Path) -> SizeResult:
     """Start a control plane child and an Envoy on a `routes`-route config; time `count` changes."""
     work.mkdir()
-    state = ConfigState(routes=routes, port=free_port())
+    state = ConfigState(routes=routes, port=free_port(), hosts=args.hosts, route_tables=args.route_tables)
+    args.poll_host = "host-0" if args.hosts else None
     if args.files > 1:
         config_path = work / "config"
         config_path.mkdir()
@@ -215,8 +227,9 @@ def print_report(summaries: list[dict[str, Any]], args: argparse.Namespace, out:
     write(
         f"file change (os.replace) -> first correct response through Envoy; {args.changes} changes per size "
         f"({WARMUP} warm-up changes not counted), every {ADD_EVERY}th adds a route, the others edit a "
-        f"direct response; Envoy --concurrency {args.concurrency}; poll interval {args.poll_interval_ms} ms"
-        f"{'; pinned: control plane on CPU 0, the rest on CPU 1' if args.pin else ''}"
+        f"direct response; Envoy --concurrency {args.concurrency}; poll interval {args.poll_interval_ms} ms; "
+        + (f"routes over {args.hosts} hosts, route_tables: {args.route_tables}" if args.hosts else "no hosts")
+        + f"{'; pinned: control plane on CPU 0, the rest on CPU 1' if args.pin else ''}"
     )
     _cli.print_totals(summaries, write)
     write(_cli.WHERE_THE_TIME_GOES)
@@ -247,6 +260,13 @@ def print_report(summaries: list[dict[str, Any]], args: argparse.Namespace, out:
 def _options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--files", type=int, default=1, help="the config as a directory of this many files (default 1: one file)"
+    )
+    parser.add_argument("--hosts", type=int, default=0, help="spread the routes over N hosts (default: none)")
+    parser.add_argument(
+        "--route-tables",
+        choices=("one", "per_host"),
+        default="one",
+        help="the listener's route_tables (per_host needs --hosts)",
     )
 
 

@@ -15,6 +15,7 @@ from xgate.pipeline import Compiled
 from xgate.plugins.dyeing import STICKY_KEY, STICKY_NAMESPACE, DyeingSettings
 from xgate.translate import names
 from xgate.translate.matching import Request, select
+from xgate.translate.perhost import per_host_hosts
 
 
 class ExplainError(XgateError):
@@ -61,22 +62,29 @@ def choose_listener(compiled: Compiled, url: str, name: str | None) -> ListenerI
     )
 
 
-def route_table(compiled: Compiled, listener: ListenerIR) -> route_v3.RouteConfiguration:
-    table = compiled.resources.routes[names.route_config(listener.name)]
-    if isinstance(table, bytes):
-        return route_v3.RouteConfiguration.FromString(table)
-    assert isinstance(table, route_v3.RouteConfiguration)
-    return table
+def route_table(compiled: Compiled, listener: ListenerIR, authority: str) -> route_v3.RouteConfiguration | None:
+    """The table Envoy routes a request for `authority` by: the listener's one table, or with `route_tables:
+    per_host` the table of the host the Host names without its port, exactly (None: no such host, a 404)."""
+    name = names.route_config(listener.name)
+    if per_host_hosts(listener):
+        name = names.host_route_config(listener.name, authority.split(":", 1)[0])
+    table = compiled.resources.routes.get(name)
+    if table is None or isinstance(table, route_v3.RouteConfiguration):
+        return table
+    return route_v3.RouteConfiguration.FromString(table)
 
 
 def explain(compiled: Compiled, request: Request, listener: ListenerIR) -> dict[str, Any]:
     """What happens to `request` on `listener`, as plain data (see the README's "explain")."""
-    table = route_table(compiled, listener)
-    selection = select(table, request)
+    table = route_table(compiled, listener, request.authority)
     head: dict[str, Any] = {
         "request": f"{request.method} {request.authority}{request.path}",
         "listener": f"{listener.name} (port {listener.listener.port})",
     }
+    if table is None:
+        host = request.authority.split(":", 1)[0]
+        return {**head, "route": None, "answer": f"404: no host {host!r} here (route_tables: per_host, exact case)"}
+    selection = select(table, request)
     if selection is None:
         return {**head, "route": None, "answer": "404: no route matches"}
     by_name = {route.name: route for route in listener.routes}

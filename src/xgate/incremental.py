@@ -4,8 +4,9 @@ This is the fast path for etcd (which says which routes changed) and for files (
 revision by object identity): a change to one route of 10,000 re-checks and re-serializes that route and
 joins the table's bytes again, where a full compile walks every object. It only takes route changes made
 while listeners, upstreams and plugin defaults stayed the same objects, and only when no listener needs
-its filter chain changed and no canary fallback cluster appears or goes; anything else returns None and
-the caller compiles in full (and resets this).
+its filter chain changed, no canary fallback cluster appears or goes and, on a `route_tables: per_host`
+listener, no host appears or goes (there it re-assembles only the touched hosts' tables); anything else returns
+None and the caller compiles in full (and resets this).
 Its output equals a full compile's (tests compare the bytes).
 """
 
@@ -30,6 +31,7 @@ from xgate.ir.build import RouteContext
 from xgate.ir.model import GatewayIR
 from xgate.translate import Resources, names
 from xgate.translate.failover import route_aggregates
+from xgate.translate.perhost import PER_HOST
 from xgate.translate.resources import route_service_resources
 from xgate.translate.routetable import RouteTable
 
@@ -47,6 +49,9 @@ class _Base:
     plugin_use: dict[str, Counter[str]] = field(default_factory=dict)
     services: dict[str, dict[str, Message]] = field(default_factory=dict)  # the services' resources, by type
     route_services: dict[str, list[tuple[str, str]]] = field(default_factory=dict)  # route -> (type, name) it made
+    # A listener asks for per_host but is kept to one table until its routes allow it: each change may be the
+    # one that does, which only a full compile sees.
+    per_host_held: bool = False
 
 
 class IncrementalCompiler:
@@ -58,11 +63,16 @@ class IncrementalCompiler:
         configurations are kept as the bytes the tables assemble, not as messages: 6 MB at 10,000 routes)."""
         tables: dict[str, RouteTable] = {}
         plugin_use: dict[str, Counter[str]] = {}
+        configs: dict[str, list[Message | bytes]] = {}  # a listener's route configurations (per_host: several)
+        for name, route_config in resources.routes.items():
+            configs.setdefault(names.route_config_listener(name), []).append(route_config)
         for listener in ir.listeners:
-            table = tables[listener.name] = RouteTable(listener.name, listener.filters)
-            protos = _route_protos(resources.routes.get(names.route_config(listener.name)))
+            per_host = listener.listener.route_tables == PER_HOST
+            table = tables[listener.name] = RouteTable(listener.name, listener.filters, per_host=per_host)
+            protos = _route_protos(configs.get(listener.name, []))
             for route in listener.routes:
                 table.put(route, protos.get(route.name))
+            table.take_touched()
             plugin_use[listener.name] = Counter(name for route in listener.routes for name in route.filters)
         route_issues: dict[str, list[ConfigIssue]] = {}
         other: list[ConfigIssue] = []
@@ -70,10 +80,12 @@ class IncrementalCompiler:
             kind, _, name = issue.obj.partition(" ")
             (route_issues.setdefault(name, []) if kind == "route" else other).append(issue)
         served = {route.route.name: route.route for listener in ir.listeners for route in listener.routes}
-        assembled = {names.route_config(name): table.assemble() for name, table in tables.items()}
+        assembled = {name: config for table in tables.values() for name, config in table.configs().items()}
         resources = replace(resources, routes={**resources.routes, **assembled})
         self._base = _Base(config, context, tables, assembled, resources, served, route_issues, other, plugin_use)
         self._base.services = {url: dict(found) for url, found in resources.services.items()}
+        wanted = sorted(item.name for item in config.listeners if item.route_tables == PER_HOST)
+        self._base.per_host_held = bool(wanted) and wanted[0] in tables and not tables[wanted[0]].per_host
         for listener in ir.listeners:
             for route in listener.routes:
                 if route.name not in self._base.route_services:
@@ -92,7 +104,7 @@ class IncrementalCompiler:
         """The resources after `changes` (route name -> new valid version, or None when deleted or never
         valid), or None when this change needs a full compile."""
         base = self._base
-        if base is None or not _same_surroundings(base.config, config):
+        if base is None or base.per_host_held or not _same_surroundings(base.config, config):
             return None
         # Check first, change after: a strict build (a file) refuses the whole revision on any issue, and then
         # nothing here may have moved.
@@ -110,6 +122,8 @@ class IncrementalCompiler:
                 return None  # aggregates are clusters of their own: a full compile adds or drops them
             checked.append((name, served, own, problems))
         touched: set[str] = set()
+        # per_host: a host that appears or goes adds or drops a scope (and a table): left to a full compile.
+        hosts = {listener: table.hosts() for listener, table in base.tables.items() if table.per_host}
         for name, served, own, problems in checked:
             for listener, table in base.tables.items():
                 if (old := table.get(name)) is not None:
@@ -143,7 +157,15 @@ class IncrementalCompiler:
             if any(use[plugin] <= 0 for plugin in base.tables[listener].filters):
                 self.clear()
                 return None  # the last route using a filter is gone: a full compile drops the filter
-            base.assembled[names.route_config(listener)] = base.tables[listener].assemble()
+            table = base.tables[listener]
+            if not table.per_host:
+                base.assembled[names.route_config(listener)] = table.assemble()
+            elif table.hosts() != hosts[listener]:
+                self.clear()
+                return None
+            else:  # only the hosts whose routes changed: Envoy re-reads those tables alone
+                for host in table.take_touched():
+                    base.assembled[names.host_route_config(listener, host)] = table.assemble_host(host)
         base.config = config
         routes: dict[str, Message | bytes] = dict(base.assembled)
         resources = Resources(
@@ -151,6 +173,7 @@ class IncrementalCompiler:
             endpoints=base.resources.endpoints,
             listeners=base.resources.listeners,
             routes=routes,
+            scoped_routes=base.resources.scoped_routes,
             secrets=base.resources.secrets,
             services={url: dict(found) for url, found in base.services.items() if found},
         )
@@ -207,13 +230,13 @@ def _same_objects(before: tuple[Any, ...], after: tuple[Any, ...]) -> bool:
     return len(before) == len(after) and all(a is b for a, b in zip(before, after, strict=True))
 
 
-def _route_protos(config: Message | bytes | None) -> dict[str, list[route_components_v3.Route]]:
-    """Each config route's Envoy routes, by name, from a translated RouteConfiguration (taken from the first
-    virtual host that has the route: they are the same in every one)."""
-    if not isinstance(config, route_v3.RouteConfiguration):
-        return {}
+def _route_protos(configs: list[Message | bytes]) -> dict[str, list[route_components_v3.Route]]:
+    """Each config route's Envoy routes, by name, from a listener's translated RouteConfigurations (taken from
+    the first virtual host that has the route: they are the same in every one)."""
     found: dict[str, list[route_components_v3.Route]] = {}
-    for virtual_host in config.virtual_hosts:
+    virtual_hosts = [host for config in configs if isinstance(config, route_v3.RouteConfiguration)
+                     for host in config.virtual_hosts]  # fmt: skip
+    for virtual_host in virtual_hosts:
         here: dict[str, list[route_components_v3.Route]] = {}
         for route in virtual_host.routes:
             if route.name not in found:

@@ -45,6 +45,13 @@ def static_bootstrap(case: Path) -> dict[str, Any]:
                 config = network_filter["typed_config"]
                 if config["@type"] == HCM and "rds" in config:
                     config["route_config"] = routes[config.pop("rds")["route_config_name"]]
+                if config["@type"] == HCM and "scoped_routes" in config:  # its scopes and tables inlined
+                    scoped = config["scoped_routes"]
+                    del scoped["scoped_rds"]
+                    scopes = [_data(scope) for scope in resources.scoped_routes.values()]
+                    for scope in scopes:
+                        scope["route_configuration"] = routes[scope.pop("route_configuration_name")]
+                    scoped["scoped_route_configurations_list"] = {"scoped_route_configurations": scopes}
         listeners.append(listener)
     clusters = []
     for name, message in resources.clusters.items():

@@ -38,6 +38,7 @@ SHAPE_ERRORS: dict[str, list[str]] = {
     "jwt-bad": [],  # a JWKS key's kty, and providers that do not exist
     "jwt-refused": [],  # what Envoy's jwt_authn cannot do natively
     "dyeing-stage-match-bad": [],  # rules Envoy cannot invert
+    "per-host-bad": [],  # routes for any host on a per_host listener, a second per_host listener
     # a negative priority, a budget over 100%, an unknown retry condition (the others are cross-field rules)
     "resilience-bad": [
         "upstreams.3.endpoints.0",

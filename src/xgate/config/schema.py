@@ -386,6 +386,9 @@ class Listener(Model):
     # nothing either way for stream_idle_timeout are reset. None: Envoy's defaults (1 h, 5 min).
     idle_timeout: Duration | None = None
     stream_idle_timeout: Duration | None = None
+    # per_host: one RouteConfiguration per host (Envoy's scoped routes), so a route change makes Envoy re-read
+    # that host's table only; every route served here must then name exact hosts (see the README).
+    route_tables: Literal["one", "per_host"] = "one"
 
     @field_validator("address")
     @classmethod

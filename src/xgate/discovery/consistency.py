@@ -16,6 +16,7 @@ from envoy.config.cluster.v3 import cluster_pb2 as cluster_v3
 from envoy.config.listener.v3 import listener_pb2 as listener_v3
 from envoy.config.route.v3 import route_components_pb2 as route_components_v3
 from envoy.config.route.v3 import route_pb2 as route_v3
+from envoy.config.route.v3 import scoped_route_pb2 as scoped_route_v3
 from envoy.extensions.clusters.aggregate.v3 import cluster_pb2 as aggregate_v3
 from envoy.extensions.filters.http.ext_authz.v3 import ext_authz_pb2 as ext_authz_v3
 from envoy.extensions.filters.http.ext_proc.v3 import ext_proc_pb2 as ext_proc_v3
@@ -52,6 +53,10 @@ def problems(snapshot: Snapshot) -> list[str]:
         for route_config in route_configs(_parse(listener_v3.Listener, resource)):
             if route_config not in served.get(typeurls.ROUTE, set()):
                 found.append(f"listener {name} reads route config {route_config}, which is not served")
+    for name, resource in snapshot.resources.get(typeurls.SCOPED_ROUTE, {}).items():
+        scope = _parse(scoped_route_v3.ScopedRouteConfiguration, resource)
+        if scope.route_configuration_name not in served.get(typeurls.ROUTE, set()):
+            found.append(f"scope {name} names route config {scope.route_configuration_name}, which is not served")
     for name, resource in snapshot.resources.get(typeurls.ROUTE, {}).items():
         config = _parse(route_v3.RouteConfiguration, resource)
         for host in config.virtual_hosts:
@@ -115,7 +120,13 @@ def _aggregate_members(cluster: cluster_v3.Cluster) -> list[str]:
     return list(config.clusters)
 
 
-M = TypeVar("M", cluster_v3.Cluster, listener_v3.Listener, route_v3.RouteConfiguration)
+M = TypeVar(
+    "M",
+    cluster_v3.Cluster,
+    listener_v3.Listener,
+    route_v3.RouteConfiguration,
+    scoped_route_v3.ScopedRouteConfiguration,
+)
 
 
 def _parse(kind: type[M], resource: Resource) -> M:

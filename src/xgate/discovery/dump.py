@@ -18,6 +18,7 @@ SECTIONS = {
     typeurls.CLUSTER: "clusters",
     typeurls.ENDPOINT: "endpoints",
     typeurls.ROUTE: "routes",
+    typeurls.SCOPED_ROUTE: "scoped_routes",
     SECRET: "secrets",
 }
 REDACTED = "[redacted]"

@@ -4,7 +4,7 @@ share (who the consumer is, its ACKs and NACKs, the push order); `AdsStream` is 
 
 Rules kept here (see the xDS protocol doc): a request whose nonce is not the last one sent for its type is
 stale and ignored; a response is sent only when the content a proxy asked for differs from what it was last
-sent; a change is pushed clusters -> endpoints -> listeners -> routes; after clusters change, their endpoints
+sent; a change is pushed clusters -> endpoints -> listeners -> scopes -> routes; after clusters change, their endpoints
 are sent again (Envoy otherwise keeps a changed EDS cluster warming until initial_fetch_timeout); a removed
 cluster is removed only after the routes that stopped using it.
 """
@@ -136,7 +136,7 @@ class Stream(ABC, Generic[Request, Out]):
             keep = frozenset[str]()
             if type_url == typeurls.CLUSTER:
                 keep = self._removing(type_url, snapshot)
-                if keep and not any(self._pending(url, snapshot) for url in (typeurls.LISTENER, typeurls.ROUTE)):
+                if keep and not any(self._pending(url, snapshot) for url in typeurls.ROUTING):
                     keep = frozenset()  # nothing else changes: nothing can still use them
                 removed_last = bool(keep)
             response = self._next(type_url, snapshot, keep, clusters if type_url == typeurls.ENDPOINT else None)

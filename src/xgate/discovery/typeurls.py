@@ -10,21 +10,33 @@ CLUSTER = _PREFIX + "envoy.config.cluster.v3.Cluster"
 ENDPOINT = _PREFIX + "envoy.config.endpoint.v3.ClusterLoadAssignment"
 LISTENER = _PREFIX + "envoy.config.listener.v3.Listener"
 ROUTE = _PREFIX + "envoy.config.route.v3.RouteConfiguration"
+# The scopes of a `route_tables: per_host` listener: host -> that host's RouteConfiguration (translate.perhost).
+SCOPED_ROUTE = _PREFIX + "envoy.config.route.v3.ScopedRouteConfiguration"
 SECRET = _PREFIX + "envoy.extensions.transport_sockets.tls.v3.Secret"
 
-# The xDS rule for making before breaking: clusters, then their endpoints, then listeners, then routes;
-# secrets before all of them, as clusters and listeners name them (Envoy asks for secrets by name).
-PUSH_ORDER: tuple[str, ...] = (SECRET, CLUSTER, ENDPOINT, LISTENER, ROUTE)
+# The xDS rule for making before breaking: clusters, then their endpoints, then listeners, then routes (scopes
+# before the tables they name); secrets before all of them, as clusters and listeners name them.
+PUSH_ORDER: tuple[str, ...] = (SECRET, CLUSTER, ENDPOINT, LISTENER, SCOPED_ROUTE, ROUTE)
 ENVOY_TYPES = frozenset(PUSH_ORDER)
+ROUTING = (LISTENER, SCOPED_ROUTE, ROUTE)  # the types that say which clusters requests go to
 
 # Types a consumer subscribes to as a whole (wildcard); Envoy asks for endpoints, routes and secrets by name.
-WILDCARD_TYPES = frozenset({CLUSTER, LISTENER}) | SERVICE_TYPES
+WILDCARD_TYPES = frozenset({CLUSTER, LISTENER, SCOPED_ROUTE}) | SERVICE_TYPES
 
 # Translation's resource kinds -> type URLs (xgate's own resources come keyed by their type URL already).
-BY_KIND = {"secrets": SECRET, "clusters": CLUSTER, "endpoints": ENDPOINT, "listeners": LISTENER, "routes": ROUTE} | {
-    url: url for url in SERVICE_TYPES
-}
-SHORT = {SECRET: "SDS", CLUSTER: "CDS", ENDPOINT: "EDS", LISTENER: "LDS", ROUTE: "RDS"} | SERVICE_SHORT
+BY_KIND = (
+    {"secrets": SECRET, "clusters": CLUSTER, "endpoints": ENDPOINT, "listeners": LISTENER, "routes": ROUTE}
+    | {"scoped_routes": SCOPED_ROUTE}
+    | {url: url for url in SERVICE_TYPES}
+)
+SHORT = {
+    SECRET: "SDS",
+    CLUSTER: "CDS",
+    ENDPOINT: "EDS",
+    LISTENER: "LDS",
+    ROUTE: "RDS",
+    SCOPED_ROUTE: "SRDS",
+} | SERVICE_SHORT
 
 ENVOY = "envoy"
 # A consumer's role, from its node's user_agent_name: Envoy says "envoy", xgate's services "xgate-<service>".

@@ -13,6 +13,7 @@ from xgate.config.load import ConfigSet
 from xgate.config.messages import explain
 from xgate.config.schema import Listener, Model, Route
 from xgate.errors import ConfigError, ConfigIssue
+from xgate.ir import perhost
 from xgate.ir.model import GatewayIR, ListenerIR, RouteIR
 from xgate.ir.policies import PolicyResolver, resolve_plugins
 from xgate.ir.tls import listener_ports, listener_tls_issues, upstream_tls_issues, used_secrets
@@ -51,6 +52,7 @@ class RouteContext:
     # route's issue with such a plugin says so (else "provider 'a' is not defined" hides that 'a' had a typo).
     invalid_defaults: dict[str, set[str]] = field(default_factory=dict)
     memo: PluginMemo = field(default_factory=lambda: PluginMemo())
+    per_host: frozenset[str] = frozenset()  # listeners with `route_tables: per_host`
 
     def check(
         self, route: Route, fallback: Route | None
@@ -59,6 +61,8 @@ class RouteContext:
         problems: list[ConfigIssue] = []
         own = _route_checks(self.config, route, self.upstreams, self.listeners, problems, self.memo)
         problems += self._plugin_checks(route, own)
+        if self.per_host:
+            problems += perhost.route_issues(self.config, route, self.per_host, self.listener_plugins)
         if not problems:
             return route, own, []
         previous = fallback if self.lenient else None
@@ -143,6 +147,10 @@ def build_ir_and_context(
     if lenient:
         known_listeners |= {listener.name for listener in config.listeners}  # dropped ones are reported already
     context = RouteContext(config, known_upstreams, known_listeners, listener_plugins, lenient, invalid_defaults)
+    # A refused per_host is not a reason to leave a listener out: it is served with one table.
+    per_host, refused = perhost.per_host_listener(config, listener_plugins, fallback if lenient else None)
+    issues += refused
+    context.per_host = frozenset([per_host] if per_host else [])
     attached: dict[str, list[RouteIR]] = {name: [] for name in listener_plugins}
     checked: list[tuple[Route, dict[str, Model | None]]] = []
     for route in config.routes:
@@ -158,7 +166,9 @@ def build_ir_and_context(
     if issues and not lenient:
         raise ConfigError(issues)
     listeners = tuple(
-        _listener_ir(listener, tuple(attached[listener.name]), listener_plugins[listener.name])
+        _listener_ir(
+            perhost.served_listener(listener, per_host), tuple(attached[listener.name]), listener_plugins[listener.name]
+        )
         for listener in sorted(config.listeners, key=lambda item: item.name)
         if listener.name in attached
     )

@@ -2,8 +2,8 @@
 chain per SNI certificate (see translate.tls) and, when asked, a plain-HTTP listener redirecting to it.
 
 The listener only changes when its address, port, TLS settings (not the certificates: they travel over SDS) or
-set of plugin filters changes; route and plugin settings travel in the RouteConfiguration, so a config change
-never drains connections.
+set of plugin filters changes; route and plugin settings travel in the RouteConfiguration (with `route_tables:
+per_host`, one per host, see translate.perhost), so a config change never drains connections.
 
 Protocols: HTTP/1.0, HTTP/1.1 and h2c (prior knowledge) on every listener, the codec chosen from the first
 bytes; over TLS, h2 or http/1.1 by ALPN. An HTTP/1.1 `Upgrade: h2c` is answered over HTTP/1.1 (RFC 9113
@@ -25,6 +25,7 @@ from xgate.config.limits import ListenerLimits
 from xgate.ir.model import ListenerIR
 from xgate.translate import names
 from xgate.translate.observability import access_logs
+from xgate.translate.perhost import per_host_hosts, scoped_routes
 from xgate.translate.plugins import TRANSLATORS, pack
 from xgate.translate.protos import ads_source, socket_address
 from xgate.translate.resilience import apply_listener_timeouts
@@ -40,7 +41,6 @@ def _manager(ir: ListenerIR) -> hcm_v3.HttpConnectionManager:
     manager = hcm_v3.HttpConnectionManager(
         stat_prefix=ir.name,
         codec_type=hcm_v3.HttpConnectionManager.AUTO,
-        rds=hcm_v3.Rds(route_config_name=names.route_config(ir.name), config_source=ads_source()),
         # Routes opt in to WebSocket one by one (route.websocket); the connection manager must know the type.
         upgrade_configs=[
             hcm_v3.HttpConnectionManager.UpgradeConfig(
@@ -57,6 +57,10 @@ def _manager(ir: ListenerIR) -> hcm_v3.HttpConnectionManager:
         ),
         access_log=access_logs(ir.listener),
     )
+    if per_host_hosts(ir):  # route_tables: per_host
+        manager.scoped_routes.CopyFrom(scoped_routes(ir))
+    else:
+        manager.rds.CopyFrom(hcm_v3.Rds(route_config_name=names.route_config(ir.name), config_source=ads_source()))
     apply_listener_timeouts(manager, ir.listener)
     if ir.listener.limits is not None:
         _limits(ir.listener.limits, manager)

@@ -20,6 +20,16 @@ def route_config(listener_name: str) -> str:
     return ROUTES + listener_name
 
 
+def host_route_config(listener_name: str, host: str) -> str:
+    """The RouteConfiguration of one host of a `route_tables: per_host` listener (listener names have no "/")."""
+    return f"{ROUTES}{listener_name}/{host}"
+
+
+def route_config_listener(resource_name: str) -> str:
+    """The listener a RouteConfiguration belongs to, whether its one table or one of its hosts'."""
+    return resource_name.removeprefix(ROUTES).partition("/")[0]
+
+
 def redirect_listener(name: str) -> str:
     """The plain-HTTP listener that redirects to TLS listener `name`."""
     return f"{LISTENER}{name}/http"
@@ -67,5 +77,6 @@ def origin(resource_name: str) -> str:
         if resource_name.startswith(prefix):
             return f"{kind} {resource_name.removeprefix(prefix)}"
     if resource_name.startswith(ROUTES):
-        return f"routes of listener {resource_name.removeprefix(ROUTES)}"
+        listener_name, _, host = resource_name.removeprefix(ROUTES).partition("/")
+        return f"routes of listener {listener_name}" + (f" for host {host}" if host else "")
     return resource_name

@@ -17,8 +17,9 @@ from xgate.ir.model import GatewayIR, RouteIR
 from xgate.translate import names
 from xgate.translate.cluster import fallback_clusters, translate_cluster, translate_endpoints, uses_eds
 from xgate.translate.listener import translate_listeners
+from xgate.translate.perhost import per_host_hosts, translate_route_configs, translate_scopes
 from xgate.translate.plugins import TRANSLATORS
-from xgate.translate.route import translate_route, translate_routes
+from xgate.translate.route import translate_route
 from xgate.translate.tls import translate_secrets
 
 
@@ -31,6 +32,8 @@ class Resources:
     listeners: dict[str, Message] = field(default_factory=dict)
     # A route configuration may come already serialized (the incremental compiler assembles bytes).
     routes: dict[str, Message | bytes] = field(default_factory=dict)
+    # The scopes of `route_tables: per_host` listeners (translate.perhost), by name.
+    scoped_routes: dict[str, Message] = field(default_factory=dict)
     # SDS secrets (certificates and keys, CA bundles, ticket keys) that listeners and clusters name.
     secrets: dict[str, Message] = field(default_factory=dict)
     # xgate's own resources for its services (xgate.api), by type URL, then name.
@@ -44,6 +47,7 @@ class Resources:
             "endpoints": self.endpoints,
             "listeners": self.listeners,
             "routes": self.routes,
+            "scoped_routes": self.scoped_routes,
             **self.services,
         }
 
@@ -146,8 +150,10 @@ class Translator:
         for listener in ir.listeners:
             for proto in translate_listeners(listener):
                 resources.listeners[proto.name] = proto
-            routes = translate_routes(listener, self._route)
-            resources.routes[routes.name] = routes
+            for routes in translate_route_configs(listener, self._route):
+                resources.routes[routes.name] = routes
+            for scope in translate_scopes(listener, per_host_hosts(listener)):
+                resources.scoped_routes[scope.name] = scope
             for route in listener.routes:
                 for extra in fallback_clusters(route.route, upstreams):
                     resources.clusters.setdefault(extra.name, extra)

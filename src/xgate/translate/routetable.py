@@ -1,8 +1,9 @@
 """A listener's RouteConfiguration kept as serialized pieces: changing one route serializes one route.
 
 The bytes it assembles equal `translate_routes(listener).SerializeToString(deterministic=True)` (a test
-holds it to that): deterministic serialization writes fields in number order, and a repeated message field
-is its elements' bytes one after another, each behind a tag and a length (see xgate.protowire).
+holds it to that; with `route_tables: per_host`, each host's table equals translate.perhost's): deterministic
+serialization writes fields in number order, and a repeated message field is its elements' bytes one after
+another, each behind a tag and a length (see xgate.protowire).
 """
 
 from __future__ import annotations
@@ -33,15 +34,22 @@ class _Entry:
     ir: RouteIR
 
 
+# A RouteConfiguration's fields after its virtual hosts (a route's host is matched without the request's port).
+_TAIL: bytes = route_v3.RouteConfiguration(ignore_port_in_host_matching=True).SerializeToString(deterministic=True)
+
 Position = tuple[tuple[object, ...], str]  # (precedence key, route name): a route's place in the table
 
 
 class RouteTable:
     """The routes of one listener, in precedence order (ties broken by name, as etcd lists keys)."""
 
-    def __init__(self, listener: str, filters: tuple[str, ...]) -> None:
+    def __init__(self, listener: str, filters: tuple[str, ...], *, per_host: bool = False) -> None:
         self.listener = listener
         self.filters = filters
+        self.per_host = per_host
+        # per_host: each host's routes in the same order, and the hosts whose table changed since `take_touched`.
+        self._by_host: dict[str, SortedBlocks[Position, bytes]] = {}
+        self._touched: set[str] = set()
         self._entries: dict[str, _Entry] = {}
         # Each block's cache: its routes' bytes joined, so a change rejoins one block of at most 128 routes.
         self._blocks: SortedBlocks[Position, bytes] = SortedBlocks()
@@ -65,6 +73,10 @@ class RouteTable:
         self._blocks.set((key, ir.name), wire)
         self._wire_size += len(wire)
         self._count_hosts(entry.hosts, 1)
+        if self.per_host:
+            for host in dict.fromkeys(entry.hosts):
+                self._by_host.setdefault(host, SortedBlocks()).set((key, ir.name), wire)
+                self._touched.add(host)
 
     def remove(self, name: str) -> None:
         entry = self._entries.pop(name, None)
@@ -72,6 +84,13 @@ class RouteTable:
             self._blocks.delete((entry.key, name))
             self._wire_size -= len(entry.wire)
             self._count_hosts(entry.hosts, -1)
+            if self.per_host:
+                for host in dict.fromkeys(entry.hosts):
+                    if (blocks := self._by_host.get(host)) is not None:
+                        blocks.delete((entry.key, name))
+                        if not blocks.blocks:
+                            del self._by_host[host]
+                    self._touched.add(host)
 
     def _count_hosts(self, hosts: tuple[str, ...], step: int) -> None:
         specific = [host for host in hosts if host != "*"]
@@ -93,15 +112,37 @@ class RouteTable:
     def routes(self) -> list[RouteIR]:
         return [entry.ir for entry in self._ordered()]
 
+    def hosts(self) -> frozenset[str]:
+        """The host names routes name (for per_host: the hosts that have a table)."""
+        return frozenset(self._hosts)
+
+    def take_touched(self) -> set[str]:
+        """per_host: the hosts whose table changed since the last call (gone ones included)."""
+        touched, self._touched = self._touched, set()
+        return touched
+
+    def configs(self) -> dict[str, bytes]:
+        """Every RouteConfiguration of the listener, serialized, by name: its one table, or one per host when
+        per_host and some route names a host (translate.perhost.translate_route_configs' layout)."""
+        if not (self.per_host and self._by_host):
+            return {names.route_config(self.listener): self.assemble()}
+        return {names.host_route_config(self.listener, host): self.assemble_host(host) for host in self._by_host}
+
+    def assemble_host(self, host: str) -> bytes:
+        """per_host: the serialized RouteConfiguration of one host, its routes in one virtual host."""
+        blocks = [_joined(block) for block in self._by_host[host].blocks]
+        name = names.host_route_config(self.listener, host)
+        head: bytes = route_v3.RouteConfiguration(name=name).SerializeToString(deterministic=True)
+        after = self._virtual_host_tail()
+        return b"".join([head, *self._virtual_host_head((host,), sum(map(len, blocks))), *blocks, after, _TAIL])
+
     def assemble(self) -> bytes:
         """The serialized RouteConfiguration (see translate_routes for the virtual host layout), joined from
         its parts in one copy: the routes' bytes are copied once, not once per enclosing message."""
         head: bytes = route_v3.RouteConfiguration(name=names.route_config(self.listener)).SerializeToString(
             deterministic=True
         )
-        tail: bytes = route_v3.RouteConfiguration(ignore_port_in_host_matching=True).SerializeToString(
-            deterministic=True
-        )
+        tail = _TAIL
         if not self._hosted:
             blocks = [_joined(block) for block in self._blocks.blocks]
             after = self._virtual_host_tail()
