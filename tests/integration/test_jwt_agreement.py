@@ -27,6 +27,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "L": {"max_lifetime": "1h"},
     "X": {"require_exp": False},
     "H": {"headers": [{"name": "x-tok", "prefix": ""}, {"name": "authorization", "prefix": "Bearer "}]},
+    # The default header only, no audiences, no EC key: the provider a native guard without Lua would serve
+    # (issue 19: tried, see the note in test_both_paths_answer_alike_on_the_default_provider).
+    "N": {"audiences": [], "jwks": {"keys": [key for key in JWKS["keys"] if key["kty"] != "EC"]}},
 }
 CASES = cases()  # the names, at collection; the tokens a test sends come from `fresh`
 _minted: tuple[float, dict[str, Case]] = (time.monotonic(), CASES)
@@ -76,8 +79,8 @@ async def client(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[http
         await upstream.stop()
 
 
-async def send(client: httpx.AsyncClient, path: str, case: Case) -> httpx.Response:
-    url = f"/{path}{case.variant}/x" + (f"?{case.query}" if case.query else "")
+async def send(client: httpx.AsyncClient, path: str, case: Case, variant: str | None = None) -> httpx.Response:
+    url = f"/{path}{case.variant if variant is None else variant}/x" + (f"?{case.query}" if case.query else "")
     response = await client.get(url, headers=case.request_headers())
     assert response.status_code < 500, (url, response.status_code, response.text)
     return response
@@ -99,6 +102,41 @@ async def test_both_paths_answer_alike(client: httpx.AsyncClient, name: str) -> 
     if case.expect == 200:
         assert "authorization" not in native.json()["headers"]  # verified tokens do not travel upstream
         assert "authorization" not in python.json()["headers"]
+
+
+@pytest.mark.parametrize("name", sorted(name for name, case in CASES.items() if case.variant == ""))
+async def test_both_paths_answer_alike_on_the_default_provider(client: httpx.AsyncClient, name: str) -> None:
+    """Every class again on a provider with the default token location, no audience and no EC key: its answer may
+    differ from the class's, never between the paths. (A guard without a Lua call per request for such a
+    provider, a matcher plus jwt_authn's header_in_metadata, passed this and cost more CPU than the Lua guard.)"""
+    case = fresh(name)
+    native, python = await send(client, "n", case, "N"), await send(client, "p", case, "N")
+    answers = {"native": (native.status_code, native.text[:80]), "python": (python.status_code, python.text[:80])}
+    assert native.status_code == python.status_code, (name, answers)
+    assert challenge(native) == challenge(python), (name, native.headers, python.headers)
+
+
+async def test_the_guard_refuses_in_every_form_of_the_header(client: httpx.AsyncClient) -> None:
+    """On the default provider: crit, b64 and the size are refused in `Bearer <token>` and in other forms (text
+    before the prefix, two spaces after it), with jwt_authn's challenge; a preflight passes."""
+    url = f"http://127.0.0.1:{client.base_url.port}/nN/x?a=1"
+    tokens = {name: fresh(name).token for name in ("crit-unknown", "b64-false", "size-over-limit", "size-at-limit")}
+    for name, token in tokens.items():
+        for value in (f"Bearer {token}", f"Basic x, Bearer {token}", f"Bearer  {token}"):
+            answer = await client.get("/nN/x?a=1", headers={"authorization": value})
+            if name == "size-at-limit":
+                assert answer.status_code == 200, (name, value[:20], answer.text)
+                continue
+            assert answer.status_code == 401, (name, value[:20], answer.text)
+            assert answer.headers["www-authenticate"] == f'Bearer realm="{url}", error="invalid_token"', name
+            assert ("too large" if name.startswith("size") else name.split("-")[0]) in answer.text, answer.text
+    preflight = {"origin": "https://app.test", "access-control-request-method": "GET"}
+    answer = await client.options("/nN/x", headers={**preflight, "authorization": f"Bearer {tokens['crit-unknown']}"})
+    assert answer.status_code == 200, answer.text
+    # past the guards to the upstream, which refuses a header line over 8 KiB itself
+    oversize = f"Bearer {tokens['size-over-limit']}"
+    answer = await client.options("/nN/x", headers={**preflight, "authorization": oversize})
+    assert answer.status_code == 400 and "www-authenticate" not in answer.headers, answer.text
 
 
 async def test_the_guard_answers_like_jwt_authn(client: httpx.AsyncClient) -> None:
