@@ -1,6 +1,7 @@
 """Benchmark: a routing change under load, nginx's `-s reload` against an xgate file save and an etcd put.
 
-Run from the repository: `.venv/bin/python bench/vs_nginx.py [--routes 100,10000] [--changes 20] [--json]`.
+Run from the repository: `.venv/bin/python bench/vs_nginx.py [--routes 100,10000] [--changes 20] [--json]
+[--hosts N [--route-tables one|per_host]]`.
 See bench/README.md. Per size, one system at a time, each under the same wrk load through it to the same origin:
 - nginx (Debian's nginx-light, a master and one worker, from a temporary prefix; stopped by its PID): the
   config is rewritten (a temporary file renamed over it) and `nginx -s reload` run;
@@ -9,6 +10,9 @@ See bench/README.md. Per size, one system at a time, each under the same wrk loa
 All route the same: `/probe` answers its generation (the change edits it), `/svc-<n>/` prefixes go to the origin
 (an nginx), and wrk loads `/svc-1/load` throughout. For each change: the time from the change to the first
 correct answer on a kept-alive connection and on a new connection, and the requests wrk saw fail.
+With --hosts N the routes are spread over N hosts (`/svc-<n>/` on host-<n mod N>, the probe on host-0, wrk on
+host-1's `/svc-1/`): nginx gets a server block per host, xgate a virtual host per host in one table or, with
+`--route-tables per_host`, a table per host.
 """
 
 from __future__ import annotations
@@ -54,42 +58,81 @@ _REQUESTS = re.compile(r"(\d+) requests in")
 # -- the routing, written for each system ----------------------------------------------------------------
 
 
-def xgate_config(routes: int, port: int, origin: int, generation: int) -> str:
+@dataclass(frozen=True)
+class Routing:
+    """What every system routes: `routes` routes in all, over `hosts` hosts (0: any host), as `tables` in xgate."""
+
+    routes: int
+    hosts: int = 0
+    tables: str = "one"
+
+    def host(self, n: int) -> str | None:
+        """The host of `/svc-<n>/` (n = -1: the probe's)."""
+        return f"host-{max(n, 0) % self.hosts}" if self.hosts else None
+
+    def headers(self, n: int) -> dict[str, str]:
+        host = self.host(n)
+        return {"Host": host} if host else {}
+
+    def match(self, n: int, path: dict[str, str]) -> dict[str, Any]:
+        host = self.host(n)
+        return {"path": path} | ({"hosts": [host]} if host else {})
+
+
+def xgate_config(routing: Routing, port: int, origin: int, generation: int) -> str:
+    probe = {"name": "probe", "match": routing.match(-1, {"exact": "/probe"})}
+    probe["direct_response"] = {"status": 200, "body": f"{PROBE}{generation}"}
+    listener = {"name": "bench", "address": "127.0.0.1", "port": port, "route_tables": routing.tables}
     lines = [
         "xgate: v1",
         "listeners:",
-        f"  - {{name: bench, address: 127.0.0.1, port: {port}}}",
+        f"  - {json.dumps(listener)}",
         "upstreams:",
         f"  - {{name: origin, endpoints: ['127.0.0.1:{origin}']}}",
         "routes:",
-        "  - {name: probe, match: {path: {exact: /probe}}, direct_response: {status: 200, body: "
-        f"{PROBE}{generation}}}}}",
-        *(
-            f"  - {{name: svc-{n}, match: {{path: {{prefix: /svc-{n}/}}}}, upstream: origin}}"
-            for n in range(routes - 1)
-        ),
+        f"  - {json.dumps(probe)}",
+        *(f"  - {json.dumps(svc_route(routing, n))}" for n in range(routing.routes - 1)),
     ]
     return "\n".join(lines) + "\n"
 
 
-def etcd_values(routes: int, port: int, origin: int) -> dict[bytes, bytes]:
-    values = {key_of(DEFAULT_PREFIX, "listener", "bench"): encode({"address": "127.0.0.1", "port": port})}
+def svc_route(routing: Routing, n: int) -> dict[str, Any]:
+    return {"name": f"svc-{n}", "match": routing.match(n, {"prefix": f"/svc-{n}/"}), "upstream": "origin"}
+
+
+def etcd_values(routing: Routing, port: int, origin: int) -> dict[bytes, bytes]:
+    listener = {"address": "127.0.0.1", "port": port, "route_tables": routing.tables}
+    values = {key_of(DEFAULT_PREFIX, "listener", "bench"): encode(listener)}
     values[key_of(DEFAULT_PREFIX, "upstream", "origin")] = encode({"endpoints": [f"127.0.0.1:{origin}"]})
-    values.update([probe_value(0)])
-    for n in range(1, routes):
-        route = {"match": {"path": {"prefix": f"/svc-{n}/"}}, "upstream": "origin"}
+    values.update([probe_value(routing, 0)])
+    for n in range(1, routing.routes):
+        route = svc_route(routing, n)
+        del route["name"]
         values[key_of(DEFAULT_PREFIX, "route", f"svc-{n}")] = encode(route)
     return values
 
 
-def probe_value(generation: int) -> tuple[bytes, bytes]:
-    probe = {"match": {"path": {"exact": "/probe"}}, "direct_response": {"status": 200, "body": f"{PROBE}{generation}"}}
+def probe_value(routing: Routing, generation: int) -> tuple[bytes, bytes]:
+    probe = {"match": routing.match(-1, {"exact": "/probe"})}
+    probe["direct_response"] = {"status": 200, "body": f"{PROBE}{generation}"}
     return key_of(DEFAULT_PREFIX, "route", "probe"), encode(probe)
 
 
-def nginx_config(prefix: Path, routes: int, port: int, origin: int, generation: int) -> str:
+def nginx_config(prefix: Path, routing: Routing, port: int, origin: int, generation: int) -> str:
     proxied = 'proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection "";'
-    locations = "\n".join(f"        location /svc-{n}/ {{ {proxied} }}" for n in range(routes - 1))
+    probe = f'        location = /probe {{ return 200 "{PROBE}{generation}"; }}'
+    blocks: dict[str | None, list[str]] = {routing.host(-1): [probe]}
+    for n in range(routing.routes - 1):
+        blocks.setdefault(routing.host(n), []).append(f"        location /svc-{n}/ {{ {proxied} }}")
+    servers = "\n".join(
+        f"""    server {{
+        listen 127.0.0.1:{port};
+        {f"server_name {host};" if host else ""}
+        default_type text/plain;
+{chr(10).join(locations)}
+    }}"""
+        for host, locations in blocks.items()
+    )
     return f"""daemon off;
 worker_processes 1;
 pid {prefix}/nginx.pid;
@@ -99,12 +142,7 @@ http {{
     access_log off;
 {temp_paths(prefix)}
     upstream origin {{ server 127.0.0.1:{origin}; keepalive 32; }}
-    server {{
-        listen 127.0.0.1:{port};
-        default_type text/plain;
-        location = /probe {{ return 200 "{PROBE}{generation}"; }}
-{locations}
-    }}
+{servers}
 }}
 """
 
@@ -122,22 +160,22 @@ def save(path: Path, text: str) -> float:
 
 
 @contextlib.contextmanager
-def nginx_gateway(work: Path, routes: int, port: int, origin: int) -> Iterator[Callable[[int], float]]:
+def nginx_gateway(work: Path, routing: Routing, port: int, origin: int) -> Iterator[Callable[[int], float]]:
     """nginx (master + 1 worker, in the foreground) serving the routing; yields `change(generation) -> t0`."""
     prefix = work / "nginx-gateway"
     prefix.mkdir()
     config = prefix / "nginx.conf"
-    config.write_text(nginx_config(prefix, routes, port, origin, 0))
+    config.write_text(nginx_config(prefix, routing, port, origin, 0))
     argv = nginx_argv(prefix, config)
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def change(generation: int) -> float:
-        t0 = save(config, nginx_config(prefix, routes, port, origin, generation))
+        t0 = save(config, nginx_config(prefix, routing, port, origin, generation))
         subprocess.run([*argv, "-s", "reload"], check=True, capture_output=True, timeout=30)
         return t0
 
     try:
-        wait_for_answer(port, "/probe", PROBE.encode() + b"0", 60)
+        wait_for_answer(port, "/probe", PROBE.encode() + b"0", 60, routing.headers(-1))
         yield change
     finally:
         stop(proc, signal.SIGQUIT, 30)  # graceful: its workers finish what they serve
@@ -147,31 +185,31 @@ def nginx_gateway(work: Path, routes: int, port: int, origin: int) -> Iterator[C
 
 
 @contextlib.asynccontextmanager
-async def xgate_file(work: Path, routes: int, port: int, origin: int) -> AsyncIterator[Callable[[int], float]]:
+async def xgate_file(work: Path, routing: Routing, port: int, origin: int) -> AsyncIterator[Callable[[int], float]]:
     path = work / "gateway.yaml"
-    path.write_text(xgate_config(routes, port, origin, 0))
+    path.write_text(xgate_config(routing, port, origin, 0))
     with controlplane(["-f", str(path)], work) as plane:
         plane.wait(0, 300)
         async with envoy(plane.xds_port, work):
-            wait_for_answer(port, "/probe", PROBE.encode() + b"0", 60)
-            yield lambda generation: save(path, xgate_config(routes, port, origin, generation))
+            wait_for_answer(port, "/probe", PROBE.encode() + b"0", 60, routing.headers(-1))
+            yield lambda generation: save(path, xgate_config(routing, port, origin, generation))
 
 
 @contextlib.asynccontextmanager
-async def xgate_etcd(work: Path, routes: int, port: int, origin: int) -> AsyncIterator[Callable[[int], float]]:
+async def xgate_etcd(work: Path, routing: Routing, port: int, origin: int) -> AsyncIterator[Callable[[int], float]]:
     async with (
         run_etcd(work / "etcd") as cluster,
         EtcdClient(EtcdSettings(endpoints=(cluster.endpoints[0],))) as client,
     ):
-        await load(client, etcd_values(routes, port, origin))
+        await load(client, etcd_values(routing, port, origin))
         with controlplane(["--etcd", cluster.endpoints[0]], work) as plane:
             plane.wait(0, 300)
             async with envoy(plane.xds_port, work):
-                wait_for_answer(port, "/probe", PROBE.encode() + b"0", 60)
+                wait_for_answer(port, "/probe", PROBE.encode() + b"0", 60, routing.headers(-1))
                 loop = asyncio.get_running_loop()
 
                 def change(generation: int) -> float:
-                    key, value = probe_value(generation)
+                    key, value = probe_value(routing, generation)
                     t0 = now()
                     asyncio.run_coroutine_threadsafe(client.put(key, value), loop).result(30)
                     return t0
@@ -182,10 +220,10 @@ async def xgate_etcd(work: Path, routes: int, port: int, origin: int) -> AsyncIt
 # -- measuring ---------------------------------------------------------------------------------------------
 
 
-def get(conn: http.client.HTTPConnection, path: str) -> bytes | None:
+def get(conn: http.client.HTTPConnection, path: str, headers: dict[str, str]) -> bytes | None:
     """The body of GET `path` (None after a connection error: the caller reconnects)."""
     try:
-        conn.request("GET", path)
+        conn.request("GET", path, headers=headers)
         response = conn.getresponse()
         return response.read() if response.status == 200 else None
     except (OSError, http.client.HTTPException):
@@ -193,11 +231,11 @@ def get(conn: http.client.HTTPConnection, path: str) -> bytes | None:
         return None
 
 
-def wait_for_answer(port: int, path: str, wanted: bytes, timeout: float) -> None:
+def wait_for_answer(port: int, path: str, wanted: bytes, timeout: float, headers: dict[str, str]) -> None:
     deadline = now() + timeout
     while now() < deadline:
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-        found = get(conn, path)
+        found = get(conn, path, headers)
         conn.close()
         if found == wanted:
             return
@@ -212,18 +250,20 @@ class Change:
     poll_errors: int  # connection errors the pollers met (a closed keep-alive connection, a refused one)
 
 
-def first_answers(port: int, wanted: bytes, t0: float, kept: http.client.HTTPConnection, timeout: float) -> Change:
+def first_answers(
+    port: int, wanted: bytes, t0: float, kept: http.client.HTTPConnection, timeout: float, headers: dict[str, str]
+) -> Change:
     """Poll /probe on `kept` and on new connections, alternately (1 ms apart), until both answer `wanted`."""
     change = Change(None, None, 0)
     while (change.kept_ms is None or change.new_ms is None) and now() - t0 < timeout:
         if change.kept_ms is None:
-            body = get(kept, "/probe")
+            body = get(kept, "/probe", headers)
             change.poll_errors += body is None
             if body == wanted:
                 change.kept_ms = (now() - t0) * 1000
         if change.new_ms is None:
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-            body = get(conn, "/probe")
+            body = get(conn, "/probe", headers)
             conn.close()
             change.poll_errors += body is None
             if body == wanted:
@@ -243,9 +283,10 @@ class Run:
 
 
 @contextlib.contextmanager
-def wrk_load(port: int, connections: int) -> Iterator[dict[str, int]]:
+def wrk_load(port: int, connections: int, headers: dict[str, str]) -> Iterator[dict[str, int]]:
     """wrk on `/svc-1/load` through the gateway until the block ends (then SIGINT: it prints its totals)."""
     argv = ["wrk", "-t1", f"-c{connections}", "-d600s", f"http://127.0.0.1:{port}/svc-1/load"]
+    argv += [arg for name, value in headers.items() for arg in ("-H", f"{name}: {value}")]
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     totals: dict[str, int] = {}
     try:
@@ -260,19 +301,22 @@ def wrk_load(port: int, connections: int) -> Iterator[dict[str, int]]:
         totals["failed"] += int(non2xx.group(1)) if non2xx else 0
 
 
-async def measure(system: str, routes: int, args: argparse.Namespace, work: Path, origin: int) -> Run:
+async def measure(system: str, routing: Routing, args: argparse.Namespace, work: Path, origin: int) -> Run:
     port = free_port()
     starters = {"nginx": _nginx, "xgate-file": xgate_file, "xgate-etcd": xgate_etcd}
-    run = Run(system, routes)
-    async with starters[system](work, routes, port, origin) as change:
+    run = Run(system, routing.routes)
+    probe = routing.headers(-1)
+    async with starters[system](work, routing, port, origin) as change:
         kept = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-        with wrk_load(port, args.connections) as totals:
+        with wrk_load(port, args.connections, routing.headers(1)) as totals:
             started = now()
             for generation in range(1, args.changes + 1):
-                get(kept, "/probe")  # the kept connection is open and idle, as a client's between requests
+                get(kept, "/probe", probe)  # the kept connection is open and idle, as a client's between requests
                 t0 = await asyncio.to_thread(change, generation)
                 run.changes.append(
-                    await asyncio.to_thread(first_answers, port, f"gen-{generation}".encode(), t0, kept, args.timeout)
+                    await asyncio.to_thread(
+                        first_answers, port, f"gen-{generation}".encode(), t0, kept, args.timeout, probe
+                    )
                 )
                 await asyncio.sleep(random.uniform(0.2, 0.4))  # old nginx workers wind down; decorrelate timers
             run.load_seconds = now() - started
@@ -282,8 +326,8 @@ async def measure(system: str, routes: int, args: argparse.Namespace, work: Path
 
 
 @contextlib.asynccontextmanager
-async def _nginx(work: Path, routes: int, port: int, origin: int) -> AsyncIterator[Callable[[int], float]]:
-    with nginx_gateway(work, routes, port, origin) as change:
+async def _nginx(work: Path, routing: Routing, port: int, origin: int) -> AsyncIterator[Callable[[int], float]]:
+    with nginx_gateway(work, routing, port, origin) as change:
         yield change
 
 
@@ -298,7 +342,8 @@ async def run_all(args: argparse.Namespace) -> tuple[list[Run], Machine]:
                         machine.append((f"before {system} {routes:,}", _stalls.measure(args.stall_seconds)))
                     work = Path(name) / f"{system}-{routes}"
                     work.mkdir()
-                    runs.append(await measure(system, routes, args, work, origin.port))
+                    routing = Routing(routes, args.hosts, args.route_tables)
+                    runs.append(await measure(system, routing, args, work, origin.port))
     return runs, machine
 
 
@@ -362,6 +407,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--connections", type=int, default=8, help="wrk connections (default 8)")
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds a change may take")
     parser.add_argument("--stall-seconds", type=float, default=1.0)
+    parser.add_argument("--hosts", type=int, default=0, help="spread the routes over N hosts (default: none)")
+    parser.add_argument("--route-tables", choices=("one", "per_host"), default="one", help="xgate's form with --hosts")
     parser.add_argument("--json", action="store_true")
     return parser.parse_args(argv)
 
