@@ -36,6 +36,11 @@ class Benchmark:
     quick: tuple[str, ...] = ()
     rows: Callable[[Any], list[Row]] | None = None  # from its --json output; None: the text's last lines
     json: bool = True
+    label: str = ""  # a second run of the same script with other options (its rows say so)
+
+    @property
+    def name(self) -> str:
+        return f"{self.script} ({self.label})" if self.label else self.script
 
 
 def _ok(met: bool) -> str:
@@ -229,6 +234,14 @@ KNOWN = {
     "ratelimit_service.py": Benchmark("ratelimit_service.py", (), ("--calls", "3000", "--seconds", "2"), json=False),
     "authz_service.py": Benchmark("authz_service.py", (), ("--calls", "3000", "--seconds", "2"), json=False),
 }
+# Second runs: the routes spread over 100 hosts with a table per host (README, "Big configs"), the same targets.
+_PER_HOST = ("--routes", "10000", "--hosts", "100", "--route-tables", "per_host")
+VARIANTS = {
+    script: Benchmark(
+        script, (*KNOWN[script].args, *_PER_HOST), KNOWN[script].quick, KNOWN[script].rows, label="per_host"
+    )
+    for script in ("propagation.py", "etcd_propagation.py", "vs_nginx.py")
+}
 SKIP = {"all.py"}
 NOTES = "<!-- notes -->"  # --markdown keeps what follows this line of the file it rewrites
 
@@ -243,13 +256,13 @@ class Outcome:
 
 def run(benchmark: Benchmark, quick: bool, logs: Path) -> Outcome:
     argv = [sys.executable, str(BENCH / benchmark.script), *benchmark.args, *(benchmark.quick if quick else ())]
-    log = logs / f"{benchmark.script.removesuffix('.py')}.txt"
+    log = logs / f"{benchmark.script.removesuffix('.py')}{'-' + benchmark.label if benchmark.label else ''}.txt"
     started = time.monotonic()
     print(f"[all] {' '.join(argv[1:])}", file=sys.stderr, flush=True)
     with log.open("w") as out:
         result = subprocess.run(argv, stdout=subprocess.PIPE, stderr=out, text=True, cwd=BENCH.parent)
         out.write(result.stdout)
-    outcome = Outcome(benchmark.script, result.returncode, time.monotonic() - started)
+    outcome = Outcome(benchmark.name, result.returncode, time.monotonic() - started)
     try:
         if benchmark.rows is not None and benchmark.json:
             outcome.rows = benchmark.rows(json.loads(result.stdout))
@@ -314,7 +327,9 @@ def main(argv: list[str] | None = None, out: IO[str] = sys.stdout) -> int:
         scripts = [name for name in scripts if name.removesuffix(".py") in args.only]
     order = [name for name in KNOWN if name in scripts] + [name for name in scripts if name not in KNOWN]
     started = time.monotonic()
-    outcomes = [run(KNOWN.get(name, Benchmark(name, json=False)), args.quick, logs) for name in order]
+    runs = [KNOWN.get(name, Benchmark(name, json=False)) for name in order]
+    runs = [variant for found in runs for variant in (found, VARIANTS.get(found.script)) if variant is not None]
+    outcomes = [run(benchmark, args.quick, logs) for benchmark in runs]
     lines = table(outcomes)
     given = sys.argv[1:] if argv is None else argv
     command = " ".join(
