@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, ClassVar
 
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
@@ -62,7 +62,7 @@ class RateLimitService:
     def subscriptions(self) -> list[Subscription]:
         return [Subscription(RATE_LIMIT, ratelimit_pb2.RateLimit, self.apply)]
 
-    async def apply(self, resources: dict[str, ratelimit_pb2.RateLimit]) -> None:
+    async def apply(self, resources: Mapping[str, ratelimit_pb2.RateLimit]) -> None:
         table = self._table = limit_table(resources.values())
         if self.server is not None:
             self.server.service.set_limits(table)
