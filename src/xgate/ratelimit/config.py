@@ -24,15 +24,21 @@ def limit_table(resources: Iterable[ratelimit_pb2.RateLimit]) -> LimitTable:
     """One limit per resource, keyed the way the route's actions describe its requests (raises ValueError
     for a resource that makes no valid limit)."""
     limits: dict[Pattern, Limit] = {}
+    # Each read of a message's string makes a new one: the domain, the keys and the route's name (also its
+    # entry's value) would be held once per limit. One copy of each: a fifth of the table at 50,000 routes.
+    strings: dict[str, str] = {}
     for resource in resources:
-        entries: Entries = tuple((entry.key, entry.value or None) for entry in resource.entries)
-        limits[(resource.domain, entries)] = Limit(
+        entries: Entries = tuple(
+            (strings.setdefault(entry.key, entry.key), strings.setdefault(entry.value, entry.value) or None)
+            for entry in resource.entries
+        )
+        limits[(strings.setdefault(resource.domain, resource.domain), entries)] = Limit(
             requests=resource.requests,
             unit_seconds=seconds(resource.per),
             algorithm="gcra" if resource.algorithm == ratelimit_pb2.RateLimit.GCRA else "token_bucket",
             burst=resource.burst,
             shadow=resource.shadow,
-            name=resource.name,
+            name=strings.setdefault(resource.name, resource.name),
         )
     return LimitTable(limits)
 
