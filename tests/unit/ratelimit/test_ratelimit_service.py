@@ -10,6 +10,7 @@ from envoy.extensions.common.ratelimit.v3 import ratelimit_pb2 as common_rl_v3
 from envoy.service.ratelimit.v3 import rls_pb2 as rls_v3
 
 from xgate.ratelimit import Decision, FailureMode, Limit, LimitTable, MemoryBackend, Rate, RateLimitService
+from xgate.ratelimit.limits import Pattern
 
 OK = rls_v3.RateLimitResponse.OK
 OVER = rls_v3.RateLimitResponse.OVER_LIMIT
@@ -182,7 +183,9 @@ def test_common_descriptor_proto_is_what_envoy_sends() -> None:
 def test_exact_patterns_are_found_by_their_entries_among_many_and_unnamed_ones_labelled_by_pattern() -> None:
     # One exact limit per route, as a config makes them: each is found by its own entries (not by trying the
     # others), an unnamed one is labelled by its pattern, and a wildcard of the same keys still takes the rest.
-    limits = {("xgate", (("xgate_route", f"svc-{n}"),)): Limit(n + 1, 60, name=f"svc-{n}") for n in range(5000)}
+    limits: dict[Pattern, Limit] = {
+        ("xgate", (("xgate_route", f"svc-{n}"),)): Limit(n + 1, 60, name=f"svc-{n}") for n in range(5000)
+    }
     limits[("xgate", (("xgate_route", "plain"),))] = Limit(7, 60)
     limits[("xgate", (("xgate_route", None),))] = Limit(9, 60, name="any-route")
     table = LimitTable(limits)
