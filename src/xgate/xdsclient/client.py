@@ -155,17 +155,18 @@ class XdsClient:
                 await call.wait_for_connection()
                 self._connected(target)
                 while True:
-                    reading = asyncio.ensure_future(call.read())
-                    done, _ = await asyncio.wait({reading, stopping}, return_when=asyncio.FIRST_COMPLETED)
-                    if reading not in done:
-                        reading.cancel()
+                    response = await _next(call, stopping)
+                    if response is None:
                         call.cancel()
                         return
-                    response = reading.result()
                     if response is grpc.aio.EOF:
                         raise ConnectionResetError("the control plane ended the stream")
                     self._connected(target)
-                    await call.write(await self._answer(response))
+                    answer = await self._answer(response)
+                    # Not held while waiting for the next one: the whole decoded response (21 MB at 50,000
+                    # rate limits) would stay alive until the next change.
+                    del response
+                    await call.write(answer)
             finally:
                 stopping.cancel()
                 call.cancel()
@@ -270,6 +271,16 @@ class Resources(Mapping[str, Any]):
 
     def __len__(self) -> int:
         return len(self._held)
+
+
+async def _next(call: Any, stopping: asyncio.Future[Any]) -> Any:
+    """The next response (or EOF), None once `stopping` is done; keeps no reference to it (a task would)."""
+    reading = asyncio.ensure_future(call.read())
+    done, _ = await asyncio.wait({reading, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    if reading not in done:
+        reading.cancel()
+        return None
+    return reading.result()
 
 
 def _decode(subscription: Subscription, url: str, packed_type: str, value: bytes) -> Any:
