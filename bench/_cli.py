@@ -44,6 +44,17 @@ def _sizes(value: str) -> list[int]:
     return sizes
 
 
+def host_options(parser: argparse.ArgumentParser) -> None:
+    """--hosts and --route-tables: the routes spread over N hosts, as one table or a table per host."""
+    parser.add_argument("--hosts", type=int, default=0, help="spread the routes over N hosts (default: none)")
+    parser.add_argument(
+        "--route-tables",
+        choices=("one", "per_host"),
+        default="one",
+        help="the listener's route_tables (per_host needs --hosts)",
+    )
+
+
 def parse_args(
     argv: list[str] | None,
     doc: str | None,

@@ -349,13 +349,7 @@ def _options(parser: argparse.ArgumentParser) -> None:
         type=Path,
         help="put etcd's data dir under DIR (e.g. /dev/shm: no disk flush in the put) instead of the temp dir",
     )
-    parser.add_argument("--hosts", type=int, default=0, help="spread the routes over N hosts (default: none)")
-    parser.add_argument(
-        "--route-tables",
-        choices=("one", "per_host"),
-        default="one",
-        help="the listener's route_tables (per_host needs --hosts)",
-    )
+    _cli.host_options(parser)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

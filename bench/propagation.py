@@ -261,13 +261,7 @@ def _options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--files", type=int, default=1, help="the config as a directory of this many files (default 1: one file)"
     )
-    parser.add_argument("--hosts", type=int, default=0, help="spread the routes over N hosts (default: none)")
-    parser.add_argument(
-        "--route-tables",
-        choices=("one", "per_host"),
-        default="one",
-        help="the listener's route_tables (per_host needs --hosts)",
-    )
+    _cli.host_options(parser)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -35,6 +35,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+import _cli
 import _stalls
 from _harness import dist
 from _processes import controlplane, envoy, stop
@@ -407,8 +408,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--connections", type=int, default=8, help="wrk connections (default 8)")
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds a change may take")
     parser.add_argument("--stall-seconds", type=float, default=1.0)
-    parser.add_argument("--hosts", type=int, default=0, help="spread the routes over N hosts (default: none)")
-    parser.add_argument("--route-tables", choices=("one", "per_host"), default="one", help="xgate's form with --hosts")
+    _cli.host_options(parser)
     parser.add_argument("--json", action="store_true")
     return parser.parse_args(argv)
 

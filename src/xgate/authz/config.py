@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, ClassVar
 
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -69,7 +69,7 @@ class AuthzService:
             Subscription(JWT_PROVIDER, authz_pb2.JwtProvider, self.apply_providers),
         ]
 
-    async def apply_policies(self, resources: dict[str, authz_pb2.Policy]) -> None:
+    async def apply_policies(self, resources: Mapping[str, authz_pb2.Policy]) -> None:
         paths = {name: resource.import_path for name, resource in resources.items()}
         # Imports run user code: off the event loop, which serves async policies and JWKS fetches.
         errors = await asyncio.to_thread(self.registry.load, paths, strict=True)
@@ -78,7 +78,7 @@ class AuthzService:
         log.info("policies: %s", ", ".join(sorted(paths)) or "none")
         self._freeze.soon()
 
-    async def apply_providers(self, resources: dict[str, authz_pb2.JwtProvider]) -> None:
+    async def apply_providers(self, resources: Mapping[str, authz_pb2.JwtProvider]) -> None:
         providers: dict[str, Provider] = {}
         problems: list[str] = []
         for name, resource in resources.items():

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, ClassVar
 
 from prometheus_client.metrics_core import Metric
@@ -38,7 +38,7 @@ class DyeingService:
     def subscriptions(self) -> list[Subscription]:
         return [Subscription(DYEING_SETTINGS, dyeing_pb2.DyeingSettings, self.apply)]
 
-    async def apply(self, resources: dict[str, dyeing_pb2.DyeingSettings]) -> None:
+    async def apply(self, resources: Mapping[str, dyeing_pb2.DyeingSettings]) -> None:
         dyers: dict[str, Dyer] = {}
         problems: list[str] = []
         for key, resource in resources.items():

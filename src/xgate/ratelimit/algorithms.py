@@ -30,7 +30,7 @@ EPS_US = 1.0
 KEEP_SLACK_US = 1000.0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: a service holds one per route, 50,000 and more
 class Rate:
     """`requests` per `unit_seconds`, shaped by `algorithm`; `burst` as described in the module docstring."""
 

@@ -19,7 +19,7 @@ Entries = tuple[tuple[str, str | None], ...]
 Pattern = tuple[str, Entries]  # (domain, entries)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Limit(Rate):
     """A Rate with what the service needs around it.
 
@@ -43,37 +43,52 @@ class Match:
 class LimitTable:
     """Limits by pattern; immutable, so the service swaps a whole table at once.
 
+    A pattern without wildcards is found by one lookup in `limits` (the request's own entries are its key), so
+    the table holds nothing else for the one exact limit per route a config makes, however many routes.
     Errors: ValueError for an empty domain or entry key.
     """
 
     limits: Mapping[Pattern, Limit] = field(default_factory=dict)
-    _index: Mapping[tuple[str, tuple[str, ...]], tuple[tuple[Entries, Limit, str], ...]] = field(
+    # Patterns with a wildcard, by (domain, keys), fewest wildcards first: (entries, limit, metrics label).
+    _wildcards: Mapping[tuple[str, tuple[str, ...]], tuple[tuple[Entries, Limit, str], ...]] = field(
         init=False, repr=False, compare=False
     )
+    _labels: Mapping[Pattern, str] = field(init=False, repr=False, compare=False)  # exact patterns without a name
 
     def __post_init__(self) -> None:
         frozen = dict(self.limits)
-        index: dict[tuple[str, tuple[str, ...]], list[tuple[Entries, Limit, str]]] = {}
+        wildcards: dict[tuple[str, tuple[str, ...]], list[tuple[Entries, Limit, str]]] = {}
+        labels: dict[Pattern, str] = {}
         for (domain, entries), limit in frozen.items():
             if not domain or any(not key for key, _ in entries):
                 raise ValueError(f"limit pattern {pattern_label(domain, entries)}: domain and keys must be non-empty")
+            label = limit.name or pattern_label(domain, entries)
+            if all(value is not None for _, value in entries):
+                if not limit.name:
+                    labels[(domain, entries)] = label
+                continue
             keys = tuple(key for key, _ in entries)
-            index.setdefault((domain, keys), []).append((entries, limit, limit.name or pattern_label(domain, entries)))
-        for candidates in index.values():
+            wildcards.setdefault((domain, keys), []).append((entries, limit, label))
+        for candidates in wildcards.values():
             candidates.sort(key=lambda item: sum(value is None for _, value in item[0]))
         object.__setattr__(self, "limits", MappingProxyType(frozen))
-        object.__setattr__(self, "_index", MappingProxyType({k: tuple(v) for k, v in index.items()}))
+        object.__setattr__(self, "_wildcards", MappingProxyType({k: tuple(v) for k, v in wildcards.items()}))
+        object.__setattr__(self, "_labels", MappingProxyType(labels))
 
     def __len__(self) -> int:
         return len(self.limits)
 
     def match(self, domain: str, entries: Sequence[tuple[str, str]]) -> Match | None:
         """The limit for a request descriptor (its entries as (key, value) pairs), or None if none applies."""
-        candidates = self._index.get((domain, tuple(key for key, _ in entries)))
+        pattern = (domain, tuple(entries))
+        limit = self.limits.get(pattern)
+        if limit is not None:  # no wildcard: nothing matches more closely
+            return Match(limit, limit.name or self._labels[pattern], counter_key(limit, domain, entries))
+        candidates = self._wildcards.get((domain, tuple(key for key, _ in entries)))
         if not candidates:
             return None
-        for pattern, limit, name in candidates:
-            if all(want is None or want == got for (_, want), (_, got) in zip(pattern, entries, strict=True)):
+        for wanted, limit, name in candidates:
+            if all(want is None or want == got for (_, want), (_, got) in zip(wanted, entries, strict=True)):
                 return Match(limit, name, counter_key(limit, domain, entries))
         return None
 

@@ -10,6 +10,7 @@ from envoy.extensions.common.ratelimit.v3 import ratelimit_pb2 as common_rl_v3
 from envoy.service.ratelimit.v3 import rls_pb2 as rls_v3
 
 from xgate.ratelimit import Decision, FailureMode, Limit, LimitTable, MemoryBackend, Rate, RateLimitService
+from xgate.ratelimit.limits import Pattern
 
 OK = rls_v3.RateLimitResponse.OK
 OVER = rls_v3.RateLimitResponse.OVER_LIMIT
@@ -177,3 +178,25 @@ def test_limit_table_rejects_empty_names() -> None:
 def test_common_descriptor_proto_is_what_envoy_sends() -> None:
     # RateLimitRequest.descriptors are envoy.extensions.common.ratelimit.v3 descriptors.
     assert rls_v3.RateLimitRequest().descriptors.add().DESCRIPTOR is common_rl_v3.RateLimitDescriptor.DESCRIPTOR
+
+
+def test_exact_patterns_are_found_by_their_entries_among_many_and_unnamed_ones_labelled_by_pattern() -> None:
+    # One exact limit per route, as a config makes them: each is found by its own entries (not by trying the
+    # others), an unnamed one is labelled by its pattern, and a wildcard of the same keys still takes the rest.
+    limits: dict[Pattern, Limit] = {
+        ("xgate", (("xgate_route", f"svc-{n}"),)): Limit(n + 1, 60, name=f"svc-{n}") for n in range(5000)
+    }
+    limits[("xgate", (("xgate_route", "plain"),))] = Limit(7, 60)
+    limits[("xgate", (("xgate_route", None),))] = Limit(9, 60, name="any-route")
+    table = LimitTable(limits)
+    last = table.match("xgate", [("xgate_route", "svc-4999")])
+    assert last is not None and (last.name, last.limit.requests) == ("svc-4999", 5000)
+    plain = table.match("xgate", [("xgate_route", "plain")])
+    assert plain is not None and (plain.name, plain.limit.requests) == ("xgate|xgate_route=plain", 7)
+    other = table.match("xgate", [("xgate_route", "svc-x")])
+    assert other is not None and (other.name, other.key) == (
+        "any-route",
+        "token_bucket:'xgate':(('xgate_route', 'svc-x'),)",
+    )
+    assert table.match("xgate", [("other", "svc-1")]) is None
+    assert table.match("elsewhere", [("xgate_route", "svc-1")]) is None
