@@ -253,9 +253,18 @@ def _route_ir(
         for name, settings in merged.items()
         if settings is not None
     }
-    disabled = frozenset(name for name, settings in merged.items() if settings is None)
-    needs = frozenset(need for name, settings in enabled.items() for need in PLUGINS[name].needs(settings))
+    disabled = _shared(frozenset(name for name, settings in merged.items() if settings is None))
+    needs = _shared(frozenset(need for name, settings in enabled.items() for need in PLUGINS[name].needs(settings)))
     return RouteIR(route=route, plugins=enabled, disabled=disabled, needs=needs)
+
+
+# Sets of plugin or need names: few distinct ones (bounded by the plugins there are), so every route shares the
+# one copy of its sets instead of holding two of its own (20 MB at 50,000 routes).
+_SETS: dict[frozenset[str], frozenset[str]] = {}
+
+
+def _shared(names: frozenset[str]) -> frozenset[str]:
+    return _SETS.setdefault(names, names)
 
 
 def _listener_ir(listener: Listener, routes: tuple[RouteIR, ...], plugins: Mapping[str, Model | None]) -> ListenerIR:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import ClassVar
 
@@ -12,7 +13,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 )
 from envoy.type.matcher.v3 import regex_pb2 as regex_v3
 from envoy.type.matcher.v3 import string_pb2 as string_v3
-from google.protobuf import wrappers_pb2
+from google.protobuf import any_pb2, wrappers_pb2
 
 from xgate.config.schema import Route
 from xgate.plugins.cors import CorsSettings, CorsSpec
@@ -33,9 +34,15 @@ class CorsTranslator(PluginTranslator[CorsSettings]):
     def route(
         self, settings: CorsSettings | None, route: Route, proto: route_components_v3.Route
     ) -> Sequence[route_components_v3.Route]:
-        config = route_components_v3.FilterConfig(disabled=True) if settings is None else cors_policy(settings)
-        proto.typed_per_filter_config[FILTER].CopyFrom(pack(config))
+        proto.typed_per_filter_config[FILTER].CopyFrom(_packed(settings))
         return (proto,)
+
+
+# Packed once per distinct settings: every route of a listener shares a few, and building and packing each
+# route's policy anew was a measurable part of translating 50,000 routes. Callers only copy from the result.
+@functools.lru_cache(maxsize=256)
+def _packed(settings: CorsSettings | None) -> any_pb2.Any:
+    return pack(route_components_v3.FilterConfig(disabled=True) if settings is None else cors_policy(settings))
 
 
 def cors_policy(settings: CorsSettings) -> cors_v3.CorsPolicy:

@@ -292,9 +292,9 @@ def guard_filter(providers: tuple[Provider, ...]) -> list[hcm_v3.HttpFilter]:
     return [hcm_v3.HttpFilter(name=GUARD_FILTER, typed_config=pack(config))]
 
 
-def guard_route(provider: Provider) -> lua_v3.LuaPerRoute:
-    """A route requiring `provider` (native) runs its script."""
-    return lua_v3.LuaPerRoute(name=provider.name)
+def guard_route(provider: str) -> lua_v3.LuaPerRoute:
+    """A route requiring the (native) provider of that name runs its script."""
+    return lua_v3.LuaPerRoute(name=provider)
 
 
 def _source(provider: Provider) -> base_v3.DataSource:

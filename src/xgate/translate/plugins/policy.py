@@ -28,6 +28,7 @@ from xgate.translate.protos import duration, pack
 
 SERVICE_CLUSTER = "xgate-authz"
 _BUILT_IN = PolicySettings()
+_AUTHZ_OFF = pack(ext_authz_v3.ExtAuthzPerRoute(disabled=True))  # only ever copied from, never changed
 
 
 class PolicyTranslator(PluginTranslator[PolicySettings]):
@@ -68,20 +69,19 @@ class PolicyTranslator(PluginTranslator[PolicySettings]):
         shared = proto.typed_per_filter_config.get(AUTHZ_FILTER)
         if settings is None or settings.name is None:
             if shared is None:
-                disabled = ext_authz_v3.ExtAuthzPerRoute(disabled=True)
-                proto.typed_per_filter_config[AUTHZ_FILTER].CopyFrom(pack(disabled))
+                proto.typed_per_filter_config[AUTHZ_FILTER].CopyFrom(_AUTHZ_OFF)
             return (proto,)
         rule = settings.rule()
         if rule is not None:
             # Lowered: Envoy decides; ext_authz stays on only for a token the jwt plugin verifies in Python.
             if shared is None:
-                proto.typed_per_filter_config[AUTHZ_FILTER].CopyFrom(pack(ext_authz_v3.ExtAuthzPerRoute(disabled=True)))
+                proto.typed_per_filter_config[AUTHZ_FILTER].CopyFrom(_AUTHZ_OFF)
             proto.typed_per_filter_config[RBAC_FILTER].CopyFrom(pack(per_route(rule, _payload_namespace(proto))))
             proto.metadata.MergeFrom(route_metadata(settings.name))
             return (proto,)
         if settings.transport == "http" and shared is None:
             # Plain HTTP to the lean server; the gRPC check stays for a token xgate authz verifies (one call).
-            proto.typed_per_filter_config[AUTHZ_FILTER].CopyFrom(pack(ext_authz_v3.ExtAuthzPerRoute(disabled=True)))
+            proto.typed_per_filter_config[AUTHZ_FILTER].CopyFrom(_AUTHZ_OFF)
             proto.typed_per_filter_config[HTTP_AUTHZ_FILTER].CopyFrom(pack(enabled()))
             proto.metadata.MergeFrom(route_metadata(settings.name))
             return (proto,)
