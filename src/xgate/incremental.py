@@ -174,6 +174,7 @@ class IncrementalCompiler:
             listeners=base.resources.listeners,
             routes=routes,
             scoped_routes=base.resources.scoped_routes,
+            filter_configs=base.resources.filter_configs,
             secrets=base.resources.secrets,
             services={url: dict(found) for url, found in base.services.items() if found},
         )

@@ -1,6 +1,6 @@
 """Every golden translation is a config Envoy itself accepts: `envoy --mode validate` on a static bootstrap
-holding the same resources (each listener's RDS routes inlined, each EDS cluster's endpoints inlined, SDS
-secrets as static secrets).
+holding the same resources (each listener's RDS routes and ECDS filter configs inlined, each EDS cluster's
+endpoints inlined, SDS secrets as static secrets).
 
 Validation in xgate should refuse whatever Envoy would refuse (an Envoy that NACKs the first route config of
 a listener serves 404s); this is where a translation that Envoy's own checks reject shows up first.
@@ -43,6 +43,8 @@ def static_bootstrap(case: Path) -> dict[str, Any]:
         for chain in listener["filter_chains"]:
             for network_filter in chain["filters"]:
                 config = network_filter["typed_config"]
+                if config["@type"] == HCM:  # the filter configs it takes over ECDS, inlined
+                    config["http_filters"] = [_inlined(f, resources.filter_configs) for f in config["http_filters"]]
                 if config["@type"] == HCM and "rds" in config:
                     config["route_config"] = routes[config.pop("rds")["route_config_name"]]
                 if config["@type"] == HCM and "scoped_routes" in config:  # its scopes and tables inlined
@@ -64,6 +66,13 @@ def static_bootstrap(case: Path) -> dict[str, Any]:
     secrets = [_data(message) for message in resources.secrets.values()]
     static = {"listeners": _static_secrets(listeners), "clusters": _static_secrets(clusters), "secrets": secrets}
     return {"static_resources": static}
+
+
+def _inlined(http_filter: dict[str, Any], filter_configs: dict[str, Any]) -> dict[str, Any]:
+    if "config_discovery" not in http_filter:
+        return http_filter
+    found = _data(filter_configs[http_filter["name"]])
+    return {"name": http_filter["name"], "typed_config": found["typed_config"]}
 
 
 def _static_secrets(data: Any) -> Any:

@@ -69,12 +69,6 @@ def _text(value: str) -> wrappers_pb2.StringValue:
     return wrappers_pb2.StringValue(value=value)
 
 
-async def _stat(gateway: Gateway, name: str) -> int:
-    status, body = await gateway.envoys[0].admin_get(f"/stats?filter=^{name}$")
-    assert status == 200, body
-    return next((int(line.partition(": ")[2]) for line in body.splitlines() if line.startswith(name + ":")), 0)
-
-
 async def test_unary_streaming_and_bidi_reach_the_method_matched_upstream(gateway: tuple[Gateway, int]) -> None:
     _, port = gateway
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
@@ -134,7 +128,7 @@ async def test_a_grpc_status_code_is_retried(
 ) -> None:
     running, port = gateway
     g1, _ = servers
-    before = await _stat(running, "cluster.upstream/g1.upstream_rq_retry")
+    before = await running.envoys[0].stat("cluster.upstream/g1.upstream_rq_retry")
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
         unary, _, _ = _calls(channel)
         # The first call of this key fails UNAVAILABLE: the route retries that code, so the client sees success.
@@ -145,4 +139,4 @@ async def test_a_grpc_status_code_is_retried(
             await unary(_text("fail:5:always"), timeout=5)
         assert failed.value.code() == grpc.StatusCode.UNAVAILABLE
         assert g1.service.failures["always"] == 3  # the call and its 2 retries
-    assert await _stat(running, "cluster.upstream/g1.upstream_rq_retry") - before == 3
+    assert await running.envoys[0].stat("cluster.upstream/g1.upstream_rq_retry") - before == 3

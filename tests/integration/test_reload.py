@@ -11,19 +11,9 @@ import aiohttp
 import httpx
 import pytest
 
-from xgate.testing import Gateway, free_port, run_gateway
+from xgate.testing import free_port, run_gateway
 
 pytestmark = pytest.mark.integration
-
-
-async def _stat(gateway: Gateway, name: str) -> int:
-    status, body = await gateway.envoys[0].admin_get(f"/stats?filter=^{name}$")
-    assert status == 200, body
-    for line in body.splitlines():
-        key, _, value = line.partition(": ")
-        if key == name:
-            return int(value)
-    raise AssertionError(f"stat {name} not found in {body!r}")
 
 
 async def _hammer(url: str, stop: asyncio.Event, results: Counter[str]) -> None:
@@ -63,8 +53,8 @@ async def test_changes_under_load_lose_no_request_and_keep_listeners(
         assert set(results) == {"200 v1"}, results
         assert sum(results.values()) > 100
         # Route changes travel over RDS only: the listener was never rebuilt, so no connection was drained.
-        assert await _stat(gateway, "listener_manager.listener_modified") == 0
-        assert await _stat(gateway, "listener_manager.total_listeners_draining") == 0
+        assert await gateway.envoys[0].stat("listener_manager.listener_modified") == 0
+        assert await gateway.envoys[0].stat("listener_manager.total_listeners_draining") == 0
 
 
 async def test_endpoint_change_does_not_rebuild_cluster(make_config: Callable[..., str], work_dir: Path) -> None:
@@ -76,7 +66,7 @@ async def test_endpoint_change_does_not_rebuild_cluster(make_config: Callable[..
         # Point upstream v1 at v2's address: an endpoint change, which must go over EDS alone.
         await gateway.apply(original.replace(f"127.0.0.1:{v1_port}", f"127.0.0.1:{v2_port}", 1))
         assert (await client.get(f"http://127.0.0.1:{port}/x")).json()["upstream"] == "v2"
-        assert await _stat(gateway, "cluster_manager.cluster_modified") == 0
+        assert await gateway.envoys[0].stat("cluster_manager.cluster_modified") == 0
 
 
 async def test_websocket_survives_config_changes(make_config: Callable[..., str], work_dir: Path) -> None:

@@ -96,12 +96,6 @@ def _names(cert: dict[str, object]) -> list[str]:
     return [value for kind, value in cert["subjectAltName"] if kind == "DNS"]  # type: ignore[attr-defined]
 
 
-async def _stat(gateway: Gateway, name: str) -> int:
-    status, body = await gateway.envoys[0].admin_get(f"/stats?filter=^{name}$")
-    assert status == 200, body
-    return next((int(line.partition(": ")[2]) for line in body.splitlines() if line.startswith(name + ":")), 0)
-
-
 async def test_sni_picks_the_certificate(edge: Edge) -> None:
     context = edge.context()
     context.check_hostname = False  # the unknown name below gets the default certificate, by design
@@ -166,7 +160,7 @@ async def test_rotation_serves_the_new_certificate_and_keeps_open_connections(ed
         socket_ = await session.ws_connect(f"{url}/ws", ssl=edge.context(), server_hostname=A, headers={"host": A})
         await socket_.send_str("before")
         assert (await socket_.receive_str()) == "v1:before"
-        h2_connections = await _stat(gateway, "http.edge.downstream_cx_http2_total")
+        h2_connections = await gateway.envoys[0].stat("http.edge.downstream_cx_http2_total")
 
         # Rotate as cert-manager does: new files put in place by rename (the key first, then the certificate).
         fresh = edge.ca.issue(A)
@@ -181,9 +175,9 @@ async def test_rotation_serves_the_new_certificate_and_keeps_open_connections(ed
         await socket_.send_str("after")
         assert (await socket_.receive_str()) == "v1:after"
         await socket_.close()
-        assert await _stat(gateway, "http.edge.downstream_cx_http2_total") == h2_connections
-    assert await _stat(gateway, "listener_manager.listener_modified") == 0
-    assert await _stat(gateway, "listener_manager.total_listeners_draining") == 0
+        assert await gateway.envoys[0].stat("http.edge.downstream_cx_http2_total") == h2_connections
+    assert await gateway.envoys[0].stat("listener_manager.listener_modified") == 0
+    assert await gateway.envoys[0].stat("listener_manager.total_listeners_draining") == 0
 
 
 async def test_a_half_done_rotation_keeps_the_last_good_certificate(edge: Edge) -> None:

@@ -49,7 +49,7 @@ def resources_to_data(resources: Resources) -> dict[str, dict[str, Any]]:
             for name, message in sorted(protos.items())
         }
         for kind, protos in resources.by_kind().items()
-        if protos or kind not in ("secrets", "scoped_routes")  # configs without TLS or per_host read as before
+        if protos or kind not in ("secrets", "scoped_routes", "filter_configs")  # read as before where unused
     }
 
 

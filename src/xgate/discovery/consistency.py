@@ -1,6 +1,7 @@
-"""Is a snapshot whole? Every name one resource gives another must be served: the route config a listener reads,
-the cluster a route sends to, an EDS cluster's endpoints, an aggregate cluster's members, the service
-resources a route's per-filter config names (a dyeing settings key, a policy, a JWT provider, a global limit).
+"""Is a snapshot whole? Every name one resource gives another must be served: the route config and the filter
+configs (ECDS) a listener reads, the cluster a route sends to, an EDS cluster's endpoints, an aggregate cluster's
+members, the service resources a route's per-filter config names (a dyeing settings key, a policy, a JWT
+provider, a global limit).
 
 Envoy accepts a route naming a cluster it does not have and answers 503; a dyeing key the service does not
 hold passes requests undyed. The golden and incremental tests run this on every snapshot they build, the way
@@ -50,9 +51,13 @@ def problems(snapshot: Snapshot) -> list[str]:
             if member not in clusters:
                 found.append(f"aggregate cluster {name} names cluster {member}, which is not served")
     for name, resource in snapshot.resources.get(typeurls.LISTENER, {}).items():
-        for route_config in route_configs(_parse(listener_v3.Listener, resource)):
+        listener = _parse(listener_v3.Listener, resource)
+        for route_config in route_configs(listener):
             if route_config not in served.get(typeurls.ROUTE, set()):
                 found.append(f"listener {name} reads route config {route_config}, which is not served")
+        for filter_config in filter_configs(listener):
+            if filter_config not in served.get(typeurls.FILTER_CONFIG, set()):
+                found.append(f"listener {name} reads filter config {filter_config}, which is not served")
     for name, resource in snapshot.resources.get(typeurls.SCOPED_ROUTE, {}).items():
         scope = _parse(scoped_route_v3.ScopedRouteConfiguration, resource)
         if scope.route_configuration_name not in served.get(typeurls.ROUTE, set()):
@@ -98,6 +103,20 @@ def _route_problems(
 
 
 def route_configs(listener: listener_v3.Listener) -> Iterator[str]:
+    for manager in _managers(listener):
+        if manager.HasField("rds"):
+            yield manager.rds.route_config_name
+
+
+def filter_configs(listener: listener_v3.Listener) -> Iterator[str]:
+    """The HTTP filter configs `listener` takes over ECDS."""
+    for manager in _managers(listener):
+        yield from (
+            http_filter.name for http_filter in manager.http_filters if http_filter.HasField("config_discovery")
+        )
+
+
+def _managers(listener: listener_v3.Listener) -> Iterator[hcm_v3.HttpConnectionManager]:
     chains = [*listener.filter_chains]
     if listener.HasField("default_filter_chain"):
         chains.append(listener.default_filter_chain)
@@ -106,8 +125,7 @@ def route_configs(listener: listener_v3.Listener) -> Iterator[str]:
             if network_filter.typed_config.type_url == _HCM:
                 manager = hcm_v3.HttpConnectionManager()
                 network_filter.typed_config.Unpack(manager)
-                if manager.HasField("rds"):
-                    yield manager.rds.route_config_name
+                yield manager
 
 
 def _aggregate_members(cluster: cluster_v3.Cluster) -> list[str]:

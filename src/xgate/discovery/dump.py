@@ -19,6 +19,7 @@ SECTIONS = {
     typeurls.ENDPOINT: "endpoints",
     typeurls.ROUTE: "routes",
     typeurls.SCOPED_ROUTE: "scoped_routes",
+    typeurls.FILTER_CONFIG: "ecds_filters",
     SECRET: "secrets",
 }
 REDACTED = "[redacted]"

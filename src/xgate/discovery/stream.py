@@ -6,7 +6,8 @@ Rules kept here (see the xDS protocol doc): a request whose nonce is not the las
 stale and ignored; a response is sent only when the content a proxy asked for differs from what it was last
 sent; a change is pushed clusters -> endpoints -> listeners -> scopes -> routes; after clusters change, their endpoints
 are sent again (Envoy otherwise keeps a changed EDS cluster warming until initial_fetch_timeout); a removed
-cluster is removed only after the routes that stopped using it.
+cluster is removed only after the routes that stopped using it, a filter config (ECDS) not until Envoy stops
+asking for it.
 """
 
 from __future__ import annotations
@@ -139,6 +140,10 @@ class Stream(ABC, Generic[Request, Out]):
                 if keep and not any(self._pending(url, snapshot) for url in typeurls.ROUTING):
                     keep = frozenset()  # nothing else changes: nothing can still use them
                 removed_last = bool(keep)
+            elif type_url == typeurls.FILTER_CONFIG:
+                # Never removed while asked for: Envoy stops asking once no listener names it, draining ones
+                # included; until then a request meeting a filter without its config is answered 500.
+                keep = self._removing(type_url, snapshot)
             response = self._next(type_url, snapshot, keep, clusters if type_url == typeurls.ENDPOINT else None)
             if response is None:
                 continue
@@ -262,6 +267,8 @@ class AdsStream(Stream[discovery_v3.DiscoveryRequest, "Response"]):
             kept = tuple(resource for resource in state.sent if resource.name in keep)
             wanted = tuple(sorted(wanted + kept, key=lambda r: r.name))
             version = Snapshot.version_of(wanted)
+            if version == state.version and again is None:
+                return None
         body = snapshot.memo(("sotw-body", type_url, version), lambda: sotw_body(version, type_url, wanted))
         state.nonce = self._nonce()
         state.version = version

@@ -13,10 +13,14 @@ ROUTE = _PREFIX + "envoy.config.route.v3.RouteConfiguration"
 # The scopes of a `route_tables: per_host` listener: host -> that host's RouteConfiguration (translate.perhost).
 SCOPED_ROUTE = _PREFIX + "envoy.config.route.v3.ScopedRouteConfiguration"
 SECRET = _PREFIX + "envoy.extensions.transport_sockets.tls.v3.Secret"
+# HTTP filter configs a listener names instead of holding (ECDS): a change of them does not rebuild the listener,
+# so it drains no connection (translate.filterconfig).
+FILTER_CONFIG = _PREFIX + "envoy.config.core.v3.TypedExtensionConfig"
 
 # The xDS rule for making before breaking: clusters, then their endpoints, then listeners, then routes (scopes
-# before the tables they name); secrets before all of them, as clusters and listeners name them.
-PUSH_ORDER: tuple[str, ...] = (SECRET, CLUSTER, ENDPOINT, LISTENER, SCOPED_ROUTE, ROUTE)
+# before the tables they name); secrets before all of them, as clusters and listeners name them; filter configs
+# after the clusters they fetch keys through and before the listeners and routes that use them.
+PUSH_ORDER: tuple[str, ...] = (SECRET, CLUSTER, ENDPOINT, FILTER_CONFIG, LISTENER, SCOPED_ROUTE, ROUTE)
 ENVOY_TYPES = frozenset(PUSH_ORDER)
 ROUTING = (LISTENER, SCOPED_ROUTE, ROUTE)  # the types that say which clusters requests go to
 
@@ -26,7 +30,7 @@ WILDCARD_TYPES = frozenset({CLUSTER, LISTENER, SCOPED_ROUTE}) | SERVICE_TYPES
 # Translation's resource kinds -> type URLs (xgate's own resources come keyed by their type URL already).
 BY_KIND = (
     {"secrets": SECRET, "clusters": CLUSTER, "endpoints": ENDPOINT, "listeners": LISTENER, "routes": ROUTE}
-    | {"scoped_routes": SCOPED_ROUTE}
+    | {"scoped_routes": SCOPED_ROUTE, "filter_configs": FILTER_CONFIG}
     | {url: url for url in SERVICE_TYPES}
 )
 SHORT = {
@@ -36,6 +40,7 @@ SHORT = {
     LISTENER: "LDS",
     ROUTE: "RDS",
     SCOPED_ROUTE: "SRDS",
+    FILTER_CONFIG: "ECDS",
 } | SERVICE_SHORT
 
 ENVOY = "envoy"

@@ -133,10 +133,13 @@ def build_ir_and_context(
     invalid_everywhere = {name for name in config.plugins if name in PLUGINS and name not in defaults}
     listener_plugins: dict[str, dict[str, Model | None]] = {}
     invalid_defaults: dict[str, set[str]] = {}
+    global_names = _GlobalNames(config)
+    global_names.define("the document's plugins", "document", "plugins", defaults, issues)
     for listener in config.listeners:
         problems: list[ConfigIssue] = []
         own = _validated_plugins(config, "listener", listener.name, listener.plugins, "plugins", problems)
         resolve_plugins(resolver, config, "listener", listener.name, own, problems)
+        global_names.define(f"listener {listener.name}", "listener", listener.name, own, problems)
         problems += listener_tls_issues(config, listener, secrets)
         issues += problems
         invalid = {name for name in listener.plugins if name in PLUGINS and name not in own}
@@ -312,6 +315,27 @@ class PluginMemo:
         if len(memo) >= self.LIMIT:
             memo.clear()
         return memo
+
+
+class _GlobalNames:
+    """Names plugin defaults define that must mean one thing on every listener (PluginSpec.global_names): the
+    first definition of a name stands, another one differing from it is refused where it is written."""
+
+    def __init__(self, config: ConfigSet) -> None:
+        self._config = config
+        self._first: dict[tuple[str, str], tuple[str, Model]] = {}
+
+    def define(
+        self, where: str, kind: str, name: str, plugins: Mapping[str, Model | None], issues: list[ConfigIssue]
+    ) -> None:
+        for plugin_name, settings in plugins.items():
+            if settings is None:
+                continue
+            for field_name, defined, value in PLUGINS[plugin_name].global_names(settings):
+                first = self._first.setdefault((plugin_name, defined), (where, value))
+                if first[1] != value:
+                    message = f"{defined} is defined differently in {first[0]}: one name, one meaning on every listener"
+                    issues.append(self._config.issue(kind, name, f"plugins.{plugin_name}.{field_name}", message))
 
 
 def _validated_plugins(

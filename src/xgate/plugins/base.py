@@ -39,6 +39,13 @@ class PluginSpec(Generic[S]):
         del defaults
         return settings
 
+    def global_names(self, settings: S) -> list[tuple[str, str, Model]]:
+        """What the defaults `settings` define under a name that must mean the same on every listener (e.g. jwt
+        providers: Envoy holds one jwt_authn config for all listeners), as (field, what it is called in a
+        message, value); none by default."""
+        del settings
+        return []
+
     def needs(self, settings: S) -> tuple[str, ...]:
         """Other plugins whose listener filter a route with these (resolved) settings needs (e.g. a token
         verified in Python goes through the policy plugin's ext_authz filter); none by default."""

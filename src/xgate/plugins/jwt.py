@@ -223,6 +223,9 @@ class JwtSpec(PluginSpec[JwtSettings]):
     name: ClassVar[str] = "jwt"
     settings = JwtSettings
 
+    def global_names(self, settings: JwtSettings) -> list[tuple[str, str, Model]]:
+        return [(f"providers.{i}", f"jwt provider {p.name!r}", p) for i, p in enumerate(settings.providers)]
+
     def check(self, settings: JwtSettings, defaults: JwtSettings | None, inherited: bool, route: Route) -> list[str]:
         defined = {p.name for p in defaults.providers} if defaults is not None else set()
         if settings.providers and not inherited:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -141,6 +142,14 @@ class EnvoyProcess(OwnedProcess):
             raise ProxyError("Envoy is not running")
         async with self._session.get(self.admin_url + path) as response:
             return response.status, await response.text()
+
+    async def stat(self, name: str) -> int:
+        """One counter or gauge by its full name (e.g. "listener_manager.listener_modified"); 0 when Envoy has not
+        created it (it creates many on first use)."""
+        status, body = await self.admin_get(f"/stats?filter=^{re.escape(name)}$")
+        if status != 200:
+            raise ProxyError(f"Envoy's admin answered {status} for stat {name}: {body[:200]}")
+        return next((int(line.partition(": ")[2]) for line in body.splitlines() if line.startswith(name + ":")), 0)
 
     async def server_state(self) -> str:
         """Envoy's server state from admin `/ready`: PRE_INITIALIZING, INITIALIZING, LIVE or DRAINING."""

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 from envoy.config.cluster.v3 import cluster_pb2 as cluster_v3
+from envoy.config.core.v3 import extension_pb2 as extension_v3
 from envoy.config.route.v3 import route_components_pb2 as route_components_v3
 from envoy.config.route.v3 import route_pb2 as route_v3
 from google.protobuf.message import Message
@@ -16,6 +17,7 @@ from xgate.config.schema import Model, Route, Upstream
 from xgate.ir.model import GatewayIR, RouteIR
 from xgate.translate import names
 from xgate.translate.cluster import fallback_clusters, translate_cluster, translate_endpoints, uses_eds
+from xgate.translate.filterconfig import merged
 from xgate.translate.listener import translate_listeners
 from xgate.translate.perhost import per_host_hosts, translate_route_configs, translate_scopes
 from xgate.translate.plugins import TRANSLATORS
@@ -36,6 +38,8 @@ class Resources:
     scoped_routes: dict[str, Message] = field(default_factory=dict)
     # SDS secrets (certificates and keys, CA bundles, ticket keys) that listeners and clusters name.
     secrets: dict[str, Message] = field(default_factory=dict)
+    # HTTP filter configs listeners name over ECDS (translate.filterconfig), one per filter for all listeners.
+    filter_configs: dict[str, extension_v3.TypedExtensionConfig] = field(default_factory=dict)
     # xgate's own resources for its services (xgate.api), by type URL, then name.
     services: dict[str, dict[str, Message]] = field(default_factory=dict)
 
@@ -48,6 +52,7 @@ class Resources:
             "listeners": self.listeners,
             "routes": self.routes,
             "scoped_routes": self.scoped_routes,
+            "filter_configs": self.filter_configs,
             **self.services,
         }
 
@@ -60,10 +65,14 @@ class Resources:
         return found
 
     def add(self, message: Message) -> None:
-        """A plugin's extra resource: a cluster, or a resource of one of the services (the first of a name
-        wins: a name is the same object wherever it is defined, the IR checks that)."""
+        """A plugin's extra resource: a cluster, a filter config (one per filter: every listener's merged into
+        it), or a resource of one of the services (the first of a name wins: a name is the same object wherever
+        it is defined, the IR checks that)."""
         if isinstance(message, cluster_v3.Cluster):
             self.clusters.setdefault(message.name, message)
+        elif isinstance(message, extension_v3.TypedExtensionConfig):
+            found = self.filter_configs.get(message.name)
+            self.filter_configs[message.name] = message if found is None else merged(found, message)
         else:
             self.services.setdefault(type_url(message), {}).setdefault(cast(Any, message).name, message)
 

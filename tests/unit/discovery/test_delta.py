@@ -324,3 +324,51 @@ def test_the_double_checks_every_response_and_catches_a_broken_rule() -> None:
     stream._nonces = itertools.count(1)  # a stream that reuses nonces breaks the protocol
     with pytest.raises(AssertionError, match="nonce"):
         stream.responses(snapshot(CONFIG.replace("/a}", "/aa}"), 2, snap))
+
+
+JWKS = '{"keys": [{"kty": "RSA", "kid": "k", "n": "up97uqrF9MWOPaPkwSaBeuAPLOr9FKcaWGdVEGzQ4f3Zq5WKVZowx9TCBxmImNJ1qmUi13pB8otwM_l5lfY1AFBMxVbQCUXntLovhDaiSvYp4wGDjFzQiYA-pUq8h6MUZBnhleYrkU7XlCBwNVyN8qNMkpLA7KFZYz-486GnV2NIJJx_4BGa3HdKwQGxi2tjuQsQvao5W4xmSVaaEWopBwMy2QmlhSFQuPUpTaywTqUcUq_6SfAHhZ4IDa_FxEd2c2z8gFGtfst9cY3lRYf-c_ZdboY3mqN9Su3-j3z5r2SHWlhB_LNAjyWlBGsvbGPlTqDziYQwZN4aGsqVKQb9Vw", "e": "AQAB"}]}'  # noqa: E501
+# CONFIG with a jwt provider its route to-a requires: the listener names jwt_authn's config over ECDS.
+WITH_JWT = f"plugins: {{jwt: {{providers: [{{name: p, issuer: https://i, jwks: {JWKS}}}]}}}}\n" + CONFIG.replace(
+    "upstream: a}", "upstream: a, plugins: {jwt: {}}}"
+)
+JWT_CONFIG = "envoy.filters.http.jwt_authn"
+
+
+@pytest.mark.parametrize("sotw", [False, True], ids=["delta", "sotw"])
+def test_a_filter_config_is_not_removed_while_envoy_asks_for_it(sotw: bool) -> None:
+    """A config change that takes jwt off: the listener changes, and jwt_authn's config stays with Envoy until it
+    stops asking (its draining listener still runs the filter: without its config Envoy answers 500)."""
+    snap = snapshot(WITH_JWT)
+    stream: CheckedStream | CheckedDeltaStream
+    if sotw:
+        stream = CheckedStream(StatusRegistry().connect("peer"))
+        for type_url, names in ((typeurls.FILTER_CONFIG, (JWT_CONFIG,)), (typeurls.LISTENER, ())):
+            stream.on_request(request(type_url, names), snap)
+    else:
+        stream = CheckedDeltaStream(StatusRegistry().connect("peer"))
+        for type_url, names in ((typeurls.FILTER_CONFIG, (JWT_CONFIG,)), (typeurls.LISTENER, ())):
+            stream.on_request(delta_request(type_url, names), snap)
+    first = stream.responses(snap)
+    assert [(r.type_url, [x.name for x in r.resources]) for r in first] == [
+        (typeurls.FILTER_CONFIG, [JWT_CONFIG]),
+        (typeurls.LISTENER, ["listener/public"]),
+    ]
+    acked = {r.type_url: r for r in first}
+    for response in first:
+        if sotw:
+            names = (JWT_CONFIG,) if response.type_url == typeurls.FILTER_CONFIG else ()
+            stream.on_request(request(response.type_url, names, response.nonce, response.version_info), snap)
+        else:
+            stream.on_request(delta_request(response.type_url, nonce=response.nonce), snap)
+    without = snapshot(CONFIG, 2, snap)
+    assert JWT_CONFIG not in without.resources.get(typeurls.FILTER_CONFIG, {})
+    batch = stream.responses(without)
+    assert [r.type_url for r in batch] == [typeurls.LISTENER]  # no removal of jwt_authn's config
+    listener = batch[0]
+    if sotw:
+        stream.on_request(request(typeurls.LISTENER, (), listener.nonce, listener.version_info), without)
+        stream.on_request(request(typeurls.FILTER_CONFIG, (), acked[typeurls.FILTER_CONFIG].nonce), without)
+    else:
+        stream.on_request(delta_request(typeurls.LISTENER, nonce=listener.nonce), without)
+        stream.on_request(delta_request(typeurls.FILTER_CONFIG, unsubscribe=(JWT_CONFIG,)), without)
+    assert all(not r.resources for r in stream.responses(without))  # asked for nothing: holds nothing more

@@ -1,8 +1,9 @@
-"""The jwt plugin in Envoy: native providers in the listener's jwt_authn filter, a requirement per route.
+"""The jwt plugin in Envoy: native providers in jwt_authn's config (over ECDS), a requirement per route.
 
-A provider with `verify: native` compiles into the listener's jwt_authn filter (no Python per request), behind
-the guard (jwt_guard.py: a small Lua filter refusing what jwt_authn would let through: oversized tokens, `crit`,
-`b64`, ECDSA signatures of the wrong length). One with `verify: python` gives its routes no jwt_authn
+A provider with `verify: native` compiles into jwt_authn's config (no Python per request; the config travels
+over ECDS, so a key change drains no connection, see translate.filterconfig), behind the guard (jwt_guard.py: a
+small Lua filter refusing what jwt_authn would let through: oversized tokens, `crit`, `b64`, ECDSA signatures
+of the wrong length). One with `verify: python` gives its routes no jwt_authn
 requirement: the route goes to the ext_authz filter of the `policy` plugin with the provider's name as a context
 extension, and `xgate authz` verifies as jwt_authn does (see xgate.authz.tokens). Both paths give the same
 answers (tests/integration/test_jwt_agreement.py; xgate.plugins.jwt for the settings and what the native path
@@ -43,6 +44,7 @@ from xgate.plugins.jwt import (
     provider_resource,
     providers_of,
 )
+from xgate.translate.filterconfig import discovered
 from xgate.translate.plugins.base import PluginTranslator
 from xgate.translate.plugins.jwt_guard import GUARD_FILTER, guard_filter, guard_route
 from xgate.translate.plugins.services import https_cluster
@@ -58,15 +60,8 @@ class JwtTranslator(PluginTranslator[JwtSettings]):
     def http_filters(
         self, defaults: JwtSettings | None, manager: hcm_v3.HttpConnectionManager
     ) -> list[hcm_v3.HttpFilter]:
-        config = jwt_v3.JwtAuthentication(bypass_cors_preflight=True)
-        native = providers_of(defaults, "native")
-        for provider in native:
-            config.providers[provider.name].CopyFrom(_provider(provider))
-            config.requirement_map[provider.name].provider_name = provider.name
-            optional = config.requirement_map[f"{provider.name}?"]
-            optional.requires_any.requirements.add().provider_name = provider.name
-            optional.requires_any.requirements.add().allow_missing.SetInParent()
-        return [*guard_filter(native), hcm_v3.HttpFilter(name=JWT_FILTER, typed_config=pack(config))]
+        """The guard, and jwt_authn naming its config over ECDS (see resources)."""
+        return [*guard_filter(providers_of(defaults, "native")), _JWT_DISCOVERED]
 
     def route(
         self, settings: JwtSettings | None, route: Route, proto: route_components_v3.Route
@@ -91,13 +86,33 @@ class JwtTranslator(PluginTranslator[JwtSettings]):
         return (proto,)
 
     def resources(self, defaults: JwtSettings | None) -> list[Message]:
-        """The clusters Envoy fetches remote JWKS through, and the providers `xgate authz` verifies for."""
-        clusters: list[Message] = [
+        """jwt_authn's config (over ECDS: a key change, e.g. of a watched jwks_file, reaches Envoy without
+        rebuilding a listener, so without draining a connection; every listener's native providers merge into
+        the one config), the clusters Envoy fetches remote JWKS through, and the providers `xgate authz`
+        verifies for."""
+        native = providers_of(defaults, "native")
+        found: list[Message] = [discovered(JWT_FILTER, _authentication(native))[1]]
+        found += [
             https_cluster(JWKS_CLUSTER + provider.name, *_host_port(provider.jwks_uri), provider.jwks_ca_file)
-            for provider in providers_of(defaults, "native")
+            for provider in native
             if provider.jwks_uri is not None
         ]
-        return clusters + [provider_resource(provider) for provider in providers_of(defaults, "python")]
+        return found + [provider_resource(provider) for provider in providers_of(defaults, "python")]
+
+
+def _authentication(native: Sequence[Provider]) -> jwt_v3.JwtAuthentication:
+    config = jwt_v3.JwtAuthentication(bypass_cors_preflight=True)
+    for provider in native:
+        config.providers[provider.name].CopyFrom(_provider(provider))
+        config.requirement_map[provider.name].provider_name = provider.name
+        optional = config.requirement_map[f"{provider.name}?"]
+        optional.requires_any.requirements.add().provider_name = provider.name
+        optional.requires_any.requirements.add().allow_missing.SetInParent()
+    return config
+
+
+# The listener's jwt_authn filter: the same for every listener, whatever its providers (they travel over ECDS).
+_JWT_DISCOVERED = discovered(JWT_FILTER, jwt_v3.JwtAuthentication())[0]
 
 
 _JWT_OFF = pack(jwt_v3.PerRouteConfig(disabled=True))  # only ever copied from, never changed
