@@ -5,6 +5,8 @@ clusters-removed-last rules as state of the world; and a delta consumer's status
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 from envoy.service.discovery.v3 import discovery_pb2 as discovery_v3
@@ -334,41 +336,52 @@ WITH_JWT = f"plugins: {{jwt: {{providers: [{{name: p, issuer: https://i, jwks: {
 JWT_CONFIG = "envoy.filters.http.jwt_authn"
 
 
+def _asking(sotw: bool, snap: Snapshot) -> tuple[CheckedStream | CheckedDeltaStream, Callable[..., None]]:
+    """A stream of either kind, and `ask(type_url, names, answered=None)`: subscribe to exactly `names` (a
+    SotW request lists them all; a delta one says what changed), ACKing `answered`."""
+    registry = StatusRegistry()
+    if sotw:
+        sotw_stream = CheckedStream(registry.connect("peer"))
+
+        def ask_sotw(type_url: str, names: tuple[str, ...], answered: Any = None, at: Snapshot = snap) -> None:
+            nonce, version = (answered.nonce, answered.version_info) if answered is not None else ("", "")
+            sotw_stream.on_request(request(type_url, names, nonce, version), at)
+
+        return sotw_stream, ask_sotw
+    delta_stream = CheckedDeltaStream(registry.connect("peer"))
+    asked: dict[str, tuple[str, ...]] = {}
+
+    def ask_delta(type_url: str, names: tuple[str, ...], answered: Any = None, at: Snapshot = snap) -> None:
+        before = asked.get(type_url, ())
+        subscribe = tuple(n for n in names if n not in before)
+        unsubscribe = tuple(n for n in before if n not in names)
+        asked[type_url] = names
+        nonce = answered.nonce if answered is not None else ""
+        delta_stream.on_request(delta_request(type_url, subscribe, unsubscribe, nonce=nonce), at)
+
+    return delta_stream, ask_delta
+
+
 @pytest.mark.parametrize("sotw", [False, True], ids=["delta", "sotw"])
 def test_a_filter_config_is_not_removed_while_envoy_asks_for_it(sotw: bool) -> None:
     """A config change that takes jwt off: the listener changes, and jwt_authn's config stays with Envoy until it
     stops asking (its draining listener still runs the filter: without its config Envoy answers 500)."""
     snap = snapshot(WITH_JWT)
-    stream: CheckedStream | CheckedDeltaStream
-    if sotw:
-        stream = CheckedStream(StatusRegistry().connect("peer"))
-        for type_url, names in ((typeurls.FILTER_CONFIG, (JWT_CONFIG,)), (typeurls.LISTENER, ())):
-            stream.on_request(request(type_url, names), snap)
-    else:
-        stream = CheckedDeltaStream(StatusRegistry().connect("peer"))
-        for type_url, names in ((typeurls.FILTER_CONFIG, (JWT_CONFIG,)), (typeurls.LISTENER, ())):
-            stream.on_request(delta_request(type_url, names), snap)
+    stream, ask = _asking(sotw, snap)
+    ask(typeurls.FILTER_CONFIG, (JWT_CONFIG,))
+    ask(typeurls.LISTENER, ())
     first = stream.responses(snap)
     assert [(r.type_url, [x.name for x in r.resources]) for r in first] == [
         (typeurls.FILTER_CONFIG, [JWT_CONFIG]),
         (typeurls.LISTENER, ["listener/public"]),
     ]
-    acked = {r.type_url: r for r in first}
-    for response in first:
-        if sotw:
-            names = (JWT_CONFIG,) if response.type_url == typeurls.FILTER_CONFIG else ()
-            stream.on_request(request(response.type_url, names, response.nonce, response.version_info), snap)
-        else:
-            stream.on_request(delta_request(response.type_url, nonce=response.nonce), snap)
+    answered = {r.type_url: r for r in first}
+    ask(typeurls.FILTER_CONFIG, (JWT_CONFIG,), answered[typeurls.FILTER_CONFIG])
+    ask(typeurls.LISTENER, (), answered[typeurls.LISTENER])
     without = snapshot(CONFIG, 2, snap)
     assert JWT_CONFIG not in without.resources.get(typeurls.FILTER_CONFIG, {})
-    batch = stream.responses(without)
-    assert [r.type_url for r in batch] == [typeurls.LISTENER]  # no removal of jwt_authn's config
-    listener = batch[0]
-    if sotw:
-        stream.on_request(request(typeurls.LISTENER, (), listener.nonce, listener.version_info), without)
-        stream.on_request(request(typeurls.FILTER_CONFIG, (), acked[typeurls.FILTER_CONFIG].nonce), without)
-    else:
-        stream.on_request(delta_request(typeurls.LISTENER, nonce=listener.nonce), without)
-        stream.on_request(delta_request(typeurls.FILTER_CONFIG, unsubscribe=(JWT_CONFIG,)), without)
-    assert all(not r.resources for r in stream.responses(without))  # asked for nothing: holds nothing more
+    (listener,) = stream.responses(without)
+    assert listener.type_url == typeurls.LISTENER  # and no removal of jwt_authn's config
+    ask(typeurls.LISTENER, (), listener, without)
+    ask(typeurls.FILTER_CONFIG, (), answered[typeurls.FILTER_CONFIG], without)  # no listener names it: not asked
+    assert all(not r.resources for r in stream.responses(without))
