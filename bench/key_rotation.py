@@ -14,8 +14,8 @@ phases one after the other, each its own wrk run:
 - listener: every `--interval` s the config file is rewritten with the listener's `stream_idle_timeout` toggled
   (300 s / 301 s: nothing a request of the run can meet), which is in the listener itself: Envoy builds a new one
   and drains the old one's connections.
-A change is counted once every Envoy ACKed it (the control plane's status), the next one starts `--interval` s
-after the previous one was written. Envoy's counters are read before and after each phase.
+A change is counted once every Envoy ACKed it (the control plane's status); the next one is made `--interval` s
+after that. Envoy's counters are read before and after each phase, and the CPU time Envoy and this process took.
 """
 
 from __future__ import annotations
@@ -23,7 +23,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import re
+import resource
 import statistics
 import sys
 import tempfile
@@ -94,6 +96,15 @@ def failures(run: WrkRun) -> dict[str, int]:
             **figures}  # fmt: skip
 
 
+def cpu_seconds(pid: int | None = None) -> float:
+    """User + system CPU seconds of process `pid` (all its threads), or of this one (the control plane's)."""
+    if pid is None:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return usage.ru_utime + usage.ru_stime
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+
+
 async def counters(gateway: Gateway) -> dict[str, int]:
     envoy = gateway.envoys[0]
     return {name: await envoy.stat(stat) for name, stat in COUNTERS.items()}
@@ -127,10 +138,13 @@ async def phase(
 ) -> dict[str, Any]:
     stalls = await asyncio.to_thread(_stalls.measure, args.stall_seconds)
     before = await counters(gateway)
+    envoy = gateway.envoys[0]
+    assert envoy.pid is not None
+    cpu_before = cpu_seconds(envoy.pid), cpu_seconds()
     load = asyncio.create_task(asyncio.to_thread(wrk_run, url, args.seconds, args.connections, args.threads, [header]))
     took = await changes(gateway, change, args.seconds, args.interval) if change else []
     run = await load
-    envoy = gateway.envoys[0]
+    cpu = {"envoy": cpu_seconds(envoy.pid) - cpu_before[0], "plane": cpu_seconds() - cpu_before[1]}
 
     async def drained() -> bool:
         # A drain still running when wrk stops closes its connections later: count it in this phase.
@@ -140,7 +154,7 @@ async def phase(
     await wait_for(drained, 10, "Envoy's drains to end", interval=0.1)
     after = await counters(gateway)
     deltas = {name: after[name] - before[name] for name in COUNTERS}
-    return {"run": run, "failed": failures(run), "deltas": deltas, "took": took, "stalls": stalls}
+    return {"run": run, "failed": failures(run), "deltas": deltas, "took": took, "stalls": stalls, "cpu": cpu}
 
 
 async def main(args: argparse.Namespace) -> int:
@@ -180,6 +194,7 @@ def report(args: argparse.Namespace, results: dict[str, dict[str, Any]]) -> None
     head = (
         f"{'phase':8} {'changes':>7} {'ACK p50 ms':>10} {'requests':>9} {'rps':>7} {'non-2xx':>7} "
         f"{'conn/read/wr/tmo':>16} {'p50 ms':>7} {'p99 ms':>7} {f'floor {FLOOR_MS:g} ms p99':>16} "
+        f"{'CPU s envoy/plane':>17} "
     )
     print(head + " ".join(f"{name:>9}" for name in COUNTERS))
     for name, result in results.items():
@@ -190,12 +205,14 @@ def report(args: argparse.Namespace, results: dict[str, dict[str, Any]]) -> None
         print(
             f"{name:8} {len(took):>7} {ack:>10} {failed['requests']:>9,} {run.rps:>7,.0f} {failed['non_2xx']:>7} "
             f"{sockets:>16} {run.p50_ms:>7.2f} {run.p99_ms:>7.2f} {floor:>16.1f} "
+            f"{result['cpu']['envoy']:>8.2f}/{result['cpu']['plane']:<8.2f} "
             + " ".join(f"{deltas[counter]:>9}" for counter in COUNTERS)
         )
     print(
         "changes: made and ACKed by every Envoy (ACK p50: the write -> the control plane sees them in sync); "
         "non-2xx, socket errors (connect/read/write/timeout), p50, p99: wrk's; floor: the worst CPU's p99 for a "
-        f"{FLOOR_MS:g} ms job, bench/_stalls.py run just before the phase; then Envoy's counters over the phase "
+        f"{FLOOR_MS:g} ms job, bench/_stalls.py run just before the phase; CPU s: Envoy's and this process's (the "
+        "control plane, in it) user + system CPU time during wrk's run; then Envoy's counters over the phase "
         "(read once no listener or filter chain drains any more):"
     )
     for name, stat in COUNTERS.items():
@@ -204,14 +221,11 @@ def report(args: argparse.Namespace, results: dict[str, dict[str, Any]]) -> None
     for name, result in results.items():
         print(f"  {name:>8}: {_stalls.line(result['stalls'])}")
         print(f"  {'':>8}  {JOBS_TITLE}: {_stalls.jobs_line(result['stalls'])}")
-    for name in PHASES[1:]:
-        result = results[name]
+    # Last, short: bench/all.py puts a benchmark's last three lines in its table.
+    for name, result in results.items():
         failed = result["failed"]
         lost = failed["non_2xx"] + failed["connect"] + failed["read"] + failed["write"] + failed["timeout"]
-        print(
-            f"{name}: {len(result['took'])} changes, {result['deltas']['lst_mod']} listeners rebuilt, "
-            f"{lost} failed of {failed['requests']:,} requests"
-        )
+        print(f"{name}: {len(result['took'])} changes, {result['deltas']['lst_mod']} listeners rebuilt, {lost} failed")
 
 
 if __name__ == "__main__":
