@@ -12,8 +12,9 @@ phases one after the other, each its own wrk run:
 - keys: every `--interval` s the jwks_file is rewritten (atomically), a second key added or removed; the token's
   key stays. jwt_authn's config travels over ECDS, so no listener should be rebuilt and nothing drained;
 - listener: every `--interval` s the config file is rewritten with the listener's `stream_idle_timeout` toggled
-  (300 s / 301 s: nothing a request of the run can meet), which is in the listener itself: Envoy builds a new one
-  and drains the old one's connections.
+  (300 s / 301 s: nothing a request of the run can meet), which is in the listener itself: Envoy updates the
+  listener in place (new filter chains on the same socket) and closes the old chains' connections when the drain
+  time ends.
 A change is counted once every Envoy ACKed it (the control plane's status); the next one is made `--interval` s
 after that. Envoy's counters are read before and after each phase, and the CPU time Envoy and this process took.
 """
