@@ -233,6 +233,7 @@ KNOWN = {
     "rate_limit.py": Benchmark("rate_limit.py", (), (), json=False),
     "ratelimit_service.py": Benchmark("ratelimit_service.py", (), ("--calls", "3000", "--seconds", "2"), json=False),
     "authz_service.py": Benchmark("authz_service.py", (), ("--calls", "3000", "--seconds", "2"), json=False),
+    "key_rotation.py": Benchmark("key_rotation.py", (), ("--seconds", "3"), json=False),
 }
 # Second runs: the routes spread over 100 hosts with a table per host (README, "Big configs"), the same targets.
 _PER_HOST = ("--routes", "10000", "--hosts", "100", "--route-tables", "per_host")
