@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, NamedTuple
 
-from xgate.proxy.bootstrap import build_bootstrap
+from xgate.proxy.bootstrap import DRAIN_ARGS, build_bootstrap
 from xgate.proxy.process import EnvoyProcess
 from xgate.supervisor import die_with_parent
 
@@ -350,7 +350,7 @@ async def run_rig(
             work / "envoy",
             concurrency=args.concurrency,
             output=envoy_log,
-            extra_args=["--drain-time-s", "1"],
+            extra_args=list(DRAIN_ARGS),
         )
         await envoy.start()
         await envoy.wait_ready(120)

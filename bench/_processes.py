@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from xgate.proxy.bootstrap import build_bootstrap
+from xgate.proxy.bootstrap import DRAIN_ARGS, build_bootstrap
 from xgate.proxy.process import EnvoyProcess
 from xgate.supervisor import die_with_parent
 
@@ -106,7 +106,7 @@ async def envoy(xds_port: int, work: Path, name: str = "envoy") -> AsyncIterator
     """A real Envoy (`--concurrency 1`) bootstrapped to the control plane on `xds_port`, until the block ends."""
     bootstrap = build_bootstrap(node_id=name, node_cluster="bench", xds_servers=[("127.0.0.1", xds_port)], admin_port=0)
     with (work / f"{name}.log").open("wb") as log:
-        process = EnvoyProcess(bootstrap, work / name, concurrency=1, output=log, extra_args=["--drain-time-s", "1"])
+        process = EnvoyProcess(bootstrap, work / name, concurrency=1, output=log, extra_args=list(DRAIN_ARGS))
         await process.start()
         try:
             await process.wait_ready(120)

@@ -5,16 +5,18 @@ listener-level setting changes, and with no change, in one run.
         [--seconds 10] [--interval 0.5] [--connections 16] [--threads 1]
 
 One gateway (`xgate.testing.run_gateway`: the control plane in this process, one Envoy, `--concurrency 1`,
-`--drain-time-s 1`), one route answering a direct response behind a native JWT provider whose keys come from a
-watched `jwks_file`. wrk (keep-alive, `-t1 -c16`) sends the same valid token for `--seconds` per phase, three
-phases one after the other, each its own wrk run:
+draining as `xgate envoy` runs it: `--drain-time-s 1 --drain-strategy immediate`), one route answering a direct
+response behind a native JWT provider whose keys come from a watched `jwks_file`. wrk (keep-alive, `-t1 -c16`)
+sends the same valid token for `--seconds` per phase, four phases one after the other, each its own wrk run:
 - idle: no change (the baseline);
 - keys: every `--interval` s the jwks_file is rewritten (atomically), a second key added or removed; the token's
   key stays. jwt_authn's config travels over ECDS, so no listener should be rebuilt and nothing drained;
 - listener: every `--interval` s the config file is rewritten with the listener's `stream_idle_timeout` toggled
   (300 s / 301 s: nothing a request of the run can meet), which is in the listener itself: Envoy updates the
-  listener in place (new filter chains on the same socket) and closes the old chains' connections when the drain
-  time ends.
+  listener in place (new filter chains on the same socket), tells each old connection to close on its next
+  response, and closes what is left when the drain time ends;
+- listener-gradual: the same on a new Envoy started with Envoy's default drain strategy (gradual), the baseline
+  that `--drain-strategy immediate` is measured against.
 A change is counted once every Envoy ACKed it (the control plane's status); the next one is made `--interval` s
 after that. Envoy's counters are read before and after each phase, and the CPU time Envoy and this process took.
 """
@@ -41,12 +43,16 @@ from jwt.algorithms import RSAAlgorithm
 import _stalls
 from _cli import JOBS_TITLE
 from _wrk import WrkRun, have_wrk, wrk_run
+from xgate.proxy.bootstrap import DRAIN_ARGS
 from xgate.testing import free_port, run_gateway, write_atomic
 from xgate.testing.gateway import Gateway, wait_for
 
 ISSUER = "https://bench.test"
 LISTENER = "public"
 PHASES = ("idle", "keys", "listener")
+# The last phase again, on an Envoy draining as Envoy does by default (gradual), for the baseline.
+GRADUAL = "listener-gradual"
+GRADUAL_ARGS = ("--drain-time-s", "1")
 # Envoy's counters read around each phase, by their column: a listener rebuilt (in place: the same socket, the
 # filter chains drained), jwt_authn's config reloaded over ECDS, and what happened to the connections (closed by
 # the drain's Connection: close; closed by Envoy / by the client with a request in flight; opened).
@@ -183,6 +189,9 @@ async def main(args: argparse.Namespace) -> int:
 
             for name, change in zip(PHASES, (None, rotate, rebuild), strict=True):
                 results[name] = await phase(gateway, args, url, header, change)
+            await gateway.envoys.pop().stop()
+            await gateway.start_envoy(drain_args=GRADUAL_ARGS)
+            results[GRADUAL] = await phase(gateway, args, url, header, rebuild)
     report(args, results)
     return 0
 
@@ -190,10 +199,11 @@ async def main(args: argparse.Namespace) -> int:
 def report(args: argparse.Namespace, results: dict[str, dict[str, Any]]) -> None:
     print(
         f"wrk -t{args.threads} -c{args.connections} -d{args.seconds}s per phase, keep-alive, one valid RS256 token; "
-        f"Envoy --concurrency 1 --drain-time-s 1; a change every {args.interval:g} s"
+        f"Envoy --concurrency 1 {' '.join(DRAIN_ARGS)} (as xgate envoy runs it; {GRADUAL}: "
+        f"{' '.join(GRADUAL_ARGS)}, Envoy's default strategy); a change every {args.interval:g} s"
     )
     head = (
-        f"{'phase':8} {'changes':>7} {'ACK p50 ms':>10} {'requests':>9} {'rps':>7} {'non-2xx':>7} "
+        f"{'phase':16} {'changes':>7} {'ACK p50 ms':>10} {'requests':>9} {'rps':>7} {'non-2xx':>7} "
         f"{'conn/read/wr/tmo':>16} {'p50 ms':>7} {'p99 ms':>7} {f'floor {FLOOR_MS:g} ms p99':>16} "
         f"{'CPU s envoy/plane':>17} "
     )
@@ -204,7 +214,7 @@ def report(args: argparse.Namespace, results: dict[str, dict[str, Any]]) -> None
         sockets = f"{failed['connect']}/{failed['read']}/{failed['write']}/{failed['timeout']}"
         floor = max(stall.job(FLOOR_MS)[1] for stall in result["stalls"])
         print(
-            f"{name:8} {len(took):>7} {ack:>10} {failed['requests']:>9,} {run.rps:>7,.0f} {failed['non_2xx']:>7} "
+            f"{name:16} {len(took):>7} {ack:>10} {failed['requests']:>9,} {run.rps:>7,.0f} {failed['non_2xx']:>7} "
             f"{sockets:>16} {run.p50_ms:>7.2f} {run.p99_ms:>7.2f} {floor:>16.1f} "
             f"{result['cpu']['envoy']:>8.2f}/{result['cpu']['plane']:<8.2f} "
             + " ".join(f"{deltas[counter]:>9}" for counter in COUNTERS)
@@ -231,7 +241,7 @@ def report(args: argparse.Namespace, results: dict[str, dict[str, Any]]) -> None
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seconds", type=int, default=10, help="seconds per phase (default 10; 3 phases)")
+    parser.add_argument("--seconds", type=int, default=10, help="seconds per phase (default 10; 4 phases)")
     parser.add_argument("--interval", type=float, default=0.5, help="seconds between changes (default 0.5)")
     parser.add_argument("--connections", type=int, default=16, help="wrk connections, kept alive (default 16)")
     parser.add_argument("--threads", type=int, default=1, help="wrk threads (default 1)")

@@ -437,7 +437,7 @@ def envoy(
     stats: StatsAddress = None,
 ) -> None:
     """Run a real Envoy bootstrapped to xgate control planes, until SIGINT/SIGTERM."""
-    from xgate.proxy.bootstrap import build_bootstrap, find_envoy
+    from xgate.proxy.bootstrap import DRAIN_ARGS, build_bootstrap, find_envoy
 
     servers = [_host_port(item, "--xds") for item in xds or [DEFAULT_XDS]]
     data = build_bootstrap(
@@ -452,8 +452,7 @@ def envoy(
         "--disable-hot-restart",
         "--log-level",
         log_level,
-        "--drain-time-s",
-        "1",
+        *DRAIN_ARGS,
         "--parent-shutdown-time-s",
         "2",
     ]

@@ -30,7 +30,7 @@ from testcontainers.core.container import DockerContainer
 from testcontainers.core.network import Network
 from testcontainers.core.wait_strategies import LogMessageWaitStrategy
 
-from xgate.proxy.bootstrap import build_bootstrap
+from xgate.proxy.bootstrap import DRAIN_ARGS, build_bootstrap
 from xgate.testing.stack import SERVICES, ConfigRejected, complete_config, converged, etcd_revision_applied, wait_until
 
 # A ready line of each entry point (what `xgate up` waits for too).
@@ -172,7 +172,7 @@ class EnvoyContainer(DockerContainer):
         # Inside its own network namespace: reachable from this host only through the 127.0.0.1 publication.
         bootstrap["admin"]["address"]["socket_address"]["address"] = "0.0.0.0"
         config = json.dumps(bootstrap, separators=(",", ":"))
-        self.with_command(["--config-yaml", config, "--drain-time-s", "1", "--concurrency", "1", "--log-level", "warn"])
+        self.with_command(["--config-yaml", config, *DRAIN_ARGS, "--concurrency", "1", "--log-level", "warn"])
         _on_network(self, network, alias)
         _publish(self, ADMIN_PORT, *listener_ports)
         self._timeout = timeout

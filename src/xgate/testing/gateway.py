@@ -5,14 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from xgate.controlplane import ControlPlane
 from xgate.discovery.snapshot import Snapshot
-from xgate.proxy.bootstrap import build_bootstrap
+from xgate.proxy.bootstrap import DRAIN_ARGS, build_bootstrap
 from xgate.proxy.process import EnvoyProcess
 from xgate.runtime import Bound, run_controlplane
 from xgate.sources.etcd.client import EtcdSettings
@@ -84,10 +84,12 @@ class Gateway:
         xds_ports: list[int] | None = None,
         stats_port: int | None = None,
         delta: bool = True,
+        drain_args: Sequence[str] = DRAIN_ARGS,
     ) -> EnvoyProcess:
         """Start a real Envoy bootstrapped to this control plane (or to every port in `xds_ports`), speaking delta
         ADS (`delta=False`: state of the world); with `stats_port`, its stats listener there (and its admin on a
-        port chosen now, which the control plane reads its counters from)."""
+        port chosen now, which the control plane reads its counters from). `drain_args`: how it drains a changed
+        listener's connections (default: as `xgate envoy` runs it)."""
         servers = [("127.0.0.1", port) for port in (xds_ports or [self.xds_port])]
         stats = ("127.0.0.1", stats_port) if stats_port else None
         bootstrap = build_bootstrap(
@@ -99,7 +101,7 @@ class Gateway:
             self.work_dir / f"envoy-{node_id}-{len(self.envoys)}",
             concurrency=1,
             output=self._output,
-            extra_args=["--drain-time-s", "1"],
+            extra_args=list(drain_args),
         )
         await envoy.start()
         self.envoys.append(envoy)
