@@ -74,3 +74,30 @@ async def test_run_polls_until_stopped(tmp_path: Path) -> None:
     await asyncio.wait_for(seen.wait(), 5)
     stop.set()
     await asyncio.wait_for(running, 5)
+
+
+async def test_a_change_wakes_the_poll_before_its_interval(tmp_path: Path) -> None:
+    """inotify on the file's directory: a save by rename is reported at once, not after `interval` (here a
+    minute)."""
+    path = tmp_path / "keys" / "jwks.json"
+    path.parent.mkdir()
+    path.write_bytes(b"one")
+    served = {str(path): digest(b"one")}
+    labels: asyncio.Queue[str] = asyncio.Queue()
+
+    async def changed(label: str) -> None:
+        served[str(path)] = digest(path.read_bytes())  # as the compile would take it
+        await labels.put(label)
+
+    stop = asyncio.Event()
+    running = asyncio.create_task(WatchedFiles(lambda: served, changed, interval=60, settle=0).run(stop))
+    await asyncio.sleep(0.1)  # the watch is in place
+    for content in (b"two", b"three"):
+        temporary = tmp_path / "keys" / "new"
+        temporary.write_bytes(content)
+        os.replace(temporary, path)
+        started = asyncio.get_running_loop().time()
+        await asyncio.wait_for(labels.get(), 5)
+        assert asyncio.get_running_loop().time() - started < 1
+    stop.set()
+    await asyncio.wait_for(running, 5)
