@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import re
@@ -184,8 +185,10 @@ async def main(args: argparse.Namespace) -> int:
             def rotate(index: int) -> None:
                 write_atomic(jwks, json.dumps({"keys": [kept, extra] if index % 2 == 0 else [kept]}))
 
+            rebuilt = itertools.count(1)  # across both listener phases: each write must differ from the last
+
             def rebuild(index: int) -> None:
-                write_atomic(config_path, config(port, jwks, "301s" if index % 2 == 0 else "300s"))
+                write_atomic(config_path, config(port, jwks, "301s" if next(rebuilt) % 2 else "300s"))
 
             for name, change in zip(PHASES, (None, rotate, rebuild), strict=True):
                 results[name] = await phase(gateway, args, url, header, change)

@@ -1,10 +1,11 @@
-"""DeferredFreeze: one collection per burst of loads, then what is left is frozen, and garbage frozen by an
-earlier load is freed by the next one."""
+"""DeferredFreeze: one collection per burst of loads, then what is left is frozen; garbage frozen by an earlier
+load is freed by the next whole-heap pass, at most `full_every` apart."""
 
 from __future__ import annotations
 
 import asyncio
 import gc
+import time
 import weakref
 from collections.abc import Iterator
 from pathlib import Path
@@ -46,6 +47,28 @@ async def test_garbage_frozen_by_an_earlier_load_is_freed(unfrozen: None) -> Non
     assert ref() is not None  # frozen objects are out of the collector's reach
     DeferredFreeze(0.01).now()
     assert ref() is None
+
+
+def test_a_burst_of_loads_walks_the_frozen_heap_once_per_full_every(unfrozen: None) -> None:
+    """Loads closer together than `full_every` collect only what came since the last freeze; the first, and
+    the first after `full_every`, the whole heap."""
+    freeze = DeferredFreeze(0.01, full_every=0.2)
+    with mock.patch("gc.unfreeze", wraps=gc.unfreeze) as unfreeze:
+        freeze.now()
+        node = Node()
+        ref = weakref.ref(node)
+        gc.freeze()
+        del node
+        freeze.now()  # soon after: the frozen cycle stays
+        assert unfreeze.call_count == 1 and ref() is not None
+        young = Node()
+        young_ref = weakref.ref(young)
+        del young
+        freeze.now()
+        assert young_ref() is None  # what came since the last freeze is still collected
+        time.sleep(0.25)
+        freeze.now()
+        assert unfreeze.call_count == 2 and ref() is None
 
 
 def resident_mb() -> float:
