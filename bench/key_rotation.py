@@ -235,11 +235,11 @@ def report(args: argparse.Namespace, results: dict[str, dict[str, Any]]) -> None
     for name, result in results.items():
         print(f"  {name:>8}: {_stalls.line(result['stalls'])}")
         print(f"  {'':>8}  {JOBS_TITLE}: {_stalls.jobs_line(result['stalls'])}")
-    # Last, short: bench/all.py puts a benchmark's last three lines in its table.
+    # Last, short: bench/all.py puts a benchmark's last three lines in its table, 150 characters of them.
     for name, result in results.items():
         failed = result["failed"]
         lost = failed["non_2xx"] + failed["connect"] + failed["read"] + failed["write"] + failed["timeout"]
-        print(f"{name}: {len(result['took'])} changes, {result['deltas']['lst_mod']} listeners rebuilt, {lost} failed")
+        print(f"{name}: {len(result['took'])} changes, {result['deltas']['lst_mod']} rebuilt, {lost} failed")
 
 
 if __name__ == "__main__":
