@@ -37,14 +37,17 @@ class DeferredFreeze:
     collection walks the whole heap and frees the cycles earlier loads froze; between those, it walks only
     what came since the last freeze (a one-route control plane's key rotation: 32 ms of CPU, most of a change's,
     went on walking the frozen modules again each time). Cycles a load freezes wait for the next whole pass;
-    what is not in a cycle is freed by its reference count anyway.
+    what is not in a cycle is freed by its reference count anyway. `clock` tells the time (a test's own).
     """
 
-    def __init__(self, delay: float = 0.5, full_every: float = 60.0) -> None:
+    def __init__(
+        self, delay: float = 0.5, full_every: float = 60.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.delay = delay
         self.full_every = full_every
+        self._clock = clock
         self._pending: asyncio.TimerHandle | None = None
-        self._full_at: float | None = None  # time.monotonic() of the last whole-heap pass
+        self._full_at: float | None = None  # clock() at the last whole-heap pass
 
     def soon(self) -> None:
         """Schedule the freeze on the running loop (once, however many loads come before it runs)."""
@@ -55,7 +58,7 @@ class DeferredFreeze:
         if self._pending is not None:
             self._pending.cancel()
             self._pending = None
-        now = time.monotonic()
+        now = self._clock()
         if self._full_at is None or now - self._full_at >= self.full_every:
             gc.unfreeze()
             self._full_at = now

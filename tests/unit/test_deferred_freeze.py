@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import time
 import weakref
 from collections.abc import Iterator
 from pathlib import Path
@@ -52,21 +51,23 @@ async def test_garbage_frozen_by_an_earlier_load_is_freed(unfrozen: None) -> Non
 def test_a_burst_of_loads_walks_the_frozen_heap_once_per_full_every(unfrozen: None) -> None:
     """Loads closer together than `full_every` collect only what came since the last freeze; the first, and
     the first after `full_every`, the whole heap."""
-    freeze = DeferredFreeze(0.01, full_every=0.2)
+    now = [0.0]
+    freeze = DeferredFreeze(0.01, full_every=60, clock=lambda: now[0])
     with mock.patch("gc.unfreeze", wraps=gc.unfreeze) as unfreeze:
         freeze.now()
         node = Node()
         ref = weakref.ref(node)
         gc.freeze()
         del node
-        freeze.now()  # soon after: the frozen cycle stays
+        now[0] = 59.0
+        freeze.now()  # within a minute: the frozen cycle stays
         assert unfreeze.call_count == 1 and ref() is not None
         young = Node()
         young_ref = weakref.ref(young)
         del young
         freeze.now()
         assert young_ref() is None  # what came since the last freeze is still collected
-        time.sleep(0.25)
+        now[0] = 60.0
         freeze.now()
         assert unfreeze.call_count == 2 and ref() is None
 
