@@ -14,6 +14,22 @@ _RPS = re.compile(r"Requests/sec:\s+([\d.]+)")
 _P50 = re.compile(r"50%\s+([\d.]+)(us|ms|s)")
 _P99 = re.compile(r"99%\s+([\d.]+)(us|ms|s)")
 _UNIT = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+_REQUESTS = re.compile(r"(\d+) requests in")
+_NON_2XX = re.compile(r"Non-2xx or 3xx responses: (\d+)")
+_SOCKET = re.compile(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)")
+SOCKET_ERRORS = ("connect", "read", "write", "timeout")
+
+
+def wrk_counts(output: str) -> dict[str, int]:
+    """What wrk's report counts besides the rate: requests, non-2xx answers, socket errors by kind (0 when
+    wrk printed no such line)."""
+    requests, non_2xx, socket = _REQUESTS.search(output), _NON_2XX.search(output), _SOCKET.search(output)
+    errors = [int(found) for found in socket.groups()] if socket else [0] * len(SOCKET_ERRORS)
+    return {
+        "requests": int(requests.group(1)) if requests else 0,
+        "non_2xx": int(non_2xx.group(1)) if non_2xx else 0,
+        **dict(zip(SOCKET_ERRORS, errors, strict=True)),
+    }
 
 
 def wrk_parser(doc: str | None) -> argparse.ArgumentParser:

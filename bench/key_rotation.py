@@ -27,8 +27,6 @@ import argparse
 import asyncio
 import itertools
 import json
-import os
-import re
 import resource
 import statistics
 import sys
@@ -43,7 +41,8 @@ from jwt.algorithms import RSAAlgorithm
 
 import _stalls
 from _cli import JOBS_TITLE
-from _wrk import WrkRun, have_wrk, wrk_run
+from _service_load import cpu_seconds
+from _wrk import SOCKET_ERRORS, have_wrk, wrk_counts, wrk_run
 from xgate.proxy.bootstrap import DRAIN_ARGS
 from xgate.testing import free_port, run_gateway, write_atomic
 from xgate.testing.gateway import Gateway, wait_for
@@ -67,9 +66,6 @@ COUNTERS = {
     "cx_new": f"http.{LISTENER}.downstream_cx_total",
 }
 FLOOR_MS = 1.0  # the job length whose p99 is printed next to each phase's p99 (Envoy's work per request is less)
-_REQUESTS = re.compile(r"(\d+) requests in")
-_NON_2XX = re.compile(r"Non-2xx or 3xx responses: (\d+)")
-_SOCKET = re.compile(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)")
 
 
 def key_pair(kid: str) -> tuple[rsa.RSAPrivateKey, dict[str, Any]]:
@@ -94,23 +90,12 @@ def config(port: int, jwks_file: Path, stream_idle_timeout: str) -> str:
     })  # fmt: skip
 
 
-def failures(run: WrkRun) -> dict[str, int]:
-    """What wrk counted besides the rate: requests, non-2xx answers and socket errors by kind."""
-    requests, non_2xx = _REQUESTS.search(run.output), _NON_2XX.search(run.output)
-    socket = _SOCKET.search(run.output)
-    errors = [int(found) for found in socket.groups()] if socket else [0, 0, 0, 0]
-    figures = dict(zip(("connect", "read", "write", "timeout"), errors, strict=True))
-    return {"requests": int(requests.group(1)) if requests else 0, "non_2xx": int(non_2xx.group(1)) if non_2xx else 0,
-            **figures}  # fmt: skip
-
-
-def cpu_seconds(pid: int | None = None) -> float:
-    """User + system CPU seconds of process `pid` (all its threads), or of this one (the control plane's)."""
-    if pid is None:
-        usage = resource.getrusage(resource.RUSAGE_SELF)
-        return usage.ru_utime + usage.ru_stime
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+def cpu_now(pid: int | None = None) -> float:
+    """User + system CPU seconds of process `pid`, or of this one (the control plane's)."""
+    if pid is not None:
+        return cpu_seconds(pid)
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 async def counters(gateway: Gateway) -> dict[str, int]:
@@ -148,11 +133,11 @@ async def phase(
     before = await counters(gateway)
     envoy = gateway.envoys[0]
     assert envoy.pid is not None
-    cpu_before = cpu_seconds(envoy.pid), cpu_seconds()
+    cpu_before = cpu_now(envoy.pid), cpu_now()
     load = asyncio.create_task(asyncio.to_thread(wrk_run, url, args.seconds, args.connections, args.threads, [header]))
     took = await changes(gateway, change, args.seconds, args.interval) if change else []
     run = await load
-    cpu = {"envoy": cpu_seconds(envoy.pid) - cpu_before[0], "plane": cpu_seconds() - cpu_before[1]}
+    cpu = {"envoy": cpu_now(envoy.pid) - cpu_before[0], "plane": cpu_now() - cpu_before[1]}
 
     async def drained() -> bool:
         # A drain still running when wrk stops closes its connections later: count it in this phase.
@@ -162,7 +147,7 @@ async def phase(
     await wait_for(drained, 10, "Envoy's drains to end", interval=0.1)
     after = await counters(gateway)
     deltas = {name: after[name] - before[name] for name in COUNTERS}
-    return {"run": run, "failed": failures(run), "deltas": deltas, "took": took, "stalls": stalls, "cpu": cpu}
+    return {"run": run, "failed": wrk_counts(run.output), "deltas": deltas, "took": took, "stalls": stalls, "cpu": cpu}
 
 
 async def main(args: argparse.Namespace) -> int:
@@ -214,7 +199,7 @@ def report(args: argparse.Namespace, results: dict[str, dict[str, Any]]) -> None
     for name, result in results.items():
         run, failed, deltas, took = result["run"], result["failed"], result["deltas"], result["took"]
         ack = f"{statistics.median(took) * 1e3:.0f}" if took else "-"
-        sockets = f"{failed['connect']}/{failed['read']}/{failed['write']}/{failed['timeout']}"
+        sockets = "/".join(str(failed[kind]) for kind in SOCKET_ERRORS)
         floor = max(stall.job(FLOOR_MS)[1] for stall in result["stalls"])
         print(
             f"{name:16} {len(took):>7} {ack:>10} {failed['requests']:>9,} {run.rps:>7,.0f} {failed['non_2xx']:>7} "
@@ -238,7 +223,7 @@ def report(args: argparse.Namespace, results: dict[str, dict[str, Any]]) -> None
     # Last, short: bench/all.py puts a benchmark's last three lines in its table, 150 characters of them.
     for name, result in results.items():
         failed = result["failed"]
-        lost = failed["non_2xx"] + failed["connect"] + failed["read"] + failed["write"] + failed["timeout"]
+        lost = failed["non_2xx"] + sum(failed[kind] for kind in SOCKET_ERRORS)
         print(f"{name}: {len(result['took'])} changes, {result['deltas']['lst_mod']} rebuilt, {lost} failed")
 
 

@@ -24,7 +24,6 @@ import http.client
 import json
 import os
 import random
-import re
 import signal
 import subprocess
 import sys
@@ -39,6 +38,7 @@ import _cli
 import _stalls
 from _harness import dist
 from _processes import controlplane, envoy, stop
+from _wrk import SOCKET_ERRORS, wrk_counts
 from etcd_propagation import load
 from xgate.sources.etcd.client import EtcdClient, EtcdSettings
 from xgate.sources.etcd.layout import DEFAULT_PREFIX, encode, key_of
@@ -51,9 +51,6 @@ SYSTEMS = ("nginx", "xgate-file", "xgate-etcd")
 PROBE = "gen-"  # the probe's answer: PROBE + its generation
 Machine = list[tuple[str, list[_stalls.Stalls]]]  # the machine's stall probes, by when
 TEMP_DIRS = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
-_ERRORS = re.compile(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)")
-_NON_2XX = re.compile(r"Non-2xx or 3xx responses: (\d+)")
-_REQUESTS = re.compile(r"(\d+) requests in")
 
 
 # -- the routing, written for each system ----------------------------------------------------------------
@@ -296,10 +293,9 @@ def wrk_load(port: int, connections: int, headers: dict[str, str]) -> Iterator[d
     finally:
         proc.send_signal(signal.SIGINT)
         output, _ = proc.communicate(timeout=30)
-        errors, non2xx, requests = _ERRORS.search(output), _NON_2XX.search(output), _REQUESTS.search(output)
-        totals["requests"] = int(requests.group(1)) if requests else 0
-        totals["failed"] = sum(map(int, errors.groups())) if errors else 0
-        totals["failed"] += int(non2xx.group(1)) if non2xx else 0
+        counts = wrk_counts(output)
+        totals["requests"] = counts["requests"]
+        totals["failed"] = counts["non_2xx"] + sum(counts[kind] for kind in SOCKET_ERRORS)
 
 
 async def measure(system: str, routing: Routing, args: argparse.Namespace, work: Path, origin: int) -> Run:

@@ -26,11 +26,15 @@ from xgate.api import type_url
 from xgate.translate.protos import ads_source
 
 
-def discovered(name: str, config: Message) -> tuple[hcm_v3.HttpFilter, extension_v3.TypedExtensionConfig]:
-    """The HttpFilter naming the config over ECDS, and the resource that carries it."""
-    source = config_source_v3.ExtensionConfigSource(config_source=ads_source(), type_urls=[type_url(config)])
-    resource = extension_v3.TypedExtensionConfig(name=name, typed_config=_packed(config))
-    return hcm_v3.HttpFilter(name=name, config_discovery=source), resource
+def discovered_filter(name: str, kind: type[Message]) -> hcm_v3.HttpFilter:
+    """The HttpFilter `name` taking its config, a `kind` message, over ECDS (see filter_config)."""
+    source = config_source_v3.ExtensionConfigSource(config_source=ads_source(), type_urls=[type_url(kind)])
+    return hcm_v3.HttpFilter(name=name, config_discovery=source)
+
+
+def filter_config(name: str, config: Message) -> extension_v3.TypedExtensionConfig:
+    """The ECDS resource carrying `config` to the filter `name`."""
+    return extension_v3.TypedExtensionConfig(name=name, typed_config=_packed(config))
 
 
 def merged(

@@ -20,7 +20,7 @@ from xgate.discovery.snapshot import Snapshot, build_snapshot
 from xgate.errors import ConfigError
 from xgate.pipeline import compile_config
 from xgate.plugins.jwt import JWT_FILTER
-from xgate.translate.filterconfig import discovered, merged
+from xgate.translate.filterconfig import filter_config, merged
 from xgate.translate.resources import Resources
 
 
@@ -89,8 +89,8 @@ def test_a_provider_name_defined_twice_differently_is_refused_where_written() ->
 
 
 def test_merged_is_deterministic_and_keeps_both() -> None:
-    first = discovered(JWT_FILTER, jwt_v3.JwtAuthentication(providers={"x": jwt_v3.JwtProvider(issuer="x")}))[1]
-    second = discovered(JWT_FILTER, jwt_v3.JwtAuthentication(providers={"y": jwt_v3.JwtProvider(issuer="y")}))[1]
+    first = filter_config(JWT_FILTER, jwt_v3.JwtAuthentication(providers={"x": jwt_v3.JwtProvider(issuer="x")}))
+    second = filter_config(JWT_FILTER, jwt_v3.JwtAuthentication(providers={"y": jwt_v3.JwtProvider(issuer="y")}))
     one, other = merged(first, second), merged(second, first)
     assert one.SerializeToString() == other.SerializeToString()  # the same bytes, so the same version
     config = jwt_v3.JwtAuthentication()

@@ -44,7 +44,7 @@ from xgate.plugins.jwt import (
     provider_resource,
     providers_of,
 )
-from xgate.translate.filterconfig import discovered
+from xgate.translate.filterconfig import discovered_filter, filter_config
 from xgate.translate.plugins.base import PluginTranslator
 from xgate.translate.plugins.jwt_guard import GUARD_FILTER, guard_filter, guard_route
 from xgate.translate.plugins.services import https_cluster
@@ -91,7 +91,7 @@ class JwtTranslator(PluginTranslator[JwtSettings]):
         the one config), the clusters Envoy fetches remote JWKS through, and the providers `xgate authz`
         verifies for."""
         native = providers_of(defaults, "native")
-        found: list[Message] = [discovered(JWT_FILTER, _authentication(native))[1]]
+        found: list[Message] = [filter_config(JWT_FILTER, _authentication(native))]
         found += [
             https_cluster(JWKS_CLUSTER + provider.name, *_host_port(provider.jwks_uri), provider.jwks_ca_file)
             for provider in native
@@ -112,7 +112,7 @@ def _authentication(native: Sequence[Provider]) -> jwt_v3.JwtAuthentication:
 
 
 # The listener's jwt_authn filter: the same for every listener, whatever its providers (they travel over ECDS).
-_JWT_DISCOVERED = discovered(JWT_FILTER, jwt_v3.JwtAuthentication())[0]
+_JWT_DISCOVERED = discovered_filter(JWT_FILTER, jwt_v3.JwtAuthentication)
 
 
 _JWT_OFF = pack(jwt_v3.PerRouteConfig(disabled=True))  # only ever copied from, never changed
